@@ -1,0 +1,3 @@
+"""Figures of this topic (being written)."""
+
+FIGURES: dict = {}

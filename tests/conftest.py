@@ -1,0 +1,75 @@
+"""Test configuration: strict JAX in float64, one tolerance table, a deterministic Hypothesis.
+
+- x64 everywhere (the theory is float64); strict dtype promotion and rank promotion errors, as
+  diffrax/equinox do, so silent float32 or broadcasting bugs fail loudly.
+- Hypothesis: no example database, derandomised, no deadline (jit compile times vary).
+- ``TOL``: the single dtype-keyed tolerance table (neural-tangents style); use ``assert_close``.
+"""
+
+from __future__ import annotations
+
+import os
+
+# 4 host devices let sharding tests run in-process; set before jax is imported.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_numpy_dtype_promotion", "standard")
+
+settings.register_profile(
+    "deterministic",
+    database=None,
+    derandomize=True,
+    deadline=None,
+    max_examples=60,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
+
+# One tolerance table, keyed by dtype: (rtol, atol).
+TOL = {
+    np.dtype(np.float64): (1e-10, 1e-12),
+    np.dtype(np.float32): (1e-4, 1e-5),
+    np.dtype("bfloat16") if hasattr(np, "bfloat16") else "bfloat16": (2e-2, 2e-2),
+}
+# Comparisons against numerical integration or finite differences (truncation error, not rounding).
+TOL_NUMERICAL = (1e-5, 1e-7)
+
+
+def tol_for(*arrays) -> tuple[float, float]:
+  """The loosest (rtol, atol) over the dtypes of the arrays compared."""
+  import ml_dtypes
+  rt, at = 0.0, 0.0
+  for a in arrays:
+    dt = np.asarray(a).dtype
+    key = "bfloat16" if dt == ml_dtypes.bfloat16 else dt
+    r, t = TOL.get(key, TOL[np.dtype(np.float32)])
+    rt, at = max(rt, r), max(at, t)
+  return rt, at
+
+
+def assert_close(actual, desired, rtol=None, atol=None, err_msg=""):
+  """np.testing.assert_allclose with the table's tolerance unless given; also checks finiteness."""
+  a, d = np.asarray(actual), np.asarray(desired)
+  r, t = tol_for(a, d)
+  np.testing.assert_allclose(a, d, rtol=r if rtol is None else rtol,
+                             atol=t if atol is None else atol, err_msg=err_msg)
+
+
+@pytest.fixture
+def getkey():
+  """Fresh PRNG keys, deterministic per test."""
+  key = [jax.random.PRNGKey(0)]
+
+  def _next():
+    key[0], sub = jax.random.split(key[0])
+    return sub
+  return _next

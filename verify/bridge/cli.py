@@ -1,0 +1,5 @@
+"""Commands of this module (being written)."""
+
+
+def add_commands(sub) -> None:
+  del sub
