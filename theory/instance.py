@@ -173,11 +173,12 @@ def pad_instance(instance: Instance, n_prompts: int, n_responses: int) -> Instan
   def pad2(a, fill=0):
     return jnp.pad(a, ((0, dx), (0, dy)), constant_values=fill)
 
-  uniform = jnp.where(jnp.arange(n_responses) < n_y, 1.0 / n_y, 0.0).astype(instance.data.dtype)
+  real_y = (jnp.arange(n_responses) < n_y)[None, :]
+  uniform = jnp.where(real_y, 1.0 / n_y, 0.0).astype(instance.data.dtype)
   row_pad = jnp.arange(n_prompts)[:, None] >= n_x
   data = jnp.where(row_pad, uniform, pad2(instance.data))
   reference = jnp.where(row_pad, uniform, pad2(instance.reference))
-  mask = pad2(instance.response_mask, False) | (row_pad & (jnp.arange(n_responses) < n_y))
+  mask = pad2(instance.response_mask, False) | (row_pad & real_y)
   return Instance(
       prompt_weights=jnp.pad(instance.prompt_weights, (0, dx)),
       data=data,

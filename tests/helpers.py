@@ -1,0 +1,43 @@
+"""Shared test helpers: padded evaluation of raw (Hypothesis) instances with few compiles."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from theory.instance import Instance, make_instance
+from theory.objectives import policy_log_probs
+from verify.search import pad_raw
+
+BUCKET = (3, 4)
+
+
+def instance_of(raw: dict, bucket=BUCKET) -> Instance:
+  """Instance from a raw dict of numpy arrays, padded (in numpy) to ``bucket`` unless None."""
+  if bucket is None:
+    return make_instance(raw["prompt_weights"], raw["data"], raw["reward"], raw["beta"],
+                         reference=raw.get("reference"), dtype=jnp.float64)
+  w, d, ref, r, beta, mask, _ = pad_raw(raw, None, bucket)
+  return Instance(prompt_weights=jnp.asarray(w), data=jnp.asarray(d), reference=jnp.asarray(ref),
+                  reward=jnp.asarray(r), beta=jnp.asarray(beta), response_mask=jnp.asarray(mask))
+
+
+@functools.lru_cache(maxsize=None)
+def jitted(fn):
+  return jax.jit(fn)
+
+
+@functools.lru_cache(maxsize=None)
+def _at_probe(fn):
+  return jax.jit(lambda inst, theta: fn(inst, policy_log_probs(inst, theta)))
+
+
+def at_probe(fn, inst: Instance, theta) -> object:
+  """fn(inst, softmax policy of the (zero-padded) logits theta), jitted once per fn and shape."""
+  full = np.zeros(inst.shape)
+  theta = np.asarray(theta, np.float64)
+  full[: theta.shape[0], : theta.shape[1]] = theta
+  return _at_probe(fn)(inst, jnp.asarray(full))

@@ -1,0 +1,82 @@
+"""An independent NumPy/SciPy implementation of every `check` quantity, one instance at a time.
+
+Written directly from THEORY.md without sharing code with theory/: used by the tests as the
+reference the JAX engine must agree with, and by bench/ as the straightforward baseline.
+Inputs are plain numpy arrays of one unpadded instance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import optimize, special
+
+__all__ = ["reference_quantities", "reference_c1", "reference_beta_critical"]
+
+
+def _xlogy_rows(p, q):
+  """sum_y p log q with 0 log anything = 0."""
+  return np.sum(special.xlogy(p, np.where(p > 0, q, 1.0)), axis=-1)
+
+
+def _kl(p, q):
+  with np.errstate(divide="ignore"):
+    return np.sum(special.rel_entr(p, q), axis=-1)
+
+
+def _tilt(ref, r, beta):
+  with np.errstate(divide="ignore"):
+    logits = np.log(ref) + r / beta
+  log_z = special.logsumexp(logits, axis=-1)
+  return np.exp(logits - log_z[:, None]), log_z
+
+
+def reference_c1(w, d, ref, r, beta) -> float:
+  """C₁(β; ρ) = E_w[log Z_β − E_d r / β]."""
+  _, log_z = _tilt(ref, r, beta)
+  return float(w @ (log_z - np.sum(d * r, axis=-1) / beta))
+
+
+def reference_beta_critical(w, d, ref, r) -> float | None:
+  """β_c with C₁(β_c; ρ) = 0 by Brent's method on log β in [-25, 25], None when none."""
+  g = lambda lb: np.exp(lb) * reference_c1(w, d, ref, r, np.exp(lb))
+  lo, hi = -25.0, 25.0
+  g_lo, g_hi = g(lo), g(hi)
+  if not (g_lo > 0 and g_hi < 0):
+    return None
+  return float(np.exp(optimize.brentq(g, lo, hi, xtol=1e-14, rtol=1e-14)))
+
+
+def reference_quantities(w, d, ref, r, beta) -> dict:
+  """Every quantity of `nondecoupling check` for one instance (numpy float64)."""
+  w, d, ref, r = (np.asarray(a, np.float64) for a in (w, d, ref, r))
+  pi, log_z = _tilt(ref, r, beta)
+  supp = d > 0
+  top = np.where(supp, r, -np.inf).max(-1)
+  bottom = np.where(supp, r, np.inf).min(-1)
+  mean_d = np.sum(d * r, axis=-1)
+  out = {
+      "sft_loss_data": float(-w @ _xlogy_rows(d, d)),
+      "sft_loss_reference": float(-w @ _xlogy_rows(d, ref)),
+      "sft_loss_rl": float(-w @ _xlogy_rows(d, pi)),
+      "c1": reference_c1(w, d, ref, r, beta),
+      "c1_sft_then_rl": reference_c1(w, d, d, r, beta),
+      "rl_value": float(beta * (w @ log_z)),
+      "reward_reference": float(w @ np.sum(ref * r, -1)),
+      "reward_rl": float(w @ np.sum(pi * r, -1)),
+      "reward_data": float(w @ mean_d),
+      "regularized_reward_data": float(w @ mean_d - beta * (w @ _kl(d, ref))),
+      "kl_rl_reference": float(w @ _kl(pi, ref)),
+      "kl_data_rl": float(w @ _kl(d, pi)),
+      "hoeffding_bound": float(w @ (top - bottom) ** 2 / (8 * beta ** 2)),
+      "sup_bound": float(w @ (top - mean_d) / beta),
+      "joint_tv": float(w @ (0.5 * np.abs(d - pi).sum(-1))),
+      "beta_critical": reference_beta_critical(w, d, ref, r),
+  }
+  # D2 slope: sum_x w² sum_y (ρ − d) ρ (r − E_ρ r).
+  centred = r - np.sum(ref * r, -1, keepdims=True)
+  out["initial_slope"] = float(np.sum(w ** 2 * np.sum((ref - d) * ref * centred, -1)))
+  # D2 curvature at ρ = d: g = w F_d (r − 0) (h = r at π = ρ), quadratic form with w F_d.
+  g = w[:, None] * (d * r - d * np.sum(d * r, -1, keepdims=True))
+  fg = d * g - d * np.sum(d * g, -1, keepdims=True)
+  out["initial_curvature"] = float(np.sum(w * np.sum(g * fg, -1)))
+  return out
