@@ -81,7 +81,6 @@ def _select(statements, only: str | None):
 
 
 def cmd_verify(args) -> int:
-  from rich.console import Console
   from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
   from verify.io import atomic_write_json, atomic_write_text
@@ -94,7 +93,7 @@ def cmd_verify(args) -> int:
   out = Path(args.out)
   if out.exists() and not out.is_dir():
     raise InputError(f"--out {out}: exists and is not a directory")
-  err = Console(stderr=True)
+  err = console(stderr=True)
   with Progress(TextColumn("[bold]verify[/]"), BarColumn(), TextColumn("{task.completed}/"
                 "{task.total}"), TextColumn("{task.description}"), TimeElapsedColumn(),
                 console=err, transient=False) as bar:
@@ -123,8 +122,7 @@ def cmd_verify(args) -> int:
     atomic_write_text(out / "report.md", report_markdown(report))
     for path, obj in files.items():
       atomic_write_json(path, obj)
-    console = Console()
-    console.print(f"wrote {out / 'report.json'} and {out / 'report.md'}")
+    console().print(f"wrote {out / 'report.json'} and {out / 'report.md'}")
   return 0 if report["all_as_expected"] else 1
 
 
@@ -135,7 +133,6 @@ def _fmt(x, spec=".3g"):
 
 
 def _print_verify_table(report: dict) -> None:
-  from rich.console import Console
   from rich.table import Table
 
   table = Table(title=f"nondecoupling verify — seed {report['seed']}, "
@@ -150,43 +147,54 @@ def _print_verify_table(report: dict) -> None:
     style = "green" if s["as_expected"] else "bold red"
     table.add_row(s["name"], s["source"], s["expected"], f"[{style}]{outcome}[/]",
                   str(s["instances"]), _fmt(s["worst_margin"]), _fmt(s["tightness"]))
-  console = Console(width=max(120, Console().width))
-  console.print(table)
+  con = console()
+  con.print(table)
   for s in report["statements"]:
     c = s["counterexample"]
     if c and s["expected"] == "refuted":
-      console.print(f"[bold]{s['name']}[/] refuted by a counterexample found by "
+      con.print(f"[bold]{s['name']}[/] refuted by a counterexample found by "
                     f"{s['counterexample_source']} (J(π₁) − J(π₂) = {c['margin']:.3g}); "
                     "instance file:")
-      console.print_json(json.dumps(c["instance"]))
+      con.print_json(json.dumps(c["instance"]))
     elif c:
-      console.print(f"[bold red]{s['name']} failed unexpectedly[/]: margin {c['margin']:.3g}")
+      con.print(f"[bold red]{s['name']} failed unexpectedly[/]: margin {c['margin']:.3g}")
   verdict = "every outcome as expected" if report["all_as_expected"] else "UNEXPECTED outcomes"
-  console.print(f"[bold]{verdict}[/]")
+  con.print(f"[bold]{verdict}[/]")
 
 
 # --- check -----------------------------------------------------------------------------------
 
 
+def _all_verdicts(inst):
+  from theory.objectives import safe_log
+  from verify.statements import STATEMENTS
+  probe = safe_log(inst.data)
+  return [s.fn(inst, probe) for s in STATEMENTS]
+
+
 def instance_margins(inst) -> dict:
   """{statement name: {"lhs", "rhs", "margin", "applies", "holds"}} at probe π = d."""
-  import jax.numpy as jnp
+  import jax
   import numpy as np
 
-  from theory.objectives import safe_log
   from verify.statements import STATEMENTS, holds_mask
 
-  probe = safe_log(inst.data)
+  verdicts = jax.jit(_all_verdicts)(inst)
   out = {}
-  for s in STATEMENTS:
-    v = s.fn(inst, probe)
+  for s, v in zip(STATEMENTS, verdicts):
     m = float(v.margin)
     applies = bool(v.applies)
     out[s.name] = {"lhs": float(v.lhs), "rhs": float(v.rhs), "margin": m, "applies": applies,
                    "holds": bool(holds_mask(s, np.asarray(m))) if applies else None,
                    "source": s.source, "expected": s.expected}
-  del jnp
   return out
+
+
+def console(stderr: bool = False):
+  """A rich Console that keeps tables readable when output is not a terminal."""
+  from rich.console import Console
+  probe = Console(stderr=stderr)
+  return probe if probe.is_terminal else Console(stderr=stderr, width=160)
 
 
 def cmd_check(args) -> int:
@@ -207,10 +215,9 @@ def cmd_check(args) -> int:
     obj["statements"] = margins
     sys.stdout.write(json.dumps(to_jsonable(obj), indent=2) + "\n")
     return 0
-  from rich.console import Console
   from rich.table import Table
 
-  console = Console()
+  out = console()
   t = Table(title=f"{args.file}: |X| = {shape['prompts']}, |Y| = {shape['responses']}, "
                   f"β = {shape['beta']:g}")
   t.add_column("quantity")
@@ -218,7 +225,7 @@ def cmd_check(args) -> int:
   t.add_column("meaning")
   for k, v in q.items():
     t.add_row(k, "—" if v is None else f"{v:.10g}", QUANTITY_DOCS[k])
-  console.print(t)
+  out.print(t)
   t = Table(title="statements at π₁ = π*_β(ρ), π₂ = d (margin ≥ 0: holds)")
   for col in ("statement", "source", "lhs", "rhs", "margin", "result"):
     t.add_column(col, justify="right" if col in ("lhs", "rhs", "margin") else "left")
@@ -232,7 +239,7 @@ def cmd_check(args) -> int:
                                        else "")
     t.add_row(name, m["source"], f"{m['lhs']:.6g}", f"{m['rhs']:.6g}", f"{m['margin']:.3g}",
               result)
-  console.print(t)
+  out.print(t)
   return 0
 
 
@@ -240,7 +247,6 @@ def cmd_check(args) -> int:
 
 
 def cmd_figures(args) -> int:
-  from rich.console import Console
   from rich.progress import track
 
   import matplotlib.pyplot as plt
@@ -259,9 +265,8 @@ def cmd_figures(args) -> int:
   if out.exists() and not out.is_dir():
     raise InputError(f"--out {out}: exists and is not a directory")
   out.mkdir(parents=True, exist_ok=True)
-  console = Console(stderr=True)
   written = []
-  for name in track(names, description="figures", console=console):
+  for name in track(names, description="figures", console=console(stderr=True)):
     fig = figs[name]()
     for ext in ("png", "pdf"):
       tmp = out / f".{name}.{ext}.tmp"
@@ -269,5 +274,5 @@ def cmd_figures(args) -> int:
       tmp.replace(out / f"{name}.{ext}")
       written.append(out / f"{name}.{ext}")
     plt.close(fig)
-  Console().print(f"wrote {len(written)} files to {out}")
+  console().print(f"wrote {len(written)} files to {out}")
   return 0

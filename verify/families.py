@@ -199,7 +199,8 @@ def instance_strategy(max_prompts: int = 3, max_responses: int = 4, reward_value
   from hypothesis import strategies as st
 
   mass = st.floats(0.05, 1.0, allow_nan=False, allow_infinity=False, width=64)
-  reward_values = reward_values or st.floats(-2.0, 2.0, allow_nan=False, width=64)
+  if reward_values is None:
+    reward_values = st.floats(-2.0, 2.0, allow_nan=False, width=64)
 
   @st.composite
   def build(draw):

@@ -36,9 +36,24 @@ def reference_c1(w, d, ref, r, beta) -> float:
   return float(w @ (log_z - np.sum(d * r, axis=-1) / beta))
 
 
+def _scaled_c1(w, d, ref, r, beta) -> float:
+  """β C₁(β; ρ) = E_w[β log E_ρ e^{r/β} − E_d r], centred at E_ρ r so that large β keeps its
+  precision (log1p/expm1 when the centred exponents are small)."""
+  mean = np.sum(ref * r, -1)
+  s = (r - mean[:, None]) / beta
+  out = np.empty(len(w))
+  for x in range(len(w)):
+    m = ref[x] > 0
+    if np.max(np.abs(s[x][m])) < 1.0:
+      out[x] = np.log1p(np.sum(ref[x][m] * np.expm1(s[x][m])))
+    else:
+      out[x] = special.logsumexp(s[x][m], b=ref[x][m])
+  return float(w @ (mean + beta * out - np.sum(d * r, -1)))
+
+
 def reference_beta_critical(w, d, ref, r) -> float | None:
   """β_c with C₁(β_c; ρ) = 0 by Brent's method on log β in [-25, 25], None when none."""
-  g = lambda lb: np.exp(lb) * reference_c1(w, d, ref, r, np.exp(lb))
+  g = lambda lb: _scaled_c1(w, d, ref, r, np.exp(lb))
   lo, hi = -25.0, 25.0
   g_lo, g_hi = g(lo), g(hi)
   if not (g_lo > 0 and g_hi < 0):
