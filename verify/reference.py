@@ -38,17 +38,14 @@ def reference_c1(w, d, ref, r, beta) -> float:
 
 def _scaled_c1(w, d, ref, r, beta) -> float:
   """β C₁(β; ρ) = E_w[β log E_ρ e^{r/β} − E_d r], centred at E_ρ r so that large β keeps its
-  precision (log1p/expm1 when the centred exponents are small)."""
+  precision (log1p/expm1 on prompts whose centred exponents are all small)."""
   mean = np.sum(ref * r, -1)
   s = (r - mean[:, None]) / beta
-  out = np.empty(len(w))
-  for x in range(len(w)):
-    m = ref[x] > 0
-    if np.max(np.abs(s[x][m])) < 1.0:
-      out[x] = np.log1p(np.sum(ref[x][m] * np.expm1(s[x][m])))
-    else:
-      out[x] = special.logsumexp(s[x][m], b=ref[x][m])
-  return float(w @ (mean + beta * out - np.sum(d * r, -1)))
+  pos = ref > 0
+  small = np.max(np.abs(np.where(pos, s, 0.0)), axis=-1) < 1.0
+  via_log1p = np.log1p(np.sum(ref * np.expm1(np.clip(s, -1.0, 1.0)), axis=-1))
+  via_lse = special.logsumexp(np.where(pos, s, -np.inf), b=ref, axis=-1)
+  return float(w @ (mean + beta * np.where(small, via_log1p, via_lse) - np.sum(d * r, -1)))
 
 
 def reference_beta_critical(w, d, ref, r) -> float | None:
