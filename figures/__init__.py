@@ -15,7 +15,8 @@ matplotlib.use("Agg")
 
 FIGURE_MODULES = (
     "figures.theorems",   # C1 against beta; RL-then-SFT (C3/C4)
-    "figures.dynamics",   # flows, frontier, recipes, shared parameters
+    "figures.dynamics",   # flows, pipelines, PL, gradient cosine, shared parameters
+    "figures.recipes",    # the frontier, the RL path and every recipe's end point
     "figures.bridge",     # the CoLA experiment in the shape of the paper's Fig. 3
 )
 

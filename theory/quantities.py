@@ -1,18 +1,24 @@
-"""Every quantity `check` reports for one instance, as one pure (jit/vmap-able) function."""
+"""Every quantity `check` reports for one instance, as one pure (jit/vmap-able) function.
+
+All of them are weighted sums over prompts of per-prompt terms, so they are computed prompt by
+prompt (``prompt_terms``, one row [Y] at a time) and reduced with the prompt weights. Large
+instances are processed in chunks of prompts (``jax.lax.map`` with ``batch_size``), so no
+[X, Y] temporary is ever materialised: peak memory stays close to the input arrays. The same
+code serves a batch of small instances under ``jax.vmap``.
+"""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from theory import ours, paper
 from theory.instance import Instance
-from theory.objectives import (
-    c1, expect, gibbs_tilt, kl_rows, log_partition, regularized_reward, reward, rl_value, safe_log,
-    sft_loss, sft_optimum_loss,
-)
+from theory.objectives import safe_log
+from theory.ours import critical_beta_from_terms
 
-__all__ = ["check_quantities", "QUANTITY_DOCS"]
+__all__ = ["check_quantities", "prompt_terms", "QUANTITY_DOCS", "CHUNK"]
+
+CHUNK = 2048  # prompts per chunk (rows of [Y]); a chunk's temporaries are CHUNK x Y
 
 QUANTITY_DOCS = {
     "sft_loss_data": "L(d) = E_w H(d_x), the SFT optimum",
@@ -35,34 +41,96 @@ QUANTITY_DOCS = {
     "initial_curvature": "d²L/dt² at t=0 along RL from ρ = d (this project's D2)",
 }
 
+# Power of w_x each per-prompt term is weighted with (D2's forms carry w² and w³).
+_WEIGHT_POWER = {"initial_slope": 2, "initial_curvature": 3}
 
-def check_quantities(inst: Instance) -> dict[str, jax.Array]:
+
+def _dot(p, f):
+  """sum_y p f with 0 · anything = 0."""
+  return jnp.sum(jnp.where(p > 0, p * jnp.where(p > 0, f, 0.0), 0.0))
+
+
+def prompt_terms(d: jax.Array, rho: jax.Array, r: jax.Array, beta: jax.Array) -> dict:
+  """Per-prompt terms of every quantity (one prompt: arrays [Y]; padded responses have d = ρ = 0).
+
+  Written to need four transcendental evaluations per entry (log ρ, log d and one exponential
+  for each of the two Gibbs tilts); the other terms follow by algebra, e.g.
+  L_x(π*) = CE(d, ρ) − E_d r/β + log Z_x and KL(d‖π*) = L_x(π*) − H(d_x).
+
+  Returns:
+    dict name -> [] term; the quantity is sum_x w_x^k term_x (k = 1, or 2/3 for D2's forms).
+  """
+  log_rho, log_d = safe_log(rho), safe_log(d)
+  support, reach = d > 0, rho > 0
+  scaled = r / beta
+  # Gibbs tilt of ρ with a single exponential per entry.
+  logits = jnp.where(reach, log_rho + scaled, -jnp.inf)
+  peak = jnp.max(logits)
+  e = jnp.where(reach, jnp.exp(logits - peak), 0.0)
+  z = jnp.sum(e)
+  log_z = peak + jnp.log(z)
+  pi = e / z
+  # The same for the tilt of d (Theorem 3.1's log Z with ρ = d).
+  logits_d = jnp.where(support, log_d + scaled, -jnp.inf)
+  peak_d = jnp.max(logits_d)
+  log_z_sft = peak_d + jnp.log(jnp.sum(jnp.where(support, jnp.exp(logits_d - peak_d), 0.0)))
+  mean_d = _dot(d, r)
+  entropy = -_dot(d, log_d)
+  cross_rho = -_dot(d, log_rho)
+  cross_rl = cross_rho - mean_d / beta + log_z
+  reward_rl = jnp.sum(pi * r)
+  top = jnp.max(jnp.where(support, r, -jnp.inf))
+  bottom = jnp.min(jnp.where(support, r, jnp.inf))
+  # D2: slope from ρ; curvature at ρ = d: (F r)ᵀ F (F r) with F = diag(d) − d dᵀ.
+  centred = r - _dot(rho, r)
+  slope = jnp.sum(jnp.where(reach, (rho - d) * rho * centred, 0.0))
+  fisher = lambda v: jnp.where(support, d * (v - _dot(d, v)), 0.0)
+  fr = fisher(r)
+  return {
+      "sft_loss_data": entropy,
+      "sft_loss_reference": cross_rho,
+      "sft_loss_rl": cross_rl,
+      "c1": log_z - mean_d / beta,
+      "c1_sft_then_rl": log_z_sft - mean_d / beta,
+      "rl_value": beta * log_z,
+      "reward_reference": _dot(rho, r),
+      "reward_rl": reward_rl,
+      "reward_data": mean_d,
+      "regularized_reward_data": mean_d - beta * (cross_rho - entropy),
+      "kl_rl_reference": reward_rl / beta - log_z,
+      "kl_data_rl": cross_rl - entropy,
+      "hoeffding_bound": (top - bottom) ** 2 / (8.0 * beta ** 2),
+      "sup_bound": (top - mean_d) / beta,
+      "joint_tv": 0.5 * jnp.sum(jnp.abs(d - pi)),
+      "initial_slope": slope,
+      "initial_curvature": jnp.sum(fr * fisher(fr)),
+  }
+
+
+def _map_prompts(fn, inst: Instance, chunk: int):
+  """fn(d_x, ρ_x, r_x) for every prompt, chunked so temporaries are [chunk, Y]."""
+  xs = (inst.data, inst.reference, jnp.where(inst.response_mask, inst.reward, 0.0))
+  if inst.data.shape[0] <= chunk:
+    return jax.vmap(fn)(*xs)
+  return jax.lax.map(lambda row: fn(*row), xs, batch_size=chunk)
+
+
+def check_quantities(inst: Instance, chunk: int = CHUNK) -> dict[str, jax.Array]:
   """All scalar quantities of one instance (unbatched; vmap for batches).
+
+  Args:
+    inst: the instance.
+    chunk: prompts processed at once (bounds the memory of temporaries).
 
   Returns:
     dict name -> [] array, names as in ``QUANTITY_DOCS``.
   """
-  log_rl = gibbs_tilt(inst)
-  log_rho = safe_log(inst.reference)
-  log_d = safe_log(inst.data)
-  sr = paper.sft_then_rl(inst)
-  return {
-      "sft_loss_data": sft_optimum_loss(inst),
-      "sft_loss_reference": sft_loss(inst, log_rho),
-      "sft_loss_rl": sft_loss(inst, log_rl),
-      "c1": c1(inst),
-      "c1_sft_then_rl": c1(sr),
-      "rl_value": rl_value(inst),
-      "reward_reference": reward(inst, log_rho),
-      "reward_rl": reward(inst, log_rl),
-      "reward_data": reward(inst, log_d),
-      "regularized_reward_data": regularized_reward(inst, log_d),
-      "kl_rl_reference": expect(inst, kl_rows(log_rl, log_rho)),
-      "kl_data_rl": expect(inst, kl_rows(log_d, log_rl)),
-      "hoeffding_bound": paper.hoeffding_bound(inst),
-      "sup_bound": paper.sup_bound(inst),
-      "joint_tv": ours.joint_tv(inst),
-      "beta_critical": ours.beta_critical(inst),
-      "initial_slope": ours.initial_slope(inst),
-      "initial_curvature": ours.initial_curvature(inst),
-  }
+  w = inst.prompt_weights
+  terms = _map_prompts(lambda d, rho, r: prompt_terms(d, rho, r, inst.beta), inst, chunk)
+  out = {}
+  for name, term in terms.items():
+    k = _WEIGHT_POWER.get(name, 1)
+    out[name] = jnp.sum(jnp.where(w > 0, w ** k * jnp.where(w > 0, term, 0.0), 0.0))
+  out["beta_critical"] = critical_beta_from_terms(
+      inst, lambda fn: _map_prompts(fn, inst, chunk))
+  return {k: out[k] for k in QUANTITY_DOCS}

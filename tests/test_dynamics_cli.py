@@ -1,0 +1,93 @@
+"""`compare` and `flow` commands (verify/dynamics_commands.py): smoke and error tests."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from verify.cli import main
+
+INSTANCE = {"beta": 0.5, "prompt_weights": [0.4, 0.6],
+            "data": [[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]],
+            "reward": [[1.0, 0.0, 0.5], [0.0, 1.0, -1.0]]}
+
+
+@pytest.fixture
+def instance_file(tmp_path):
+  p = tmp_path / "inst.json"
+  p.write_text(json.dumps(INSTANCE))
+  return p
+
+
+def test_compare_json_has_every_recipe_and_nonnegative_regret(instance_file, capsys):
+  assert main(["compare", str(instance_file), "--json", "--recipe-steps", "20"]) == 0
+  out = json.loads(capsys.readouterr().out)
+  names = [r["name"] for r in out["recipes"]]
+  assert names == ["sft_then_rl_exact", "sft_then_rl", "rl_then_sft", "alternating", "joint",
+                   "grpo", "dr_grpo", "hpt", "luffy", "srft", "relift"]
+  for r in out["recipes"]:
+    assert {"sft_loss", "reward", "regularized_reward", "regret"} <= set(r)
+    if r["status"] == "ok":
+      assert r["regret"] >= -1e-9, r
+      assert r["kl_data"] == pytest.approx(r["sft_loss"] - 0.4 * np.log(2) - 0.6 * (
+          -0.2 * np.log(0.2) - 0.3 * np.log(0.3) - 0.5 * np.log(0.5)), abs=1e-9)
+  exact = out["recipes"][0]
+  assert exact["status"] == "ok" and exact["regret"] >= 0
+
+
+def test_compare_table(instance_file, capsys):
+  assert main(["compare", str(instance_file), "--recipe-steps", "5"]) == 0
+  out = capsys.readouterr().out
+  assert "sft_then_rl_exact" in out and "relift" in out
+
+
+def test_flow_json_and_table(instance_file, capsys):
+  assert main(["flow", str(instance_file), "--pipeline", "alternating", "--json",
+               "--points", "2"]) == 0
+  out = json.loads(capsys.readouterr().out)
+  assert out["pipeline"] == "alternating" and out["converged"]
+  times = [p["time"] for p in out["points"]]
+  assert times[0] == 0 and np.all(np.diff(times) > 0)
+  assert len(times) == 1 + 2 * len(out["schedule"]["duration"])
+  assert main(["flow", str(instance_file), "--pipeline", "joint", "--points", "2"]) == 0
+  assert "grad_cosine" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["flow", "{f}", "--pipeline", "nope"], "invalid choice"),
+    (["flow", "{f}"], "--pipeline"),
+    (["flow", "{missing}", "--pipeline", "joint"], "no such file"),
+    (["flow", "{f}", "--pipeline", "joint", "--points", "0"], "points"),
+    (["compare", "{missing}"], "no such file"),
+    (["compare", "{bad}"], "broken JSON"),
+    (["compare", "{invalid}"], "beta"),
+    (["compare", "{f}", "--recipe-steps", "-3"], "recipe-steps"),
+    (["compare", "{f}", "--recipe-lr", "nan"], "recipe-lr"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, needle, instance_file, tmp_path, capsys):
+  bad = tmp_path / "bad.json"
+  bad.write_text("{not json")
+  invalid = tmp_path / "invalid.json"
+  invalid.write_text(json.dumps({**INSTANCE, "beta": -1.0}))
+  paths = {"f": instance_file, "missing": tmp_path / "none.json", "bad": bad, "invalid": invalid}
+  argv = [a.format(**paths) for a in argv]
+  assert main(argv) == 2
+  cap = capsys.readouterr()
+  assert cap.out == ""
+  lines = cap.err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0]
+
+
+def test_dynamics_figures_smoke():
+  import matplotlib.pyplot as plt
+
+  from figures import dynamics
+  assert set(dynamics.FIGURES) == {
+      "dynamics_fig3a_sft_loss_along_rl", "dynamics_fig3b_reward_along_sft", "dynamics_pl_decay",
+      "dynamics_grad_cosine", "dynamics_c1_zero_held_out"}
+  for name, make in dynamics.FIGURES.items():
+    fig = make()
+    assert fig.axes and all(ax.has_data() for ax in fig.axes), name
+    plt.close(fig)

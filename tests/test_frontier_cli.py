@@ -1,0 +1,109 @@
+"""The `frontier` command: JSON and table output, agreement with theory.frontier, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import verify.cli
+import verify.dynamics_commands
+from verify.frontier_command import add_frontier_command, parse_lambdas
+from verify.io import InputError
+
+GOOD = {"beta": 0.5, "prompt_weights": [0.25, 0.75], "data": [[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]],
+        "reward": [[1.0, 0.0, 2.0], [0.5, -0.5, 0.2]],
+        "reference": [[0.4, 0.4, 0.2], [0.3, 0.3, 0.4]]}
+
+
+@pytest.fixture
+def main(monkeypatch):
+  """verify.cli.main with `frontier` registered (verify.dynamics_commands wires it in)."""
+  names = verify.cli.build_parser()._subparsers._group_actions[0].choices
+  if "frontier" not in names:
+    original = verify.dynamics_commands.add_commands
+
+    def add_commands(sub):
+      original(sub)
+      add_frontier_command(sub)
+    monkeypatch.setattr(verify.dynamics_commands, "add_commands", add_commands)
+  return verify.cli.main
+
+
+def _write(tmp_path, obj, name="inst.json"):
+  p = tmp_path / name
+  p.write_text(obj if isinstance(obj, str) else json.dumps(obj))
+  return str(p)
+
+
+def _run(main, argv, capsys):
+  code = main(argv)
+  out = capsys.readouterr()
+  return code, out.out, out.err
+
+
+def test_json_points_match_theory(tmp_path, capsys, main):
+  from theory.frontier import frontier_curve
+  from verify.io import read_instance
+  path = _write(tmp_path, GOOD)
+  code, out, err = _run(main, ["frontier", path, "--lambdas", "0,0.5,2,1e3", "--json"], capsys)
+  assert code == 0 and err == ""
+  points = json.loads(out)["points"]
+  assert [p["lambda"] for p in points] == [0.0, 0.5, 2.0, 1000.0]
+  assert set(points[0]) == {"lambda", "sft_loss", "reward"}
+  inst, _ = read_instance(path)
+  sft, rew = frontier_curve(inst, np.array([0.0, 0.5, 2.0, 1000.0]))
+  np.testing.assert_allclose([p["sft_loss"] for p in points], np.asarray(sft), rtol=1e-12)
+  np.testing.assert_allclose([p["reward"] for p in points], np.asarray(rew), rtol=1e-12)
+  # λ = 0 is the data: L(d) = E_w H(d_x), J(d) = E_w E_d r.
+  d = np.array(GOOD["data"])
+  w = np.array(GOOD["prompt_weights"])
+  h = -np.sum(np.where(d > 0, d * np.log(np.where(d > 0, d, 1.0)), 0.0), axis=1)
+  assert points[0]["sft_loss"] == pytest.approx(float(w @ h), rel=1e-12)
+  assert points[0]["reward"] == pytest.approx(float(w @ np.sum(d * np.array(GOOD["reward"]), 1)))
+  # Large λ moves prompt 0 to the better response outside supp d (reward 2).
+  assert points[-1]["reward"] > 0.25 * 1.9
+
+
+def test_table_output(tmp_path, capsys, main):
+  path = _write(tmp_path, GOOD)
+  code, out, err = _run(main, ["frontier", path], capsys)
+  assert code == 0 and err == ""
+  assert "frontier" in out and "this project's D4" in out
+  assert "reward J" in out
+
+
+@pytest.mark.parametrize("lambdas,fragment", [
+    ("-1", "expected a number >= 0"),
+    ("0,abc", "entry 1 is 'abc'"),
+    ("", "--lambdas is empty"),
+    ("1,,2", "entry 1"),
+    ("nan", "finite"),
+    ("inf", "finite"),
+])
+def test_bad_lambdas(tmp_path, capsys, main, lambdas, fragment):
+  path = _write(tmp_path, GOOD)
+  code, out, err = _run(main, ["frontier", path, f"--lambdas={lambdas}", "--json"], capsys)
+  assert code == 2 and out == ""
+  assert err.startswith("error: ") and err.count("\n") == 1 and fragment in err
+
+
+@pytest.mark.parametrize("content,fragment", [
+    (None, "no such file"),
+    ("{not json", "broken JSON"),
+    (dict(GOOD, beta=-1.0), "beta"),
+    (dict(GOOD, data=[[0.5, 0.6, 0.0], [0.2, 0.3, 0.5]]), "data row 0 sums to"),
+    ([1, 2], "JSON object"),
+])
+def test_bad_files(tmp_path, capsys, main, content, fragment):
+  path = str(tmp_path / "missing.json") if content is None else _write(tmp_path, content)
+  code, out, err = _run(main, ["frontier", path, "--json"], capsys)
+  assert code == 2 and out == ""
+  assert err.startswith("error: ") and err.count("\n") == 1 and fragment in err
+
+
+def test_parse_lambdas():
+  assert parse_lambdas(" 0, 1.5 ,3e2") == [0.0, 1.5, 300.0]
+  with pytest.raises(InputError):
+    parse_lambdas("1;2")

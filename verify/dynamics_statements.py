@@ -1,0 +1,246 @@
+"""This project's dynamics statements (THEORY.md D2 on flows, D5, D6, D7) for verify.
+
+Each :class:`verify.statements.Statement` here has a batched ``check(batch, key) -> Verdict`` of
+[B] arrays. Pointwise statements (D5 PL inequalities, D6) are evaluated on every instance of the
+batch at random policies drawn from ``key`` (logits N(0, 2²) on the RL support). Flow-based
+statements (D2 finite differences, D5 decay, D7) integrate flows, so they run on the first
+``FLOW_SAMPLE`` (D7: ``D7_SAMPLE``) instances of each batch (the others are reported as not
+applying) and keep verify's default run short; the D7 PL-time check also skips instances whose flow to t_ε would
+need more than ``MAX_FLOW_UNITS`` natural time units (extreme β or near-zero probabilities),
+again as not applying.
+
+All statements are this project's own (source "ours"), not the paper's.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from theory import flows
+from theory import objectives as obj
+from theory import ours_dynamics as od
+from theory.instance import Instance
+from theory.verdict import Verdict
+from verify.statements import Statement
+
+__all__ = ["DYNAMICS_STATEMENTS", "FLOW_SAMPLE", "MAX_FLOW_UNITS", "random_logits"]
+
+FLOW_SAMPLE = 32        # instances per batch on which flow-based statements run
+D7_SAMPLE = 16          # fewer for D7 (a grid flow plus a bisection of flows per instance)
+MAX_FLOW_UNITS = 2e4    # D7: skip flows longer than this many natural time units
+DECAY_UNITS = 30.0      # D5 decay: horizon in natural time units
+DECAY_SAVES = 8
+D7_EPS = 0.1
+D7_GRID = 65
+GAP_FLOOR = 1e-12       # D7: an initial RL gap below this is rounding (r constant on supp d)
+
+
+def random_logits(inst: Instance, key: jax.Array, scale: float = 2.0) -> jax.Array:
+  """[X, Y] random finite logits N(0, scale²) (masked entries are inert)."""
+  return scale * jax.random.normal(key, inst.data.shape, inst.data.dtype)
+
+
+def _verdict(lhs, rhs, margin, applies, ratio=None) -> Verdict:
+  """A Verdict; ``ratio`` (how much of the bound is used, 1 = tight) defaults to NaN."""
+  if ratio is None:
+    ratio = jnp.full(jnp.shape(margin), jnp.nan)
+  return Verdict(lhs=lhs, rhs=rhs, margin=margin, applies=jnp.asarray(applies), ratio=ratio)
+
+
+def _used(used, budget):
+  ok = budget > 0
+  return jnp.where(ok, used / jnp.where(ok, budget, 1.0), jnp.nan)
+
+
+def _keys(key, n):
+  return jax.random.split(key, n)
+
+
+def _sample(batch: Instance, size: int = FLOW_SAMPLE):
+  n = batch.prompt_weights.shape[0]
+  k = min(n, size)
+  sub = jax.tree.map(lambda a: a[:k], batch)
+  return sub, n, k
+
+
+def _pad_verdict(v: Verdict, n: int, k: int) -> Verdict:
+  """Extends a Verdict on the first k instances to n (the rest: not applying)."""
+  pad = lambda a, fill: jnp.concatenate([jnp.broadcast_to(a, (k,)), jnp.full((n - k,), fill,
+                                                                            jnp.asarray(a).dtype)])
+  return _verdict(pad(v.lhs, jnp.nan), pad(v.rhs, jnp.nan), pad(v.margin, jnp.nan),
+                  pad(jnp.asarray(v.applies, bool), False), pad(v.ratio, jnp.nan))
+
+
+# ----------------------------------------------------------------------------- D5, D6 pointwise
+
+def _pl_point(inst, key, which):
+  theta = random_logits(inst, key)
+  log_pi = obj.policy_log_probs(inst, theta)
+  res = od.pl_rl(inst, log_pi) if which == "rl" else od.pl_sft(inst, log_pi)
+  return _verdict(res["lhs"], res["rhs"], res["margin"], jnp.isfinite(res["rhs"]),
+                  _used(res["rhs"], res["lhs"]))
+
+
+@functools.partial(jax.jit, static_argnames=("which",))
+def _pl_batch(batch, key, which):
+  keys = _keys(key, batch.prompt_weights.shape[0])
+  return jax.vmap(lambda i, k: _pl_point(i, k, which))(batch, keys)
+
+
+def check_pl_rl(batch: Instance, key: jax.Array) -> Verdict:
+  """D5 (ours): ‖∇J_β‖² ≥ 2 μ_RL (J_β* − J_β) at a random policy per instance."""
+  return _pl_batch(batch, key, "rl")
+
+
+def check_pl_sft(batch: Instance, key: jax.Array) -> Verdict:
+  """D5 (ours): ‖∇L‖² ≥ 2 μ_SFT (L − L(d)) at a random policy per instance."""
+  return _pl_batch(batch, key, "sft")
+
+
+def _spectral_point(inst, key):
+  log_pi = obj.policy_log_probs(inst, random_logits(inst, key))
+  res = od.spectral_misalignment(inst, log_pi)
+  real = inst.prompt_weights > 0
+  m = jnp.where(real, jnp.minimum(res["margin"], res["margin_exact"]), jnp.inf)
+  i = jnp.argmin(m)
+  return _verdict(jnp.abs(res["inner"][i]), res["bound"][i], res["margin_min"], True,
+                  res["tightness_max"])
+
+
+@jax.jit
+def check_spectral(batch: Instance, key: jax.Array) -> Verdict:
+  """D6 (ours): |⟨∇_x L, ∇_x J_β⟩| ≤ w_x² β λ_max(F_x)² ‖P(d/π)‖ ‖P log(π*/π)‖ ≤ (max π)² form."""
+  keys = _keys(key, batch.prompt_weights.shape[0])
+  return jax.vmap(_spectral_point)(batch, keys)
+
+
+# ----------------------------------------------------------------------------- flow-based
+
+@jax.jit
+def _d2_batch(batch):
+  def one(inst):
+    res = od.d2_check(inst)
+    err = 1e-4 - res["margin"]
+    return _verdict(err, jnp.asarray(1e-4, err.dtype), res["margin"], True, err / 1e-4)
+  return jax.vmap(one)(batch)
+
+
+def check_d2_flow(batch: Instance, key: jax.Array) -> Verdict:
+  """D2 (ours): closed-form dL/dt(0), d²L/dt²(0) agree with finite differences of the flow."""
+  del key
+  sub, n, k = _sample(batch)
+  return _pad_verdict(_d2_batch(sub), n, k)
+
+
+def _decay_point(inst, key, kind):
+  theta0 = jnp.where(obj.rl_support(inst), random_logits(inst, key, 1.5), 0.0)
+  unit = od.natural_time(inst) if kind == "rl" else 1.0 / jnp.max(inst.prompt_weights)
+  ts = unit * DECAY_UNITS * jnp.arange(1, DECAY_SAVES + 1, dtype=theta0.dtype) / DECAY_SAVES
+  res = od.pl_decay(inst, ts, theta0, kind=kind)
+  applies = res["ok"] & (res["gap0"] > 0)
+  i = jnp.argmin(res["log_margin"])
+  return _verdict(res["gap"][i], res["bound"][i], jnp.min(res["log_margin"]), applies,
+                  _used(res["gap"][i], res["bound"][i]))
+
+
+@functools.partial(jax.jit, static_argnames=("kind",))
+def _decay_batch(batch, key, kind):
+  keys = _keys(key, batch.prompt_weights.shape[0])
+  return jax.vmap(lambda i, k: _decay_point(i, k, kind))(batch, keys)
+
+
+def check_decay_rl(batch: Instance, key: jax.Array) -> Verdict:
+  """D5 (ours): along the RL flow, gap(t) ≤ gap(0) exp(−2∫μ_RL) (margin in log scale)."""
+  sub, n, k = _sample(batch)
+  return _pad_verdict(_decay_batch(sub, key, "rl"), n, k)
+
+
+def check_decay_sft(batch: Instance, key: jax.Array) -> Verdict:
+  """D5 (ours): along the SFT flow, gap(t) ≤ gap(0) exp(−2∫μ_SFT) (margin in log scale)."""
+  sub, n, k = _sample(batch)
+  return _pad_verdict(_decay_batch(sub, key, "sft"), n, k)
+
+
+def _d7_setup(inst, key):
+  inst_d = od.at_sft_optimum(inst)
+  log_d = obj.policy_log_probs(inst_d, flows.initial_logits(inst_d))
+  mu_start = od.mu_rl(inst_d, log_d)
+  mu_end = od.mu_rl(inst_d, obj.gibbs_tilt(inst_d))
+  t_est = jnp.log(1.0 / D7_EPS) / (2 * jnp.minimum(mu_start, mu_end))
+  horizon = 1.5 * t_est
+  unit = od.natural_time(inst_d)
+  feasible = horizon / unit <= MAX_FLOW_UNITS
+  lam = jnp.exp(jax.random.uniform(key, (), inst.data.dtype, jnp.log(0.1), jnp.log(10.0)))
+  # Instances skipped for cost still run, on a short horizon, so the batch stays cheap.
+  horizon = jnp.where(feasible, horizon, unit)
+  return inst_d, lam, horizon, feasible
+
+
+@jax.jit
+def _d7_batch(batch, key):
+  keys = _keys(key, batch.prompt_weights.shape[0])
+
+  def one(inst, k):
+    inst_d, lam, horizon, feasible = _d7_setup(inst, k)
+    res = od.optimal_rl_duration(inst_d, lam, horizon, D7_EPS, n_grid=D7_GRID, n_bisect=30,
+                                 rtol=1e-9, atol=1e-12, max_steps=1 << 15)
+    pl = _verdict(res["gap_at_t_eps"], D7_EPS * res["gap0"], res["pl_margin"],
+                  feasible & res["ok"] & res["t_eps_in_horizon"] & (res["gap0"] > GAP_FLOOR),
+                  _used(res["gap_at_t_eps"], D7_EPS * res["gap0"]))
+    scale = jnp.maximum(1.0, jnp.max(jnp.abs(res["grid_objective"])))
+    am = _verdict(res["objective_star"], jnp.max(res["grid_objective"]),
+                  res["argmax_margin"] / scale, feasible & res["ok"])
+    return pl, am
+  return jax.vmap(one)(batch, keys)
+
+
+_D7_LAST: list = []  # [(batch, key, result)]: both D7 statements share one run per batch
+
+
+def _d7_cached(batch, key):
+  for b, k, res in _D7_LAST:
+    if b is batch and bool(jnp.all(k == key)):
+      return res
+  sub, n, k = _sample(batch, D7_SAMPLE)
+  pl, am = _d7_batch(sub, key)
+  res = (_pad_verdict(pl, n, k), _pad_verdict(am, n, k))
+  _D7_LAST[:] = _D7_LAST[-7:] + [(batch, key, res)]
+  return res
+
+
+def check_d7_pl_time(batch: Instance, key: jax.Array) -> Verdict:
+  """D7 (ours): along the RL flow from d, gap(t_ε) ≤ ε gap(0) with t_ε = ln(1/ε)/(2μ_min)."""
+  return _d7_cached(batch, key)[0]
+
+
+def check_d7_argmax(batch: Instance, key: jax.Array) -> Verdict:
+  """D7 (ours): the computed t*(λ) beats every grid time on J − λL along the RL flow from d."""
+  return _d7_cached(batch, key)[1]
+
+
+def _stmt(name, title, kind, check, tol):
+  return Statement(name=name, title=title, source="ours", expected="holds", kind=kind, fn=None,
+                   tolerance=tol, uses_probe=False, check=check)
+
+
+DYNAMICS_STATEMENTS: list[Statement] = [
+    _stmt("D2 rl_flow_finite_differences",
+          "flow finite differences = closed-form dL/dt(0), d²L/dt²(0) (rel. 1e-4)", "bound",
+          check_d2_flow, 0.0),
+    _stmt("D5 pl_rl", "‖∇J_β‖² ≥ 2β min w (min π)² (J_β* − J_β)", "bound", check_pl_rl, 1e-12),
+    _stmt("D5 pl_sft", "‖∇L‖² ≥ min w min π (L − L(d))", "bound", check_pl_sft, 1e-12),
+    _stmt("D5 pl_decay_rl", "RL flow: gap(t) ≤ gap(0) exp(−2∫μ_RL)", "bound", check_decay_rl,
+          1e-6),
+    _stmt("D5 pl_decay_sft", "SFT flow: gap(t) ≤ gap(0) exp(−2∫μ_SFT)", "bound",
+          check_decay_sft, 1e-6),
+    _stmt("D6 spectral_misalignment",
+          "|⟨∇_xL, ∇_xJ_β⟩| ≤ w²β λ_max(F)² ‖P(d/π)‖ ‖P log(π*/π)‖ ≤ (max π)² form", "bound",
+          check_spectral, 1e-10),
+    _stmt("D7 pl_time", "RL flow from d: gap(t_ε) ≤ ε gap(0), t_ε = ln(1/ε)/(2μ_min)", "bound",
+          check_d7_pl_time, 1e-8),
+    _stmt("D7 optimal_duration_argmax", "t*(λ) maximises J − λL along the RL flow from d",
+          "bound", check_d7_argmax, 1e-7),
+]
