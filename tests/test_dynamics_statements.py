@@ -24,8 +24,7 @@ BUCKET = (3, 4)
 def _padded(raw):
   inst = make_instance(raw["prompt_weights"], raw["data"], raw["reward"], raw["beta"],
                        reference=raw["reference"])
-  with jax.numpy_rank_promotion("allow"):  # pad_instance broadcasts [X, 1] & [Y]
-    return pad_instance(inst, *BUCKET)
+  return pad_instance(inst, *BUCKET)
 
 
 def _instance(seed, beta=0.7, same_ref=False):

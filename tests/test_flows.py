@@ -132,8 +132,7 @@ def test_alternating_schedule_phases():
 
 def test_vmap_over_padded_batch_matches_single_runs():
   insts = [_instance(10 + i, nx=2 + i % 2, ny=3 + i % 2, beta=0.5 + i) for i in range(2)]
-  with jax.numpy_rank_promotion("allow"):  # pad_instance broadcasts [X, 1] & [Y]
-    batch = stack([pad_instance(i, 3, 4) for i in insts])
+  batch = stack([pad_instance(i, 3, 4) for i in insts])
   sched = flows.sft_then_rl(10.0, 20.0)
   run = jax.vmap(lambda inst: flows.run_flow(inst, sched, n_save=3, rtol=1e-12, atol=1e-14))
   trs = run(batch)

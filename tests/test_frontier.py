@@ -39,9 +39,7 @@ def random_instance(seed: int, n_x: int = 2, n_y: int = 4, zeros: bool = True, b
 
 
 def pad(inst, n_x, n_y):
-  # theory.instance.pad_instance broadcasts [X, 1] against [Y] (rank promotion); allow it here.
-  with jax.numpy_rank_promotion("allow"):
-    return pad_instance(inst, n_x, n_y)
+  return pad_instance(inst, n_x, n_y)
 
 
 def scipy_penalised(inst, lam):
