@@ -47,6 +47,8 @@ def batched_throughput(n=4096, nx=16, ny=8, loop_n=256):
   batch = Instance(prompt_weights=jnp.asarray(w), data=jnp.asarray(d), reference=jnp.asarray(ref),
                    reward=jnp.asarray(r), beta=jnp.asarray(beta),
                    response_mask=jnp.ones((n, nx, ny), bool))
+  from verify.sweep import shard_batch
+  batch, _ = shard_batch(batch)  # split over every local device (each CPU core is one)
   fn = jax.jit(jax.vmap(check_quantities))
   t0 = time.perf_counter()
   jax.block_until_ready(fn(batch))
@@ -68,7 +70,7 @@ def batched_throughput(n=4096, nx=16, ny=8, loop_n=256):
         worst = max(worst, abs(got - v) / max(1.0, abs(v)))
   jax_rate = n / jax_s
   loop_rate = loop_n / loop_s
-  return {"instances": n, "shape": [nx, ny], "jax_seconds": jax_s, "jax_compile_seconds": compile_s,
+  return {"instances": n, "shape": [nx, ny], "devices": jax.device_count(), "jax_seconds": jax_s, "jax_compile_seconds": compile_s,
           "jax_instances_per_s": jax_rate, "numpy_loop_instances": loop_n,
           "numpy_loop_seconds": loop_s, "numpy_instances_per_s": loop_rate,
           "speedup": jax_rate / loop_rate, "max_relative_disagreement": worst}
@@ -151,7 +153,15 @@ def large_instance(nx=1 << 16, ny=1 << 8):
           "max_relative_disagreement": worst}
 
 
+def use_every_core() -> None:
+  """One XLA host device per core (before jax starts), as `verify` does, so batches run in
+  parallel; the NumPy baseline is the single-threaded loop a user would write."""
+  from verify.sweep import use_every_core as setup
+  setup()
+
+
 def main(argv=None):
+  use_every_core()
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
   args = ap.parse_args(argv)

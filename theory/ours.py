@@ -164,8 +164,11 @@ def critical_beta_from_terms(inst: Instance, map_prompts) -> jax.Array:
   # Often much closer: the root of the quadratic model −gain·t + Var·t²/2, used when it is
   # to the right of the root (h ≥ 0 there), which one evaluation tells.
   t_quad = jnp.clip(2.0 * gain / jnp.where(var > 0, var, 1.0), jnp.exp(-LOG_BETA_BRACKET[1]), t_up)
-  h_quad, _ = h_and_slope(t_quad)
-  t_start = jnp.where(h_quad >= 0, t_quad, t_up)
+  h_quad, dh_quad = h_and_slope(t_quad)
+  # Left of the root but already rising: by convexity the tangent's zero lies right of the root.
+  tangent = t_quad - h_quad / jnp.where(dh_quad > 0, dh_quad, 1.0)
+  t_start = jnp.where(h_quad >= 0, t_quad,
+                      jnp.where(dh_quad > 0, jnp.minimum(tangent, t_up), t_up))
 
   def cond(state):
     t, step, it = state

@@ -86,8 +86,9 @@ def cmd_verify(args) -> int:
   from verify.io import atomic_write_json, atomic_write_text
   from verify.run import report_markdown, run_verify
   from verify.statements import all_statements
-  from verify.sweep import maybe_initialize_distributed
+  from verify.sweep import maybe_initialize_distributed, use_every_core
 
+  use_every_core()  # one CPU device per core: the instance batches are split over them
   maybe_initialize_distributed()
   statements = _select(all_statements(), args.only)
   out = Path(args.out)
