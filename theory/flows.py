@@ -73,7 +73,8 @@ def time_unit(inst: Instance) -> jax.Array:
   return 1.0 / jnp.min(jnp.where(w > 0, w, jnp.inf))
 
 
-def vector_field(inst: Instance, theta: jax.Array, sft_weight, rl_weight) -> jax.Array:
+def vector_field(inst: Instance, theta: jax.Array, sft_weight, rl_weight,
+                 log_reference: jax.Array | None = None) -> jax.Array:
   r"""θ̇ = −a ∇L(θ) + b ∇J_β(θ; ρ) with ρ = ``inst.reference`` (closed forms, B5).
 
   Args:
@@ -93,8 +94,9 @@ def vector_field(inst: Instance, theta: jax.Array, sft_weight, rl_weight) -> jax
   e = jnp.where(support, jnp.exp(theta - peak), 0.0)
   z = jnp.sum(e, axis=-1, keepdims=True)
   pi = e / z
-  log_ratio = jnp.where(support, theta - peak - jnp.log(z)
-                        - jnp.log(jnp.where(support, inst.reference, 1.0)), 0.0)
+  if log_reference is None:
+    log_reference = jnp.log(jnp.where(support, inst.reference, 1.0))
+  log_ratio = jnp.where(support, theta - peak - jnp.log(z) - log_reference, 0.0)
   h = jnp.where(support, inst.reward - inst.beta * log_ratio, 0.0)
   rl = pi * (h - jnp.sum(pi * h, axis=-1, keepdims=True))
   w = inst.prompt_weights[:, None]
@@ -126,8 +128,14 @@ def integrate(field, y0, ts, args, *, t0=0.0, rtol=1e-8, atol=1e-10, max_steps=1
 
 
 def _logit_field(theta, args):
-  inst, a, b = args
-  return vector_field(inst, theta, a, b)
+  inst, a, b, log_reference = args
+  return vector_field(inst, theta, a, b, log_reference)
+
+
+def _field_args(inst: Instance, a, b):
+  """Arguments of the integrated field; log ρ is computed once per phase, not per evaluation."""
+  support = obj.rl_support(inst)
+  return inst, a, b, jnp.log(jnp.where(support, inst.reference, 1.0))
 
 
 @functools.partial(jax.jit, static_argnames=("rtol", "atol", "max_steps"))
@@ -154,7 +162,7 @@ def flow(inst: Instance, ts: jax.Array, sft_weight, rl_weight, theta0: jax.Array
   """
   theta0 = initial_logits(inst) if theta0 is None else theta0
   dtype = theta0.dtype
-  args = (inst, jnp.asarray(sft_weight, dtype), jnp.asarray(rl_weight, dtype))
+  args = _field_args(inst, jnp.asarray(sft_weight, dtype), jnp.asarray(rl_weight, dtype))
   return integrate(_logit_field, theta0, jnp.asarray(ts, dtype), args, rtol=rtol, atol=atol,
                    max_steps=max_steps)
 
@@ -377,7 +385,8 @@ def run_flow(inst: Instance, schedule: Schedule, theta0: jax.Array | None = None
     reference = _reset(inst, reference, theta, reset)
     inst_p = dataclasses.replace(inst, reference=reference)
     ts = dur * frac
-    thetas, ok = integrate(_logit_field, theta, ts, (inst_p, a, b), rtol=rtol, atol=atol,
+    thetas, ok = integrate(_logit_field, theta, ts, _field_args(inst_p, a, b), rtol=rtol,
+                           atol=atol,
                            max_steps=max_steps)
     return (thetas[-1], reference, t_start + dur), (thetas, reference, t_start + ts, ok)
 
