@@ -14,7 +14,7 @@ from theory import paper
 from theory.instance import Instance, make_instance
 from theory.objectives import (
     c1, expect, gibbs_tilt, kl_rows, policy_log_probs, regularized_reward, reward, rl_support,
-    safe_log, sft_grad,
+    sft_grad,
 )
 
 __all__ = ["c1_against_beta", "rl_then_sft_reward_change", "example_instance", "sft_path",

@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Instance", "InstanceError", "make_instance", "validate", "pad_instance", "stack", "unstack"]
+__all__ = ["Instance", "InstanceError", "make_instance", "validate", "pad_instance",
+           "unpad_instance", "stack", "unstack", "index"]
 
 WEIGHT_TOL = 1e-9  # weights and rows must sum to 1 within this (absolute).
 

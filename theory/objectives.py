@@ -234,8 +234,9 @@ def rl_grad(inst: Instance, theta: jax.Array) -> jax.Array:
   log_pi = policy_log_probs(inst, theta)
   support = rl_support(inst)
   pi = jnp.exp(log_pi)
-  h = jnp.where(support, inst.reward - inst.beta * (jnp.where(support, log_pi, 0.0)
-                                                    - safe_log(jnp.where(support, inst.reference, 1.0))), 0.0)
+  log_ratio = (jnp.where(support, log_pi, 0.0)
+               - safe_log(jnp.where(support, inst.reference, 1.0)))
+  h = jnp.where(support, inst.reward - inst.beta * log_ratio, 0.0)
   return jnp.where(support, inst.prompt_weights[:, None] * fisher_matvec(pi, h), 0.0)
 
 

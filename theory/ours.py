@@ -43,17 +43,6 @@ def _expected(inst: Instance, p: jax.Array, f: jax.Array) -> jax.Array:
   return expect(inst, jnp.sum(jnp.where(p > 0, p * f, 0.0), axis=-1))
 
 
-def scaled_c1(inst: Instance, log_beta: jax.Array) -> jax.Array:
-  """g(β) = β C₁(β; ρ) = E_w[β log E_ρ e^{r/β} − E_d r] at β = exp(log_beta), non-increasing.
-
-  Written as E_ρ r + β log E_ρ e^{s}, s = (r − E_ρ r)/β, and for large β (|s| < 1) through
-  log1p(E_ρ expm1(s)), which keeps full precision where β log Z_β would cancel.
-  """
-  xs = (inst.data, inst.reference, jnp.where(inst.response_mask, inst.reward, 0.0))
-  g_x, _ = jax.vmap(lambda d, rho, r: _prompt_root_terms(d, rho, r, log_beta))(*xs)
-  return expect(inst, g_x)
-
-
 def _prompt_root_terms(d, rho, r, t):
   """Per-prompt (h_x, h_x') at t = 1/β for h_x(t) = log E_ρ e^{t r} − t E_d r (convex in t).
 
@@ -74,38 +63,6 @@ def _prompt_root_terms(d, rho, r, t):
   via_expm1 = jnp.log1p(jnp.sum(jnp.where(pos, rho * jnp.expm1(jnp.clip(s, -1.0, 1.0)), 0.0)))
   log_z = jnp.where(small, via_expm1, m + jnp.log(total))
   return log_z - t * gap, jnp.sum(rho * ex * c) / total - gap
-
-
-def scaled_c1(inst: Instance, log_beta: jax.Array) -> jax.Array:
-  """g(β) = β C₁(β; ρ) = E_w[β log E_ρ e^{r/β} − E_d r] at β = exp(log_beta), non-increasing.
-
-  Written as E_ρ r + β log E_ρ e^{s}, s = (r − E_ρ r)/β, and for large β (|s| < 1) through
-  log1p(E_ρ expm1(s)), which keeps full precision where β log Z_β would cancel.
-  """
-  xs = (inst.data, inst.reference, jnp.where(inst.response_mask, inst.reward, 0.0))
-  g_x, _ = jax.vmap(lambda d, rho, r: _prompt_root_terms(d, rho, r, log_beta))(*xs)
-  return expect(inst, g_x)
-
-
-def _prompt_root_terms(d, rho, r, t):
-  """Per-prompt (h_x, h_x') at t = 1/β for h_x(t) = log E_ρ e^{t r} − t E_d r (convex in t).
-
-  h_x = [log E_ρ e^{t(r − E_ρ r)}] − t (E_d r − E_ρ r); the bracket is computed through
-  log1p(E_ρ expm1(·)) when its exponents are small, which keeps full precision for small t.
-  h_x' = E_{π_t} r − E_d r with π_t ∝ ρ e^{t r} the Gibbs tilt at β = 1/t.
-  """
-  pos = rho > 0
-  mean_rho = jnp.sum(jnp.where(pos, rho * r, 0.0))
-  mean_d = jnp.sum(jnp.where(d > 0, d * r, 0.0))
-  s = jnp.where(pos, t * (r - mean_rho), 0.0)
-  small = jnp.max(jnp.abs(s)) < 1.0
-  via_log1p = jnp.log1p(jnp.sum(jnp.where(pos, rho * jnp.expm1(jnp.clip(s, -1.0, 1.0)), 0.0)))
-  via_lse = jax.nn.logsumexp(jnp.where(pos, safe_log(rho) + s, -jnp.inf))
-  log_z = jnp.where(small, via_log1p, via_lse)        # log E_ρ e^{s}
-  tilted = jnp.where(pos, rho * jnp.exp(s - log_z), 0.0)
-  h = log_z - t * (mean_d - mean_rho)
-  dh = jnp.sum(tilted * r) - mean_d
-  return h, dh
 
 
 def scaled_c1(inst: Instance, log_beta: jax.Array) -> jax.Array:

@@ -7,29 +7,10 @@ import math
 import sys
 from pathlib import Path
 
+from verify.args import non_negative_int, positive_int
 from verify.io import InputError
 
 __all__ = ["add_commands", "cmd_verify", "cmd_check", "cmd_figures", "instance_margins"]
-
-
-def _positive_int(text: str) -> int:
-  try:
-    v = int(text)
-  except ValueError:
-    raise InputError(f"expected a whole number, got {text!r}") from None
-  if v <= 0:
-    raise InputError(f"expected a whole number > 0, got {v}")
-  return v
-
-
-def _non_negative_int(text: str) -> int:
-  try:
-    v = int(text)
-  except ValueError:
-    raise InputError(f"expected a whole number, got {text!r}") from None
-  if v < 0:
-    raise InputError(f"expected a whole number >= 0, got {v}")
-  return v
 
 
 def add_commands(sub) -> None:
@@ -40,10 +21,10 @@ def add_commands(sub) -> None:
                   "searches for counterexamples with Hypothesis, prints a table and writes "
                   "report.json and report.md (and one instance file per counterexample). Exit 0 "
                   "exactly when every outcome is as expected.")
-  p.add_argument("--instances", type=_positive_int, default=6144,
+  p.add_argument("--instances", type=positive_int, default=6144,
                  help="random instances per statement (default 6144)")
-  p.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default 0)")
-  p.add_argument("--search-examples", type=_non_negative_int, default=300,
+  p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
+  p.add_argument("--search-examples", type=non_negative_int, default=300,
                  help="Hypothesis examples per statement (default 300; 0 disables the search)")
   p.add_argument("--out", default="results", help="output directory (default results/)")
   p.add_argument("--only", default=None,

@@ -28,6 +28,8 @@ import sys
 import time
 
 from verify import frontier_command
+from verify.args import positive_float as positive_number
+from verify.args import positive_int
 from verify.io import InputError, read_instance, to_jsonable
 
 __all__ = ["add_commands", "compare_rows", "flow_points", "RECIPE_NAMES", "PIPELINE_NAMES"]
@@ -118,26 +120,6 @@ def flow_points(inst, pipeline: str, points: int) -> dict:
                        "duration": np.asarray(sched.duration).tolist(),
                        "reset_reference": np.asarray(sched.reset_reference).tolist()},
           "points": out}
-
-
-def positive_int(text):
-  try:
-    v = int(text)
-  except ValueError:
-    raise InputError(f"expected a positive integer, got {text!r}") from None
-  if v < 1:
-    raise InputError(f"expected a positive integer, got {text!r}")
-  return v
-
-
-def positive_number(text):
-  try:
-    v = float(text)
-  except ValueError:
-    raise InputError(f"expected a positive number, got {text!r}") from None
-  if not math.isfinite(v) or v <= 0:
-    raise InputError(f"expected a finite number > 0, got {text!r}")
-  return v
 
 
 def _fmt(v):

@@ -19,8 +19,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from theory.verdict import Verdict
 
-__all__ = ["use_every_core", "instance_mesh", "shard_batch", "evaluate_batch", "maybe_initialize_distributed",
-           "batched_function"]
+__all__ = ["use_every_core", "instance_mesh", "shard_batch", "evaluate_batch",
+           "maybe_initialize_distributed", "batched_function"]
 
 AXIS = "instances"
 

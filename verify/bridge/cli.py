@@ -7,34 +7,15 @@ prints one line ``error: ...`` and exits 2 with nothing written.
 from __future__ import annotations
 
 import json
-import math
 import sys
 import tempfile
 from pathlib import Path
 
+from verify.args import positive_float as _positive_float
+from verify.args import positive_int as _positive_int
 from verify.io import InputError
 
 __all__ = ["add_commands", "cmd_score", "cmd_extract", "cmd_experiment", "cmd_demo"]
-
-
-def _positive_int(text: str) -> int:
-  try:
-    v = int(text)
-  except ValueError:
-    raise InputError(f"expected a whole number, got {text!r}") from None
-  if v <= 0:
-    raise InputError(f"expected a whole number > 0, got {v}")
-  return v
-
-
-def _positive_float(text: str) -> float:
-  try:
-    v = float(text)
-  except ValueError:
-    raise InputError(f"expected a number, got {text!r}") from None
-  if not (math.isfinite(v) and v > 0):
-    raise InputError(f"expected a finite number > 0, got {text}")
-  return v
 
 
 def _model_args(p, required=True) -> None:
