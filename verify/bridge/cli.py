@@ -39,6 +39,8 @@ def _experiment_args(p) -> None:
                  help="sgd (normalised step lr / mean ||[phi, 1]||^2) or adam (default sgd)")
   p.add_argument("--lr", type=_positive_float, default=None,
                  help="learning rate (default 0.5 for sgd, 1e-3 for adam)")
+  p.add_argument("--rl-optimizer", choices=("lbfgs", "same"), default="lbfgs",
+                 help="RL phases (full batch, exact): L-BFGS, or the SFT optimiser (default lbfgs)")
   p.add_argument("--rl-max-steps", type=_positive_int, default=2000,
                  help="RL step limit (default 2000)")
   p.add_argument("--rl-tol", type=_positive_float, default=1e-6,
@@ -300,7 +302,8 @@ def _settings(args):
   from verify.bridge.experiment import ExperimentSettings
   return ExperimentSettings(beta=args.beta, sft_epochs=args.sft_epochs,
                             batch_size=args.train_batch_size, optimizer=args.optimizer, lr=args.lr,
-                            rl_max_steps=args.rl_max_steps, rl_tol=args.rl_tol, seed=args.seed)
+                            rl_max_steps=args.rl_max_steps, rl_tol=args.rl_tol, seed=args.seed,
+                            rl_optimizer=args.rl_optimizer)
 
 
 def write_experiment(out_dir: Path, result: dict) -> list[Path]:

@@ -20,8 +20,11 @@ Pipelines (paper §5.1 and §5.2):
 
 Optimiser (optax): "sgd" (default) with a normalised step lr / mean_x ‖[φ(x), 1]‖² (so that one step
 moves a logit by about lr × its gradient whatever the feature scale; default lr 0.5), or "adam"
-with lr as given (default 1e-3). RL convergence: |J_β(t) − J_β(t−1)| ≤ rl_tol · max(1, |J_β(t)|)
-(default 1e-6) or ``rl_max_steps`` steps (default 2000), whichever comes first.
+with lr as given (default 1e-3), for the SFT minibatches. The RL phases are full-batch and exact
+(a smooth deterministic objective), so by default they use L-BFGS with a zoom line search
+(``rl_optimizer="lbfgs"``; ``"same"`` uses the SFT optimiser instead). RL convergence:
+|J_β(t) − J_β(t−1)| ≤ rl_tol · max(1, |J_β(t)|) (default 1e-6) or ``rl_max_steps`` steps (default
+2000), whichever comes first.
 
 Every step records held-out SFT loss, held-out mean@1, held-out greedy accuracy and the same on
 the training sentences. Theorem 3.1's constant C₁(β) on the training instance is 0 (r is constant on
@@ -63,6 +66,7 @@ class ExperimentSettings:
   rl_max_steps: int = 2000
   rl_tol: float = 1e-6
   seed: int = 0
+  rl_optimizer: str = "lbfgs"  # "lbfgs" or "same" (the SFT optimiser)
 
   def learning_rate(self) -> float:
     if self.lr is not None:
@@ -165,10 +169,22 @@ class _Trainer:
       head = optax.apply_updates(head, upd)
       return head, state, _metrics(head, train_, test_)
 
+    if settings.rl_optimizer == "lbfgs":
+      self.rl_opt = rl_opt = optax.lbfgs()
+    elif settings.rl_optimizer == "same":
+      self.rl_opt = rl_opt = opt
+    else:
+      raise ValueError(f"rl_optimizer is {settings.rl_optimizer!r}, expected 'lbfgs' or 'same'")
+
     @jax.jit
     def rl_step(head, state, log_ref):
-      obj, grad = jax.value_and_grad(rl_objective)(head, *train_, log_ref, beta)
-      upd, state = opt.update(jax.tree.map(jnp.negative, grad), state, head)
+      loss = lambda h: -rl_objective(h, *train_, log_ref, beta)
+      neg, grad = jax.value_and_grad(loss)(head)
+      obj = -neg
+      if settings.rl_optimizer == "lbfgs":
+        upd, state = rl_opt.update(grad, state, head, value=neg, grad=grad, value_fn=loss)
+      else:
+        upd, state = rl_opt.update(grad, state, head)
       head = optax.apply_updates(head, upd)
       m = _metrics(head, train_, test_)
       m["rl_objective"] = rl_objective(head, *train_, log_ref, beta)
@@ -197,7 +213,7 @@ class _Trainer:
 
   def rl(self, head, record):
     log_ref = self.log_probs(head)
-    state = self.opt.init(head)
+    state = self.rl_opt.init(head)
     prev = None
     steps, converged = 0, False
     for steps in range(1, self.settings.rl_max_steps + 1):
