@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,9 @@ from verify.io import InputError
 COLA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cola"
 
 
-@pytest.mark.skipif(not COLA.is_dir(), reason=f"real CoLA not present at {COLA}")
+# Outside CI a checkout without ../shared skips this; in CI (CI=true) a missing folder fails.
+@pytest.mark.skipif(not COLA.is_dir() and os.environ.get("CI") != "true",
+                    reason=f"real CoLA not present at {COLA} (outside CI)")
 @pytest.mark.parametrize("name,rows,acceptable", [("train.tsv", 8551, 6023),
                                                   ("dev_in_domain.tsv", 527, 365),
                                                   ("dev_out_of_domain.tsv", 516, 354)])
