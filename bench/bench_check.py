@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-OUT = Path(__file__).resolve().parent / "out"
+from bench import write_result
+
 
 
 def _instances(n, nx, ny, seed=0):
@@ -186,9 +187,7 @@ def main(argv=None):
   t.add_row("peak memory / input bytes", f"{large['jax_peak_over_input']:.2f}×",
             f"{large['numpy_peak_over_input']:.2f}× (NumPy)", "", "≤ 4×")
   Console(width=140).print(t)
-  OUT.mkdir(exist_ok=True)
-  (OUT / "bench_check.json").write_text(json.dumps({"batched": batched, "large": large},
-                                                    indent=2))
+  write_result("bench_check", {"batched": batched, "large": large})
   return 0
 
 

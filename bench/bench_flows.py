@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-OUT = Path(__file__).resolve().parent / "out"
+from bench import write_result
+
 RTOL, ATOL = 1e-8, 1e-10
 BETA = 0.1
 HORIZON_UNITS = 100.0  # flow length in units of u = |X| (uniform weights): near convergence
@@ -147,9 +148,7 @@ def main(argv=None):
   c = compare_time()
   print(f"(c) `compare` on 64x16 (fresh process, compile included): {c['seconds']:.1f} s "
         f"(rc {c['rc']}; recipes trained with the sampled field: {c['monte_carlo']})")
-  OUT.mkdir(parents=True, exist_ok=True)
-  (OUT / "bench_flows.json").write_text(json.dumps({"single_flow": a, "batched": b,
-                                                    "compare": c}) + "\n")
+  write_result("bench_flows", {"single_flow": a, "batched": b, "compare": c})
 
 
 if __name__ == "__main__":

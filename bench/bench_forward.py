@@ -23,7 +23,6 @@ or TPU the same script reports the device's fraction of its own measured matmul 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -31,6 +30,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from bench import write_result
 
 
 def _cores() -> int:
@@ -168,9 +169,7 @@ def main(argv=None) -> dict:
     print(f"  ratio JAX / transformers tokens/s: {result['speed_ratio_vs_transformers']:.2f} "
           f"(target 0.8); logits agree to {result['max_abs_logit_diff_check']:.1e}")
   print(f"  targets met: {targets}")
-  out = Path(__file__).resolve().parent / "out"
-  out.mkdir(exist_ok=True)
-  (out / "bench_forward.json").write_text(json.dumps(result) + "\n")
+  write_result("bench_forward", result)
   return result
 
 

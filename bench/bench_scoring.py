@@ -19,13 +19,14 @@ tokenizer.json; ``--prompts N``; ``--no-torch``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from bench import write_result
 
 
 def _best_of(fn, repeats: int) -> float:
@@ -140,9 +141,7 @@ def main(argv=None) -> dict:
     print(f"  transformers, full logits:    {result['transformers_prompts_per_s']:8.1f} prompts/s "
           f" (ours {result['fast_vs_transformers_speedup']:.2f}x; max |diff| "
           f"{result['fast_vs_transformers_max_abs_diff']:.1e})")
-  out = Path(__file__).resolve().parent / "out"
-  out.mkdir(exist_ok=True)
-  (out / "bench_scoring.json").write_text(json.dumps(result) + "\n")
+  write_result("bench_scoring", result)
   return result
 
 

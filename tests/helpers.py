@@ -41,3 +41,11 @@ def at_probe(fn, inst: Instance, theta) -> object:
   theta = np.asarray(theta, np.float64)
   full[: theta.shape[0], : theta.shape[1]] = theta
   return _at_probe(fn)(inst, jnp.asarray(full))
+
+
+def with_probe():
+  """Strategy of (raw instance, probe logits) pairs."""
+  from hypothesis import strategies as st
+
+  from verify.families import instance_strategy, probe_strategy_for
+  return instance_strategy().flatmap(lambda raw: st.tuples(st.just(raw), probe_strategy_for(raw)))

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from conftest import assert_close
 from theory import flows
 from theory import objectives as obj
+from theory import ours, paper
 from theory import ours_dynamics as od
 from theory.instance import make_instance, pad_instance
 from verify import dynamics_statements as ds
@@ -54,15 +55,15 @@ def test_d2_closed_forms_match_flow_finite_differences(raw):
 
 def test_d2_curvature_forms_agree_and_slope_vanishes_at_data():
   inst = _instance(0, same_ref=True)
-  assert_close(od.d2_initial_slope(inst), 0.0, atol=1e-15)
-  assert_close(od.d2_initial_curvature(inst), od.d2_curvature_at_sft_optimum(inst), rtol=1e-10)
-  assert float(od.d2_curvature_at_sft_optimum(inst)) > 0
+  assert_close(ours.initial_slope(inst), 0.0, atol=1e-15)
+  assert_close(od.d2_initial_curvature(inst), ours.initial_curvature(inst), rtol=1e-10)
+  assert float(ours.initial_curvature(inst)) > 0
   # An independent measurement: second derivative of L along the integrated flow by a fit.
   ts = jnp.linspace(0.02, 0.2, 10)
   th, ok = flows.rl_flow(inst, ts, rtol=1e-12, atol=1e-14)
   loss = np.asarray(jax.vmap(lambda t: obj.sft_excess(inst, obj.policy_log_probs(inst, t)))(th))
   coef = np.polyfit(np.asarray(ts), loss, 4)
-  assert_close(2 * coef[-3], od.d2_curvature_at_sft_optimum(inst), rtol=1e-4)
+  assert_close(2 * coef[-3], ours.initial_curvature(inst), rtol=1e-4)
 
 
 @given(families.instance_strategy(max_prompts=3, max_responses=4), _logits)
@@ -120,7 +121,7 @@ def test_d7_root_condition_and_argmax_on_fine_grid():
   scale = abs(float(res["grid_rate"][0]))
   assert abs(float(res["rate_star"])) <= 1e-6 * scale
   fine = jnp.linspace(0.02 * t_star, 3 * t_star, 1201)
-  inst_d = od.at_sft_optimum(inst)
+  inst_d = paper.sft_then_rl(inst)
   th, ok = flows.rl_flow(inst_d, fine, flows.initial_logits(inst_d), rtol=1e-11, atol=1e-13)
   value = lambda lp: obj.reward(inst_d, lp) - lam * obj.sft_loss(inst_d, lp)
   vals = np.asarray(jax.vmap(lambda t: value(obj.policy_log_probs(inst_d, t)))(th))

@@ -5,52 +5,35 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given
-from hypothesis import strategies as st
 
 from conftest import assert_close
-from helpers import at_probe, instance_of, jitted
+from helpers import at_probe, instance_of, jitted, with_probe
 from theory import identities
 from theory.objectives import (
     c1, gibbs_tilt, policy_log_probs, regularized_reward, rl_grad, rl_value, safe_log, sft_grad,
     sft_loss, sft_optimum_loss,
 )
-from verify.families import instance_strategy, probe_strategy_for
+from verify.families import instance_strategy
 
 REL = 1e-10  # float64 identities: relative residual
 
 
-def with_probe():
-  return instance_strategy().flatmap(lambda raw: st.tuples(st.just(raw), probe_strategy_for(raw)))
-
-
-@given(with_probe())
-def test_b1_sft_excess_is_kl(example):
+@pytest.mark.parametrize("identity", [identities.sft_excess_is_kl,  # B1
+                                      identities.gibbs_variational,  # B2
+                                      identities.reward_change_after_rl],  # B4
+                         ids=["B1", "B2", "B4"])
+@given(example=with_probe())
+def test_policy_identities_b1_b2_b4(identity, example):
   raw, theta = example
-  inst = instance_of(raw)
-  v = at_probe(identities.sft_excess_is_kl, inst, theta)
-  assert float(v.margin) >= -REL, v
-
-
-@given(with_probe())
-def test_b2_gibbs_variational(example):
-  raw, theta = example
-  inst = instance_of(raw)
-  v = at_probe(identities.gibbs_variational, inst, theta)
+  v = at_probe(identity, instance_of(raw), theta)
   assert float(v.margin) >= -REL, v
 
 
 @given(instance_strategy())
 def test_b3_sft_loss_after_rl_any_reference(raw):
   v = jitted(identities.sft_loss_after_rl)(instance_of(raw))
-  assert float(v.margin) >= -REL, v
-
-
-@given(with_probe())
-def test_b4_reward_change_after_rl(example):
-  raw, theta = example
-  inst = instance_of(raw)
-  v = at_probe(identities.reward_change_after_rl, inst, theta)
   assert float(v.margin) >= -REL, v
 
 

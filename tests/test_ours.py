@@ -9,14 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from hypothesis import given
-from hypothesis import strategies as st
 
 from conftest import assert_close
-from helpers import at_probe, instance_of, jitted
+from helpers import at_probe, instance_of, jitted, with_probe
 from theory import ours, paper
 from theory.objectives import c1, rl_grad, safe_log, sft_loss, policy_log_probs, rl_support
 from theory.quantities import check_quantities
-from verify.families import FAMILIES, instance_strategy, probe_strategy_for
+from verify.families import FAMILIES, instance_strategy
 from verify.reference import reference_quantities
 
 
@@ -107,7 +106,7 @@ def test_d2_against_finite_differences_of_the_integrated_flow():
       assert_close(curv, float(ours.initial_curvature(inst)), rtol=1e-4, atol=1e-8)
 
 
-@given(instance_strategy().flatmap(lambda raw: st.tuples(st.just(raw), probe_strategy_for(raw))))
+@given(with_probe())
 def test_d3_joint_bound_for_any_policy(example):
   raw, theta = example
   assert float(at_probe(ours.joint_bound, instance_of(raw), theta).margin) >= -1e-12

@@ -8,10 +8,10 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from conftest import assert_close
-from helpers import at_probe, instance_of, jitted
+from helpers import at_probe, instance_of, jitted, with_probe
 from theory import paper
 from theory.objectives import c1, kl_rows, reward, safe_log
-from verify.families import instance_strategy, probe_strategy_for
+from verify.families import instance_strategy
 from verify.search import search_counterexample
 from verify.statements import holds_mask, statement_by_name
 
@@ -81,10 +81,6 @@ def test_c1_asymptotic_rates():
   assert_close(betas[0] * values[0], limit, rtol=1e-2)
   slope = stats.linregress(np.log(betas), np.log(values)).slope
   assert abs(slope + 1) < 0.05
-
-
-def with_probe():
-  return instance_strategy().flatmap(lambda raw: st.tuples(st.just(raw), probe_strategy_for(raw)))
 
 
 @given(with_probe())

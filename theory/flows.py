@@ -338,9 +338,10 @@ def _policy(inst, theta):
   return obj.policy_log_probs(inst, theta)
 
 
-def _reset(inst, reference, theta, reset):
-  new_ref = jnp.exp(_policy(inst, theta))
-  return jnp.where(reset, new_ref, reference)
+def _phase_instance(inst, reference, theta, reset):
+  """(reference, instance) of a phase: a phase that resets takes the current policy as ρ."""
+  reference = jnp.where(reset, jnp.exp(_policy(inst, theta)), reference)
+  return reference, dataclasses.replace(inst, reference=reference)
 
 
 def _assemble(inst, theta0, thetas, refs, times, ok, n_save) -> Trajectory:
@@ -382,12 +383,10 @@ def run_flow(inst: Instance, schedule: Schedule, theta0: jax.Array | None = None
   def phase_step(carry, ph):
     theta, reference, t_start = carry
     a, b, dur, reset = ph
-    reference = _reset(inst, reference, theta, reset)
-    inst_p = dataclasses.replace(inst, reference=reference)
+    reference, inst_p = _phase_instance(inst, reference, theta, reset)
     ts = dur * frac
     thetas, ok = integrate(_logit_field, theta, ts, _field_args(inst_p, a, b), rtol=rtol,
-                           atol=atol,
-                           max_steps=max_steps)
+                           atol=atol, max_steps=max_steps)
     return (thetas[-1], reference, t_start + dur), (thetas, reference, t_start + ts, ok)
 
   phases = (schedule.sft_weight.astype(dtype), schedule.rl_weight.astype(dtype),
@@ -434,8 +433,7 @@ def run_steps(inst: Instance, schedule: Schedule, theta0: jax.Array | None = Non
   def phase_step(carry, ph):
     theta, reference, t_start = carry
     a, b, dur, reset = ph
-    reference = _reset(inst, reference, theta, reset)
-    inst_p = dataclasses.replace(inst, reference=reference)
+    reference, inst_p = _phase_instance(inst, reference, theta, reset)
     n_steps = jnp.round(dur).astype(jnp.int32)
     ends = jnp.round(n_steps * frac).astype(jnp.int32)
     starts = jnp.concatenate([jnp.zeros((1,), jnp.int32), ends[:-1]])

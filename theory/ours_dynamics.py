@@ -33,12 +33,14 @@ import jax.numpy as jnp
 from theory import flows
 from theory import objectives as obj
 from theory.instance import Instance
+from theory.ours import initial_curvature, initial_slope
+from theory.paper import sft_then_rl
 
 __all__ = [
-    "d2_initial_slope", "d2_initial_curvature", "d2_curvature_at_sft_optimum",
+    "d2_initial_curvature",
     "d2_flow_derivatives", "d2_check",
     "mu_rl", "mu_sft", "rl_gap", "pl_rl", "pl_sft", "pl_decay",
-    "spectral_misalignment", "at_sft_optimum", "natural_time", "optimal_rl_duration",
+    "spectral_misalignment", "natural_time", "optimal_rl_duration",
 ]
 
 
@@ -68,27 +70,7 @@ def natural_time(inst: Instance) -> jax.Array:
   return 1.0 / (jnp.max(inst.prompt_weights) * (inst.beta + osc))
 
 
-def at_sft_optimum(inst: Instance) -> Instance:
-  """The paper's SFT-then-RL set-up: the reference is the data (ρ = d, the SFT optimum)."""
-  return dataclasses.replace(inst, reference=inst.data)
-
-
 # ----------------------------------------------------------------------------- D2
-
-def d2_initial_slope(inst: Instance) -> jax.Array:
-  r"""This project's D2: dL/dt at t = 0 along θ̇ = ∇J_β from θ = log ρ, in closed form.
-
-  .. math:: \dot L(0) = \sum_x w_x^2 \sum_y (\rho - d)(y|x)\,\rho(y|x)\,(r(x,y) - E_{\rho_x} r)
-
-  Returns:
-    [] the slope (0 when ρ = d).
-  """
-  rho, d, r = inst.reference, inst.data, inst.reward
-  support = obj.rl_support(inst)
-  mean_r = jnp.sum(jnp.where(support, rho * r, 0.0), axis=-1, keepdims=True)
-  per_y = jnp.where(support, (rho - d) * rho * (r - mean_r), 0.0)
-  return jnp.sum(inst.prompt_weights ** 2 * jnp.sum(per_y, axis=-1))
-
 
 def _rl_field(inst, theta):
   return obj.rl_grad(inst, theta)
@@ -105,17 +87,6 @@ def d2_initial_curvature(inst: Instance) -> jax.Array:
   g = _rl_field(inst, theta0)
   rate = lambda th: jnp.sum(obj.sft_grad(inst, th) * _rl_field(inst, th))
   return jax.jvp(rate, (theta0,), (g,))[1]
-
-
-def d2_curvature_at_sft_optimum(inst: Instance) -> jax.Array:
-  r"""This project's D2 at ρ = d: d²L/dt²(0) = gᵀ H_L g, g = ∇J_β(log d), H_L = blockdiag(w_x F_x).
-
-  Uses the instance's data as the reference (whatever ``inst.reference`` is).
-  """
-  inst_d = at_sft_optimum(inst)
-  theta0 = flows.initial_logits(inst_d)
-  g = _rl_field(inst_d, theta0)
-  return obj.sft_hessian_quadratic(inst_d, obj.policy_log_probs(inst_d, theta0), g)
 
 
 def _displacement_field(delta, args):
@@ -197,10 +168,10 @@ def d2_check(inst: Instance, rel_tol: float = 1e-4) -> dict:
   Returns:
     dict of closed forms, measured values and ``margin`` (>= 0: agreement within rel_tol).
   """
-  slope = d2_initial_slope(inst)
+  slope = initial_slope(inst)
   curv = d2_initial_curvature(inst)
-  inst_d = at_sft_optimum(inst)
-  curv_d = d2_curvature_at_sft_optimum(inst)
+  inst_d = sft_then_rl(inst)
+  curv_d = initial_curvature(inst)
   pair = jax.tree.map(lambda a, b: jnp.stack([a, b]), inst, inst_d)
   fd_s, fd_c, hs, oks = jax.vmap(d2_flow_derivatives)(pair)
   fd_slope, fd_curv, h, ok1 = fd_s[0], fd_c[0], hs[0], oks[0]
@@ -429,7 +400,7 @@ def optimal_rl_duration(inst: Instance, lam, horizon, eps=1e-2, *, n_grid: int =
     pl_margin = (ε gap0 − gap(t_ε)) / (ε gap0) (>= 0 holds), argmax_margin = objective_star −
     max(grid objective) (>= 0 up to rounding), mu_min, ok.
   """
-  inst = at_sft_optimum(inst)
+  inst = sft_then_rl(inst)
   theta0 = flows.initial_logits(inst)
   dtype = theta0.dtype
   lam = jnp.asarray(lam, dtype)

@@ -108,14 +108,10 @@ def cmd_verify(args) -> int:
   return 0 if report["all_as_expected"] else 1
 
 
-def _fmt(x, spec=".3g"):
-  if x is None:
-    return "—"
-  return format(x, spec)
-
-
 def _print_verify_table(report: dict) -> None:
   from rich.table import Table
+
+  from verify.run import format_number as _fmt
 
   table = Table(title=f"nondecoupling verify — seed {report['seed']}, "
                       f"{report['instances_per_statement']} instances/statement, "

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from theory import flows
 from theory import objectives as obj
+from theory import paper
 from theory import ours_dynamics as od
 from theory.instance import Instance
 from theory.verdict import Verdict
@@ -165,7 +166,7 @@ def check_decay_sft(batch: Instance, key: jax.Array) -> Verdict:
 
 
 def _d7_setup(inst, key):
-  inst_d = od.at_sft_optimum(inst)
+  inst_d = paper.sft_then_rl(inst)
   log_d = obj.policy_log_probs(inst_d, flows.initial_logits(inst_d))
   mu_start = od.mu_rl(inst_d, log_d)
   mu_end = od.mu_rl(inst_d, obj.gibbs_tilt(inst_d))

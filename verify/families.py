@@ -34,6 +34,13 @@ def _sizes(rng, n, bucket, min_y=2):
   return nx, ny
 
 
+def _frame(rng, n, bucket):
+  """Random sizes of n instances in the bucket: (nx [n], ny [n], real-response mask [n, Y],
+  padded shape (n, X, Y))."""
+  nx, ny = _sizes(rng, n, bucket)
+  return nx, ny, _masks(nx, ny, bucket)[1], (n,) + bucket
+
+
 def _masks(nx, ny, bucket):
   xs = np.arange(bucket[0])[None, :] < nx[:, None]          # [B, X]
   ys = np.arange(bucket[1])[None, :] < ny[:, None]          # [B, Y]
@@ -82,18 +89,14 @@ def _log_uniform(rng, lo, hi, n):
 
 
 def dense(rng, n, bucket=BUCKET):
-  nx, ny = _sizes(rng, n, bucket)
-  _, ys = _masks(nx, ny, bucket)
-  shape = (n,) + bucket
+  nx, ny, ys, shape = _frame(rng, n, bucket)
   d = _positive_rows(rng, shape, ys)
   r = rng.uniform(-1, 1, size=shape)
   return _assemble(rng, nx, ny, bucket, d, d, r, _log_uniform(rng, 0.1, 10.0, n))
 
 
 def sparse(rng, n, bucket=BUCKET):
-  nx, ny = _sizes(rng, n, bucket)
-  _, ys = _masks(nx, ny, bucket)
-  shape = (n,) + bucket
+  nx, ny, ys, shape = _frame(rng, n, bucket)
   d = _normalise(_positive_rows(rng, shape, ys) * _random_support(rng, shape, ys))
   base = _positive_rows(rng, shape, ys)
   use_base = rng.uniform(size=(n, 1, 1)) < 0.5
@@ -103,9 +106,7 @@ def sparse(rng, n, bucket=BUCKET):
 
 
 def tied(rng, n, bucket=BUCKET):
-  nx, ny = _sizes(rng, n, bucket)
-  _, ys = _masks(nx, ny, bucket)
-  shape = (n,) + bucket
+  nx, ny, ys, shape = _frame(rng, n, bucket)
   d = _normalise(_positive_rows(rng, shape, ys) * _random_support(rng, shape, ys))
   level = rng.uniform(-1, 1, size=(n, bucket[0], 1))
   off = rng.uniform(-1, 1, size=shape)
@@ -115,9 +116,7 @@ def tied(rng, n, bucket=BUCKET):
 
 
 def gold(rng, n, bucket=BUCKET):
-  nx, ny = _sizes(rng, n, bucket)
-  _, ys = _masks(nx, ny, bucket)
-  shape = (n,) + bucket
+  nx, ny, ys, shape = _frame(rng, n, bucket)
   label = (rng.uniform(size=shape[:2]) * ny[:, None]).astype(int)
   d = np.zeros(shape)
   d[np.arange(n)[:, None], np.arange(bucket[0])[None, :], label] = 1.0
@@ -127,9 +126,7 @@ def gold(rng, n, bucket=BUCKET):
 
 
 def reference(rng, n, bucket=BUCKET):
-  nx, ny = _sizes(rng, n, bucket)
-  _, ys = _masks(nx, ny, bucket)
-  shape = (n,) + bucket
+  nx, ny, ys, shape = _frame(rng, n, bucket)
   d = _positive_rows(rng, shape, ys)
   base = _positive_rows(rng, shape, ys)
   r = rng.uniform(-1, 1, size=shape)
@@ -137,9 +134,7 @@ def reference(rng, n, bucket=BUCKET):
 
 
 def extreme_beta(rng, n, bucket=BUCKET):
-  nx, ny = _sizes(rng, n, bucket)
-  _, ys = _masks(nx, ny, bucket)
-  shape = (n,) + bucket
+  nx, ny, ys, shape = _frame(rng, n, bucket)
   d = _positive_rows(rng, shape, ys)
   base = _positive_rows(rng, shape, ys)
   ref = np.where(rng.uniform(size=(n, 1, 1)) < 0.5, base, d)

@@ -25,7 +25,7 @@ from theory.verdict import Verdict
 from verify.statements import Statement, all_statements, holds_mask
 from verify.sweep import evaluate_batch
 
-__all__ = ["StatementReport", "run_verify", "report_markdown", "report_json"]
+__all__ = ["StatementReport", "run_verify", "report_markdown"]
 
 
 @dataclasses.dataclass
@@ -136,7 +136,7 @@ def check_statement(stmt: Statement, batches, search_examples: int, seed: int) -
 def run_verify(n_instances: int, seed: int, search_examples: int,
                statements: tuple[Statement, ...] | None = None,
                progress: Callable[[str], None] | None = None) -> dict:
-  """Runs the whole job and returns the report object (see report_json)."""
+  """Runs the whole job and returns the report object (written as report.json)."""
   t0 = time.perf_counter()
   statements = all_statements() if statements is None else statements
   batches = sample_all(n_instances, seed)
@@ -159,8 +159,10 @@ def run_verify(n_instances: int, seed: int, search_examples: int,
   }
 
 
-def _fmt(x, spec=".3g"):
+def format_number(x, spec=".3g"):
+  """A report cell: the number, or a dash when there is none."""
   return "—" if x is None else format(x, spec)
+
 
 
 def report_markdown(report: dict) -> str:
@@ -179,7 +181,8 @@ def report_markdown(report: dict) -> str:
   for s in report["statements"]:
     outcome = ("holds" if s["holds"] else "refuted") + ("" if s["as_expected"] else " (UNEXPECTED)")
     lines.append(f"| {s['name']}: {s['title']} | {s['source']} | {s['expected']} | {outcome} | "
-                 f"{s['instances']} | {_fmt(s['worst_margin'])} | {_fmt(s['tightness'])} |")
+                 f"{s['instances']} | {format_number(s['worst_margin'])} | "
+                 f"{format_number(s['tightness'])} |")
   cx = [s for s in report["statements"] if s["counterexample"]]
   if cx:
     lines += ["", "## Counterexamples", ""]
@@ -192,7 +195,3 @@ def report_markdown(report: dict) -> str:
                 json.dumps(c["instance"], indent=1), "```", ""]
   lines += ["", f"All outcomes as expected: **{report['all_as_expected']}**", ""]
   return "\n".join(lines)
-
-
-def report_json(report: dict) -> dict:
-  return report

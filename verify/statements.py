@@ -85,9 +85,9 @@ def _probe_logits(f):
   return lambda inst, probe: f(inst, clip_logits(probe))
 
 
-def _pipeline(f):
-  """An RL-then-SFT statement at π₂ = d (the exact SFT optimum after RL)."""
-  return lambda inst, probe: f(inst)
+# RL-then-SFT statements are evaluated at π₂ = d (the exact SFT optimum after RL), so that a
+# counterexample is an instance file: like probe-free statements they ignore the probe.
+_pipeline = _no_probe
 
 
 def _s(name, title, source, expected, kind, fn, tol=None, uses_probe=False):
