@@ -25,7 +25,6 @@ import numpy as np
 from bench import write_result
 
 
-
 def _instances(n, nx, ny, seed=0):
   rng = np.random.default_rng(seed)
   w = rng.dirichlet(np.ones(nx), n)
@@ -40,15 +39,15 @@ def batched_throughput(n=4096, nx=16, ny=8, loop_n=256):
   import jax
   import jax.numpy as jnp
   jax.config.update("jax_enable_x64", True)
-  from theory.instance import Instance
-  from theory.quantities import check_quantities
-  from verify.reference import reference_quantities
+  from nondecoupling.theory.instance import Instance
+  from nondecoupling.theory.quantities import check_quantities
+  from nondecoupling.verify.numpy_reference import reference_quantities
 
   w, d, ref, r, beta = _instances(n, nx, ny)
   batch = Instance(prompt_weights=jnp.asarray(w), data=jnp.asarray(d), reference=jnp.asarray(ref),
                    reward=jnp.asarray(r), beta=jnp.asarray(beta),
                    response_mask=jnp.ones((n, nx, ny), bool))
-  from verify.sweep import shard_batch
+  from nondecoupling.verify.sweep import shard_batch
   batch, _ = shard_batch(batch)  # split over every local device (each CPU core is one)
   fn = jax.jit(jax.vmap(check_quantities))
   t0 = time.perf_counter()
@@ -86,8 +85,8 @@ def rss_mb():
 if side == "jax":
   import jax, jax.numpy as jnp
   jax.config.update("jax_enable_x64", True)
-  from theory.instance import Instance
-  from theory.quantities import check_quantities
+  from nondecoupling.theory.instance import Instance
+  from nondecoupling.theory.quantities import check_quantities
   fn = jax.jit(check_quantities)
   # compile on abstract shapes first, so compilation does not count in the peak
   spec = jax.ShapeDtypeStruct((nx, ny), jnp.float64)
@@ -97,7 +96,7 @@ if side == "jax":
   t0 = time.perf_counter(); compiled = fn.lower(abstract).compile(); compile_s = time.perf_counter() - t0
 else:
   import scipy
-  from verify.reference import reference_quantities
+  from nondecoupling.verify.numpy_reference import reference_quantities
   compile_s = 0.0
 base = rss_mb()
 rng = np.random.default_rng(0)
@@ -157,7 +156,7 @@ def large_instance(nx=1 << 16, ny=1 << 8):
 def use_every_core() -> None:
   """One XLA host device per core (before jax starts), as `verify` does, so batches run in
   parallel; the NumPy baseline is the single-threaded loop a user would write."""
-  from verify.sweep import use_every_core as setup
+  from nondecoupling.verify.devices import use_every_core as setup
   setup()
 
 

@@ -42,8 +42,9 @@ def single_flow():
   import jax
   import jax.numpy as jnp
   import scipy.integrate
-  from theory import flows
-  from theory.instance import make_instance
+
+  from nondecoupling.theory import flows
+  from nondecoupling.theory.instance import make_instance
   w, d, ref, r, beta = _arrays(np.random.default_rng(0), 64, 16)
   inst = make_instance(w, d, r, beta, reference=ref)
   t_end = HORIZON_UNITS * 64.0
@@ -83,21 +84,23 @@ def single_flow():
 def batched_flows(n=256, nx=16, ny=8):
   import jax
   import jax.numpy as jnp
-  from theory import flows
-  from theory.instance import make_instance, stack
+
+  from nondecoupling.theory import flows
+  from nondecoupling.theory.instance import make_instance, stack
   rng = np.random.default_rng(1)
   insts = []
   for _ in range(n):
     w, d, ref, r, beta = _arrays(rng, nx, ny)
     insts.append(make_instance(w, d, r, beta, reference=ref))
-  from verify.sweep import shard_batch
+  from nondecoupling.verify.sweep import shard_batch
   batch, _ = shard_batch(stack(insts))  # the vmapped batch is split over every local device
   ts = jnp.array([HORIZON_UNITS * nx])
   one = jax.jit(lambda inst: flows.rl_flow(inst, ts, rtol=RTOL, atol=ATOL))
   # Each device integrates its own shard with its own adaptive loop (shard_map), so devices do
   # not wait on each other at every step as a globally sharded while-loop would.
   from jax.sharding import PartitionSpec
-  from verify.sweep import AXIS, instance_mesh
+
+  from nondecoupling.verify.sweep import AXIS, instance_mesh
   per_shard = jax.vmap(lambda inst: flows.rl_flow(inst, ts, rtol=RTOL, atol=ATOL))
   many = jax.jit(jax.shard_map(per_shard, mesh=instance_mesh(), in_specs=PartitionSpec(AXIS),
                                out_specs=PartitionSpec(AXIS), check_vma=False))
@@ -133,7 +136,7 @@ def compare_time():
 
 def main(argv=None):
   del argv
-  from verify.sweep import use_every_core
+  from nondecoupling.verify.devices import use_every_core
   use_every_core()  # one CPU device per core, as `verify` runs
   import jax
   jax.config.update("jax_enable_x64", True)

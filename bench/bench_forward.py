@@ -93,9 +93,9 @@ def main(argv=None) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from verify.bridge.checkpoint import load_weights, random_tensors, save_checkpoint
-  from verify.bridge.config import Qwen3Config
-  from verify.bridge.qwen3 import forward
+  from nondecoupling.verify.bridge.checkpoint import load_weights, random_tensors, save_checkpoint
+  from nondecoupling.verify.bridge.config import Qwen3Config
+  from nondecoupling.verify.bridge.qwen3 import forward
 
   device = jax.devices()[0]
   on_cpu = device.platform == "cpu"

@@ -50,13 +50,13 @@ def main(argv=None) -> dict:
 
   import jax
 
-  from verify.bridge.checkpoint import load_weights, random_tensors, save_checkpoint
-  from verify.bridge.config import Qwen3Config
-  from verify.bridge.demo import demo_vocabulary
-  from verify.bridge.examples import EXAMPLES
-  from verify.bridge.extract import LABELS, render_prompt
-  from verify.bridge.scoring import make_mesh, replicate, score_ids
-  from verify.bridge.tokenizer import build_word_tokenizer, encode, load_tokenizer
+  from nondecoupling.verify.bridge.checkpoint import load_weights, random_tensors, save_checkpoint
+  from nondecoupling.verify.bridge.config import Qwen3Config
+  from nondecoupling.verify.bridge.demo import demo_vocabulary
+  from nondecoupling.verify.bridge.examples import EXAMPLES
+  from nondecoupling.verify.bridge.extract import LABELS, render_prompt
+  from nondecoupling.verify.bridge.scoring import make_mesh, replicate, score_ids
+  from nondecoupling.verify.bridge.tokenizer import build_word_tokenizer, encode, load_tokenizer
 
   with tempfile.TemporaryDirectory() as tmp:
     if args.model is None:

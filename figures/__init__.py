@@ -1,29 +1,26 @@
-"""Every figure, as functions that return ``matplotlib.figure.Figure``.
+"""Every figure, as functions that return ``matplotlib.figure.Figure`` (imports theory/ only).
 
-Each module in ``FIGURE_MODULES`` defines ``FIGURES``: a dict name -> zero-argument callable that
-builds its figure from built-in, deterministic inputs (``nondecoupling figures`` saves them all as
-PNG and PDF). The functions themselves take explicit arguments for use on any instance.
+Each topic module defines ``FIGURES``: a dict name -> zero-argument callable that builds its figure
+from built-in, deterministic inputs; the functions themselves take explicit arguments for use on
+any instance. :mod:`.bridge` draws the bridge experiment from its result dict
+(``RESULT_FIGURES``). :func:`write_figure` saves a figure as PNG and PDF, each file whole.
 """
 
 from __future__ import annotations
-
-import importlib
 
 import matplotlib
 
 matplotlib.use("Agg")
 
-FIGURE_MODULES = (
-    "figures.theorems",   # C1 against beta; RL-then-SFT (C3/C4)
-    "figures.dynamics",   # flows, pipelines, PL, gradient cosine, shared parameters
-    "figures.recipes",    # the frontier, the RL path and every recipe's end point
-    "figures.bridge",     # the CoLA experiment in the shape of the paper's Fig. 3
-)
+from . import dynamics, recipes, theorems  # noqa: E402 - after selecting the Agg backend
+from .output import write_figure  # noqa: E402
+
+__all__ = ["all_figures", "write_figure"]
 
 
 def all_figures() -> dict:
-  """name -> zero-argument callable returning a Figure, over every figure module."""
+  """name -> zero-argument callable returning a Figure, over every topic module."""
   out = {}
-  for name in FIGURE_MODULES:
-    out.update(importlib.import_module(name).FIGURES)
+  for module in (theorems, dynamics, recipes):
+    out.update(module.FIGURES)
   return out

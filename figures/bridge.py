@@ -5,21 +5,18 @@
 - ``fig3b_rl_then_sft(result)``: held-out mean@1 reward (±1) along RL-then-SFT, the phase boundary,
   the base-model level (paper Fig. 3b: "reward collapses once SFT starts").
 
-``result`` is the dict returned by :func:`verify.bridge.experiment.run_experiment` (or the
-``experiment.json`` it is saved as). ``FIGURES`` builds both from one deterministic run of the
-bridge demo (a small random Qwen3: random weights are not a language model).
+``result`` is the dict the bridge experiment returns (or the ``experiment.json`` it is saved as);
+`nondecoupling figures` draws both from one deterministic run of the bridge demo (a small random
+Qwen3: random weights are not a language model).
 """
 
 from __future__ import annotations
-
-import functools
-import tempfile
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["fig3a_sft_then_rl", "fig3b_rl_then_sft", "demo_result", "FIGURES"]
+__all__ = ["fig3a_sft_then_rl", "fig3b_rl_then_sft", "RESULT_FIGURES"]
 
 _PHASE_COLORS = {"sft": "#dbe9f6", "rl": "#fde3cf"}
 
@@ -71,15 +68,4 @@ def fig3b_rl_then_sft(result: dict) -> Figure:
                           extra=("test_accuracy", "2·greedy accuracy − 1"))
 
 
-@functools.lru_cache(maxsize=1)
-def demo_result() -> dict:
-  """The experiment of one deterministic bridge-demo run (random tiny Qwen3; cached)."""
-  from verify.bridge.demo import run_demo
-  with tempfile.TemporaryDirectory(prefix="nondecoupling-fig-") as tmp:
-    return run_demo(tmp, rl_max_steps=200)["experiment"]
-
-
-FIGURES = {
-    "bridge_fig3a_sft_then_rl": lambda: fig3a_sft_then_rl(demo_result()),
-    "bridge_fig3b_rl_then_sft": lambda: fig3b_rl_then_sft(demo_result()),
-}
+RESULT_FIGURES = {"fig3a_sft_then_rl": fig3a_sft_then_rl, "fig3b_rl_then_sft": fig3b_rl_then_sft}

@@ -11,11 +11,9 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from theory import flows
-from theory import objectives as obj
-from theory import ours_dynamics as od
-from theory import parametric as pm
-from theory.instance import make_instance
+from ..theory import flows, gold_task, objectives as obj
+from ..theory.instance import make_instance
+from ..theory.statements import pl
 
 __all__ = ["FIGURES", "demo_instance", "sft_loss_along_rl", "reward_along_sft", "pl_decay_figure",
            "grad_cosine_figure", "c1_zero_held_out"]
@@ -31,7 +29,7 @@ def demo_instance():
 
 
 def _gold(family):
-  return pm.gold_label_task(jax.random.PRNGKey(0), family=family)
+  return gold_task.gold_label_task(jax.random.PRNGKey(0), family=family)
 
 
 def sft_loss_along_rl(inst=None, task=None) -> plt.Figure:
@@ -42,7 +40,7 @@ def sft_loss_along_rl(inst=None, task=None) -> plt.Figure:
   """
   inst = demo_instance() if inst is None else inst
   task = _gold("gaussian") if task is None else task
-  tr = flows.run_flow(inst, flows.default_schedule("sft_then_rl", inst), n_save=24)
+  tr = flows.run_flow(inst, flows.pipeline_schedule("sft_then_rl", inst), n_save=24)
   fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
   t = np.asarray(tr.times)
   a.plot(t, np.asarray(tr.sft_loss), label="SFT loss L")
@@ -52,7 +50,7 @@ def sft_loss_along_rl(inst=None, task=None) -> plt.Figure:
   a.axvline(float(t[len(t) // 2]), color="C3", lw=0.8, label="RL starts")
   a.set(xlabel="flow time", ylabel="SFT loss (nats)", title="tabular: SFT then RL (exact flows)")
   a.legend(fontsize=8)
-  res = pm.sft_then_rl_experiment(task)
+  res = gold_task.run_pipeline(task, "sft_then_rl")
   s_sft, s_rl = np.asarray(res["sft"]["step"]), np.asarray(res["rl"]["step"])
   off = s_sft[-1]
   for split, c in (("train", "C0"), ("held_out", "C1")):
@@ -71,7 +69,7 @@ def reward_along_sft(inst=None, task=None) -> plt.Figure:
   """The paper's Fig. 3b in exact form: reward along SFT after RL, with the base-model level."""
   inst = demo_instance() if inst is None else inst
   task = _gold("gaussian") if task is None else task
-  tr = flows.run_flow(inst, flows.default_schedule("rl_then_sft", inst), n_save=24)
+  tr = flows.run_flow(inst, flows.pipeline_schedule("rl_then_sft", inst), n_save=24)
   fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
   t = np.asarray(tr.times)
   a.plot(t, np.asarray(tr.reward), label="reward J")
@@ -80,7 +78,7 @@ def reward_along_sft(inst=None, task=None) -> plt.Figure:
   a.axvline(float(t[len(t) // 2]), color="C3", lw=0.8, label="SFT starts")
   a.set(xlabel="flow time", ylabel="reward", title="tabular: RL then SFT (exact flows)")
   a.legend(fontsize=8)
-  res = pm.rl_then_sft_experiment(task)
+  res = gold_task.run_pipeline(task, "rl_then_sft")
   s_rl, s_sft = np.asarray(res["rl"]["step"]), np.asarray(res["sft"]["step"])
   off = s_rl[-1]
   for split, c in (("train", "C0"), ("held_out", "C1")):
@@ -102,7 +100,7 @@ def pl_decay_figure(inst=None) -> plt.Figure:
   for ax, kind in zip(axes, ("rl", "sft")):
     unit = float(flows.time_unit(inst))
     ts = jnp.linspace(0.05, 20.0, 60) * unit
-    res = od.pl_decay(inst, ts, theta0, kind=kind)
+    res = pl.pl_decay(inst, ts, theta0, kind=kind)
     ax.semilogy(ts, np.asarray(res["gap"]), label="gap (integrated flow)")
     ax.semilogy(ts, np.asarray(res["bound"]), ls="--", label="PL bound gap(0)e^{−2∫μ}")
     ax2 = ax.twinx()
@@ -120,7 +118,7 @@ def grad_cosine_figure(inst=None) -> plt.Figure:
   inst = demo_instance() if inst is None else inst
   fig, ax = plt.subplots(figsize=(6.5, 3.8))
   for name in flows.PIPELINE_NAMES:
-    tr = flows.run_flow(inst, flows.default_schedule(name, inst), n_save=16)
+    tr = flows.run_flow(inst, flows.pipeline_schedule(name, inst), n_save=16)
     ax.plot(np.asarray(tr.times), np.asarray(tr.grad_cosine), label=name)
   ax.axhline(0, color="gray", lw=0.6)
   ax.set(xlabel="flow time", ylabel="cos∠(∇L, ∇J_β)", title="gradient alignment along pipelines")
@@ -136,8 +134,8 @@ def c1_zero_held_out(key=None) -> plt.Figure:
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
   for ax, fam, title in ((axes[0], "one_hot", "tabular (one-hot features): C₁ = 0"),
                          (axes[1], "gaussian", "shared parameters (Gaussian features)")):
-    task = pm.gold_label_task(key, family=fam)
-    res = pm.sft_then_rl_experiment(task)
+    task = gold_task.gold_label_task(key, family=fam)
+    res = gold_task.run_pipeline(task, "sft_then_rl")
     s = np.asarray(res["rl"]["step"])
     for split, c in (("train", "C0"), ("held_out", "C1")):
       ax.plot(s, np.asarray(res["rl"][f"sft_loss_{split}"]), c=c, label=f"{split} SFT loss")

@@ -6,6 +6,9 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ..theory import frontier as fr, objectives as obj, recipes as rc
+from ..theory.instance import make_instance
+
 __all__ = ["FIGURES", "demo_instance", "frontier_with_recipes", "DEFAULT_RECIPES"]
 
 DEFAULT_RECIPES = ("sft", "reinforce", "grpo", "dr_grpo", "ppo_clip", "hpt", "luffy", "srft",
@@ -20,9 +23,6 @@ def demo_instance():
   the RL path from d cannot). Prompt 2: clean data on the correct response. The reference mixes
   the data with the uniform distribution, so the recipes can reach every response.
   """
-  import jax
-  jax.config.update("jax_enable_x64", True)
-  from theory.instance import make_instance
   data = np.array([[0.6, 0.4, 0.0, 0.0, 0.0],
                    [0.0, 0.5, 0.3, 0.2, 0.0],
                    [0.0, 0.0, 0.9, 0.1, 0.0]])
@@ -47,10 +47,6 @@ def frontier_with_recipes(inst=None, recipes=DEFAULT_RECIPES, steps: int = 150, 
   Returns:
     matplotlib Figure.
   """
-  from theory import frontier as fr
-  from theory import objectives as obj
-  from theory import recipes as rc
-
   inst = demo_instance() if inst is None else inst
   betas = np.geomspace(1e-2, 1e2, 30) if betas is None else np.asarray(betas)
   lambdas = (np.concatenate([[0.0], np.geomspace(1e-3, 1e4, 60)]) if lambdas is None
@@ -69,7 +65,7 @@ def frontier_with_recipes(inst=None, recipes=DEFAULT_RECIPES, steps: int = 150, 
       lp = fr.rl_path_policy(inst, b)
       ax.annotate(f"β={b:g}", (float(obj.reward(inst, lp)), float(obj.sft_loss(inst, lp))),
                   textcoords="offset points", xytext=(4, -10), fontsize=7, color="tab:blue")
-  start = obj.policy_log_probs(inst, rc.initial_logits(inst))
+  start = obj.policy_log_probs(inst, obj.initial_logits(inst))
   ax.scatter([float(obj.reward(inst, start))], [float(obj.sft_loss(inst, start))], marker="s",
              color="gray", zorder=3, label="start θ0 = log ρ")
   cmap = plt.get_cmap("tab10")

@@ -10,12 +10,20 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from theory import paper
-from theory.instance import Instance, make_instance
-from theory.objectives import (
-    c1, expect, gibbs_tilt, kl_rows, policy_log_probs, regularized_reward, reward, rl_support,
-    sft_grad,
+from ..theory.instance import Instance, make_instance, rl_stage_after_sft
+from ..theory.objectives import (
+  c1,
+  expect,
+  gibbs_tilt,
+  kl_rows,
+  policy_log_probs,
+  regularized_reward,
+  reward,
+  rl_support,
+  sft_grad,
 )
+from ..theory.statements.rl_then_sft import DEFAULT_BAND
+from ..theory.statements.sft_then_rl import hoeffding_bound, sup_bound
 
 __all__ = ["c1_against_beta", "rl_then_sft_reward_change", "example_instance", "sft_path",
            "FIGURES"]
@@ -40,12 +48,12 @@ def c1_against_beta(inst: Instance | None = None, betas=None) -> Figure:
   Returns:
     The figure.
   """
-  inst = paper.sft_then_rl(example_instance() if inst is None else inst)
+  inst = rl_stage_after_sft(example_instance() if inst is None else inst)
   betas = np.logspace(-3, 3, 121) if betas is None else np.asarray(betas)
   at = jax.vmap(lambda b: dataclasses.replace(inst, beta=b))(jnp.asarray(betas))
   value = np.asarray(jax.vmap(c1)(at))
-  hoeff = np.asarray(jax.vmap(paper.hoeffding_bound)(at))
-  sup = np.asarray(jax.vmap(paper.sup_bound)(at))
+  hoeff = np.asarray(jax.vmap(hoeffding_bound)(at))
+  sup = np.asarray(jax.vmap(sup_bound)(at))
   d, r = np.asarray(inst.data), np.asarray(inst.reward)
   w = np.asarray(inst.prompt_weights)
   mean = (d * r).sum(1)
@@ -100,7 +108,7 @@ def _rl_then_sft_curves(inst: Instance, steps: int):
 
 
 def rl_then_sft_reward_change(instances: list[Instance] | None = None, steps: int = 300,
-                              band=paper.DEFAULT_BAND) -> Figure:
+                              band=DEFAULT_BAND) -> Figure:
   """RL-then-SFT: raw and regularised reward change against the KL shift E_w KL(π₂‖π₁).
 
   π₁ = π*_β(ρ) (exact RL), π₂ along SFT gradient descent from π₁ towards d. Left: the raw reward

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from theory.instance import Instance, make_instance
-from theory.objectives import policy_log_probs
-from verify.search import pad_raw
+from nondecoupling.theory.instance import Instance, make_instance
+from nondecoupling.theory.objectives import policy_log_probs
+from nondecoupling.verify.strategies import pad_raw
 
 BUCKET = (3, 4)
 
@@ -47,5 +47,5 @@ def with_probe():
   """Strategy of (raw instance, probe logits) pairs."""
   from hypothesis import strategies as st
 
-  from verify.families import instance_strategy, probe_strategy_for
+  from nondecoupling.verify.strategies import instance_strategy, probe_strategy_for
   return instance_strategy().flatmap(lambda raw: st.tuples(st.just(raw), probe_strategy_for(raw)))

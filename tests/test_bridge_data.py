@@ -8,11 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from verify.bridge.cola import parse_cola, read_cola
-from verify.bridge.examples import EXAMPLES, TEST, TRAIN
-from verify.bridge.scoring import bucket_length
-from verify.bridge.tokenizer import build_word_tokenizer, encode, render_chat, word_vocabulary
-from verify.io import InputError
+from nondecoupling.verify.bridge.cola import parse_cola, read_cola
+from nondecoupling.verify.bridge.examples import EXAMPLES, TEST, TRAIN
+from nondecoupling.verify.bridge.scoring import bucket_length
+from nondecoupling.verify.bridge.tokenizer import (
+  build_word_tokenizer,
+  encode,
+  render_chat,
+  word_vocabulary,
+)
+from nondecoupling.verify.errors import InputError
 
 COLA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cola"
 

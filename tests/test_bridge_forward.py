@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 if os.environ.get("CI", "").lower() == "true":
   import torch  # noqa: F401  (in CI a missing reference is a failure, not a skip)
@@ -32,9 +31,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from conftest import assert_close  # noqa: E402
 
-from verify.bridge.checkpoint import load_weights  # noqa: E402
-from verify.bridge.qwen3 import forward  # noqa: E402
-from verify.bridge.scoring import score_ids  # noqa: E402
+from nondecoupling.verify.bridge.checkpoint import load_weights  # noqa: E402
+from nondecoupling.verify.bridge.qwen3 import forward  # noqa: E402
+from nondecoupling.verify.bridge.scoring import score_ids  # noqa: E402
 
 F32_ATOL = 1e-4
 BF16_ATOL = 0.15

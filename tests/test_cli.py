@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from verify.cli import main
+from nondecoupling.verify.cli import main
 
 GOOD = {"beta": 0.5, "prompt_weights": [0.25, 0.75], "data": [[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]],
         "reward": [[1.0, 0.0, -1.0], [0.5, -0.5, 0.2]],
@@ -104,7 +104,7 @@ def test_check_json_has_every_documented_quantity(tmp_path, capsys):
     assert key in obj
   assert abs(obj["sft_loss_rl"] - obj["sft_loss_reference"] - obj["c1"]) < 1e-12
   assert obj["statements"]["C3 theorem_4_1_as_printed"]["source"] == "paper"
-  from verify.reference import reference_quantities
+  from nondecoupling.verify.numpy_reference import reference_quantities
   ref = reference_quantities(GOOD["prompt_weights"], np.array(GOOD["data"]),
                              np.array(GOOD["reference"]), np.array(GOOD["reward"]), GOOD["beta"])
   for k, v in ref.items():
@@ -150,7 +150,7 @@ def test_verify_writes_nothing_on_bad_arguments(tmp_path, capsys):
 
 
 def test_help_for_every_command():
-  from verify.cli import build_parser
+  from nondecoupling.verify.cli.parser import build_parser
   parser = build_parser()
   sub = next(a for a in parser._actions if a.dest == "command")
   assert {"verify", "check", "figures"} <= set(sub.choices)
@@ -160,7 +160,7 @@ def test_help_for_every_command():
 
 def test_entry_point_runs_as_a_program(tmp_path):
   """The installed `nondecoupling` script: exit 2 and one line on stderr, no traceback."""
-  proc = subprocess.run([sys.executable, "-m", "verify.cli", "check", str(tmp_path / "x.json")],
+  proc = subprocess.run([sys.executable, "-m", "nondecoupling.verify.cli", "check", str(tmp_path / "x.json")],
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2 and proc.stdout == ""
   assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1

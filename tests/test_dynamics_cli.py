@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from verify.cli import main
+from nondecoupling.verify.cli import main
 
 INSTANCE = {"beta": 0.5, "prompt_weights": [0.4, 0.6],
             "data": [[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]],
@@ -100,7 +100,7 @@ def test_bad_input_is_one_line_and_exit_2(argv, needle, instance_file, tmp_path,
 def test_dynamics_figures_smoke():
   import matplotlib.pyplot as plt
 
-  from figures import dynamics
+  from nondecoupling.figures import dynamics
   assert set(dynamics.FIGURES) == {
       "dynamics_fig3a_sft_loss_along_rl", "dynamics_fig3b_reward_along_sft", "dynamics_pl_decay",
       "dynamics_grad_cosine", "dynamics_c1_zero_held_out"}

@@ -9,11 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.integrate
-
 from conftest import assert_close
-from theory import flows
-from theory import objectives as obj
-from theory.instance import make_instance, pad_instance, stack
+
+from nondecoupling.theory import flows, objectives as obj
+from nondecoupling.theory.instance import make_instance, pad_instance, stack
 
 
 def _instance(seed=0, nx=3, ny=4, beta=0.8, same_ref=False, low=0.2):
@@ -86,16 +85,16 @@ def test_flow_matches_scipy_solve_ivp():
 
 def test_objectives_monotone_along_their_flows():
   inst = _instance(5)
-  tr = flows.run_flow(inst, flows.rl_only(100.0), n_save=20)
+  tr = flows.run_flow(inst, flows.rl_only_schedule(100.0), n_save=20)
   assert np.all(np.diff(np.asarray(tr.regularized_reward)) >= -1e-12)
-  tr = flows.run_flow(inst, flows.sft_only(100.0), n_save=20)
+  tr = flows.run_flow(inst, flows.sft_only_schedule(100.0), n_save=20)
   assert np.all(np.diff(np.asarray(tr.sft_loss)) <= 1e-12)
   assert_close(tr.kl_data, tr.sft_loss - obj.sft_optimum_loss(inst), atol=1e-12)
 
 
 def test_sft_then_rl_resets_reference_to_sft_end_policy():
   inst = _instance(6)
-  sched = flows.sft_then_rl(30.0, 4000.0)
+  sched = flows.sft_then_rl_schedule(30.0, 4000.0)
   tr = flows.run_flow(inst, sched, n_save=4)
   assert tr.times.shape == (9,) and bool(tr.ok)
   assert_close(tr.times, [0, 7.5, 15, 22.5, 30, 1030, 2030, 3030, 4030], atol=1e-9)
@@ -110,30 +109,30 @@ def test_sft_then_rl_resets_reference_to_sft_end_policy():
 
 def test_rl_then_sft_and_joint_end_points():
   inst = _instance(7)
-  tr = flows.run_flow(inst, flows.rl_then_sft(4000.0, 30.0), n_save=2)
+  tr = flows.run_flow(inst, flows.rl_then_sft_schedule(4000.0, 30.0), n_save=2)
   assert_close(jnp.exp(tr.log_pi[2]), jnp.exp(obj.gibbs_tilt(inst)), atol=1e-7, rtol=0)
   # Joint flow's end point is stationary for L − λJ_β: the field vanishes there.
-  tr = flows.run_flow(inst, flows.joint(5000.0, 2.0), n_save=2)
+  tr = flows.run_flow(inst, flows.joint_schedule(5000.0, 2.0), n_save=2)
   theta = flows.logits_of(inst, tr.final_log_pi)
   field = flows.vector_field(inst, theta, 1.0, 2.0)
   assert float(jnp.max(jnp.abs(field))) < 1e-9
 
 
 def test_alternating_schedule_phases():
-  sched = flows.alternating(2.0, 7.0)
+  sched = flows.alternating_schedule(2.0, 7.0)
   np.testing.assert_allclose(sched.duration, [2, 2, 2, 1])
   np.testing.assert_allclose(sched.sft_weight, [1, 0, 1, 0])
   np.testing.assert_allclose(sched.rl_weight, [0, 1, 0, 1])
   with pytest.raises(ValueError):
-    flows.alternating(0.0, 1.0)
+    flows.alternating_schedule(0.0, 1.0)
   with pytest.raises(ValueError):
-    flows.default_schedule("nope", _instance())
+    flows.pipeline_schedule("nope", _instance())
 
 
 def test_vmap_over_padded_batch_matches_single_runs():
   insts = [_instance(10 + i, nx=2 + i % 2, ny=3 + i % 2, beta=0.5 + i) for i in range(2)]
   batch = stack([pad_instance(i, 3, 4) for i in insts])
-  sched = flows.sft_then_rl(10.0, 20.0)
+  sched = flows.sft_then_rl_schedule(10.0, 20.0)
   run = jax.vmap(lambda inst: flows.run_flow(inst, sched, n_save=3, rtol=1e-12, atol=1e-14))
   trs = run(batch)
   for b, inst in enumerate(insts):
@@ -149,7 +148,7 @@ def test_vmap_over_padded_batch_matches_single_runs():
 
 def test_grad_cosine_matches_direct_computation():
   inst = _instance(8)
-  tr = flows.run_flow(inst, flows.joint(20.0, 1.0), n_save=3)
+  tr = flows.run_flow(inst, flows.joint_schedule(20.0, 1.0), n_save=3)
   for k in range(tr.times.shape[0]):
     th = flows.logits_of(inst, tr.log_pi[k])
     a = np.asarray(obj.sft_grad(inst, th)).ravel()
@@ -161,7 +160,7 @@ def test_grad_cosine_matches_direct_computation():
 def test_sgd_is_explicit_euler_and_decreases_the_loss():
   inst = _instance(9)
   lr = 2.0
-  tr = flows.run_steps(inst, flows.sft_only(40), optimizer="sgd", learning_rate=lr, n_save=4)
+  tr = flows.run_steps(inst, flows.sft_only_schedule(40), optimizer="sgd", learning_rate=lr, n_save=4)
   theta = np.asarray(flows.initial_logits(inst))
   for _ in range(40):
     theta = theta - lr * np.asarray(obj.sft_grad(inst, jnp.asarray(theta)))
@@ -173,7 +172,7 @@ def test_sgd_is_explicit_euler_and_decreases_the_loss():
 @pytest.mark.parametrize("optimizer,lr", [("sgd", 1.0), ("adam", 0.05)])
 def test_optax_rl_steps_increase_the_regularised_reward(optimizer, lr):
   inst = _instance(11)
-  tr = flows.run_steps(inst, flows.rl_only(200), optimizer=optimizer, learning_rate=lr, n_save=5)
+  tr = flows.run_steps(inst, flows.rl_only_schedule(200), optimizer=optimizer, learning_rate=lr, n_save=5)
   j = np.asarray(tr.regularized_reward)
   assert j[-1] > j[0] + 1e-3
   assert j[-1] <= float(obj.rl_value(inst)) + 1e-12
@@ -183,7 +182,7 @@ def test_optax_rl_steps_increase_the_regularised_reward(optimizer, lr):
 
 def test_optax_pipeline_resets_reference():
   inst = _instance(12)
-  tr = flows.run_steps(inst, flows.sft_then_rl(50, 50), optimizer="adam", learning_rate=0.05,
+  tr = flows.run_steps(inst, flows.sft_then_rl_schedule(50, 50), optimizer="adam", learning_rate=0.05,
                        n_save=2)
   assert tr.times.shape == (5,) and bool(tr.ok)
   # RL phase starts where SFT ended; SFT phase lowered L.
@@ -196,6 +195,6 @@ def test_run_pipeline_defaults_and_exact_end_point():
     tr = flows.run_pipeline(inst, name, n_save=2)
     assert bool(tr.ok)
     assert float(tr.times[-1]) == pytest.approx(10 * float(flows.time_unit(inst)))
-  exact = flows.sft_then_rl_exact(inst)
+  exact = flows.sft_then_rl_endpoint(inst)
   want = obj.gibbs_tilt(dataclasses.replace(inst, reference=inst.data))
   assert_close(exact, want)

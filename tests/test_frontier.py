@@ -12,14 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from conftest import assert_close
+from hypothesis import given, settings, strategies as st
 from scipy.optimize import minimize
 
-from conftest import assert_close
-from theory import frontier as fr
-from theory import objectives as obj
-from theory.instance import make_instance, pad_instance, stack
+from nondecoupling.theory import frontier as fr, objectives as obj
+from nondecoupling.theory.instance import make_instance, pad_instance, stack
 
 
 def random_instance(seed: int, n_x: int = 2, n_y: int = 4, zeros: bool = True, beta=0.5):

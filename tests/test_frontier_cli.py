@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 
-import verify.cli
-import verify.dynamics_commands
-from verify.frontier_command import add_frontier_command, parse_lambdas
-from verify.io import InputError
+from nondecoupling.theory.frontier import frontier_curve
+from nondecoupling.verify.cli import main as cli_main
+from nondecoupling.verify.cli.args import parse_lambdas
+from nondecoupling.verify.errors import InputError
+from nondecoupling.verify.io import read_instance
 
 GOOD = {"beta": 0.5, "prompt_weights": [0.25, 0.75], "data": [[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]],
         "reward": [[1.0, 0.0, 2.0], [0.5, -0.5, 0.2]],
@@ -18,17 +19,9 @@ GOOD = {"beta": 0.5, "prompt_weights": [0.25, 0.75], "data": [[0.5, 0.5, 0.0], [
 
 
 @pytest.fixture
-def main(monkeypatch):
-  """verify.cli.main with `frontier` registered (verify.dynamics_commands wires it in)."""
-  names = verify.cli.build_parser()._subparsers._group_actions[0].choices
-  if "frontier" not in names:
-    original = verify.dynamics_commands.add_commands
-
-    def add_commands(sub):
-      original(sub)
-      add_frontier_command(sub)
-    monkeypatch.setattr(verify.dynamics_commands, "add_commands", add_commands)
-  return verify.cli.main
+def main():
+  """The `nondecoupling` entry point."""
+  return cli_main
 
 
 def _write(tmp_path, obj, name="inst.json"):
@@ -44,8 +37,6 @@ def _run(main, argv, capsys):
 
 
 def test_json_points_match_theory(tmp_path, capsys, main):
-  from theory.frontier import frontier_curve
-  from verify.io import read_instance
   path = _write(tmp_path, GOOD)
   code, out, err = _run(main, ["frontier", path, "--lambdas", "0,0.5,2,1e3", "--json"], capsys)
   assert code == 0 and err == ""

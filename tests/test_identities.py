@@ -6,16 +6,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given
-
 from conftest import assert_close
 from helpers import at_probe, instance_of, jitted, with_probe
-from theory import identities
-from theory.objectives import (
-    c1, gibbs_tilt, policy_log_probs, regularized_reward, rl_grad, rl_value, safe_log, sft_grad,
-    sft_loss, sft_optimum_loss,
+from hypothesis import given
+
+from nondecoupling.theory.objectives import (
+  c1,
+  gibbs_tilt,
+  policy_log_probs,
+  regularized_reward,
+  rl_grad,
+  rl_value,
+  safe_log,
+  sft_grad,
+  sft_loss,
+  sft_optimum_loss,
 )
-from verify.families import instance_strategy
+from nondecoupling.theory.statements import identities
+from nondecoupling.verify.strategies import instance_strategy
 
 REL = 1e-10  # float64 identities: relative residual
 
@@ -103,7 +111,7 @@ def test_sft_optimum_is_data():
 
 @given(instance_strategy())
 def test_padding_does_not_change_any_quantity(raw):
-  from theory.quantities import check_quantities
+  from nondecoupling.theory.quantities import check_quantities
   small = jitted(check_quantities)(instance_of(raw, bucket=(3, 4)))
   big = jitted(check_quantities)(instance_of(raw, bucket=(4, 6)))
   for k in small:

@@ -8,28 +8,37 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-from hypothesis import given
-
 from conftest import assert_close
 from helpers import at_probe, instance_of, jitted, with_probe
-from theory import ours, paper
-from theory.objectives import c1, rl_grad, safe_log, sft_loss, policy_log_probs, rl_support
-from theory.quantities import check_quantities
-from verify.families import FAMILIES, instance_strategy
-from verify.reference import reference_quantities
+from hypothesis import given
+
+from nondecoupling.theory.instance import rl_stage_after_sft
+from nondecoupling.theory.objectives import (
+  c1,
+  policy_log_probs,
+  rl_grad,
+  rl_support,
+  safe_log,
+  sft_loss,
+)
+from nondecoupling.theory.quantities import check_quantities
+from nondecoupling.theory.statements import critical_beta, initial_rates, joint_bound
+from nondecoupling.verify.families import FAMILIES
+from nondecoupling.verify.numpy_reference import reference_quantities
+from nondecoupling.verify.strategies import instance_strategy
 
 
 @given(instance_strategy())
 def test_d1_critical_beta_is_the_unique_sign_change(raw):
   inst = instance_of(raw)
-  bc = float(jitted(ours.beta_critical)(inst))
+  bc = float(jitted(critical_beta.beta_critical)(inst))
   w, d, ref, r = (np.asarray(raw[k], float) for k in ("prompt_weights", "data", "reference",
                                                          "reward"))
   gain = w @ (d * r).sum(1) - w @ (ref * r).sum(1)
   if np.isnan(bc):
     # No root in the bracket: then C₁ has one sign at both ends (ours: g = βC₁ is monotone).
-    lo = float(ours.scaled_c1(inst, jnp.asarray(ours.LOG_BETA_BRACKET[0])))
-    hi = float(ours.scaled_c1(inst, jnp.asarray(ours.LOG_BETA_BRACKET[1])))
+    lo = float(critical_beta.scaled_c1(inst, jnp.asarray(critical_beta.LOG_BETA_BRACKET[0])))
+    hi = float(critical_beta.scaled_c1(inst, jnp.asarray(critical_beta.LOG_BETA_BRACKET[1])))
     assert not (lo > 0 and hi < 0)
     assert lo >= hi - 1e-12  # non-increasing
     return
@@ -40,7 +49,7 @@ def test_d1_critical_beta_is_the_unique_sign_change(raw):
 
 
 def test_d1_critical_beta_matches_brent():
-  from verify.reference import reference_beta_critical
+  from nondecoupling.verify.numpy_reference import reference_beta_critical
   rng = np.random.default_rng(3)
   found = 0
   for _ in range(40):
@@ -52,7 +61,7 @@ def test_d1_critical_beta_matches_brent():
     expected = reference_beta_critical(w, d, ref, r)
     inst = instance_of({"prompt_weights": w, "data": d, "reference": ref, "reward": r,
                         "beta": 1.0}, bucket=(2, 4))
-    got = float(jitted(ours.beta_critical)(inst))
+    got = float(jitted(critical_beta.beta_critical)(inst))
     if expected is None:
       assert np.isnan(got)
     else:
@@ -64,8 +73,8 @@ def test_d1_critical_beta_matches_brent():
 @given(instance_strategy())
 def test_d2_slope_and_curvature_closed_forms_equal_autodiff(raw):
   inst = instance_of(raw)
-  assert float(jitted(ours.rl_slope_at_start)(inst).margin) >= -1e-10
-  v = jitted(ours.rl_curvature_at_sft_optimum)(inst)
+  assert float(jitted(initial_rates.rl_slope_at_start)(inst).margin) >= -1e-10
+  v = jitted(initial_rates.rl_curvature_at_sft_optimum)(inst)
   assert float(v.margin) >= -1e-10
   assert float(v.lhs) >= -1e-14  # a quadratic form of a PSD Hessian
 
@@ -92,7 +101,7 @@ def test_d2_against_finite_differences_of_the_integrated_flow():
   for sft_first in (False, True):
     inst = instance_of(raw, bucket=None)
     if sft_first:
-      inst = paper.sft_then_rl(inst)
+      inst = rl_stage_after_sft(inst)
     theta0 = jnp.where(rl_support(inst), safe_log(inst.reference), 0.0)
     loss = lambda th: float(sft_loss(inst, policy_log_probs(inst, th)))
     h = 1e-3
@@ -100,16 +109,16 @@ def test_d2_against_finite_differences_of_the_integrated_flow():
     minus = _rk4_rl_flow(inst, theta0, -h, 4)
     l0, lp, lm = loss(theta0), loss(plus), loss(minus)
     slope, curv = (lp - lm) / (2 * h), (lp - 2 * l0 + lm) / h ** 2
-    assert_close(slope, float(ours.initial_slope(inst)), rtol=1e-5, atol=1e-9)
+    assert_close(slope, float(initial_rates.initial_slope(inst)), rtol=1e-5, atol=1e-9)
     if sft_first:
-      assert abs(float(ours.initial_slope(inst))) < 1e-15
-      assert_close(curv, float(ours.initial_curvature(inst)), rtol=1e-4, atol=1e-8)
+      assert abs(float(initial_rates.initial_slope(inst))) < 1e-15
+      assert_close(curv, float(initial_rates.initial_curvature(inst)), rtol=1e-4, atol=1e-8)
 
 
 @given(with_probe())
 def test_d3_joint_bound_for_any_policy(example):
   raw, theta = example
-  assert float(at_probe(ours.joint_bound, instance_of(raw), theta).margin) >= -1e-12
+  assert float(at_probe(joint_bound.joint_bound, instance_of(raw), theta).margin) >= -1e-12
 
 
 def test_d3_at_the_two_optima():
@@ -118,7 +127,7 @@ def test_d3_at_the_two_optima():
   d = rng.dirichlet(np.ones(5), 2)
   inst = instance_of({"prompt_weights": np.array([0.5, 0.5]), "data": d, "reference": d,
                       "reward": rng.normal(size=(2, 5)), "beta": 0.3}, bucket=None)
-  v = ours.joint_bound(inst, safe_log(inst.data))
+  v = joint_bound.joint_bound(inst, safe_log(inst.data))
   assert float(v.margin) >= 0
 
 

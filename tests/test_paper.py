@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given
-from hypothesis import strategies as st
-from scipy import stats
-
 from conftest import assert_close
 from helpers import at_probe, instance_of, jitted, with_probe
-from theory import paper
-from theory.objectives import c1, kl_rows, reward, safe_log
-from verify.families import instance_strategy
-from verify.search import search_counterexample
-from verify.statements import holds_mask, statement_by_name
+from hypothesis import given, strategies as st
+from scipy import stats
+
+from nondecoupling.theory.instance import rl_stage_after_sft
+from nondecoupling.theory.objectives import c1, kl_rows, reward, safe_log
+from nondecoupling.theory.statements import rl_then_sft, sft_then_rl
+from nondecoupling.verify.registry import statement_by_name
+from nondecoupling.verify.search import search_counterexample
+from nondecoupling.verify.statement import holds_mask
+from nondecoupling.verify.strategies import instance_strategy
 
 REL = 1e-10
 
@@ -26,16 +27,16 @@ def _holds(fn, raw):
 @given(instance_strategy())
 def test_theorem_3_1_identity_and_jensen_gap(raw):
   inst = instance_of(raw)
-  assert float(jitted(paper.theorem_3_1)(inst).margin) >= -REL
-  assert float(jitted(paper.c1_nonnegative)(inst).margin) >= -1e-12
-  assert float(jitted(paper.c1_is_kl)(inst).margin) >= -REL
+  assert float(jitted(sft_then_rl.theorem_3_1)(inst).margin) >= -REL
+  assert float(jitted(sft_then_rl.c1_nonnegative)(inst).margin) >= -1e-12
+  assert float(jitted(sft_then_rl.c1_is_kl)(inst).margin) >= -REL
 
 
 @given(instance_strategy())
 def test_c1_bounds_and_asymptote_remainders(raw):
   inst = instance_of(raw)
-  for fn in (paper.c1_hoeffding_bound, paper.c1_sup_bound, paper.c1_large_beta_limit,
-             paper.c1_small_beta_limit):
+  for fn in (sft_then_rl.c1_hoeffding_bound, sft_then_rl.c1_sup_bound, sft_then_rl.c1_large_beta_limit,
+             sft_then_rl.c1_small_beta_limit):
     assert float(jitted(fn)(inst).margin) >= -1e-10, fn.__name__
 
 
@@ -49,17 +50,17 @@ def test_c1_zero_exactly_when_reward_constant_on_support(raw, level):
   r = np.array(raw["reward"], dtype=float)
   r[np.asarray(raw["data"]) > 0] = level
   raw["reward"] = r
-  value = float(jitted(c1)(paper.sft_then_rl(instance_of(raw))))
+  value = float(jitted(c1)(rl_stage_after_sft(instance_of(raw))))
   assert abs(value) <= 1e-12 * max(1.0, abs(level) / raw["beta"])
 
 
 @given(instance_strategy())
 def test_c1_positive_when_reward_varies_on_support(raw):
   inst = instance_of(raw)
-  spread = np.asarray(paper.support_range(inst))[: np.asarray(raw["data"]).shape[0]]
+  spread = np.asarray(sft_then_rl.support_range(inst))[: np.asarray(raw["data"]).shape[0]]
   if np.all(spread < 1e-3):
     return  # constant (or nearly) on every support: the other test covers it
-  assert float(jitted(c1)(paper.sft_then_rl(inst))) > 0
+  assert float(jitted(c1)(rl_stage_after_sft(inst))) > 0
 
 
 def test_c1_asymptotic_rates():
@@ -68,14 +69,14 @@ def test_c1_asymptotic_rates():
                                                                     [0.6, 0.4, 0.0]]),
          "reward": np.array([[1.0, -0.5, 0.2], [0.3, -1.0, 2.0]]), "beta": 1.0}
   betas = np.logspace(1.5, 3, 8)
-  values = [float(c1(paper.sft_then_rl(instance_of(dict(raw, beta=b))))) for b in betas]
+  values = [float(c1(rl_stage_after_sft(instance_of(dict(raw, beta=b))))) for b in betas]
   slope = stats.linregress(np.log(betas), np.log(values)).slope
   assert abs(slope + 2) < 0.05
   d, r, w = raw["data"], raw["reward"], raw["prompt_weights"]
   var = w @ (np.sum(d * r ** 2, 1) - np.sum(d * r, 1) ** 2)
   assert_close(betas[-1] ** 2 * values[-1], 0.5 * var, rtol=1e-2)
   betas = np.logspace(-3, -1.5, 8)
-  values = np.array([float(c1(paper.sft_then_rl(instance_of(dict(raw, beta=b))))) for b in betas])
+  values = np.array([float(c1(rl_stage_after_sft(instance_of(dict(raw, beta=b))))) for b in betas])
   top = np.array([1.0, 0.3])
   limit = w @ (top - np.sum(d * r, 1))
   assert_close(betas[0] * values[0], limit, rtol=1e-2)
@@ -87,7 +88,7 @@ def test_c1_asymptotic_rates():
 def test_proposition_1_weak_and_sharp_for_any_pi2(example):
   raw, theta = example
   inst = instance_of(raw)
-  for fn in (paper.proposition_1, paper.proposition_1_sharp):
+  for fn in (rl_then_sft.proposition_1, rl_then_sft.proposition_1_sharp):
     v = at_probe(fn, inst, theta)
     assert float(v.margin) >= -1e-12, fn.__name__
 
@@ -96,7 +97,7 @@ def test_proposition_1_weak_and_sharp_for_any_pi2(example):
 def test_repaired_theorem_4_1_and_criterion_for_any_pi2(example):
   raw, theta = example
   inst = instance_of(raw)
-  for fn in (paper.theorem_4_1_repaired, paper.reward_drop_criterion):
+  for fn in (rl_then_sft.theorem_4_1_repaired, rl_then_sft.reward_drop_criterion):
     assert float(at_probe(fn, inst, theta).margin) >= -1e-10, fn.__name__
 
 
@@ -108,7 +109,7 @@ def test_printed_theorem_4_1_counterexample_from_theory():
   kl = float(kl_rows(safe_log(inst.data), safe_log(inst.reference))[0])
   assert_close(kl, 0.75 * np.log(1.5) + 0.25 * np.log(0.5))
   assert 0.1 <= kl <= 0.2
-  v = paper.theorem_4_1_as_printed(inst, band=(0.1, 0.2))
+  v = rl_then_sft.theorem_4_1_as_printed(inst, band=(0.1, 0.2))
   assert bool(v.applies) and float(v.margin) <= 0
 
 
@@ -132,7 +133,7 @@ def test_hypothesis_finds_a_counterexample_to_printed_theorem_4_1_by_itself():
   logits = np.log(ref) + r / beta
   pi1 = np.exp(logits - logsumexp(logits, axis=1, keepdims=True))
   kl = w @ rel_entr(d, pi1).sum(1)
-  a, big_a = paper.DEFAULT_BAND
+  a, big_a = rl_then_sft.DEFAULT_BAND
   assert a <= kl <= big_a
   assert w @ (d * r).sum(1) >= w @ (pi1 * r).sum(1) - 1e-12
   assert not holds_mask(stmt, np.asarray(found["margin"]))
@@ -141,7 +142,7 @@ def test_hypothesis_finds_a_counterexample_to_printed_theorem_4_1_by_itself():
 @given(instance_strategy())
 def test_rl_then_sft_reward_identity_matches_direct_difference(raw):
   inst = instance_of(raw)
-  log_pi1, log_pi2 = paper.rl_then_sft(inst)
-  v = jitted(paper.reward_drop_criterion)(inst)
+  log_pi1, log_pi2 = rl_then_sft.rl_then_sft_policies(inst)
+  v = jitted(rl_then_sft.reward_drop_criterion)(inst)
   assert_close(float(v.lhs), float(reward(inst, log_pi1) - reward(inst, log_pi2)), rtol=1e-12,
                atol=1e-14)

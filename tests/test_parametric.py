@@ -5,11 +5,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from conftest import assert_close
-from theory import objectives as obj
-from theory import parametric as pm
-from theory.instance import make_instance
+
+from nondecoupling.theory import gold_task, objectives as obj, parametric as pm
+from nondecoupling.theory.instance import make_instance
 
 
 def _instance(seed=0, nx=5, ny=3):
@@ -72,24 +71,24 @@ def test_feature_families_shapes():
 
 
 def test_gold_task_has_zero_c1_in_tabular_form():
-  task = pm.gold_label_task(jax.random.PRNGKey(0), n_prompts=20, dim=4)
+  task = gold_task.gold_label_task(jax.random.PRNGKey(0), n_prompts=20, dim=4)
   inst = task.inst.__class__(**{**task.inst.__dict__, "reference": task.inst.data})
   assert abs(float(obj.c1(inst))) < 1e-12
 
 
 def test_shared_parameters_show_the_held_out_effects_and_tabular_does_not():
   key = jax.random.PRNGKey(0)
-  shared = pm.gold_label_task(key, family="gaussian")
-  tab = pm.gold_label_task(key, family="one_hot")
-  a = pm.sft_then_rl_experiment(shared)
+  shared = gold_task.gold_label_task(key, family="gaussian")
+  tab = gold_task.gold_label_task(key, family="one_hot")
+  a = gold_task.run_pipeline(shared, "sft_then_rl")
   held = np.asarray(a["rl"]["sft_loss_held_out"])
   assert held[-1] > held[0] + 0.5                      # RL after SFT raises held-out SFT loss
   assert held[-1] > float(a["base_sft_loss_held_out"]) + 0.5   # ... above the base level
-  b = pm.rl_then_sft_experiment(shared)
+  b = gold_task.run_pipeline(shared, "rl_then_sft")
   rew = np.asarray(b["sft"]["reward_held_out"])
   assert rew[-1] < rew[0] - 0.1                        # SFT after RL lowers held-out reward
-  a_t = pm.sft_then_rl_experiment(tab)
-  b_t = pm.rl_then_sft_experiment(tab)
+  a_t = gold_task.run_pipeline(tab, "sft_then_rl")
+  b_t = gold_task.run_pipeline(tab, "rl_then_sft")
   held_t = np.asarray(a_t["rl"]["sft_loss_held_out"])
   assert np.max(np.abs(held_t - held_t[0])) < 1e-12    # tabular: held-out prompts never move
   rew_t = np.asarray(b_t["sft"]["reward_held_out"])

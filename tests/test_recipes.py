@@ -10,12 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import assert_close
-from theory import frontier as fr
-from theory import objectives as obj
-from theory import recipes as rc
-from theory.instance import make_instance, pad_instance
+
+from nondecoupling.theory import frontier as fr, objectives as obj, recipes as rc
+from nondecoupling.theory.instance import make_instance, pad_instance
 
 
 def general_instance(n_x=1, n_y=3, seed=0, levels=None, zero_data=False):
@@ -36,7 +34,7 @@ def general_instance(n_x=1, n_y=3, seed=0, levels=None, zero_data=False):
 
 def thetas(inst, seed=1, scale=0.8):
   rng = np.random.default_rng(seed)
-  theta_old = rc.initial_logits(inst)
+  theta_old = obj.initial_logits(inst)
   theta = theta_old + jnp.asarray(rng.normal(size=inst.shape) * scale)
   return theta, theta_old
 
@@ -45,7 +43,7 @@ def brute_force_field(inst, name, theta, theta_old, cfg):
   """Σ over every draw (on-policy tuple from π_old, demo from d) of probability × estimator."""
   assert inst.shape[0] == 1
   n_y = inst.shape[1]
-  n_on = max(rc.RECIPES[name].group(cfg), 1)
+  n_on = max(rc.RECIPES[name].samples(cfg), 1)
   pi_old = np.exp(np.asarray(obj.policy_log_probs(inst, theta_old)))[0]
   d = np.asarray(inst.data)[0]
   tuples = np.array(list(itertools.product(range(n_y), repeat=n_on)), dtype=np.int32)
@@ -240,18 +238,18 @@ def test_enumeration_and_closed_form_paths_agree():
 def test_too_many_groups_is_refused():
   inst = general_instance(n_x=1, n_y=12, seed=1)
   with pytest.raises(ValueError, match="multisets"):
-    rc.recipe_field(inst, "grpo", rc.initial_logits(inst),
+    rc.recipe_field(inst, "grpo", obj.initial_logits(inst),
                     config=rc.GroupPGConfig(group_size=16))
   with pytest.raises(ValueError, match="not known"):
-    rc.recipe_field(inst, "nope", rc.initial_logits(inst))
-  with pytest.raises(TypeError):
-    rc.recipe_field(inst, "grpo", rc.initial_logits(inst), config=rc.SFTConfig())
+    rc.recipe_field(inst, "nope", obj.initial_logits(inst))
+  with pytest.raises(rc.ConfigError, match="takes a GroupPGConfig"):
+    rc.recipe_field(inst, "grpo", obj.initial_logits(inst), config=rc.SFTConfig())
 
 
 def test_padding_is_respected():
   inst = general_instance(n_x=2, n_y=3, seed=6, levels=[-1.0, 1.0])
   padded = pad_instance(inst, 3, 5)
-  theta = rc.initial_logits(inst) + 0.3
+  theta = obj.initial_logits(inst) + 0.3
   theta_p = jnp.zeros((3, 5)).at[:2, :3].set(theta)
   for name in ("grpo", "ppo_clip", "hpt", "luffy", "srft", "relift"):
     f = rc.recipe_field(inst, name, theta)
@@ -267,17 +265,17 @@ def test_train_recipe_regret_nonnegative(name):
   assert traj.sft_loss.shape == (41,) and traj.reward.shape == (41,)
   assert_close(traj.sft_loss[-1], obj.sft_loss(inst, log_pi))
   assert_close(traj.reward[-1], obj.reward(inst, log_pi))
-  start = obj.policy_log_probs(inst, rc.initial_logits(inst))
+  start = obj.policy_log_probs(inst, obj.initial_logits(inst))
   assert_close(traj.sft_loss[0], obj.sft_loss(inst, start))
   assert float(fr.decoupling_regret(inst, log_pi)) >= -1e-10
 
 
 def test_train_recipe_compiles_once_and_moves_as_expected():
   inst = general_instance(n_x=3, n_y=4, seed=14)
-  before = rc._train._cache_size()
+  before = rc.train._train._cache_size()
   _, t1 = rc.train_recipe(inst, "dr_grpo", steps=30, lr=0.5)
   _, t2 = rc.train_recipe(inst, "dr_grpo", steps=30, lr=0.25)
-  assert rc._train._cache_size() == before + 1
+  assert rc.train._train._cache_size() == before + 1
   assert float(t1.reward[-1]) > float(t2.reward[-1]) > float(t1.reward[0])
   # SFT drives the loss down to L(d); PPO with K inner steps moves further per outer step.
   _, sft = rc.train_recipe(inst, "sft", steps=400, lr=5.0)
@@ -298,12 +296,12 @@ def test_relift_buffer_fires_on_failed_prompts():
   _, without = rc.train_recipe(inst, "relift", 30, 0.5, rl_only)
   assert float(with_sft.sft_loss[-1]) < float(without.sft_loss[-1]) - 1e-3
   # The amortised exact field has the SFT drift (B/S) w (1 − p)^n (d − π).
-  theta = rc.initial_logits(inst)
+  theta = obj.initial_logits(inst)
   diff = rc.recipe_field(inst, "relift", theta) - rc.recipe_field(inst, "relift", theta,
                                                                   config=rl_only)
   pi = jnp.exp(obj.policy_log_probs(inst, theta))
   p = jnp.sum(jnp.where(inst.reward > 0, pi, 0.0), -1)
-  sft_dir = (inst.data - pi) + 0.001 * rc.entropy_grad(pi, jnp.log(pi))
+  sft_dir = (inst.data - pi) + 0.001 * obj.entropy_grad(pi, jnp.log(pi))
   expected = inst.prompt_weights[:, None] * ((1 - p) ** 8)[:, None] * sft_dir
   assert_close(diff, expected, rtol=1e-10, atol=1e-13)
 
@@ -318,7 +316,7 @@ def test_compositions_table():
 def test_figure_smoke():
   import matplotlib.figure
 
-  from figures import recipes as fig_recipes
+  from nondecoupling.figures import recipes as fig_recipes
   assert callable(fig_recipes.FIGURES["recipes_frontier"])
   fig = fig_recipes.frontier_with_recipes(recipes=("sft", "dr_grpo", "relift"), steps=20,
                                           betas=[0.1, 1.0], lambdas=[0.0, 1.0, 10.0])

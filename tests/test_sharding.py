@@ -7,9 +7,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from verify.families import sample_family
-from verify.statements import STATEMENTS
-from verify.sweep import evaluate_batch, instance_mesh, shard_batch
+from nondecoupling.verify.families import sample_family
+from nondecoupling.verify.registry import STATEMENTS
+from nondecoupling.verify.sweep import evaluate_batch, instance_mesh, shard_batch
 
 
 def test_four_host_devices_are_available():
@@ -29,7 +29,7 @@ def test_sharded_margins_equal_single_device_margins():
     for a, b in zip(sharded[:4], single[:4]):  # lhs, rhs, margin, applies (not the ratio)
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-12,
                                  err_msg=stmt.name)
-    from verify.statements import holds_mask
+    from nondecoupling.verify.statement import holds_mask
     np.testing.assert_array_equal(holds_mask(stmt, sharded.margin),
                                   holds_mask(stmt, single.margin))
     assert np.asarray(sharded.margin).shape == (203,)

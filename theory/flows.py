@@ -20,7 +20,7 @@ Every run returns a :class:`Trajectory` of L, J, J_β (against the instance's ow
 E_w KL(d‖π), E_w KL(π‖ρ), the two gradient norms and the cosine between ∇L and ∇J_β (the RL
 gradient being the one the pipeline's RL phase follows there: its current reference).
 
-Default durations (:func:`default_schedule`) are in units of u = 1 / min_x w_x (the time over which
+Default durations (:func:`pipeline_schedule`) are in units of u = 1 / min_x w_x (the time over which
 the slowest prompt's logits move by O(1) under a unit-scale force; u = |X| for uniform weights):
 SFT 5u, RL 5u, alternating SFT/RL with period u over 10u, joint 10u with λ = 1.
 
@@ -40,14 +40,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from theory import objectives as obj
-from theory.instance import Instance
+from . import objectives as obj
+from .instance import Instance, rl_stage_after_sft, with_reference
+from .objectives import initial_logits, logits_of
+from .optimizers import make_optimizer
 
 __all__ = [
-    "Schedule", "Trajectory", "PIPELINE_NAMES", "initial_logits", "logits_of", "time_unit",
+    "Schedule", "Trajectory", "PIPELINE_NAMES", "time_unit", "natural_time",
     "vector_field", "integrate", "flow", "sft_flow", "rl_flow", "trajectory_metrics",
-    "sft_only", "rl_only", "sft_then_rl", "rl_then_sft", "alternating", "joint",
-    "default_schedule", "run_flow", "run_steps", "run_pipeline", "sft_then_rl_exact",
+    "sft_only_schedule", "rl_only_schedule", "sft_then_rl_schedule", "rl_then_sft_schedule",
+    "alternating_schedule", "joint_schedule", "pipeline_schedule", "run_flow", "run_steps",
+    "run_pipeline", "sft_then_rl_endpoint",
 ]
 
 PIPELINE_NAMES = ("sft_then_rl", "rl_then_sft", "alternating", "joint")
@@ -55,22 +58,23 @@ PIPELINE_NAMES = ("sft_then_rl", "rl_then_sft", "alternating", "joint")
 
 # ----------------------------------------------------------------------------- basic pieces
 
-def initial_logits(inst: Instance) -> jax.Array:
-  """θ₀ = log ρ on the RL support, 0 elsewhere (finite everywhere; masked entries are inert)."""
-  support = obj.rl_support(inst)
-  return jnp.where(support, jnp.log(jnp.where(support, inst.reference, 1.0)), 0.0)
-
-
-def logits_of(inst: Instance, log_pi: jax.Array) -> jax.Array:
-  """Finite logits of a policy: log π on the RL support, 0 elsewhere."""
-  support = obj.rl_support(inst)
-  return jnp.where(support & jnp.isfinite(log_pi), log_pi, jnp.where(support, -745.0, 0.0))
-
-
 def time_unit(inst: Instance) -> jax.Array:
   """u = 1 / min_x w_x over real (weight > 0) prompts: the pipelines' unit of time."""
   w = inst.prompt_weights
   return 1.0 / jnp.min(jnp.where(w > 0, w, jnp.inf))
+
+
+def natural_time(inst: Instance) -> jax.Array:
+  r"""The fastest time scale of the RL flow: 1 / (max_x w_x (β + max_x osc_y r)).
+
+  The Jacobian of ∇J_β in logits is bounded by w_x(β + osc r) per prompt, so an explicit solver
+  needs O(T / natural_time) steps to reach time T.
+  """
+  support = obj.rl_support(inst)
+  r_hi = jnp.max(jnp.where(support, inst.reward, -jnp.inf), axis=-1)
+  r_lo = jnp.min(jnp.where(support, inst.reward, jnp.inf), axis=-1)
+  osc = jnp.max(jnp.where(inst.prompt_weights > 0, r_hi - r_lo, 0.0))
+  return 1.0 / (jnp.max(inst.prompt_weights) * (inst.beta + osc))
 
 
 def vector_field(inst: Instance, theta: jax.Array, sft_weight, rl_weight,
@@ -154,7 +158,7 @@ def flow(inst: Instance, ts: jax.Array, sft_weight, rl_weight, theta0: jax.Array
     (thetas [T, X, Y], ok []).
 
   >>> import jax.numpy as jnp
-  >>> from theory.instance import make_instance
+  >>> from nondecoupling.theory.instance import make_instance
   >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
   >>> th, ok = flow(inst, jnp.array([200.0]), 0.0, 1.0)
   >>> round(float(jnp.exp(obj.policy_log_probs(inst, th[-1]))[0, 1]), 4)  # → π*_β
@@ -177,9 +181,9 @@ def rl_flow(inst, ts, theta0=None, **kw):
   return flow(inst, ts, 0.0, 1.0, theta0, **kw)
 
 
-def sft_then_rl_exact(inst: Instance) -> jax.Array:
-  """The paper's exact SFT-then-RL end point π*_β(d): Gibbs tilt of the data, instance's β."""
-  return obj.gibbs_tilt(dataclasses.replace(inst, reference=inst.data))
+def sft_then_rl_endpoint(inst: Instance) -> jax.Array:
+  """log π*_β(d): the exact end point of SFT-then-RL (Gibbs tilt of the data, instance's β)."""
+  return obj.gibbs_tilt(rl_stage_after_sft(inst))
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -212,27 +216,27 @@ def _schedule(a, b, dur, reset) -> Schedule:
                   jnp.asarray(reset, bool))
 
 
-def sft_only(duration) -> Schedule:
+def sft_only_schedule(duration) -> Schedule:
   """One SFT phase."""
   return _schedule([1.0], [0.0], [duration], [False])
 
 
-def rl_only(duration) -> Schedule:
+def rl_only_schedule(duration) -> Schedule:
   """One RL phase with the instance's reference."""
   return _schedule([0.0], [1.0], [duration], [False])
 
 
-def sft_then_rl(t_sft, t_rl) -> Schedule:
+def sft_then_rl_schedule(t_sft, t_rl) -> Schedule:
   """SFT from ρ for t_sft, then RL for t_rl with the reference reset to the SFT end policy."""
   return _schedule([1.0, 0.0], [0.0, 1.0], [t_sft, t_rl], [False, True])
 
 
-def rl_then_sft(t_rl, t_sft) -> Schedule:
+def rl_then_sft_schedule(t_rl, t_sft) -> Schedule:
   """RL from ρ (reference ρ) for t_rl, then SFT for t_sft."""
   return _schedule([0.0, 1.0], [1.0, 0.0], [t_rl, t_sft], [False, False])
 
 
-def alternating(period: float, total: float, start: str = "sft") -> Schedule:
+def alternating_schedule(period: float, total: float, start: str = "sft") -> Schedule:
   """SFT and RL (reference ρ) alternating every ``period`` until ``total`` (last phase cut).
 
   The number of phases, ceil(total / period), is static (it fixes the compiled shape).
@@ -246,12 +250,12 @@ def alternating(period: float, total: float, start: str = "sft") -> Schedule:
   return _schedule(a, [1.0 - v for v in a], durs, [False] * n)
 
 
-def joint(duration, lam=1.0) -> Schedule:
+def joint_schedule(duration, lam=1.0) -> Schedule:
   """One joint phase θ̇ = −∇(L − λJ_β) (reference ρ)."""
   return _schedule([1.0], [lam], [duration], [False])
 
 
-def default_schedule(name: str, inst: Instance) -> Schedule:
+def pipeline_schedule(name: str, inst: Instance) -> Schedule:
   """The documented default schedule of a named pipeline, in units of :func:`time_unit`.
 
   sft_then_rl: SFT 5u then RL 5u; rl_then_sft: RL 5u then SFT 5u; alternating: period u over
@@ -259,13 +263,13 @@ def default_schedule(name: str, inst: Instance) -> Schedule:
   """
   u = float(time_unit(inst))
   if name == "sft_then_rl":
-    return sft_then_rl(5 * u, 5 * u)
+    return sft_then_rl_schedule(5 * u, 5 * u)
   if name == "rl_then_sft":
-    return rl_then_sft(5 * u, 5 * u)
+    return rl_then_sft_schedule(5 * u, 5 * u)
   if name == "alternating":
-    return alternating(u, 10 * u)
+    return alternating_schedule(u, 10 * u)
   if name == "joint":
-    return joint(10 * u, 1.0)
+    return joint_schedule(10 * u, 1.0)
   raise ValueError(f"unknown pipeline {name!r} (known: {', '.join(PIPELINE_NAMES)})")
 
 
@@ -309,7 +313,7 @@ class Trajectory:
 def _point_metrics(inst: Instance, log_pi: jax.Array, rl_reference: jax.Array) -> dict:
   theta = logits_of(inst, log_pi)
   g_sft = obj.sft_grad(inst, theta)
-  g_rl = obj.rl_grad(dataclasses.replace(inst, reference=rl_reference), theta)
+  g_rl = obj.rl_grad(with_reference(inst, rl_reference), theta)
   n_sft = jnp.sqrt(jnp.sum(g_sft ** 2))
   n_rl = jnp.sqrt(jnp.sum(g_rl ** 2))
   denom = n_sft * n_rl
@@ -341,7 +345,7 @@ def _policy(inst, theta):
 def _phase_instance(inst, reference, theta, reset):
   """(reference, instance) of a phase: a phase that resets takes the current policy as ρ."""
   reference = jnp.where(reset, jnp.exp(_policy(inst, theta)), reference)
-  return reference, dataclasses.replace(inst, reference=reference)
+  return reference, with_reference(inst, reference)
 
 
 def _assemble(inst, theta0, thetas, refs, times, ok, n_save) -> Trajectory:
@@ -368,7 +372,7 @@ def run_flow(inst: Instance, schedule: Schedule, theta0: jax.Array | None = None
 
   Args:
     inst: instance (unbatched; vmap for batches of one padded shape).
-    schedule: the phases (see :func:`sft_then_rl` etc.).
+    schedule: the phases (see :func:`sft_then_rl_schedule` etc.).
     theta0: [X, Y] initial logits (default log ρ).
     n_save: points saved per phase, evenly spaced in time.
     rtol, atol, max_steps: solver settings.
@@ -397,14 +401,6 @@ def run_flow(inst: Instance, schedule: Schedule, theta0: jax.Array | None = None
   return _assemble(inst, theta0, thetas, refs, times, ok, n_save)
 
 
-def _make_optimizer(name: str, learning_rate):
-  if name == "sgd":
-    return optax.inject_hyperparams(optax.sgd)(learning_rate=learning_rate)
-  if name == "adam":
-    return optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
-  raise ValueError(f"unknown optimizer {name!r} (known: sgd, adam)")
-
-
 @functools.partial(jax.jit, static_argnames=("optimizer", "n_save"))
 def run_steps(inst: Instance, schedule: Schedule, theta0: jax.Array | None = None, *,
               optimizer: str = "sgd", learning_rate=1.0, n_save: int = 16) -> Trajectory:
@@ -427,7 +423,7 @@ def run_steps(inst: Instance, schedule: Schedule, theta0: jax.Array | None = Non
   """
   theta0 = initial_logits(inst) if theta0 is None else theta0
   dtype = theta0.dtype
-  opt = _make_optimizer(optimizer, jnp.asarray(learning_rate, dtype))
+  opt = make_optimizer(optimizer, jnp.asarray(learning_rate, dtype))
   frac = jnp.arange(1, n_save + 1, dtype=dtype) / n_save
 
   def phase_step(carry, ph):
@@ -464,4 +460,4 @@ def run_steps(inst: Instance, schedule: Schedule, theta0: jax.Array | None = Non
 def run_pipeline(inst: Instance, name: str, *, n_save: int = 16, rtol: float = 1e-8,
                  atol: float = 1e-10) -> Trajectory:
   """Runs the named pipeline (:data:`PIPELINE_NAMES`) with its default schedule as a flow."""
-  return run_flow(inst, default_schedule(name, inst), n_save=n_save, rtol=rtol, atol=atol)
+  return run_flow(inst, pipeline_schedule(name, inst), n_save=n_save, rtol=rtol, atol=atol)

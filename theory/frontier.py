@@ -37,13 +37,14 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from theory import objectives as obj
-from theory.instance import Instance
+from . import objectives as obj
+from ._numerics import NEG_INF, masked_max
+from .instance import Instance, rl_stage_after_sft
 
 __all__ = [
     "ROOT_STEPS", "REGRET_STEPS", "LAMBDA_MIN", "LAMBDA_MAX",
     "frontier_row", "frontier_policy", "frontier_point", "frontier_curve",
-    "frontier_at_reward", "frontier_min_sft_loss", "decoupling_regret",
+    "frontier_at_reward", "decoupling_regret",
     "rl_path_instance", "rl_path_policy", "rl_path", "rl_path_curve", "rl_path_regret",
     "max_reward", "reward_deficit",
 ]
@@ -53,13 +54,6 @@ NEWTON_STEPS = 2     # polish on 1/g(t) - 1 (exact when lambda = 0)
 REGRET_STEPS = 100   # bisection steps in log lambda over [LAMBDA_MIN, LAMBDA_MAX]
 LAMBDA_MIN = 1e-12
 LAMBDA_MAX = 1e250  # tiny β puts π*_β within e^{-1/β} of the best response
-NEG_INF = -jnp.inf
-
-
-def _row_max(x: jax.Array, where: jax.Array) -> jax.Array:
-  return jnp.max(jnp.where(where, x, NEG_INF))
-
-
 def frontier_row(data: jax.Array, reward: jax.Array, allowed: jax.Array,
                  lam: jax.Array) -> jax.Array:
   r"""One prompt of the frontier: log π_λ = argmin_π Σ d log(1/π) − λ Σ π r over the simplex.
@@ -85,7 +79,7 @@ def frontier_row(data: jax.Array, reward: jax.Array, allowed: jax.Array,
   d = jnp.where(on_s, data, 0.0)
   d = d / jnp.sum(d)
   r = jnp.where(allowed, reward, 0.0)
-  r_s_max = _row_max(r, on_s)
+  r_s_max = masked_max(r, on_s)
   delta = jnp.where(on_s, lam * (r_s_max - r), 0.0)  # >= 0 on S
   d_top = jnp.sum(jnp.where(on_s & (r >= r_s_max), d, 0.0))
 
@@ -114,7 +108,7 @@ def frontier_row(data: jax.Array, reward: jax.Array, allowed: jax.Array,
   t_root = jax.lax.fori_loop(0, NEWTON_STEPS, newton, t)
 
   # Off-support case: a maximiser u of r off S, strictly better than every response on S.
-  r_off_max = _row_max(r, off_s)
+  r_off_max = masked_max(r, off_s)
   any_off = jnp.any(off_s)
   gap = jnp.where(any_off, r_off_max - r_s_max, 0.0)
   t_u = lam * gap
@@ -145,7 +139,7 @@ def frontier_policy(inst: Instance, lam, allowed: jax.Array | None = None) -> ja
   Returns:
     [X, Y] log π_λ (-inf where no mass).
 
-  >>> from theory.instance import make_instance
+  >>> from nondecoupling.theory.instance import make_instance
   >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
   >>> import jax.numpy as jnp
   >>> [round(float(v), 4) for v in jnp.exp(frontier_policy(inst, 0.0))[0]]
@@ -260,11 +254,6 @@ def frontier_at_reward(inst: Instance, reward_target, allowed: jax.Array | None 
   return _frontier_at_deficit(inst, max_reward(inst, allowed) - target, allowed)
 
 
-def frontier_min_sft_loss(inst: Instance, reward_target, allowed: jax.Array | None = None):
-  """min{L(π) : J(π) ≥ J*} over tabular policies (this project's D4)."""
-  return frontier_at_reward(inst, reward_target, allowed)[1]
-
-
 @jax.jit
 def decoupling_regret(inst: Instance, log_pi: jax.Array,
                       allowed: jax.Array | None = None) -> jax.Array:
@@ -291,8 +280,7 @@ def decoupling_regret(inst: Instance, log_pi: jax.Array,
 
 def rl_path_instance(inst: Instance, beta) -> Instance:
   """The instance of SFT-then-RL: reference = data (the exact SFT optimum), KL coefficient β."""
-  return dataclasses.replace(inst, reference=inst.data,
-                             beta=jnp.asarray(beta, inst.data.dtype))
+  return dataclasses.replace(rl_stage_after_sft(inst), beta=jnp.asarray(beta, inst.data.dtype))
 
 
 def rl_path_policy(inst: Instance, beta) -> jax.Array:

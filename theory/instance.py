@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["Instance", "InstanceError", "make_instance", "validate", "pad_instance",
-           "unpad_instance", "stack", "unstack", "index"]
+           "unpad_instance", "stack", "index", "with_reference", "rl_stage_after_sft"]
 
 WEIGHT_TOL = 1e-9  # weights and rows must sum to 1 within this (absolute).
 
@@ -210,12 +210,29 @@ def stack(instances: list[Instance]) -> Instance:
   return jax.tree.map(lambda *xs: jnp.stack(xs), *instances)
 
 
-def unstack(batch: Instance) -> list[Instance]:
-  """Splits a batched instance into a list of unbatched ones."""
-  n = batch.prompt_weights.shape[0]
-  return [jax.tree.map(lambda a, i=i: a[i], batch) for i in range(n)]
-
-
 def index(batch: Instance, i: Any) -> Instance:
   """The i-th instance of a batch."""
   return jax.tree.map(lambda a: a[i], batch)
+
+
+def with_reference(instance: Instance, reference: jax.Array) -> Instance:
+  """The instance with reference policy ``reference`` [X, Y] (e.g. the policy a phase starts from).
+
+  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+  >>> with_reference(inst, jnp.asarray([[0.2, 0.8]])).reference.tolist()
+  [[0.2, 0.8]]
+  """
+  return dataclasses.replace(instance, reference=jnp.asarray(reference, instance.data.dtype))
+
+
+def rl_stage_after_sft(instance: Instance) -> Instance:
+  r"""The instance of the RL stage of SFT-then-RL: the reference is the exact SFT optimum, ρ = d.
+
+  This is the setting of Theorem 3.1 (arXiv 2601.07389): exact SFT reaches π = d, then RL is
+  regularised towards it.
+
+  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.9, 0.1]])
+  >>> rl_stage_after_sft(inst).reference.tolist()
+  [[0.5, 0.5]]
+  """
+  return dataclasses.replace(instance, reference=instance.data)

@@ -15,28 +15,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from theory.instance import Instance
+from ._numerics import NEG_INF, check_rank, masked_dot, plogq, safe_log
+from .instance import Instance
 
 __all__ = [
-    "safe_log", "masked_log_softmax", "policy_log_probs", "rl_support",
-    "entropy_rows", "kl_rows", "tv_rows", "expect",
+    "safe_log", "masked_log_softmax", "policy_log_probs", "rl_support", "initial_logits",
+    "logits_of", "entropy_rows", "kl_rows", "tv_rows", "expect",
     "sft_loss", "sft_optimum_loss", "sft_excess", "reward", "regularized_reward",
     "log_partition", "gibbs_tilt", "rl_value", "c1",
-    "fisher_matvec", "sft_grad", "rl_grad", "sft_hessian_quadratic",
+    "fisher_matvec", "entropy_grad", "sft_grad", "rl_grad",
 ]
-
-NEG_INF = -jnp.inf
-
-
-def _check_rank(name: str, x: jax.Array, rank: int) -> None:
-  if jnp.ndim(x) != rank:
-    raise ValueError(f"{name} must have rank {rank} (unbatched; use jax.vmap), got {jnp.ndim(x)}")
-
-
-def safe_log(p: jax.Array) -> jax.Array:
-  """log p with log 0 = -inf and no NaN gradient at 0 (double-where)."""
-  pos = p > 0
-  return jnp.where(pos, jnp.log(jnp.where(pos, p, 1.0)), NEG_INF)
 
 
 def masked_log_softmax(theta: jax.Array, mask: jax.Array) -> jax.Array:
@@ -62,8 +50,23 @@ def rl_support(inst: Instance) -> jax.Array:
 
 def policy_log_probs(inst: Instance, theta: jax.Array) -> jax.Array:
   """Tabular softmax policy softmax(theta_x) over the RL support of ``inst``."""
-  _check_rank("theta", theta, 2)
+  check_rank("theta", theta, 2)
   return masked_log_softmax(theta, rl_support(inst))
+
+
+def initial_logits(inst: Instance) -> jax.Array:
+  r"""θ₀ = log ρ on the RL support, 0 elsewhere (finite everywhere; masked entries are inert).
+
+  Every flow, recipe and trainer starts here: softmax(θ₀) = ρ.
+  """
+  support = rl_support(inst)
+  return jnp.where(support, jnp.log(jnp.where(support, inst.reference, 1.0)), 0.0)
+
+
+def logits_of(inst: Instance, log_pi: jax.Array) -> jax.Array:
+  """Finite logits of a policy: log π on the RL support (−745 where π = 0), 0 elsewhere."""
+  support = rl_support(inst)
+  return jnp.where(support & jnp.isfinite(log_pi), log_pi, jnp.where(support, -745.0, 0.0))
 
 
 def expect(inst: Instance, per_prompt: jax.Array) -> jax.Array:
@@ -75,15 +78,9 @@ def expect(inst: Instance, per_prompt: jax.Array) -> jax.Array:
   return jnp.sum(jnp.where(w > 0, w * jnp.where(w > 0, per_prompt, 0.0), 0.0))
 
 
-def _plogq(p: jax.Array, log_q: jax.Array) -> jax.Array:
-  """p * log q with 0 * log 0 = 0 (and 0 * anything = 0), NaN-free gradients."""
-  pos = p > 0
-  return jnp.where(pos, p * jnp.where(pos, log_q, 0.0), 0.0)
-
-
 def entropy_rows(p: jax.Array) -> jax.Array:
   """[X] Shannon entropies H(p_x) in nats."""
-  return -jnp.sum(_plogq(p, safe_log(p)), axis=-1)
+  return -jnp.sum(plogq(p, safe_log(p)), axis=-1)
 
 
 def kl_rows(log_p: jax.Array, log_q: jax.Array) -> jax.Array:
@@ -118,15 +115,15 @@ def sft_loss(inst: Instance, log_pi: jax.Array) -> jax.Array:
     [] the loss in nats (+inf if π misses part of supp d).
 
   >>> import jax.numpy as jnp
-  >>> from theory.instance import make_instance
+  >>> from nondecoupling.theory.instance import make_instance
   >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
   >>> round(float(sft_loss(inst, jnp.log(inst.data))), 6)  # = log 2
   0.693147
 
   References: arXiv 2601.07389, Lemma 1 (expectation form).
   """
-  _check_rank("log_pi", log_pi, 2)
-  return expect(inst, -jnp.sum(_plogq(inst.data, log_pi), axis=-1))
+  check_rank("log_pi", log_pi, 2)
+  return expect(inst, -jnp.sum(plogq(inst.data, log_pi), axis=-1))
 
 
 def sft_optimum_loss(inst: Instance) -> jax.Array:
@@ -141,9 +138,8 @@ def sft_excess(inst: Instance, log_pi: jax.Array) -> jax.Array:
 
 def reward(inst: Instance, log_pi: jax.Array) -> jax.Array:
   """Unregularised reward J(π) = E_w[ sum_y π(y|x) r(x, y) ] (the paper's Eq. 18)."""
-  _check_rank("log_pi", log_pi, 2)
-  pi = jnp.exp(log_pi)
-  return expect(inst, jnp.sum(jnp.where(pi > 0, pi * inst.reward, 0.0), axis=-1))
+  check_rank("log_pi", log_pi, 2)
+  return expect(inst, masked_dot(jnp.exp(log_pi), inst.reward))
 
 
 def log_partition(inst: Instance) -> jax.Array:
@@ -162,7 +158,7 @@ def gibbs_tilt(inst: Instance) -> jax.Array:
   Returns:
     [X, Y] log-probabilities (-inf where ρ = 0).
 
-  >>> from theory.instance import make_instance
+  >>> from nondecoupling.theory.instance import make_instance
   >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
   >>> import jax.numpy as jnp
   >>> [round(float(v), 4) for v in jnp.exp(gibbs_tilt(inst))[0]]
@@ -191,20 +187,31 @@ def c1(inst: Instance) -> jax.Array:
 
   With ρ = d this is Theorem 3.1's constant, = E_w KL(d_x || π*_x) ≥ 0.
 
-  >>> from theory.instance import make_instance
+  >>> from nondecoupling.theory.instance import make_instance
   >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
   >>> round(float(c1(inst)), 6)  # log((1 + e)/2) − 1/2
   0.120115
 
   References: arXiv 2601.07389, Theorem 3.1 (Eq. 13).
   """
-  e_d_r = jnp.sum(jnp.where(inst.data > 0, inst.data * inst.reward, 0.0), axis=-1)
-  return expect(inst, log_partition(inst) - e_d_r / inst.beta)
+  return expect(inst, log_partition(inst) - masked_dot(inst.data, inst.reward) / inst.beta)
 
 
 def fisher_matvec(pi: jax.Array, v: jax.Array) -> jax.Array:
-  """[X, Y] F_x v_x with F_x = diag(π_x) − π_x π_xᵀ (the softmax Jacobian)."""
+  r"""F_π v = π ⊙ v − (π·v) π per row, F_π = diag(π) − ππᵀ (the softmax Jacobian).
+
+  Also E_{y∼π}[v(y) ∇_θ log π(y)] for a per-response weight v; entries where π = 0 are ignored
+  (v may be ±∞ there).
+  """
+  v = jnp.where(pi > 0, v, 0.0)
   return pi * v - pi * jnp.sum(pi * v, axis=-1, keepdims=True)
+
+
+def entropy_grad(pi: jax.Array, log_pi: jax.Array) -> jax.Array:
+  r"""∇_θ H(π_x) = −π ⊙ (log π + H) per row (the ascent direction of an entropy bonus)."""
+  lp = jnp.where(pi > 0, log_pi, 0.0)
+  h = -jnp.sum(pi * lp, axis=-1, keepdims=True)
+  return -pi * (lp + h)
 
 
 def sft_grad(inst: Instance, theta: jax.Array) -> jax.Array:
@@ -238,9 +245,3 @@ def rl_grad(inst: Instance, theta: jax.Array) -> jax.Array:
                - safe_log(jnp.where(support, inst.reference, 1.0)))
   h = jnp.where(support, inst.reward - inst.beta * log_ratio, 0.0)
   return jnp.where(support, inst.prompt_weights[:, None] * fisher_matvec(pi, h), 0.0)
-
-
-def sft_hessian_quadratic(inst: Instance, log_pi: jax.Array, g: jax.Array) -> jax.Array:
-  """gᵀ H_L g with H_L = blockdiag(w_x F_x), the Hessian of L in logits (any π)."""
-  pi = jnp.exp(log_pi)
-  return jnp.sum(inst.prompt_weights * jnp.sum(g * fisher_matvec(pi, g), axis=-1))

@@ -12,9 +12,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from theory.instance import Instance
-from theory.objectives import safe_log
-from theory.ours import critical_beta_from_terms
+from ._numerics import masked_dot, safe_log
+from .instance import Instance
+from .statements.critical_beta import critical_beta_from_terms
 
 __all__ = ["check_quantities", "prompt_terms", "QUANTITY_DOCS", "CHUNK"]
 
@@ -45,11 +45,6 @@ QUANTITY_DOCS = {
 _WEIGHT_POWER = {"initial_slope": 2, "initial_curvature": 3}
 
 
-def _dot(p, f):
-  """sum_y p f with 0 · anything = 0."""
-  return jnp.sum(jnp.where(p > 0, p * jnp.where(p > 0, f, 0.0), 0.0))
-
-
 def prompt_terms(d: jax.Array, rho: jax.Array, r: jax.Array, beta: jax.Array) -> dict:
   """Per-prompt terms of every quantity (one prompt: arrays [Y]; padded responses have d = ρ = 0).
 
@@ -74,17 +69,17 @@ def prompt_terms(d: jax.Array, rho: jax.Array, r: jax.Array, beta: jax.Array) ->
   logits_d = jnp.where(support, log_d + scaled, -jnp.inf)
   peak_d = jnp.max(logits_d)
   log_z_sft = peak_d + jnp.log(jnp.sum(jnp.where(support, jnp.exp(logits_d - peak_d), 0.0)))
-  mean_d = _dot(d, r)
-  entropy = -_dot(d, log_d)
-  cross_rho = -_dot(d, log_rho)
+  mean_d = masked_dot(d, r)
+  entropy = -masked_dot(d, log_d)
+  cross_rho = -masked_dot(d, log_rho)
   cross_rl = cross_rho - mean_d / beta + log_z
   reward_rl = jnp.sum(pi * r)
   top = jnp.max(jnp.where(support, r, -jnp.inf))
   bottom = jnp.min(jnp.where(support, r, jnp.inf))
   # D2: slope from ρ; curvature at ρ = d: (F r)ᵀ F (F r) with F = diag(d) − d dᵀ.
-  centred = r - _dot(rho, r)
+  centred = r - masked_dot(rho, r)
   slope = jnp.sum(jnp.where(reach, (rho - d) * rho * centred, 0.0))
-  fisher = lambda v: jnp.where(support, d * (v - _dot(d, v)), 0.0)
+  fisher = lambda v: jnp.where(support, d * (v - masked_dot(d, v)), 0.0)
   fr = fisher(r)
   return {
       "sft_loss_data": entropy,
@@ -93,7 +88,7 @@ def prompt_terms(d: jax.Array, rho: jax.Array, r: jax.Array, beta: jax.Array) ->
       "c1": log_z - mean_d / beta,
       "c1_sft_then_rl": log_z_sft - mean_d / beta,
       "rl_value": beta * log_z,
-      "reward_reference": _dot(rho, r),
+      "reward_reference": masked_dot(rho, r),
       "reward_rl": reward_rl,
       "reward_data": mean_d,
       "regularized_reward_data": mean_d - beta * (cross_rho - entropy),

@@ -1,4 +1,4 @@
-"""Random instance families (numpy, seeded) and Hypothesis strategies, padded to fixed buckets.
+"""Random instance families (numpy, seeded), padded to fixed buckets, for the sweep of `verify`.
 
 Every family returns a batched :class:`Instance` of one padded shape [B, X, Y] plus a probe policy
 (log-probabilities [B, X, Y]) on which the policy-dependent statements are evaluated. Sizes vary
@@ -20,10 +20,9 @@ from typing import Callable
 import jax.numpy as jnp
 import numpy as np
 
-from theory.instance import Instance
+from ..theory.instance import Instance
 
-__all__ = ["FAMILIES", "BUCKET", "sample_family", "sample_all", "instance_strategy",
-           "probe_strategy_for"]
+__all__ = ["FAMILIES", "BUCKET", "sample_family", "sample_all", "probe_policies", "normalise"]
 
 BUCKET = (8, 8)  # [X, Y] every generated instance is padded to
 
@@ -47,7 +46,7 @@ def _masks(nx, ny, bucket):
   return xs, ys
 
 
-def _normalise(a, axis=-1):
+def normalise(a, axis=-1):
   s = a.sum(axis=axis, keepdims=True)
   return a / np.where(s > 0, s, 1.0)
 
@@ -55,7 +54,7 @@ def _normalise(a, axis=-1):
 def _positive_rows(rng, shape, ys, low=0.05):
   """Rows of strictly positive masses on the real responses (bounded away from 0)."""
   a = rng.uniform(low, 1.0, size=shape) * ys[:, None, :]
-  return _normalise(a)
+  return normalise(a)
 
 
 def _random_support(rng, shape, ys):
@@ -72,8 +71,8 @@ def _assemble(rng, nx, ny, bucket, data, reference, reward, beta) -> Instance:
   xs, ys = _masks(nx, ny, bucket)
   n = nx.shape[0]
   w = rng.uniform(0.1, 1.0, size=(n, bucket[0])) * xs
-  w = _normalise(w)
-  uniform = _normalise(np.broadcast_to(ys[:, None, :], data.shape).astype(float))
+  w = normalise(w)
+  uniform = normalise(np.broadcast_to(ys[:, None, :], data.shape).astype(float))
   pad_row = ~xs[:, :, None]
   data = np.where(pad_row, uniform, data)
   reference = np.where(pad_row, uniform, reference)
@@ -97,7 +96,7 @@ def dense(rng, n, bucket=BUCKET):
 
 def sparse(rng, n, bucket=BUCKET):
   nx, ny, ys, shape = _frame(rng, n, bucket)
-  d = _normalise(_positive_rows(rng, shape, ys) * _random_support(rng, shape, ys))
+  d = normalise(_positive_rows(rng, shape, ys) * _random_support(rng, shape, ys))
   base = _positive_rows(rng, shape, ys)
   use_base = rng.uniform(size=(n, 1, 1)) < 0.5
   ref = np.where(use_base, base, d)
@@ -107,7 +106,7 @@ def sparse(rng, n, bucket=BUCKET):
 
 def tied(rng, n, bucket=BUCKET):
   nx, ny, ys, shape = _frame(rng, n, bucket)
-  d = _normalise(_positive_rows(rng, shape, ys) * _random_support(rng, shape, ys))
+  d = normalise(_positive_rows(rng, shape, ys) * _random_support(rng, shape, ys))
   level = rng.uniform(-1, 1, size=(n, bucket[0], 1))
   off = rng.uniform(-1, 1, size=shape)
   whole_row = rng.uniform(size=(n, 1, 1)) < 0.5
@@ -173,58 +172,3 @@ def sample_all(n_total: int, seed: int, bucket=BUCKET) -> list[tuple[str, Instan
   names = list(FAMILIES)
   per = [n_total // len(names) + (i < n_total % len(names)) for i in range(len(names))]
   return [(name, *sample_family(name, k, seed, bucket)) for name, k in zip(names, per) if k > 0]
-
-
-# --- Hypothesis strategies -------------------------------------------------------------------
-
-
-def instance_strategy(max_prompts: int = 3, max_responses: int = 4, reward_values=None,
-                      allow_sparse: bool = True, beta_range=(1e-2, 1e2)):
-  """Hypothesis strategy of valid (unpadded) instances as plain dicts of numpy arrays.
-
-  Args:
-    max_prompts, max_responses: size limits (pad to a bucket before evaluating).
-    reward_values: a strategy of one reward value (default: floats in [-2, 2]).
-    allow_sparse: whether data may have zeros.
-    beta_range: (low, high) for β.
-
-  Returns:
-    A strategy of dicts {"prompt_weights", "data", "reference", "reward", "beta"}.
-  """
-  from hypothesis import strategies as st
-
-  mass = st.floats(0.05, 1.0, allow_nan=False, allow_infinity=False, width=64)
-  if reward_values is None:
-    reward_values = st.floats(-2.0, 2.0, allow_nan=False, width=64)
-
-  @st.composite
-  def build(draw):
-    nx = draw(st.integers(1, max_prompts))
-    ny = draw(st.integers(2, max_responses))
-    w = np.array(draw(st.lists(mass, min_size=nx, max_size=nx)))
-    d = np.array(draw(st.lists(st.lists(mass, min_size=ny, max_size=ny), min_size=nx,
-                               max_size=nx)))
-    if allow_sparse:
-      keep = np.array(draw(st.lists(st.lists(st.booleans(), min_size=ny, max_size=ny),
-                                    min_size=nx, max_size=nx)))
-      keep[np.arange(nx), np.argmax(d, axis=1)] = True
-      d = d * keep
-    same_ref = draw(st.booleans())
-    ref = d if same_ref else np.array(draw(st.lists(st.lists(mass, min_size=ny, max_size=ny),
-                                                    min_size=nx, max_size=nx)))
-    r = np.array(draw(st.lists(st.lists(reward_values, min_size=ny, max_size=ny),
-                               min_size=nx, max_size=nx)))
-    beta = draw(st.floats(*beta_range, allow_nan=False, width=64))
-    return {"prompt_weights": w / w.sum(), "data": _normalise(d), "reference": _normalise(ref),
-            "reward": r, "beta": beta}
-
-  return build()
-
-
-def probe_strategy_for(raw: dict):
-  """A strategy of probe logits [X, Y] for one raw instance (finite floats)."""
-  from hypothesis import strategies as st
-  nx, ny = np.asarray(raw["data"]).shape
-  logit = st.floats(-4.0, 4.0, allow_nan=False, width=64)
-  return st.lists(st.lists(logit, min_size=ny, max_size=ny), min_size=nx, max_size=nx).map(
-      np.array)

@@ -1,4 +1,4 @@
-"""Instance files (JSON) and reports: read with validation, write whole or not at all.
+"""Instance files (JSON): read with validation, written whole or not at all.
 
 Instance file format::
 
@@ -14,24 +14,19 @@ Instance file format::
 from __future__ import annotations
 
 import json
-import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from theory.instance import Instance, InstanceError, make_instance, validate
+from ..theory.instance import Instance, InstanceError, make_instance, validate
+from .errors import InputError
+from .reports import atomic_write_json
 
 __all__ = [
     "InputError", "read_instance", "instance_from_dict", "instance_to_dict", "write_instance",
-    "atomic_write_text", "atomic_write_json", "to_jsonable",
 ]
-
-
-class InputError(ValueError):
-  """Bad user input (file, JSON, field); the message is one line."""
 
 
 _ALLOWED = {"beta", "prompt_weights", "data", "reward", "reference", "prompts", "responses"}
@@ -123,42 +118,6 @@ def instance_to_dict(instance: Instance, prompts=None, responses=None) -> dict:
   if responses is not None:
     out["responses"] = list(responses)
   return out
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-  """Writes a file whole or not at all (temporary file + rename)."""
-  p = Path(path)
-  p.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
-    os.replace(tmp, p)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
-def to_jsonable(x: Any) -> Any:
-  """Converts arrays and numpy scalars to JSON values (non-finite floats become null)."""
-  if isinstance(x, dict):
-    return {str(k): to_jsonable(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [to_jsonable(v) for v in x]
-  if hasattr(x, "tolist") and not isinstance(x, (str, bytes)):
-    return to_jsonable(np.asarray(x).tolist())
-  if isinstance(x, float):
-    return x if math.isfinite(x) else None
-  if isinstance(x, (bool, int, str)) or x is None:
-    return x
-  if isinstance(x, (np.floating, np.integer, np.bool_)):
-    return to_jsonable(x.item())
-  raise TypeError(f"not JSON-serialisable: {type(x).__name__}")
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-  atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2) + "\n")
 
 
 def write_instance(path: str | os.PathLike, instance: Instance, prompts=None,

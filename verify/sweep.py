@@ -17,45 +17,17 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from theory.verdict import Verdict
+from ..theory.verdict import Verdict
+from .devices import device_mesh
 
-__all__ = ["use_every_core", "instance_mesh", "shard_batch", "evaluate_batch",
-           "maybe_initialize_distributed", "batched_function"]
+__all__ = ["AXIS", "instance_mesh", "shard_batch", "evaluate_batch", "batched_function"]
 
 AXIS = "instances"
 
 
-def use_every_core() -> None:
-  """Gives the CPU platform one XLA device per core, so instance batches run in parallel.
-
-  Must run before JAX starts its backends; does nothing when XLA_FLAGS already sets a device
-  count. Accelerators are unaffected (the flag only concerns the host platform).
-  """
-  import os
-  flags = os.environ.get("XLA_FLAGS", "")
-  if "xla_force_host_platform_device_count" in flags:
-    return
-  try:
-    cores = len(os.sched_getaffinity(0))
-  except AttributeError:
-    cores = os.cpu_count() or 1
-  if cores > 1:
-    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={cores}".strip()
-
-
-def maybe_initialize_distributed() -> bool:
-  """Starts jax.distributed when launched multi-host (coordinator set in the environment)."""
-  import os
-  if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("NONDECOUPLING_DISTRIBUTED"):
-    jax.distributed.initialize()
-    return True
-  return False
-
-
-@functools.lru_cache(maxsize=None)
 def instance_mesh() -> Mesh:
   """A 1-D mesh over all devices along the instance axis."""
-  return Mesh(np.array(jax.devices()), (AXIS,))
+  return device_mesh(AXIS)
 
 
 def _pad_leading(a: np.ndarray, n: int) -> np.ndarray:

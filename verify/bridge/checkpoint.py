@@ -25,13 +25,16 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy before safetensors reads it)
 import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
-from verify.bridge.config import Qwen3Config, config_to_dict, read_config
-from verify.io import InputError
+from ..errors import InputError
+from .config import Qwen3Config, config_to_dict, read_config
+from .tokenizer import load_tokenizer
 
 __all__ = [
     "LayerStack", "Qwen3Weights", "expected_shapes", "load_weights", "weights_from_tensors",
-    "read_tensors", "random_tensors", "save_checkpoint", "DTYPES",
+    "read_tensors", "random_tensors", "save_checkpoint", "load_model", "DTYPES",
 ]
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -198,7 +201,6 @@ def _safetensors_files(model_dir: Path) -> list[Path]:
 
 def read_tensors(model_dir: str | Path) -> dict[str, np.ndarray]:
   """Every tensor of every ``*.safetensors`` file in ``model_dir``, as numpy arrays (no torch)."""
-  from safetensors import SafetensorError, safe_open
   out: dict[str, np.ndarray] = {}
   for path in _safetensors_files(Path(model_dir)):
     try:
@@ -258,7 +260,6 @@ def random_tensors(cfg: Qwen3Config, seed: int = 0, scale: float = 0.5,
 def save_checkpoint(model_dir: str | Path, cfg: Qwen3Config, tensors: dict[str, np.ndarray],
                     dtype: str = "float32") -> Path:
   """Writes config.json and model.safetensors (``safetensors.numpy``, no torch)."""
-  from safetensors.numpy import save_file
   d = Path(model_dir)
   d.mkdir(parents=True, exist_ok=True)
   np_dtype = np.float32 if dtype == "float32" else ml_dtypes.bfloat16
@@ -268,3 +269,22 @@ def save_checkpoint(model_dir: str | Path, cfg: Qwen3Config, tensors: dict[str, 
   save_file({k: np.ascontiguousarray(v.astype(np_dtype)) for k, v in tensors.items()},
             str(d / "model.safetensors"), metadata={"format": "pt"})
   return d
+
+
+def load_model(model_dir: str | Path, dtype: str = "float32"):
+  """(weights, tokenizer) of a model directory, checking the cheapest things first.
+
+  config.json is read first, then tokenizer.json, then the weights; a tokenizer with more tokens
+  than the model has embedding rows is refused.
+
+  Raises:
+    InputError: one line naming the file and the rule.
+  """
+  read_config(model_dir)
+  tok = load_tokenizer(model_dir)
+  weights = load_weights(model_dir, dtype)
+  n = tok.get_vocab_size(with_added_tokens=True)
+  if n > weights.config.vocab_size:
+    raise InputError(f"{model_dir}: tokenizer has {n} tokens but the model only "
+                     f"{weights.config.vocab_size} embedding rows")
+  return weights, tok

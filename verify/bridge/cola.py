@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from verify.io import InputError
+from ..errors import InputError
 
 __all__ = ["Example", "parse_cola", "read_cola"]
 

@@ -19,7 +19,7 @@ import numbers
 from pathlib import Path
 from typing import Any
 
-from verify.io import InputError
+from ..errors import InputError
 
 __all__ = ["Qwen3Config", "config_from_dict", "config_to_dict", "read_config"]
 

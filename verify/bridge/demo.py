@@ -8,13 +8,16 @@ shows that the pipeline runs end to end (score, extract, experiment), not what Q
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-from verify.bridge.checkpoint import random_tensors, save_checkpoint
-from verify.bridge.config import Qwen3Config
-from verify.bridge.examples import EXAMPLES
-from verify.bridge.extract import CHAT_LABELS, LABELS, TEMPLATE
-from verify.bridge.tokenizer import build_word_tokenizer, word_vocabulary
+from .checkpoint import load_model, random_tensors, save_checkpoint
+from .config import Qwen3Config
+from .examples import EXAMPLES, TEST, TRAIN
+from .experiment import ExperimentSettings, run_model_experiment
+from .extract import CHAT_LABELS, LABELS, TEMPLATE, extract_file, render_prompt
+from .scoring import score_candidates
+from .tokenizer import build_word_tokenizer, word_vocabulary
 
 __all__ = ["DEMO_NOTICE", "demo_config", "build_demo_model", "demo_vocabulary", "run_demo"]
 
@@ -58,24 +61,17 @@ def run_demo(work_dir: str | Path, seed: int = 0, rl_max_steps: int = 300, beta:
   Returns:
     {"notice", "model", "score", "extract", "experiment"} (JSON-ready).
   """
-  import dataclasses
-
-  from verify.bridge.checkpoint import load_weights
-  from verify.bridge.cli import extract_to_file, run_model_experiment, score
-  from verify.bridge.examples import EXAMPLES, TEST, TRAIN
-  from verify.bridge.experiment import ExperimentSettings
-  from verify.bridge.extract import render_prompt
   work = Path(work_dir)
   model_dir = build_demo_model(work / "model", seed=seed)
   sentence = EXAMPLES[0].sentence
-  scored = score(model_dir, render_prompt(sentence), list(LABELS), batch_size=batch_size)
+  scored = score_candidates(model_dir, render_prompt(sentence), list(LABELS),
+                            batch_size=batch_size)
   scored["prompt"] = render_prompt(sentence)
-  extracted = extract_to_file(model_dir, None, beta, work / "demo_instance.json",
-                              batch_size=batch_size, examples=list(EXAMPLES))
-  weights = load_weights(model_dir)
-  from verify.bridge.tokenizer import load_tokenizer
+  extracted = extract_file(model_dir, None, beta, work / "demo_instance.json",
+                           batch_size=batch_size, examples=list(EXAMPLES))
+  weights, tok = load_model(model_dir)
   settings = ExperimentSettings(beta=beta, rl_max_steps=rl_max_steps, seed=seed)
-  experiment = run_model_experiment(weights, load_tokenizer(model_dir), list(TRAIN), list(TEST),
-                                    settings, batch_size=batch_size)
+  experiment = run_model_experiment(weights, tok, list(TRAIN), list(TEST), settings,
+                                    batch_size=batch_size)
   return {"notice": DEMO_NOTICE, "model": dataclasses.asdict(weights.config), "score": scored,
           "extract": extracted, "experiment": experiment}

@@ -9,7 +9,7 @@ sentence goes to test) for the demo's experiment.
 
 from __future__ import annotations
 
-from verify.bridge.cola import Example
+from .cola import Example
 
 __all__ = ["EXAMPLES", "TRAIN", "TEST", "examples"]
 

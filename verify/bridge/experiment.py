@@ -26,6 +26,11 @@ with lr as given (default 1e-3), for the SFT minibatches. The RL phases are full
 |J_β(t) − J_β(t−1)| ≤ rl_tol · max(1, |J_β(t)|) (default 1e-6) or ``rl_max_steps`` steps (default
 2000), whichever comes first.
 
+The policy and the objectives are those of :mod:`nondecoupling.theory.parametric` (a
+:class:`~nondecoupling.theory.parametric.LinearHead` over an instance whose data is one-hot on the
+gold labels and whose reward is ±1), so C₁ of Theorem 3.1 is computed on the training instance,
+not assumed.
+
 Every step records held-out SFT loss, held-out mean@1, held-out greedy accuracy and the same on
 the training sentences. Theorem 3.1's constant C₁(β) on the training instance is 0 (r is constant on
 the gold labels), so exact tabular RL from the SFT optimum cannot raise the SFT loss; whatever the
@@ -37,16 +42,22 @@ References: arXiv 2601.07389 §5, Fig. 3; THEORY.md C1, E.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ...theory import objectives as obj, parametric as pm
+from ...theory.instance import Instance, make_instance, rl_stage_after_sft, with_reference
+from ...theory.optimizers import make_optimizer
+from .cola import Example
+from .extract import extract
+
 __all__ = [
-    "ExperimentSettings", "Features", "Head", "head_log_probs", "sft_loss", "mean_reward",
-    "greedy_accuracy", "rl_objective", "run_experiment", "summarize", "PIPELINES",
+    "ExperimentSettings", "Features", "gold_instance", "greedy_accuracy", "run_experiment",
+    "run_model_experiment", "summarize", "PIPELINES",
 ]
 
 PIPELINES = ("sft_then_rl", "rl_then_sft")
@@ -82,71 +93,49 @@ class Features:
   gold: np.ndarray
 
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class Head:
-  """The linear head: W [2, H], b [2]."""
+def gold_instance(gold, beta: float, dtype) -> Instance:
+  """The instance of one split: data one-hot on the gold labels, reward ±1, uniform weights.
 
-  w: jax.Array
-  b: jax.Array
-
-
-def head_log_probs(head: Head, phi: jax.Array) -> jax.Array:
-  r"""log π_W(·|x) = log softmax(W φ(x) + b). phi [N, H] -> [N, 2]."""
-  logits = phi @ head.w.T + head.b[None, :]
-  return jax.nn.log_softmax(logits, axis=-1)
+  The reference is uniform until a phase sets it (RL: the policy the phase starts from).
+  """
+  gold = np.asarray(gold)
+  n = gold.shape[0]
+  data = np.eye(2)[gold]
+  return make_instance(np.full(n, 1.0 / n), data, 2.0 * data - 1.0, beta,
+                       reference=np.full((n, 2), 0.5), dtype=dtype)
 
 
-def _gold_log_prob(log_pi: jax.Array, gold: jax.Array) -> jax.Array:
-  return jnp.take_along_axis(log_pi, gold[:, None], axis=-1)[:, 0]
-
-
-def sft_loss(head: Head, phi: jax.Array, gold: jax.Array, weight: jax.Array) -> jax.Array:
-  """Weighted mean of −log π_W(gold|x) (weights sum to 1; padded rows weigh 0)."""
-  return -jnp.sum(weight * _gold_log_prob(head_log_probs(head, phi), gold))
-
-
-def mean_reward(head: Head, phi: jax.Array, gold: jax.Array) -> jax.Array:
-  """mean@1 with ±1 reward, as an exact expectation: mean_x (2 π_W(gold|x) − 1)."""
-  return jnp.mean(2.0 * jnp.exp(_gold_log_prob(head_log_probs(head, phi), gold)) - 1.0)
-
-
-def greedy_accuracy(head: Head, phi: jax.Array, gold: jax.Array) -> jax.Array:
+def greedy_accuracy(head: pm.LinearHead, phi: jax.Array, inst: Instance) -> jax.Array:
   """mean_x [argmax_y π_W(y|x) = gold_x] (ties go to label 0)."""
-  return jnp.mean((jnp.argmax(head_log_probs(head, phi), axis=-1) == gold).astype(phi.dtype))
+  pred = jnp.argmax(pm.log_policy(head, phi, inst), axis=-1)
+  return jnp.mean((pred == jnp.argmax(inst.data, axis=-1)).astype(phi.dtype))
 
 
-def rl_objective(head: Head, phi: jax.Array, gold: jax.Array, log_ref: jax.Array,
-                 beta: float) -> jax.Array:
-  r"""J_β(W) = mean_x [Σ_y π r − β KL(π_W(·|x) ‖ π_ref(·|x))], r = ±1 on gold / not gold."""
-  log_pi = head_log_probs(head, phi)
-  pi = jnp.exp(log_pi)
-  r = jnp.where(jax.nn.one_hot(gold, 2, dtype=bool), 1.0, -1.0)
-  kl = jnp.sum(pi * (log_pi - log_ref), axis=-1)
-  return jnp.mean(jnp.sum(pi * r, axis=-1) - beta * kl)
-
-
-def _metrics(head: Head, train: tuple, test: tuple) -> dict:
-  (p_tr, g_tr), (p_te, g_te) = train, test
-  n_tr = p_tr.shape[0]
+def _metrics(head, train: tuple, test: tuple) -> dict:
+  (p_tr, i_tr), (p_te, i_te) = train, test
   return {
-      "test_sft_loss": sft_loss(head, p_te, g_te, jnp.full(p_te.shape[0], 1.0 / p_te.shape[0])),
-      "test_reward": mean_reward(head, p_te, g_te),
-      "test_accuracy": greedy_accuracy(head, p_te, g_te),
-      "train_sft_loss": sft_loss(head, p_tr, g_tr, jnp.full(n_tr, 1.0 / n_tr)),
-      "train_reward": mean_reward(head, p_tr, g_tr),
-      "train_accuracy": greedy_accuracy(head, p_tr, g_tr),
+      "test_sft_loss": pm.sft_loss(head, p_te, i_te),
+      "test_reward": pm.reward(head, p_te, i_te),
+      "test_accuracy": greedy_accuracy(head, p_te, i_te),
+      "train_sft_loss": pm.sft_loss(head, p_tr, i_tr),
+      "train_reward": pm.reward(head, p_tr, i_tr),
+      "train_accuracy": greedy_accuracy(head, p_tr, i_tr),
   }
+
+
+def _rows(inst: Instance, idx: jax.Array, weight: jax.Array) -> Instance:
+  """The instance on the prompts ``idx`` (a minibatch) with prompt weights ``weight``."""
+  return dataclasses.replace(inst, prompt_weights=weight, data=inst.data[idx],
+                             reference=inst.reference[idx], reward=inst.reward[idx],
+                             response_mask=inst.response_mask[idx])
 
 
 def _optimizer(settings: ExperimentSettings, phi: np.ndarray):
   lr = settings.learning_rate()
   if settings.optimizer == "sgd":
-    scale = float(np.mean(np.sum(np.square(phi.astype(np.float64)), axis=1) + 1.0))
-    return optax.sgd(lr / scale)
-  if settings.optimizer == "adam":
-    return optax.adam(lr)
-  raise ValueError(f"optimizer is {settings.optimizer!r}, expected 'sgd' or 'adam'")
+    # Normalised step: one step moves a logit by about lr × its gradient whatever the scale.
+    lr = lr / float(np.mean(np.sum(np.square(phi.astype(np.float64)), axis=1) + 1.0))
+  return make_optimizer(settings.optimizer, lr)
 
 
 class _Trainer:
@@ -155,16 +144,16 @@ class _Trainer:
   def __init__(self, settings, train: Features, test: Features, dtype):
     self.settings = settings
     self.dtype = dtype
-    self.train = (jnp.asarray(train.hidden, dtype), jnp.asarray(train.gold, jnp.int32))
-    self.test = (jnp.asarray(test.hidden, dtype), jnp.asarray(test.gold, jnp.int32))
+    inst_tr = gold_instance(train.gold, settings.beta, dtype)
+    inst_te = gold_instance(test.gold, settings.beta, dtype)
+    self.train = (jnp.asarray(train.hidden, dtype), inst_tr)
+    self.test = (jnp.asarray(test.hidden, dtype), inst_te)
     self.opt = _optimizer(settings, train.hidden)
     train_, test_, opt = self.train, self.test, self.opt
-    beta = float(settings.beta)
 
     @jax.jit
     def sft_step(head, state, idx, weight):
-      phi, gold = train_[0][idx], train_[1][idx]
-      grad = jax.grad(sft_loss)(head, phi, gold, weight)
+      grad = jax.grad(pm.sft_loss)(head, train_[0][idx], _rows(train_[1], idx, weight))
       upd, state = opt.update(grad, state, head)
       head = optax.apply_updates(head, upd)
       return head, state, _metrics(head, train_, test_)
@@ -177,22 +166,22 @@ class _Trainer:
       raise ValueError(f"rl_optimizer is {settings.rl_optimizer!r}, expected 'lbfgs' or 'same'")
 
     @jax.jit
-    def rl_step(head, state, log_ref):
-      loss = lambda h: -rl_objective(h, *train_, log_ref, beta)
+    def rl_step(head, state, reference):
+      rl_inst = with_reference(train_[1], reference)
+      loss = lambda h: -pm.regularized_reward(h, train_[0], rl_inst)
       neg, grad = jax.value_and_grad(loss)(head)
-      obj = -neg
       if settings.rl_optimizer == "lbfgs":
         upd, state = rl_opt.update(grad, state, head, value=neg, grad=grad, value_fn=loss)
       else:
         upd, state = rl_opt.update(grad, state, head)
       head = optax.apply_updates(head, upd)
       m = _metrics(head, train_, test_)
-      m["rl_objective"] = rl_objective(head, *train_, log_ref, beta)
-      return head, state, m, obj
+      m["rl_objective"] = pm.regularized_reward(head, train_[0], rl_inst)
+      return head, state, m
 
     self.sft_step, self.rl_step = sft_step, rl_step
     self.metrics = jax.jit(lambda head: _metrics(head, train_, test_))
-    self.log_probs = jax.jit(lambda head: head_log_probs(head, train_[0]))
+    self.policy = jax.jit(lambda head: jnp.exp(pm.log_policy(head, train_[0], train_[1])))
 
   def sft(self, head, rng, record):
     n = self.train[0].shape[0]
@@ -212,18 +201,18 @@ class _Trainer:
     return head
 
   def rl(self, head, record):
-    log_ref = self.log_probs(head)
+    reference = self.policy(head)
     state = self.rl_opt.init(head)
     prev = None
     steps, converged = 0, False
     for steps in range(1, self.settings.rl_max_steps + 1):
-      head, state, m, _ = self.rl_step(head, state, log_ref)
+      head, state, m = self.rl_step(head, state, reference)
       record("rl", m)
-      obj = float(m["rl_objective"])
-      if prev is not None and abs(obj - prev) <= self.settings.rl_tol * max(1.0, abs(obj)):
+      value = float(m["rl_objective"])
+      if prev is not None and abs(value - prev) <= self.settings.rl_tol * max(1.0, abs(value)):
         converged = True
         break
-      prev = obj
+      prev = value
     return head, steps, converged
 
 
@@ -243,21 +232,22 @@ def run_experiment(train: Features, test: Features, label_rows: np.ndarray,
     on_step: progress callback (pipeline, step).
 
   Returns:
-    A JSON-ready dict: settings, base levels, per pipeline the per-step curves (step 0 = base),
-    the phase boundary, RL steps and convergence, and a summary.
+    A JSON-ready dict: settings, base levels, C₁ of Theorem 3.1 on the training instance, per
+    pipeline the per-step curves (step 0 = base), the phase boundary, RL steps and convergence,
+    and a summary.
   """
   if settings.optimizer not in ("sgd", "adam"):
     raise ValueError(f"optimizer is {settings.optimizer!r}, expected 'sgd' or 'adam'")
-  dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+  dtype = jnp.float64
   trainer = _Trainer(settings, train, test, dtype)
-  base = Head(w=jnp.asarray(label_rows, dtype), b=jnp.zeros(2, dtype))
+  base = pm.LinearHead(W=jnp.asarray(label_rows, dtype), b=jnp.zeros(2, dtype))
   base_metrics = {k: float(v) for k, v in trainer.metrics(base).items()}
   out = {
       "settings": dataclasses.asdict(settings) | {"learning_rate": settings.learning_rate()},
       "sizes": {"train": int(train.hidden.shape[0]), "test": int(test.hidden.shape[0]),
                 "hidden": int(train.hidden.shape[1])},
       "base": base_metrics,
-      "c1_theorem_3_1": 0.0,  # r = +1 on the whole support of the one-hot data: C1(beta) = 0
+      "c1_theorem_3_1": float(obj.c1(rl_stage_after_sft(trainer.train[1]))),
       "pipelines": {},
   }
   if reference_test is not None:
@@ -305,3 +295,23 @@ def summarize(curves: dict, boundary: int, base: dict) -> dict:
     out[k] = {"base": base[k], "after_phase1": float(c[boundary]), "final": float(c[-1]),
               "phase2_min": float(phase2.min()), "phase2_max": float(phase2.max())}
   return out
+
+
+def run_model_experiment(weights, tokenizer, train_examples: Sequence[Example],
+                         test_examples: Sequence[Example], settings: ExperimentSettings,
+                         chat: bool = False, batch_size: int = 16, on_batch=None) -> dict:
+  """Extracts features of both splits with the model, then :func:`run_experiment`.
+
+  Args:
+    on_batch: progress callback, called with the fraction of one batch of sentences scored.
+  """
+  tr = extract(weights, tokenizer, train_examples, settings.beta, chat=chat,
+               batch_size=batch_size, on_batch=on_batch)
+  te = extract(weights, tokenizer, test_examples, settings.beta, chat=chat,
+               batch_size=batch_size, on_batch=on_batch)
+  result = run_experiment(Features(tr.hidden, tr.gold), Features(te.hidden, te.gold),
+                          tr.label_rows, settings,
+                          reference_test=np.asarray(te.instance.reference))
+  result["labels"] = tr.labels
+  result["chat"] = chat
+  return result

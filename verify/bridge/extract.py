@@ -32,16 +32,18 @@ from typing import Sequence
 import numpy as np
 from scipy.special import log_softmax
 
-from theory.instance import Instance, make_instance
-from verify.bridge.checkpoint import Qwen3Weights
-from verify.bridge.cola import Example
-from verify.bridge.scoring import score_ids
-from verify.bridge.tokenizer import encode, render_chat
-from verify.io import InputError, write_instance
+from ...theory.instance import Instance, make_instance, rl_stage_after_sft
+from ...theory.objectives import c1
+from ..errors import InputError
+from ..io import write_instance
+from .checkpoint import Qwen3Weights, load_model
+from .cola import Example, read_cola
+from .scoring import score_ids
+from .tokenizer import encode, render_chat
 
 __all__ = [
     "TEMPLATE", "LABELS", "CHAT_LABELS", "Extraction", "render_prompt", "extract",
-    "write_extraction", "read_features", "features_path",
+    "write_extraction", "read_features", "features_path", "extract_file",
 ]
 
 TEMPLATE = ("Is the following sentence grammatically acceptable?\n"
@@ -171,3 +173,34 @@ def read_features(path: str | Path) -> dict[str, np.ndarray]:
     raise InputError(f"{p}: no such features file")
   with np.load(p) as f:
     return {k: f[k] for k in f.files}
+
+
+def extract_file(model_dir, data, beta: float, out, limit: int | None = None, chat: bool = False,
+                 dtype: str = "float32", batch_size: int = 16, examples=None,
+                 on_batch=None) -> dict:
+  """Extracts a CoLA file (or given ``examples``) with a model and writes the instance + features.
+
+  Returns:
+    A JSON-ready summary: paths, sizes, the model's accuracy and mean@1 reward, C₁ of
+    Theorem 3.1 (ρ = d; 0 on gold labels) and C₁(β; ρ = model) (D1's threshold quantity).
+  """
+  out = Path(out)
+  if out.is_dir():
+    raise InputError(f"--out {out}: is a directory, expected a file path")
+  if examples is None:
+    examples = read_cola(data, limit)
+  weights, tok = load_model(model_dir, dtype)
+  ex = extract(weights, tok, examples, beta, chat=chat, batch_size=batch_size, on_batch=on_batch)
+  fpath = write_extraction(out, ex)
+  inst = ex.instance
+  ref = np.asarray(inst.reference)
+  return {
+      "instance": str(out), "features": str(fpath), "sentences": len(examples),
+      "acceptable": int(ex.gold.sum()), "labels": ex.labels, "label_token_ids": ex.label_ids,
+      "template": TEMPLATE, "chat": chat, "beta": beta,
+      "model_accuracy": float(np.mean(np.argmax(ref, axis=1) == ex.gold)),
+      "model_mean_reward": float(np.mean(2 * ref[np.arange(len(ex.gold)), ex.gold] - 1)),
+      "c1_sft_then_rl": float(c1(rl_stage_after_sft(inst))),
+      "c1_model_reference": float(c1(inst)),
+      "hidden_size": int(ex.hidden.shape[1]),
+  }

@@ -26,8 +26,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from verify.bridge.checkpoint import LayerStack, Qwen3Weights
-from verify.bridge.config import Qwen3Config
+from .checkpoint import LayerStack, Qwen3Weights
+from .config import Qwen3Config
 
 __all__ = [
     "rms_norm", "rope_cos_sin", "apply_rope", "attention", "mlp", "decoder_layer",

@@ -26,13 +26,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from verify.bridge.checkpoint import Qwen3Weights
-from verify.bridge.qwen3 import (final_hidden, gather_positions, logits_from_hidden,
-                                 token_log_probs)
-from verify.bridge.tokenizer import encode, render_chat
+from ..devices import device_mesh
+from ..errors import InputError
+from .checkpoint import Qwen3Weights, load_model
+from .qwen3 import final_hidden, gather_positions, logits_from_hidden, token_log_probs
+from .tokenizer import encode, render_chat
 
 __all__ = [
     "ScoreResult", "make_mesh", "replicate", "bucket_length", "score_ids", "score_texts",
+    "score_candidates",
     "prompt_ids", "MIN_BUCKET",
 ]
 
@@ -56,8 +58,7 @@ class ScoreResult:
 
 def make_mesh(devices: Sequence | None = None) -> Mesh:
   """A 1-D mesh named "batch" over ``devices`` (default: every local device)."""
-  devs = list(jax.local_devices() if devices is None else devices)
-  return Mesh(np.array(devs), ("batch",))
+  return device_mesh("batch", tuple(jax.local_devices() if devices is None else devices))
 
 
 def replicate(weights: Qwen3Weights, mesh: Mesh) -> Qwen3Weights:
@@ -200,3 +201,18 @@ def score_texts(weights: Qwen3Weights, tokenizer, prompts: Sequence[str],
       if not t:
         raise ValueError(f"{kind} {text!r} has no tokens")
   return score_ids(weights, p_ids, c_ids, **kwargs)
+
+
+def score_candidates(model_dir, prompt: str, candidates: Sequence[str], chat: bool = False,
+                     dtype: str = "float32", batch_size: int = 16) -> dict:
+  """log p(candidate | prompt) for each candidate under the model in ``model_dir``.
+
+  Returns:
+    {"candidates": [...], "logprobs": [...]} (JSON-ready).
+  """
+  weights, tok = load_model(model_dir, dtype)
+  try:
+    res = score_texts(weights, tok, [prompt], candidates, chat=chat, batch_size=batch_size)
+  except ValueError as e:
+    raise InputError(str(e)) from None
+  return {"candidates": list(candidates), "logprobs": [float(v) for v in res.logprobs[0]]}

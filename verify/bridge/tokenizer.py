@@ -18,7 +18,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from verify.io import InputError
+from tokenizers import AddedToken, Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import Whitespace
+
+from ..errors import InputError
 
 __all__ = [
     "SPECIAL_TOKENS", "render_chat", "load_tokenizer", "encode", "build_word_tokenizer",
@@ -40,7 +44,6 @@ def load_tokenizer(model_dir: str | Path):
   Raises:
     InputError: the file is missing or not a tokenizer.
   """
-  from tokenizers import Tokenizer
   path = Path(model_dir) / "tokenizer.json"
   if not path.is_file():
     raise InputError(f"{path}: no such file (the model directory needs tokenizer.json)")
@@ -57,7 +60,6 @@ def encode(tokenizer, text: str) -> list[int]:
 
 def word_vocabulary(texts) -> list[str]:
   """Sorted distinct pieces of ``texts`` under the ``Whitespace`` pre-tokenizer."""
-  from tokenizers.pre_tokenizers import Whitespace
   pre = Whitespace()
   words = set()
   for text in texts:
@@ -81,9 +83,6 @@ def build_word_tokenizer(words, path: str | Path | None = None):
   Returns:
     ``tokenizers.Tokenizer``.
   """
-  from tokenizers import AddedToken, Tokenizer
-  from tokenizers.models import WordLevel
-  from tokenizers.pre_tokenizers import Whitespace
   vocab = {"<|endoftext|>": 0, "[UNK]": 1}
   for w in words:
     vocab.setdefault(w, len(vocab))

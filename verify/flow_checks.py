@@ -1,7 +1,6 @@
-"""This project's dynamics statements (THEORY.md D2 on flows, D5, D6, D7) for verify.
+"""Batched checks of this project's dynamics statements (D2 on flows, D5, D6, D7) for verify.
 
-Each :class:`verify.statements.Statement` here has a batched ``check(batch, key) -> Verdict`` of
-[B] arrays. Pointwise statements (D5 PL inequalities, D6) are evaluated on every instance of the
+Each ``check_*(batch, key) -> Verdict`` returns [B] arrays; :mod:`.registry` lists them. Pointwise statements (D5 PL inequalities, D6) are evaluated on every instance of the
 batch at random policies drawn from ``key`` (logits N(0, 2²) on the RL support). Flow-based
 statements (D2 finite differences, D5 decay, D7) integrate flows, so they run on the first
 ``FLOW_SAMPLE`` (D7: ``D7_SAMPLE``) instances of each batch (the others are reported as not
@@ -19,15 +18,15 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from theory import flows
-from theory import objectives as obj
-from theory import paper
-from theory import ours_dynamics as od
-from theory.instance import Instance
-from theory.verdict import Verdict
-from verify.statements import Statement
+from ..theory import objectives as obj
+from ..theory.flows import natural_time
+from ..theory.instance import Instance, rl_stage_after_sft
+from ..theory.statements import initial_rates, pl, rl_duration, spectral
+from ..theory.verdict import Verdict
 
-__all__ = ["DYNAMICS_STATEMENTS", "FLOW_SAMPLE", "MAX_FLOW_UNITS", "random_logits"]
+__all__ = ["FLOW_SAMPLE", "MAX_FLOW_UNITS", "random_logits", "check_pl_rl", "check_pl_sft",
+           "check_spectral", "check_d2_flow", "check_decay_rl", "check_decay_sft",
+           "check_d7_pl_time", "check_d7_argmax"]
 
 FLOW_SAMPLE = 32        # instances per batch on which flow-based statements run
 D7_SAMPLE = 16          # fewer for D7 (a grid flow plus a bisection of flows per instance)
@@ -80,7 +79,7 @@ def _pad_verdict(v: Verdict, n: int, k: int) -> Verdict:
 def _pl_point(inst, key, which):
   theta = random_logits(inst, key)
   log_pi = obj.policy_log_probs(inst, theta)
-  res = od.pl_rl(inst, log_pi) if which == "rl" else od.pl_sft(inst, log_pi)
+  res = pl.pl_rl(inst, log_pi) if which == "rl" else pl.pl_sft(inst, log_pi)
   return _verdict(res["lhs"], res["rhs"], res["margin"], jnp.isfinite(res["rhs"]),
                   _used(res["rhs"], res["lhs"]))
 
@@ -103,7 +102,7 @@ def check_pl_sft(batch: Instance, key: jax.Array) -> Verdict:
 
 def _spectral_point(inst, key):
   log_pi = obj.policy_log_probs(inst, random_logits(inst, key))
-  res = od.spectral_misalignment(inst, log_pi)
+  res = spectral.spectral_misalignment(inst, log_pi)
   real = inst.prompt_weights > 0
   m = jnp.where(real, jnp.minimum(res["margin"], res["margin_exact"]), jnp.inf)
   i = jnp.argmin(m)
@@ -123,7 +122,7 @@ def check_spectral(batch: Instance, key: jax.Array) -> Verdict:
 @jax.jit
 def _d2_batch(batch):
   def one(inst):
-    res = od.d2_check(inst)
+    res = initial_rates.d2_check(inst)
     err = 1e-4 - res["margin"]
     return _verdict(err, jnp.asarray(1e-4, err.dtype), res["margin"], True, err / 1e-4)
   return jax.vmap(one)(batch)
@@ -138,9 +137,9 @@ def check_d2_flow(batch: Instance, key: jax.Array) -> Verdict:
 
 def _decay_point(inst, key, kind):
   theta0 = jnp.where(obj.rl_support(inst), random_logits(inst, key, 1.5), 0.0)
-  unit = od.natural_time(inst) if kind == "rl" else 1.0 / jnp.max(inst.prompt_weights)
+  unit = natural_time(inst) if kind == "rl" else 1.0 / jnp.max(inst.prompt_weights)
   ts = unit * DECAY_UNITS * jnp.arange(1, DECAY_SAVES + 1, dtype=theta0.dtype) / DECAY_SAVES
-  res = od.pl_decay(inst, ts, theta0, kind=kind)
+  res = pl.pl_decay(inst, ts, theta0, kind=kind)
   applies = res["ok"] & (res["gap0"] > 0)
   i = jnp.argmin(res["log_margin"])
   return _verdict(res["gap"][i], res["bound"][i], jnp.min(res["log_margin"]), applies,
@@ -166,13 +165,13 @@ def check_decay_sft(batch: Instance, key: jax.Array) -> Verdict:
 
 
 def _d7_setup(inst, key):
-  inst_d = paper.sft_then_rl(inst)
-  log_d = obj.policy_log_probs(inst_d, flows.initial_logits(inst_d))
-  mu_start = od.mu_rl(inst_d, log_d)
-  mu_end = od.mu_rl(inst_d, obj.gibbs_tilt(inst_d))
+  inst_d = rl_stage_after_sft(inst)
+  log_d = obj.policy_log_probs(inst_d, obj.initial_logits(inst_d))
+  mu_start = pl.mu_rl(inst_d, log_d)
+  mu_end = pl.mu_rl(inst_d, obj.gibbs_tilt(inst_d))
   t_est = jnp.log(1.0 / D7_EPS) / (2 * jnp.minimum(mu_start, mu_end))
   horizon = 1.5 * t_est
-  unit = od.natural_time(inst_d)
+  unit = natural_time(inst_d)
   feasible = horizon / unit <= MAX_FLOW_UNITS
   lam = jnp.exp(jax.random.uniform(key, (), inst.data.dtype, jnp.log(0.1), jnp.log(10.0)))
   # Instances skipped for cost still run, on a short horizon, so the batch stays cheap.
@@ -186,7 +185,7 @@ def _d7_batch(batch, key):
 
   def one(inst, k):
     inst_d, lam, horizon, feasible = _d7_setup(inst, k)
-    res = od.optimal_rl_duration(inst_d, lam, horizon, D7_EPS, n_grid=D7_GRID, n_bisect=30,
+    res = rl_duration.optimal_rl_duration(inst_d, lam, horizon, D7_EPS, n_grid=D7_GRID, n_bisect=30,
                                  rtol=1e-9, atol=1e-12, max_steps=1 << 15)
     pl = _verdict(res["gap_at_t_eps"], D7_EPS * res["gap0"], res["pl_margin"],
                   feasible & res["ok"] & res["t_eps_in_horizon"] & (res["gap0"] > GAP_FLOOR),
@@ -220,28 +219,3 @@ def check_d7_pl_time(batch: Instance, key: jax.Array) -> Verdict:
 def check_d7_argmax(batch: Instance, key: jax.Array) -> Verdict:
   """D7 (ours): the computed t*(λ) beats every grid time on J − λL along the RL flow from d."""
   return _d7_cached(batch, key)[1]
-
-
-def _stmt(name, title, kind, check, tol):
-  return Statement(name=name, title=title, source="ours", expected="holds", kind=kind, fn=None,
-                   tolerance=tol, uses_probe=False, check=check)
-
-
-DYNAMICS_STATEMENTS: list[Statement] = [
-    _stmt("D2 rl_flow_finite_differences",
-          "flow finite differences = closed-form dL/dt(0), d²L/dt²(0) (rel. 1e-4)", "bound",
-          check_d2_flow, 0.0),
-    _stmt("D5 pl_rl", "‖∇J_β‖² ≥ 2β min w (min π)² (J_β* − J_β)", "bound", check_pl_rl, 1e-12),
-    _stmt("D5 pl_sft", "‖∇L‖² ≥ min w min π (L − L(d))", "bound", check_pl_sft, 1e-12),
-    _stmt("D5 pl_decay_rl", "RL flow: gap(t) ≤ gap(0) exp(−2∫μ_RL)", "bound", check_decay_rl,
-          1e-6),
-    _stmt("D5 pl_decay_sft", "SFT flow: gap(t) ≤ gap(0) exp(−2∫μ_SFT)", "bound",
-          check_decay_sft, 1e-6),
-    _stmt("D6 spectral_misalignment",
-          "|⟨∇_xL, ∇_xJ_β⟩| ≤ w²β λ_max(F)² ‖P(d/π)‖ ‖P log(π*/π)‖ ≤ (max π)² form", "bound",
-          check_spectral, 1e-10),
-    _stmt("D7 pl_time", "RL flow from d: gap(t_ε) ≤ ε gap(0), t_ε = ln(1/ε)/(2μ_min)", "bound",
-          check_d7_pl_time, 1e-8),
-    _stmt("D7 optimal_duration_argmax", "t*(λ) maximises J − λL along the RL flow from d",
-          "bound", check_d7_argmax, 1e-7),
-]

@@ -17,15 +17,17 @@ from typing import Callable
 import jax
 import numpy as np
 
-from theory.instance import index, unpad_instance
-from verify.families import BUCKET, sample_all
-from verify.io import instance_to_dict
-from verify.search import search_counterexample
-from theory.verdict import Verdict
-from verify.statements import Statement, all_statements, holds_mask
-from verify.sweep import evaluate_batch
+from ..theory.instance import index, unpad_instance
+from ..theory.objectives import safe_log
+from ..theory.verdict import Verdict
+from .families import BUCKET, sample_all
+from .io import instance_to_dict
+from .registry import STATEMENTS, all_statements
+from .search import search_counterexample
+from .statement import Statement, holds_mask
+from .sweep import evaluate_batch
 
-__all__ = ["StatementReport", "run_verify", "report_markdown"]
+__all__ = ["StatementReport", "check_statement", "run_verify", "instance_margins"]
 
 
 @dataclasses.dataclass
@@ -159,39 +161,19 @@ def run_verify(n_instances: int, seed: int, search_examples: int,
   }
 
 
-def format_number(x, spec=".3g"):
-  """A report cell: the number, or a dash when there is none."""
-  return "—" if x is None else format(x, spec)
+def _all_verdicts(inst):
+  probe = safe_log(inst.data)
+  return [s.fn(inst, probe) for s in STATEMENTS]
 
 
-
-def report_markdown(report: dict) -> str:
-  """The Markdown report (same content as the JSON, as a table plus counterexamples)."""
-  lines = [
-      "# nondecoupling verify", "",
-      f"Seed {report['seed']}, {report['instances_per_statement']} random instances per "
-      f"statement (families: {', '.join(report['families'])}), Hypothesis search of "
-      f"{report['search_examples']} examples per statement, {report['devices']} device(s), "
-      f"{report['seconds']:.1f} s.", "",
-      "Source `paper` = arXiv 2601.07389 v1 as printed; `ours` = this project's statements "
-      "(not the paper's).", "",
-      "| statement | source | expected | outcome | instances | worst margin | tightness |",
-      "|---|---|---|---|---|---|---|",
-  ]
-  for s in report["statements"]:
-    outcome = ("holds" if s["holds"] else "refuted") + ("" if s["as_expected"] else " (UNEXPECTED)")
-    lines.append(f"| {s['name']}: {s['title']} | {s['source']} | {s['expected']} | {outcome} | "
-                 f"{s['instances']} | {format_number(s['worst_margin'])} | "
-                 f"{format_number(s['tightness'])} |")
-  cx = [s for s in report["statements"] if s["counterexample"]]
-  if cx:
-    lines += ["", "## Counterexamples", ""]
-    import json
-    for s in cx:
-      c = s["counterexample"]
-      lines += [f"### {s['name']} (found by {s['counterexample_source']})", "",
-                f"lhs = {c['lhs']:.6g}, rhs = {c['rhs']:.6g}, margin = {c['margin']:.3g}. "
-                "Re-check with `nondecoupling check FILE`:", "", "```json",
-                json.dumps(c["instance"], indent=1), "```", ""]
-  lines += ["", f"All outcomes as expected: **{report['all_as_expected']}**", ""]
-  return "\n".join(lines)
+def instance_margins(inst) -> dict:
+  """{statement name: {"lhs", "rhs", "margin", "applies", "holds"}} at probe π = d."""
+  verdicts = jax.jit(_all_verdicts)(inst)
+  out = {}
+  for s, v in zip(STATEMENTS, verdicts):
+    m = float(v.margin)
+    applies = bool(v.applies)
+    out[s.name] = {"lhs": float(v.lhs), "rhs": float(v.rhs), "margin": m, "applies": applies,
+                   "holds": bool(holds_mask(s, np.asarray(m))) if applies else None,
+                   "source": s.source, "expected": s.expected}
+  return out

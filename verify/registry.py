@@ -1,74 +1,37 @@
-"""The registry of statements that `verify` checks: name, source, expected outcome, function.
+"""The registry of statements `verify` checks (THEORY.md parts B, C, D), in report order.
 
-Each statement's ``fn(instance, probe_log_pi) -> Verdict`` is unbatched; the sweep vmaps it.
+Exact statements have an unbatched ``fn(instance, probe_log_pi) -> Verdict`` that the sweep vmaps;
 ``probe_log_pi`` is a policy on which policy-dependent statements are evaluated (RL-then-SFT
 statements use π₂ = d, the exact SFT optimum, so that a counterexample is an instance file).
-
-Sources: ``paper`` (arXiv 2601.07389 v1, as printed) or ``ours`` (this project's statements,
-THEORY.md parts B and D, and the repaired Theorem 4.1). Expected: ``holds`` or ``refuted``.
-A statement holds on an instance when ``margin >= -tolerance`` (``margin > tolerance`` when
-strict); instances where its hypothesis does not apply are not counted.
+Statements on integrated flows (D2 on flows, D5-D7) have a batched ``check`` instead
+(:mod:`.flow_checks`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 
-from theory import identities, ours, paper
-from theory.identities import clip_logits
-from theory.instance import Instance
-from theory.objectives import policy_log_probs
-from theory.verdict import Verdict
+from ..theory.instance import Instance
+from ..theory.objectives import policy_log_probs
+from ..theory.statements import (
+  critical_beta,
+  identities,
+  initial_rates,
+  joint_bound,
+  rl_then_sft,
+  sft_then_rl,
+)
+from ..theory.statements.identities import clip_logits
+from . import flow_checks
+from .statement import Statement
 
-__all__ = ["Statement", "STATEMENTS", "statement_by_name", "holds_mask", "all_statements"]
+__all__ = ["STATEMENTS", "FLOW_STATEMENTS", "all_statements", "statement_by_name",
+           "policy_from_logits"]
 
 IDENTITY_TOL = 1e-9   # relative residual of float64 identities (rounding over a few sums/logs)
 BOUND_TOL = 1e-10     # absolute slack of inequalities
 STRICT_TOL = 1e-12    # a strict statement needs margin above this (C₂ > 0 beyond rounding)
-
-
-@dataclasses.dataclass(frozen=True)
-class Statement:
-  """One checkable statement.
-
-  Attributes:
-    name: short id, e.g. ``"C3 theorem_4_1_as_printed"``.
-    title: one line for tables.
-    source: ``"paper"`` or ``"ours"``.
-    expected: ``"holds"`` or ``"refuted"``.
-    kind: ``"identity"``, ``"bound"`` (lhs ≤ rhs or lhs ≥ rhs; tightness = lhs/rhs) or
-      ``"strict"``.
-    fn: unbatched ``(Instance, probe_log_pi [X, Y]) -> Verdict``.
-    tolerance: see module docstring.
-    uses_probe: whether ``fn`` depends on the probe policy (the search then draws one).
-    check: optional batched override ``(batch Instance, key) -> margins [B]`` or a Verdict of
-      [B] arrays, for statements that need more than one instance-and-policy (dynamics).
-  """
-
-  name: str
-  title: str
-  source: str
-  expected: str
-  kind: str
-  fn: Callable[[Instance, jax.Array], Verdict] | None
-  tolerance: float
-  uses_probe: bool = False
-  check: Callable | None = None
-
-  @property
-  def strict(self) -> bool:
-    return self.kind == "strict"
-
-
-def holds_mask(stmt: Statement, margin):
-  """Elementwise: does the statement hold at this margin?"""
-  if stmt.strict:
-    return margin > stmt.tolerance
-  return margin >= -stmt.tolerance
 
 
 def _no_probe(f):
@@ -111,57 +74,88 @@ STATEMENTS: tuple[Statement, ...] = (
        _probe_logits(identities.gradients_closed_form), uses_probe=True),
     # C1: Theorem 3.1 and the bounds reported beside it.
     _s("C1 theorem_3_1", "ρ = d: L(π*_β) = L(d) + C₁(β)", "paper", "holds", "identity",
-       _no_probe(paper.theorem_3_1)),
+       _no_probe(sft_then_rl.theorem_3_1)),
     _s("C1 c1_nonnegative", "C₁(β) ≥ 0 (Jensen gap)", "paper", "holds", "bound",
-       _no_probe(paper.c1_nonnegative)),
+       _no_probe(sft_then_rl.c1_nonnegative)),
     _s("C1 c1_is_kl", "C₁(β) = E KL(d‖π*_β)", "ours", "holds", "identity",
-       _no_probe(paper.c1_is_kl)),
+       _no_probe(sft_then_rl.c1_is_kl)),
     _s("C1 c1_zero_iff_constant", "C₁ = 0 when r is constant on supp d", "ours", "holds",
-       "identity", _no_probe(paper.c1_zero_when_constant)),
+       "identity", _no_probe(sft_then_rl.c1_zero_when_constant)),
     _s("C1 c1_positive_otherwise", "C₁ > 0 when r is not constant on supp d", "ours", "holds",
-       "strict", _no_probe(paper.c1_positive_otherwise), tol=0.0),
+       "strict", _no_probe(sft_then_rl.c1_positive_otherwise), tol=0.0),
     _s("C1 hoeffding_bound", "C₁ ≤ E(max r − min r)²/(8β²)", "ours", "holds", "bound",
-       _no_probe(paper.c1_hoeffding_bound)),
+       _no_probe(sft_then_rl.c1_hoeffding_bound)),
     _s("C1 sup_bound", "C₁ ≤ E[max r − E_d r]/β", "ours", "holds", "bound",
-       _no_probe(paper.c1_sup_bound)),
+       _no_probe(sft_then_rl.c1_sup_bound)),
     _s("C1 large_beta_limit", "|C₁ − E Var/(2β²)| ≤ E range³/(36√3 β³)", "ours", "holds", "bound",
-       _no_probe(paper.c1_large_beta_limit)),
+       _no_probe(sft_then_rl.c1_large_beta_limit)),
     _s("C1 small_beta_limit", "E[max r − E_d r] − βC₁ ≤ −β E log d(argmax)", "ours", "holds",
-       "bound", _no_probe(paper.c1_small_beta_limit)),
+       "bound", _no_probe(sft_then_rl.c1_small_beta_limit)),
     # C2-C4: RL-then-SFT with π₁ = π*_β(ρ), π₂ = d.
     _s("C2 proposition_1", "J(π₂) ≤ J(π₁) + R_max √(2B)", "paper", "holds", "bound",
-       _pipeline(paper.proposition_1)),
+       _pipeline(rl_then_sft.proposition_1)),
     _s("C2 proposition_1_sharp", "J(π₂) ≤ J(π₁) + E[(max r − min r)√(KL/2)]", "ours", "holds",
-       "bound", _pipeline(paper.proposition_1_sharp)),
+       "bound", _pipeline(rl_then_sft.proposition_1_sharp)),
     _s("C3 theorem_4_1_as_printed", "a ≤ E KL(π₂‖π₁) ≤ A ⇒ J(π₂) ≤ J(π₁) − C₂, C₂ > 0",
-       "paper", "refuted", "strict", _pipeline(paper.theorem_4_1_as_printed)),
+       "paper", "refuted", "strict", _pipeline(rl_then_sft.theorem_4_1_as_printed)),
     _s("C4 theorem_4_1_repaired", "J_β(π₂) = J_β(π₁) − β E KL(π₂‖π₁)", "ours", "holds",
-       "identity", _pipeline(paper.theorem_4_1_repaired)),
+       "identity", _pipeline(rl_then_sft.theorem_4_1_repaired)),
     _s("C4 reward_drop_criterion", "J(π₁) − J(π₂) = β(KL(π₂‖π₁) − [KL(π₂‖ρ) − KL(π₁‖ρ)])",
-       "ours", "holds", "identity", _pipeline(paper.reward_drop_criterion)),
+       "ours", "holds", "identity", _pipeline(rl_then_sft.reward_drop_criterion)),
     # D1-D3: this project's results.
     _s("D1 rl_lowers_sft_needs_reward_gain", "C₁(β; ρ) < 0 ⇒ E_d r > E_ρ r", "ours", "holds",
-       "strict", _no_probe(ours.rl_lowers_sft_needs_reward_gain), tol=0.0),
+       "strict", _no_probe(critical_beta.rl_lowers_sft_needs_reward_gain), tol=0.0),
     _s("D1 critical_beta_root", "β_c C₁(β_c; ρ) = 0", "ours", "holds", "identity",
-       _no_probe(ours.critical_beta_root), tol=1e-9),
+       _no_probe(critical_beta.critical_beta_root), tol=1e-9),
     _s("D1 critical_beta_sign", "C₁(β; ρ) < 0 ⟺ β > β_c", "ours", "holds", "bound",
-       _no_probe(ours.critical_beta_sign), tol=1e-9),
+       _no_probe(critical_beta.critical_beta_sign), tol=1e-9),
     _s("D2 rl_slope_at_start", "dL/dt(0) = Σ w² Σ (ρ − d)ρ(r − E_ρ r)", "ours", "holds",
-       "identity", _no_probe(ours.rl_slope_at_start)),
+       "identity", _no_probe(initial_rates.rl_slope_at_start)),
     _s("D2 rl_curvature_at_sft_optimum", "ρ = d: d²L/dt²(0) = gᵀ H_L g", "ours", "holds",
-       "identity", _no_probe(ours.rl_curvature_at_sft_optimum)),
+       "identity", _no_probe(initial_rates.rl_curvature_at_sft_optimum)),
     _s("D3 joint_bound", "√(ΔL/2) + √(ΔJ_β/(2β)) ≥ E TV(d, π*)", "ours", "holds", "bound",
-       _probe_policy(ours.joint_bound), uses_probe=True),
+       _probe_policy(joint_bound.joint_bound), uses_probe=True),
+)
+
+
+
+
+def _flow_statement(name, title, kind, check, tol):
+  return Statement(name=name, title=title, source="ours", expected="holds", kind=kind, fn=None,
+                   tolerance=tol, uses_probe=False, check=check)
+
+
+FLOW_STATEMENTS: tuple[Statement, ...] = (
+    _flow_statement(
+        "D2 rl_flow_finite_differences",
+        "flow finite differences = closed-form dL/dt(0), d²L/dt²(0) (rel. 1e-4)", "bound",
+        flow_checks.check_d2_flow, 0.0),
+    _flow_statement("D5 pl_rl", "‖∇J_β‖² ≥ 2β min w (min π)² (J_β* − J_β)", "bound",
+                    flow_checks.check_pl_rl, 1e-12),
+    _flow_statement("D5 pl_sft", "‖∇L‖² ≥ min w min π (L − L(d))", "bound",
+                    flow_checks.check_pl_sft, 1e-12),
+    _flow_statement("D5 pl_decay_rl", "RL flow: gap(t) ≤ gap(0) exp(−2∫μ_RL)", "bound",
+                    flow_checks.check_decay_rl, 1e-6),
+    _flow_statement("D5 pl_decay_sft", "SFT flow: gap(t) ≤ gap(0) exp(−2∫μ_SFT)", "bound",
+                    flow_checks.check_decay_sft, 1e-6),
+    _flow_statement(
+        "D6 spectral_misalignment",
+        "|⟨∇_xL, ∇_xJ_β⟩| ≤ w²β λ_max(F)² ‖P(d/π)‖ ‖P log(π*/π)‖ ≤ (max π)² form", "bound",
+        flow_checks.check_spectral, 1e-10),
+    _flow_statement("D7 pl_time", "RL flow from d: gap(t_ε) ≤ ε gap(0), t_ε = ln(1/ε)/(2μ_min)",
+                    "bound", flow_checks.check_d7_pl_time, 1e-8),
+    _flow_statement("D7 optimal_duration_argmax", "t*(λ) maximises J − λL along the RL flow from d",
+                    "bound", flow_checks.check_d7_argmax, 1e-7),
 )
 
 
 def all_statements() -> tuple[Statement, ...]:
-  """The core statements plus the dynamics statements (flows; THEORY.md D2, D5-D7)."""
-  from verify import dynamics_statements
-  return STATEMENTS + tuple(getattr(dynamics_statements, "DYNAMICS_STATEMENTS", ()))
+  """Every statement: the exact ones, then those on flows (D2 on flows, D5-D7)."""
+  return STATEMENTS + FLOW_STATEMENTS
 
 
 def statement_by_name(name: str) -> Statement:
+  """The statement with this name, or with this name after its label (e.g. ``theorem_3_1``)."""
   for s in all_statements():
     if s.name == name or s.name.split(" ", 1)[-1] == name:
       return s

@@ -1,4 +1,4 @@
-r"""The exact identities of THEORY.md part B as statements (sides + margin).
+r"""The exact identities B1–B5 as statements (sides + margin).
 
 They hold for every valid instance and every policy π (or pair π₁ = π*_β(ρ), π₂); verify checks
 them to float64 rounding. π is passed as log-probabilities ``log_pi`` [X, Y] (-inf where no mass);
@@ -10,12 +10,23 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from theory.instance import Instance
-from theory.objectives import (
-    c1, expect, gibbs_tilt, kl_rows, log_partition, policy_log_probs, regularized_reward, reward,
-    rl_grad, safe_log, sft_grad, sft_loss, sft_optimum_loss,
+from ..instance import Instance
+from ..objectives import (
+  c1,
+  expect,
+  gibbs_tilt,
+  kl_rows,
+  log_partition,
+  policy_log_probs,
+  regularized_reward,
+  reward,
+  rl_grad,
+  safe_log,
+  sft_grad,
+  sft_loss,
+  sft_optimum_loss,
 )
-from theory.verdict import Verdict, identity
+from ..verdict import Verdict, identity
 
 __all__ = ["sft_excess_is_kl", "gibbs_variational", "sft_loss_after_rl", "reward_change_after_rl",
            "gradients_closed_form", "clip_logits"]

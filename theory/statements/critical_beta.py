@@ -1,46 +1,30 @@
-r"""This project's own results D1-D3 (THEORY.md part D). They are not the paper's.
+r"""The non-decoupling threshold for exact RL (this project's D1; not the paper's).
 
-- D1: the non-decoupling threshold for exact RL: when does RL from ρ *lower* the SFT loss, and the
-  critical β_c at which C₁(β_c; ρ) = 0.
-- D2: the threshold for infinitesimal RL: the slope and curvature of L along the RL logit flow at
-  t = 0 (closed forms, checked against automatic differentiation here and against finite
-  differences of the integrated flow in the dynamics checks).
-- D3: the joint non-decoupling bound √(ΔL/2) + √(ΔJ_β/(2β)) ≥ E_w TV(d, π*).
+When does exact RL from a reference ρ *lower* the SFT loss? By B3 the change is C₁(β; ρ), so exactly
+when C₁(β; ρ) < 0, i.e. E_w E_d r > β E_w log E_ρ e^{r/β}; a necessary condition is
+E_w E_d r > E_w E_ρ r. The critical β_c where C₁(β_c; ρ) = 0 is unique when it exists.
 
-Key fact used by D1 (ours): g(β) = β C₁(β; ρ) = β E_w log E_ρ e^{r/β} − E_w E_d r is
-non-increasing in β with g'(β) = −E_w KL(π*_β || ρ), falling from E_w max_{supp ρ} r − E_w E_d r
-(β → 0) to E_w E_ρ r − E_w E_d r (β → ∞). So a critical β_c exists iff E_w E_d r > E_w E_ρ r
-(and d is not concentrated on the maximisers), it is unique, and exact RL lowers the SFT loss
-exactly for β > β_c.
+Key fact (ours): g(β) = β C₁(β; ρ) = β E_w log E_ρ e^{r/β} − E_w E_d r is non-increasing in β with
+g'(β) = −E_w KL(π*_β ‖ ρ), falling from E_w max_{supp ρ} r − E_w E_d r (β → 0) to
+E_w E_ρ r − E_w E_d r (β → ∞). So β_c exists iff E_w E_d r > E_w E_ρ r (and d is not concentrated on
+the maximisers), it is unique, and exact RL lowers the SFT loss exactly for β > β_c.
 """
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 
-from theory.instance import Instance
-from theory.objectives import (
-    c1, expect, fisher_matvec, gibbs_tilt, log_partition, policy_log_probs, regularized_reward,
-    rl_grad, rl_support, safe_log, sft_excess, sft_loss, tv_rows,
-)
-from theory.paper import sft_then_rl
-from theory.verdict import Verdict, at_least, identity, positive
+from .._numerics import masked_dot
+from ..instance import Instance
+from ..objectives import c1, expect
+from ..verdict import Verdict, at_least, positive
 
-__all__ = [
-    "scaled_c1", "beta_critical", "critical_beta_root", "critical_beta_sign",
-    "rl_lowers_sft_needs_reward_gain", "rl_slope_at_start", "rl_curvature_at_sft_optimum",
-    "rl_slope_autodiff", "rl_curvature_autodiff", "initial_slope", "initial_curvature",
-    "joint_gap", "joint_tv", "joint_bound",
-]
+__all__ = ["scaled_c1", "critical_beta_from_terms", "beta_critical", "critical_beta_root",
+           "critical_beta_sign", "rl_lowers_sft_needs_reward_gain"]
 
 LOG_BETA_BRACKET = (-25.0, 25.0)  # β_c is searched in [e^-25, e^25] (about 1e-11 to 7e10)
 NEWTON_MAX_STEPS = 200             # Newton from the right: a handful in practice
-
-
-def _expected(inst: Instance, p: jax.Array, f: jax.Array) -> jax.Array:
-  return expect(inst, jnp.sum(jnp.where(p > 0, p * f, 0.0), axis=-1))
 
 
 def _prompt_root_terms(d, rho, r, t):
@@ -174,90 +158,7 @@ def critical_beta_sign(inst: Instance) -> Verdict:
 
 def rl_lowers_sft_needs_reward_gain(inst: Instance) -> Verdict:
   """D1 (ours), necessary condition: C₁(β; ρ) < 0 ⇒ E_w E_d r > E_w E_ρ r (strict)."""
-  gain = (_expected(inst, inst.data, inst.reward) - _expected(inst, inst.reference, inst.reward))
+  gain = (expect(inst, masked_dot(inst.data, inst.reward)) - expect(inst, masked_dot(inst.reference, inst.reward)))
   # C₁ < 0 beyond rounding (C₁ is a difference of terms of size |r|/β).
   scale = jnp.maximum(1.0, jnp.max(jnp.abs(inst.reward)) / inst.beta)
   return positive(gain, applies=c1(inst) < -1e-12 * scale)
-
-
-# --- D2 --------------------------------------------------------------------------------------
-
-
-def initial_slope(inst: Instance) -> jax.Array:
-  r"""D2 (ours): dL/dt at t = 0 along θ̇ = ∇J_β from θ = log ρ.
-
-  .. math:: \sum_x w_x^2 \sum_y (\rho - d)(y|x)\, \rho(y|x)\, (r(x,y) - E_{\rho_x} r)
-  """
-  rho, d, r, w = inst.reference, inst.data, inst.reward, inst.prompt_weights
-  centred = r - jnp.sum(jnp.where(rho > 0, rho * r, 0.0), axis=-1, keepdims=True)
-  per = jnp.sum(jnp.where(rho > 0, (rho - d) * rho * centred, 0.0), axis=-1)
-  return jnp.sum(jnp.where(w > 0, w ** 2 * per, 0.0))
-
-
-def initial_curvature(inst: Instance) -> jax.Array:
-  r"""D2 (ours): d²L/dt² at t = 0 along the RL flow from the SFT optimum (ρ = d).
-
-  .. math:: g^\top H_L g,\quad g = \nabla J_\beta(\log d),\ H_L = \mathrm{blockdiag}(w_x F_x)
-  """
-  sr = sft_then_rl(inst)
-  theta0 = jnp.where(rl_support(sr), safe_log(sr.data), 0.0)
-  g = rl_grad(sr, theta0)
-  return jnp.sum(sr.prompt_weights * jnp.sum(g * fisher_matvec(sr.data, g), axis=-1))
-
-
-def _start_logits(inst: Instance) -> jax.Array:
-  return jnp.where(rl_support(inst), safe_log(inst.reference), 0.0)
-
-
-def _auto_field(inst: Instance):
-  return jax.grad(lambda t: regularized_reward(inst, policy_log_probs(inst, t)))
-
-
-def _auto_loss(inst: Instance):
-  return lambda t: sft_loss(inst, policy_log_probs(inst, t))
-
-
-def rl_slope_autodiff(inst: Instance) -> jax.Array:
-  """dL/dt at t = 0 by automatic differentiation (chain rule ∇L · ∇J_β, both by jax.grad)."""
-  theta0 = _start_logits(inst)
-  return jax.jvp(_auto_loss(inst), (theta0,), (_auto_field(inst)(theta0),))[1]
-
-
-def rl_curvature_autodiff(inst: Instance) -> jax.Array:
-  """d²L/dt² at t = 0 from ρ = d by automatic differentiation of t ↦ L(θ(t)) (exact 2nd order)."""
-  sr = sft_then_rl(inst)
-  field, loss = _auto_field(sr), _auto_loss(sr)
-  first = lambda t: jax.jvp(loss, (t,), (field(t),))[1]  # dL/dt as a function of θ
-  theta0 = _start_logits(sr)
-  return jax.jvp(first, (theta0,), (field(theta0),))[1]
-
-
-def rl_slope_at_start(inst: Instance) -> Verdict:
-  """D2 (ours): the closed-form initial slope equals dL/dt by autodiff."""
-  return identity(initial_slope(inst), rl_slope_autodiff(inst))
-
-
-def rl_curvature_at_sft_optimum(inst: Instance) -> Verdict:
-  """D2 (ours): at ρ = d the slope is 0 and d²L/dt² = gᵀ H_L g (autodiff) — and it is ≥ 0."""
-  return identity(initial_curvature(inst), rl_curvature_autodiff(inst))
-
-
-# --- D3 --------------------------------------------------------------------------------------
-
-
-def joint_gap(inst: Instance, log_pi: jax.Array) -> jax.Array:
-  """√(ΔL(π)/2) + √(ΔJ_β(π)/(2β)), with ΔL = L(π) − L(d), ΔJ_β = J_β(π*) − J_β(π)."""
-  d_l = jnp.maximum(sft_excess(inst, log_pi), 0.0)
-  d_j = jnp.maximum(inst.beta * expect(inst, log_partition(inst))
-                    - regularized_reward(inst, log_pi), 0.0)
-  return jnp.sqrt(d_l / 2.0) + jnp.sqrt(d_j / (2.0 * inst.beta))
-
-
-def joint_tv(inst: Instance) -> jax.Array:
-  """E_w TV(d_x, π*_x)."""
-  return expect(inst, tv_rows(inst.data, jnp.exp(gibbs_tilt(inst))))
-
-
-def joint_bound(inst: Instance, log_pi: jax.Array) -> Verdict:
-  """D3 (ours): √(ΔL/2) + √(ΔJ_β/(2β)) ≥ E_w TV(d, π*) for every policy π (any ρ)."""
-  return at_least(joint_gap(inst, log_pi), joint_tv(inst))

@@ -1,0 +1,206 @@
+r"""The non-decoupling threshold for infinitesimal RL (this project's D2; not the paper's).
+
+Along the RL logit gradient flow θ̇ = ∇J_β started at θ = log ρ:
+
+- dL/dt at t = 0 = Σ_x w_x² Σ_y (ρ − d)(y|x) ρ(y|x) (r(x,y) − E_{ρ_x} r) (closed form);
+- at ρ = d (the SFT optimum) the slope is 0 and d²L/dt² at t = 0 = gᵀ H_L g with g = ∇J_β(log d)
+  and H_L = blockdiag(w_x F_x), the Hessian of L in logits.
+
+Both are checked against automatic differentiation (identities) and against finite differences of
+the integrated flow (:func:`d2_check`).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from .._numerics import expm1_minus_x
+from ..flows import integrate, natural_time
+from ..instance import Instance, rl_stage_after_sft
+from ..objectives import (
+  expect,
+  fisher_matvec,
+  initial_logits,
+  policy_log_probs,
+  regularized_reward,
+  rl_grad,
+  rl_support,
+  safe_log,
+  sft_grad,
+  sft_loss,
+)
+from ..verdict import Verdict, identity
+
+__all__ = [
+    "initial_slope", "initial_curvature", "initial_curvature_general", "rl_slope_autodiff",
+    "rl_curvature_autodiff", "rl_slope_at_start", "rl_curvature_at_sft_optimum",
+    "d2_flow_derivatives", "d2_check",
+]
+
+ROUNDING = 1e-15  # absolute rounding level of loss changes (D2 finite differences)
+
+
+
+def initial_slope(inst: Instance) -> jax.Array:
+  r"""D2 (ours): dL/dt at t = 0 along θ̇ = ∇J_β from θ = log ρ.
+
+  .. math:: \sum_x w_x^2 \sum_y (\rho - d)(y|x)\, \rho(y|x)\, (r(x,y) - E_{\rho_x} r)
+  """
+  rho, d, r, w = inst.reference, inst.data, inst.reward, inst.prompt_weights
+  centred = r - jnp.sum(jnp.where(rho > 0, rho * r, 0.0), axis=-1, keepdims=True)
+  per = jnp.sum(jnp.where(rho > 0, (rho - d) * rho * centred, 0.0), axis=-1)
+  return jnp.sum(jnp.where(w > 0, w ** 2 * per, 0.0))
+
+
+def initial_curvature(inst: Instance) -> jax.Array:
+  r"""D2 (ours): d²L/dt² at t = 0 along the RL flow from the SFT optimum (ρ = d).
+
+  .. math:: g^\top H_L g,\quad g = \nabla J_\beta(\log d),\ H_L = \mathrm{blockdiag}(w_x F_x)
+  """
+  sr = rl_stage_after_sft(inst)
+  theta0 = jnp.where(rl_support(sr), safe_log(sr.data), 0.0)
+  g = rl_grad(sr, theta0)
+  return jnp.sum(sr.prompt_weights * jnp.sum(g * fisher_matvec(sr.data, g), axis=-1))
+
+
+def _auto_field(inst: Instance):
+  return jax.grad(lambda t: regularized_reward(inst, policy_log_probs(inst, t)))
+
+
+def _auto_loss(inst: Instance):
+  return lambda t: sft_loss(inst, policy_log_probs(inst, t))
+
+
+def rl_slope_autodiff(inst: Instance) -> jax.Array:
+  """dL/dt at t = 0 by automatic differentiation (chain rule ∇L · ∇J_β, both by jax.grad)."""
+  theta0 = initial_logits(inst)
+  return jax.jvp(_auto_loss(inst), (theta0,), (_auto_field(inst)(theta0),))[1]
+
+
+def rl_curvature_autodiff(inst: Instance) -> jax.Array:
+  """d²L/dt² at t = 0 from ρ = d by automatic differentiation of t ↦ L(θ(t)) (exact 2nd order)."""
+  sr = rl_stage_after_sft(inst)
+  field, loss = _auto_field(sr), _auto_loss(sr)
+  first = lambda t: jax.jvp(loss, (t,), (field(t),))[1]  # dL/dt as a function of θ
+  theta0 = initial_logits(sr)
+  return jax.jvp(first, (theta0,), (field(theta0),))[1]
+
+
+def rl_slope_at_start(inst: Instance) -> Verdict:
+  """D2 (ours): the closed-form initial slope equals dL/dt by autodiff."""
+  return identity(initial_slope(inst), rl_slope_autodiff(inst))
+
+
+def rl_curvature_at_sft_optimum(inst: Instance) -> Verdict:
+  """D2 (ours): at ρ = d the slope is 0 and d²L/dt² = gᵀ H_L g (autodiff) — and it is ≥ 0."""
+  return identity(initial_curvature(inst), rl_curvature_autodiff(inst))
+
+
+
+def initial_curvature_general(inst: Instance) -> jax.Array:
+  r"""This project's D2, general ρ: d²L/dt² at t = 0 along the RL flow from log ρ.
+
+  .. math:: \ddot L(0) = g^\top H_L g + \nabla L^\top (Dg)\,g,\qquad g = \nabla J_\beta(\log\rho)
+
+  (forward-mode derivative of ⟨∇L, g⟩ along g; both gradients in closed form).
+  """
+  theta0 = initial_logits(inst)
+  g = rl_grad(inst, theta0)
+  rate = lambda th: jnp.sum(sft_grad(inst, th) * rl_grad(inst, th))
+  return jax.jvp(rate, (theta0,), (g,))[1]
+
+
+def _displacement_field(delta, args):
+  inst, theta0, sign = args
+  return sign * rl_grad(inst, theta0 + delta)
+
+
+def _loss_change(inst, log_pi0, delta):
+  r"""L(θ₀ + δ) − L(θ₀) without cancellation, π₀ = softmax(θ₀) on the RL support.
+
+  .. math:: \sum_x w_x\Big[\log\big(1 + E_{\pi_0}[e^{\delta'} - 1 - \delta']\big)
+            + \langle \pi_0 - d, \delta\rangle_x\Big],\quad \delta' = \delta - E_{\pi_0}\delta
+  """
+  support = rl_support(inst)
+  pi0 = jnp.where(support, jnp.exp(log_pi0), 0.0)
+  delta = jnp.where(support, delta, 0.0)
+  centred = delta - jnp.sum(pi0 * delta, axis=-1, keepdims=True)
+  curv = jnp.log1p(jnp.sum(jnp.where(support, pi0 * expm1_minus_x(centred), 0.0), axis=-1))
+  lin = jnp.sum((pi0 - inst.data) * delta, axis=-1)
+  return expect(inst, curv + lin)
+
+
+@functools.partial(jax.jit, static_argnames=("rtol", "atol"))
+def d2_flow_derivatives(inst: Instance, h=None, *, rtol: float = 1e-12, atol: float = 1e-16):
+  r"""This project's D2, measured: dL/dt and d²L/dt² at t = 0 from the integrated RL flow.
+
+  Integrates the displacement δ = θ − log ρ forwards and backwards in time to ±h, ±2h and applies
+  the fourth-order central stencils to ΔL(t) = L(π_t) − L(ρ), computed without cancellation:
+  L̇ ≈ (−ΔL₂ + 8ΔL₁ − 8ΔL₋₁ + ΔL₋₂)/(12h), L̈ ≈ (−ΔL₂ + 16ΔL₁ + 16ΔL₋₁ − ΔL₋₂)/(12h²).
+
+  Args:
+    inst: instance (the flow starts at log ρ with reference ρ).
+    h: time step (default 1e-2 · min(1/max|∇J_β(log ρ)|, :func:`natural_time`): the logits
+      move by at most ~1e-2 and the fastest mode of the flow by ~1e-2 e-folds per step).
+
+  Returns:
+    (slope [], curvature [], h [], ok []).
+  """
+  theta0 = initial_logits(inst)
+  g = rl_grad(inst, theta0)
+  if h is None:
+    g_max = jnp.max(jnp.abs(g))
+    h = 1e-2 * jnp.minimum(jnp.where(g_max > 0, 1.0 / jnp.where(g_max > 0, g_max, 1.0), jnp.inf),
+                           natural_time(inst))
+  h = jnp.asarray(h, theta0.dtype)
+  ts = jnp.stack([h, 2 * h])
+  zero = jnp.zeros_like(theta0)
+  signs = jnp.array([1.0, -1.0], theta0.dtype)
+  both, ok = jax.vmap(lambda sg: integrate(_displacement_field, zero, ts,
+                                                 (inst, theta0, sg), rtol=rtol, atol=atol))(signs)
+  fwd, bwd = both[0], both[1]
+  log_pi0 = policy_log_probs(inst, theta0)
+  change = lambda delta: _loss_change(inst, log_pi0, delta)
+  l1, l2 = change(fwd[0]), change(fwd[1])
+  lm1, lm2 = change(bwd[0]), change(bwd[1])
+  slope = (-l2 + 8 * l1 - 8 * lm1 + lm2) / (12 * h)
+  curv = (-l2 + 16 * l1 + 16 * lm1 - lm2) / (12 * h ** 2)
+  return slope, curv, h, jnp.all(ok)
+
+
+def d2_check(inst: Instance, rel_tol: float = 1e-4) -> dict:
+  r"""This project's D2 against finite differences of the flow (general ρ, and ρ = d).
+
+  margin = rel_tol − the largest scaled error of: slope at ρ, curvature at ρ, slope (= 0) and
+  curvature at ρ = d. Errors are scaled by the size of the Taylor terms the stencils see:
+  slope errors by |L̇| + |L̈| h, curvature errors by |L̇|/h + |L̈| (h the stencil step), with
+  floors ROUNDING/h and ROUNDING/h² (rounding of the loss changes, ROUNDING = 1e-15).
+
+  Returns:
+    dict of closed forms, measured values and ``margin`` (>= 0: agreement within rel_tol).
+  """
+  slope = initial_slope(inst)
+  curv = initial_curvature_general(inst)
+  inst_d = rl_stage_after_sft(inst)
+  curv_d = initial_curvature(inst)
+  pair = jax.tree.map(lambda a, b: jnp.stack([a, b]), inst, inst_d)
+  fd_s, fd_c, hs, oks = jax.vmap(d2_flow_derivatives)(pair)
+  fd_slope, fd_curv, h, ok1 = fd_s[0], fd_c[0], hs[0], oks[0]
+  fd_slope_d, fd_curv_d, h_d, ok2 = fd_s[1], fd_c[1], hs[1], oks[1]
+
+  def scaled(err, scale, floor):
+    return err / jnp.maximum(scale, floor)
+
+  err = jnp.stack([
+      scaled(jnp.abs(fd_slope - slope), jnp.abs(slope) + jnp.abs(curv) * h, ROUNDING / h),
+      scaled(jnp.abs(fd_curv - curv), jnp.abs(slope) / h + jnp.abs(curv), ROUNDING / h ** 2),
+      scaled(jnp.abs(fd_slope_d), jnp.abs(curv_d) * h_d, ROUNDING / h_d),
+      scaled(jnp.abs(fd_curv_d - curv_d), jnp.abs(curv_d), ROUNDING / h_d ** 2),
+  ])
+  margin = jnp.where(ok1 & ok2, rel_tol - jnp.max(err), -jnp.inf)
+  return dict(slope=slope, slope_fd=fd_slope, curvature=curv, curvature_fd=fd_curv,
+              curvature_at_d=curv_d, curvature_at_d_fd=fd_curv_d, slope_at_d_fd=fd_slope_d,
+              margin=margin)

@@ -1,0 +1,198 @@
+"""`nondecoupling bridge score | extract | experiment | demo`: real Qwen3 logits, no torch.
+
+Bad input (missing files, an unsupported config, tensors that do not match it, malformed TSV rows)
+prints one line ``error: ...`` and exits 2 with nothing written.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+from scipy.special import softmax
+
+from ...figures import write_figure
+from ...figures.bridge import RESULT_FIGURES
+from ..bridge.checkpoint import load_model
+from ..bridge.cola import read_cola
+from ..bridge.demo import DEMO_NOTICE, run_demo
+from ..bridge.experiment import ExperimentSettings, run_model_experiment
+from ..bridge.extract import extract_file
+from ..bridge.scoring import score_candidates
+from ..errors import InputError
+from ..reports import atomic_write_json
+from .console import console, escape, print_json
+
+__all__ = ["run_score", "run_extract", "run_experiment", "run_demo_command", "write_experiment"]
+
+
+class _Progress:
+  """A rich progress bar on stderr (silent when stderr is not a terminal)."""
+
+  def __init__(self, description: str, total: int):
+    self.p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      console=console(stderr=True), transient=True)
+    self.total = total
+    self.task = self.p.add_task(description, total=total)
+
+  def __enter__(self):
+    self.p.__enter__()
+    return self
+
+  def __exit__(self, *exc):
+    return self.p.__exit__(*exc)
+
+  def advance(self, n: int = 1) -> None:
+    self.p.advance(self.task, n)
+
+
+def _out_path_ok(path: Path, kind: str) -> None:
+  if path.exists() and path.is_dir() and kind == "file":
+    raise InputError(f"--out {path}: is a directory, expected a file path")
+  if path.exists() and not path.is_dir() and kind == "dir":
+    raise InputError(f"--out {path}: exists and is not a directory")
+
+
+def run_score(args) -> int:
+  obj = score_candidates(args.model, args.prompt, args.candidate, args.chat, args.dtype,
+                         args.batch_size)
+  if args.json:
+    print_json(obj)
+    return 0
+  _print_scores(obj, args.chat)
+  return 0
+
+
+def _print_scores(obj, chat) -> None:
+  lp = np.array(obj["logprobs"])
+  t = Table(title="log p(candidate | prompt)" + (" (ChatML, thinking off)" if chat else ""))
+  t.add_column("candidate")
+  t.add_column("log p", justify="right")
+  t.add_column("p renormalised over candidates", justify="right")
+  for c, v, r in zip(obj["candidates"], lp, softmax(lp)):
+    t.add_row(escape(repr(c)), f"{v:.6f}", f"{r:.4f}")
+  console().print(t)
+
+
+def run_extract(args) -> int:
+  _out_path_ok(Path(args.out), "file")
+  examples = read_cola(args.data, args.limit)
+  with _Progress("scoring", len(examples)) as bar:
+    obj = extract_file(args.model, args.data, args.beta, args.out, args.limit, args.chat,
+                       args.dtype, args.batch_size, examples=examples, on_batch=bar.advance)
+  if args.json:
+    print_json(obj, indent=2)
+    return 0
+  _print_extract(obj)
+  return 0
+
+
+def _print_extract(obj) -> None:
+  t = Table(title=f"extracted {obj['sentences']} sentences ({obj['acceptable']} acceptable), "
+                  f"beta = {obj['beta']:g}")
+  t.add_column("quantity")
+  t.add_column("value", justify="right")
+  t.add_row("labels (column = CoLA label)", escape(", ".join(repr(s) for s in obj["labels"])))
+  t.add_row("model accuracy (argmax over the labels)", f"{obj['model_accuracy']:.4f}")
+  t.add_row("model mean@1 reward (exact, ±1)", f"{obj['model_mean_reward']:.4f}")
+  t.add_row("C₁(β) of Theorem 3.1 (ρ = d)", f"{obj['c1_sft_then_rl']:.3g}")
+  t.add_row("C₁(β; ρ = model) (D1 threshold quantity)", f"{obj['c1_model_reference']:.6g}")
+  t.add_row("instance file", escape(obj["instance"]))
+  t.add_row("features (hidden, label_rows, ...)", escape(obj["features"]))
+  console().print(t)
+  console().print("C₁ = 0: the reward is +1 on every gold label, so Theorem 3.1 predicts no "
+                  "SFT-loss rise from exact RL after exact SFT.")
+
+
+def _settings(args):
+  return ExperimentSettings(beta=args.beta, sft_epochs=args.sft_epochs,
+                            batch_size=args.train_batch_size, optimizer=args.optimizer, lr=args.lr,
+                            rl_max_steps=args.rl_max_steps, rl_tol=args.rl_tol, seed=args.seed,
+                            rl_optimizer=args.rl_optimizer)
+
+
+def write_experiment(out_dir: Path, result: dict) -> list[Path]:
+  """Writes experiment.json and the two figures of the experiment into ``out_dir``."""
+  out_dir.mkdir(parents=True, exist_ok=True)
+  written = [out_dir / "experiment.json"]
+  atomic_write_json(written[0], result)
+  for name, draw in RESULT_FIGURES.items():
+    written += write_figure(draw(result), out_dir, name)
+  return written
+
+
+def run_experiment(args) -> int:
+  out = Path(args.out) if args.out else None
+  if out is not None:
+    _out_path_ok(out, "dir")
+  train = read_cola(args.train, args.limit_train)
+  test = read_cola(args.test, args.limit_test)
+  weights, tok = load_model(args.model, args.dtype)
+  with _Progress("features", len(train) + len(test)) as bar:
+    result = run_model_experiment(weights, tok, train, test, _settings(args), args.chat,
+                                  args.batch_size, on_batch=bar.advance)
+  written = write_experiment(out, result) if out is not None else []
+  if args.json:
+    print_json(result)
+    return 0
+  print_experiment(result)
+  for p in written:
+    print(f"wrote {p}")
+  return 0
+
+
+def print_experiment(result: dict) -> None:
+  con = console()
+  s = result["settings"]
+  sizes = result["sizes"]
+  titles = {"sft_then_rl": "SFT-then-RL (paper Fig. 3a: held-out SFT loss)",
+            "rl_then_sft": "RL-then-SFT (paper Fig. 3b: held-out mean@1 reward)"}
+  names = {"test_sft_loss": "held-out SFT loss", "test_reward": "held-out mean@1 (±1)",
+           "test_accuracy": "held-out greedy accuracy", "train_sft_loss": "train SFT loss",
+           "train_reward": "train mean@1 (±1)", "train_accuracy": "train greedy accuracy"}
+  for pname, pipe in result["pipelines"].items():
+    phases = ("SFT", "RL") if pname == "sft_then_rl" else ("RL", "SFT")
+    t = Table(title=f"{titles[pname]}: train {sizes['train']}, held-out {sizes['test']}, "
+                    f"beta {s['beta']:g}, RL {pipe['rl_steps']} steps "
+                    f"({'converged' if pipe['rl_converged'] else 'step limit'})")
+    for col in ("metric", "base", f"after {phases[0]}", f"end of {phases[1]}",
+                f"min in {phases[1]}", f"max in {phases[1]}"):
+      t.add_column(col, justify="left" if col == "metric" else "right")
+    for k, v in pipe["summary"].items():
+      t.add_row(names[k], *(f"{v[c]:.4f}" for c in ("base", "after_phase1", "final",
+                                                     "phase2_min", "phase2_max")))
+    con.print(t)
+  if "base_full_label" in result:
+    b = result["base_full_label"]
+    con.print(f"base model on full label sequences: held-out SFT loss "
+                  f"{b['test_sft_loss']:.4f}, mean@1 {b['test_reward']:.4f}, accuracy "
+                  f"{b['test_accuracy']:.4f}")
+  con.print(f"Theorem 3.1: C₁(β) = {result['c1_theorem_3_1']:.3g} on the training instance (reward +1 on every gold label), so "
+                "exact tabular RL after exact SFT would not raise the SFT loss; any rise above "
+                "comes from the shared head, finite SFT and held-out evaluation.")
+
+
+def run_demo_command(args) -> int:
+  out = Path(args.out) if args.out else None
+  if out is not None:
+    _out_path_ok(out, "dir")
+  console(stderr=args.json).print(escape(DEMO_NOTICE))
+  with tempfile.TemporaryDirectory(prefix="nondecoupling-demo-") as tmp:
+    work = out if out is not None else Path(tmp)
+    result = run_demo(work, rl_max_steps=args.rl_max_steps)
+    written = write_experiment(work, result["experiment"]) if out is not None else []
+  if args.json:
+    print_json(result)
+    return 0
+  print(f"model: random Qwen3 (hidden {result['model']['hidden_size']}, "
+        f"{result['model']['num_layers']} layers, vocab {result['model']['vocab_size']})")
+  _print_scores(result["score"], False)
+  _print_extract(result["extract"])
+  print_experiment(result["experiment"])
+  for p in written:
+    print(f"wrote {p}")
+  print(DEMO_NOTICE)
+  return 0

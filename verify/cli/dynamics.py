@@ -1,0 +1,114 @@
+"""The training-dynamics commands: `frontier`, `compare` and `flow`."""
+
+from __future__ import annotations
+
+import numpy as np
+from rich.table import Table
+
+from ...theory import flows
+from ...theory.frontier import frontier_curve
+from ...theory.objectives import sft_optimum_loss
+from ..compare import compare_rows
+from ..errors import InputError
+from ..io import read_instance
+from .args import parse_lambdas
+from .console import cell, console, escape, print_json
+
+__all__ = ["run_frontier", "run_compare", "run_flow", "frontier_points", "flow_points",
+           "FLOW_FIELDS"]
+
+FLOW_FIELDS = ("sft_loss", "reward", "regularized_reward", "kl_data", "kl_reference",
+               "sft_grad_norm", "rl_grad_norm", "grad_cosine")
+
+
+def frontier_points(inst, lambdas: list[float]) -> list[dict]:
+  """[{"lambda", "sft_loss", "reward"}] on the exact frontier (this project's D4)."""
+  sft, rew = frontier_curve(inst, np.asarray(lambdas, np.float64))
+  return [{"lambda": float(lam), "sft_loss": float(l_val), "reward": float(j_val)}
+          for lam, l_val, j_val in zip(lambdas, np.asarray(sft), np.asarray(rew))]
+
+
+def _print_table(path: str, points: list[dict], inst) -> None:
+  table = Table(title=f"Exact SFT-reward frontier of {escape(path)} (this project's D4: "
+                      "π_λ = argmin L − λJ)")
+  table.add_column("λ", justify="right")
+  table.add_column("SFT loss L", justify="right")
+  table.add_column("L − L(d)", justify="right")
+  table.add_column("reward J", justify="right")
+  l_d = float(sft_optimum_loss(inst))
+  for p in points:
+    table.add_row(f"{p['lambda']:.6g}", f"{p['sft_loss']:.8f}", f"{p['sft_loss'] - l_d:.3e}",
+                  f"{p['reward']:.8f}")
+  console().print(table)
+
+
+def run_frontier(args) -> int:
+  lambdas = parse_lambdas(args.lambdas)
+  inst, _ = read_instance(args.file)
+  points = frontier_points(inst, lambdas)
+  if args.json:
+    print_json({"points": points}, indent=2)
+  else:
+    _print_table(args.file, points, inst)
+  return 0
+
+
+def flow_points(inst, pipeline: str, points: int) -> dict:
+  """The trajectory of one named pipeline (default schedule) as a JSON-ready dict."""
+  sched = flows.pipeline_schedule(pipeline, inst)
+  tr = flows.run_flow(inst, sched, n_save=points)
+  cols = {k: np.asarray(getattr(tr, k)) for k in ("times", "phase") + FLOW_FIELDS}
+  out = []
+  for i in range(cols["times"].shape[0]):
+    p = {"time": float(cols["times"][i]), "phase": int(cols["phase"][i])}
+    p.update({k: float(cols[k][i]) for k in FLOW_FIELDS})
+    out.append(p)
+  return {"pipeline": pipeline, "time_unit": float(flows.time_unit(inst)), "converged": bool(tr.ok),
+          "schedule": {"sft_weight": np.asarray(sched.sft_weight).tolist(),
+                       "rl_weight": np.asarray(sched.rl_weight).tolist(),
+                       "duration": np.asarray(sched.duration).tolist(),
+                       "reset_reference": np.asarray(sched.reset_reference).tolist()},
+          "points": out}
+
+
+def run_compare(args) -> int:
+  if args.recipe_steps > 100_000:
+    raise InputError(f"--recipe-steps is {args.recipe_steps}, expected at most 100000")
+  inst, _ = read_instance(args.file)
+  with console(stderr=True).status("compare") as status:
+    rows = compare_rows(inst, args.recipe_steps, args.recipe_lr,
+                        progress=lambda n: status.update(f"compare: {n}"))
+  defaults = {"recipe_steps": args.recipe_steps, "recipe_lr_per_time_unit": args.recipe_lr,
+              "pipelines": "SFT/RL flows of 5u each; alternating every u over 10u; joint λ=1 10u",
+              "time_unit": rows and float(1.0 / min(w for w in inst.prompt_weights.tolist()
+                                                    if w > 0))}
+  if args.json:
+    print_json({"recipes": rows, "defaults": defaults})
+    return 0
+  table = Table(title=f"end points on {escape(args.file)} (regret: this project's D4)")
+  cols = ("name", "kind", "sft_loss", "reward", "regularized_reward", "regret", "kl_data",
+          "kl_reference", "seconds")
+  for c in cols:
+    table.add_column(c, justify="left" if c in ("name", "kind") else "right")
+  for r in rows:
+    table.add_row(*[escape(r[c]) if c in ("name", "kind") else cell(r[c]) for c in cols])
+  console().print(table)
+  return 0
+
+
+def run_flow(args) -> int:
+  if args.points > 10_000:
+    raise InputError(f"--points is {args.points}, expected at most 10000")
+  inst, _ = read_instance(args.file)
+  res = flow_points(inst, args.pipeline, args.points)
+  if args.json:
+    print_json(res)
+    return 0
+  table = Table(title=f"{args.pipeline} on {escape(args.file)} (time unit u = {res['time_unit']:.6g})")
+  cols = ("time", "phase") + FLOW_FIELDS
+  for c in cols:
+    table.add_column(c, justify="right")
+  for p in res["points"]:
+    table.add_row(*[str(p[c]) if c == "phase" else cell(p[c]) for c in cols])
+  console().print(table)
+  return 0

@@ -1,0 +1,223 @@
+"""The whole command-line surface of `nondecoupling`: every command and its options.
+
+Only argparse and the value types are imported here, so that ``nondecoupling --help`` answers at
+once. Each command names its handler as ``"module:function"`` of this package; ``main`` imports
+that module only when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .args import non_negative_int, positive_float, positive_int
+
+__all__ = ["UsageError", "build_parser", "DEFAULT_LAMBDAS"]
+
+DEFAULT_LAMBDAS = "0,0.1,0.3,1,3,10"
+PIPELINES = ("sft_then_rl", "rl_then_sft", "alternating", "joint")
+DEFAULT_RECIPE_STEPS = 200
+DEFAULT_RECIPE_LR = 0.5
+
+
+class UsageError(Exception):
+  """A command-line usage problem; reported as one line with exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse that reports usage errors as one line and exit 2 (no usage dump)."""
+
+  def error(self, message):  # noqa: D401 - argparse API
+    raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser(version: str = "") -> argparse.ArgumentParser:
+  """The `nondecoupling` parser with every sub-command."""
+  parser = _Parser(
+      prog="nondecoupling",
+      description="Exact checks of the non-decoupling of SFT and KL-regularised RL "
+                  "(arXiv 2601.07389) on tabular instances and real Qwen3 logits.")
+  parser.add_argument("--version", action="version", version=f"nondecoupling {version}")
+  sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+  _add_tabular(sub)
+  _add_dynamics(sub)
+  _add_figures(sub)
+  _add_bridge(sub)
+  return parser
+
+
+def _add_tabular(sub) -> None:
+  p = sub.add_parser(
+      "verify", help="check every statement on random instances and search for counterexamples",
+      description="Checks every statement (identities B1-B5, the paper's C1-C4, this project's "
+                  "D1-D7) on thousands of random instances (families: dense, sparse, tied, gold, "
+                  "reference, extreme_beta), searches for counterexamples with Hypothesis, prints "
+                  "a table and writes report.json and report.md (and one instance file per "
+                  "counterexample). Exit 0 exactly when every outcome is as expected.")
+  p.add_argument("--instances", type=positive_int, default=6144,
+                 help="random instances per statement (default 6144)")
+  p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
+  p.add_argument("--search-examples", type=non_negative_int, default=300,
+                 help="Hypothesis examples per statement (default 300; 0 disables the search)")
+  p.add_argument("--out", default="results", help="output directory (default results/)")
+  p.add_argument("--only", default=None,
+                 help="comma-separated statement names or prefixes (e.g. C3,D1) to check")
+  p.set_defaults(handler="tabular:run_verify")
+
+  p = sub.add_parser("check", help="every quantity and statement margin for one instance file",
+                     description="Reads an instance file and prints every quantity (SFT losses, "
+                                 "C₁, rewards, the RL value, bounds, β_c) and the margin of every "
+                                 "statement (π₂ = d for RL-then-SFT).")
+  p.add_argument("file", help="instance JSON file")
+  p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+  p.set_defaults(handler="tabular:run_check")
+
+
+def _add_dynamics(sub) -> None:
+  p = sub.add_parser(
+      "frontier",
+      help="exact SFT-loss/reward Pareto frontier of an instance (this project's D4)",
+      description="For each λ ≥ 0, the SFT loss and reward of π_λ = argmin L(π) − λ J(π) over "
+                  "tabular policies (exact per-prompt solution, including mass moved to a "
+                  "better response outside the data's support). This project's result D4, "
+                  "not the paper's.")
+  p.add_argument("file", metavar="FILE", help="instance JSON file")
+  p.add_argument("--lambdas", default=DEFAULT_LAMBDAS,
+                 help=f"comma-separated λ ≥ 0 (default {DEFAULT_LAMBDAS})")
+  p.add_argument("--json", action="store_true", help='print {"points": [...]} as JSON')
+  p.set_defaults(handler="dynamics:run_frontier")
+
+  p = sub.add_parser(
+      "compare", help="run every pipeline and fusion recipe and compare their end points",
+      description="Runs SFT-then-RL (exact and as flows), RL-then-SFT, alternating, joint and "
+                  "the fusion recipes (grpo, dr_grpo, hpt, luffy, srft, relift) with documented "
+                  "defaults (u = 1/min prompt weight: flows of 5u per phase, alternating every "
+                  "u over 10u, joint λ=1 over 10u; recipes: --recipe-steps exact-field steps "
+                  "with learning rate --recipe-lr × u) and prints SFT loss, reward, regularised "
+                  "reward and decoupling regret (this project's D4).")
+  p.add_argument("file", help="instance JSON file")
+  p.add_argument("--json", action="store_true", help="print JSON on stdout")
+  p.add_argument("--recipe-steps", type=positive_int, default=DEFAULT_RECIPE_STEPS,
+                 help=f"outer steps per recipe (default {DEFAULT_RECIPE_STEPS})")
+  p.add_argument("--recipe-lr", type=positive_float, default=DEFAULT_RECIPE_LR,
+                 help=f"recipe learning rate in units of u (default {DEFAULT_RECIPE_LR})")
+  p.set_defaults(handler="dynamics:run_compare")
+
+  p = sub.add_parser(
+      "flow", help="print the trajectory of one pipeline's gradient flows",
+      description="Integrates one pipeline (default schedule, see `compare --help`) with "
+                  "diffrax and prints time, phase, L, J, J_β, KL to d and to ρ, gradient norms "
+                  "and cos∠(∇L, ∇J_β).")
+  p.add_argument("file", help="instance JSON file")
+  p.add_argument("--pipeline", required=True, choices=PIPELINES, help="pipeline name")
+  p.add_argument("--points", type=positive_int, default=8,
+                 help="saved points per phase (default 8)")
+  p.add_argument("--json", action="store_true", help="print JSON on stdout")
+  p.set_defaults(handler="dynamics:run_flow")
+
+
+def _add_figures(sub) -> None:
+  p = sub.add_parser("figures", help="write every figure as PNG and PDF",
+                     description="Writes every figure (theorems, dynamics, recipes, bridge) as "
+                                 "PNG and PDF into --out.")
+  p.add_argument("--out", default="figures/out", help="output directory (default figures/out)")
+  p.add_argument("--only", default=None, help="comma-separated figure names to write")
+  p.set_defaults(handler="figures:run_figures")
+
+
+def _model_args(p, required=True) -> None:
+  if required:
+    p.add_argument("--model", required=True,
+                   help="Qwen3 model directory (config.json, model.safetensors, tokenizer.json)")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                 help="compute dtype (default float32: weights upcast, the exact path)")
+  p.add_argument("--batch-size", type=positive_int, default=16,
+                 help="rows per forward pass, rounded up to a multiple of the device count "
+                      "(default 16)")
+
+
+def _experiment_args(p) -> None:
+  p.add_argument("--beta", type=positive_float, default=0.1,
+                 help="KL coefficient of the RL phases (default 0.1)")
+  p.add_argument("--sft-epochs", type=positive_int, default=2, help="SFT epochs (default 2)")
+  p.add_argument("--train-batch-size", type=positive_int, default=16,
+                 help="SFT minibatch size (default 16)")
+  p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
+                 help="sgd (normalised step lr / mean ||[phi, 1]||^2) or adam (default sgd)")
+  p.add_argument("--lr", type=positive_float, default=None,
+                 help="learning rate (default 0.5 for sgd, 1e-3 for adam)")
+  p.add_argument("--rl-optimizer", choices=("lbfgs", "same"), default="lbfgs",
+                 help="RL phases (full batch, exact): L-BFGS, or the SFT optimiser (default lbfgs)")
+  p.add_argument("--rl-max-steps", type=positive_int, default=2000,
+                 help="RL step limit (default 2000)")
+  p.add_argument("--rl-tol", type=positive_float, default=1e-6,
+                 help="RL converged when |dJ_beta| <= tol * max(1, |J_beta|) (default 1e-6)")
+  p.add_argument("--seed", type=non_negative_int, default=0,
+                 help="minibatch shuffling seed (default 0)")
+
+
+def _add_bridge(sub) -> None:
+  p = sub.add_parser(
+      "bridge", help="real Qwen3 logits: score, extract an instance, the CoLA experiment, demo",
+      description="The bridge from a Qwen3 checkpoint (pure JAX, no torch; CPU, GPU or TPU) to "
+                  "the theory: score candidates, extract a CoLA instance with linear-head "
+                  "features, run the paper's two pipelines with a shared-parameter head, or a "
+                  "demo on a small random model.")
+  bsub = p.add_subparsers(dest="bridge_command", metavar="SUBCOMMAND", parser_class=_Parser)
+  bsub.required = True
+
+  q = bsub.add_parser("score", help="log p(candidate | prompt) for each candidate",
+                      description="Sums log p over the candidate's tokens (float32 log-softmax). "
+                                  "Without --chat the prompt is tokenised as given, no special "
+                                  "tokens added; with --chat it is a ChatML user turn plus the "
+                                  "assistant header and an empty think block (thinking off).")
+  _model_args(q)
+  q.add_argument("--prompt", required=True, help="prompt text")
+  q.add_argument("--candidate", action="append", required=True,
+                 help="candidate text (repeat for several)")
+  q.add_argument("--chat", action="store_true", help="render the prompt as a ChatML user turn")
+  q.add_argument("--json", action="store_true", help='print {"candidates": [...], "logprobs": '
+                 '[...]}')
+  q.set_defaults(handler="bridge:run_score")
+
+  q = bsub.add_parser("extract", help="a CoLA TSV -> an instance file plus linear-head features",
+                      description="One prompt per sentence (the template of "
+                                  "verify/bridge/extract.py), responses = the two label words, "
+                                  "reference = the model's probabilities renormalised over them, "
+                                  "data = the gold label, reward = +1 gold / -1 otherwise. Writes "
+                                  "FILE and FILE.features.npz beside it.")
+  _model_args(q)
+  q.add_argument("--data", required=True, help="CoLA TSV (2-column or original 4-column form)")
+  q.add_argument("--beta", type=positive_float, required=True, help="KL coefficient beta > 0")
+  q.add_argument("--out", required=True, help="instance JSON file to write")
+  q.add_argument("--limit", type=positive_int, default=None, help="first N sentences only")
+  q.add_argument("--chat", action="store_true", help="ChatML prompts (labels without the space)")
+  q.add_argument("--json", action="store_true", help="print a JSON summary")
+  q.set_defaults(handler="bridge:run_extract")
+
+  q = bsub.add_parser("experiment", help="the paper's two pipelines with a linear head (Fig. 3)",
+                      description="SFT (2 epochs) then RL (exact expectation over the labels, KL "
+                                  "to the SFT model), and RL to convergence then SFT (2 epochs), "
+                                  "with pi_W(y|x) = softmax(W phi(x) + b), phi = the model's "
+                                  "final hidden state, W from its LM head. Prints held-out SFT "
+                                  "loss and mean@1 reward; --out writes JSON and the figures.")
+  _model_args(q)
+  q.add_argument("--train", required=True, help="training CoLA TSV")
+  q.add_argument("--test", required=True, help="held-out CoLA TSV")
+  q.add_argument("--limit-train", type=positive_int, default=None, help="first N training rows")
+  q.add_argument("--limit-test", type=positive_int, default=None, help="first N held-out rows")
+  q.add_argument("--chat", action="store_true", help="ChatML prompts")
+  _experiment_args(q)
+  q.add_argument("--out", default=None, help="directory for experiment.json and the figures")
+  q.add_argument("--json", action="store_true", help="print the result as JSON")
+  q.set_defaults(handler="bridge:run_experiment")
+
+  q = bsub.add_parser("demo", help="score, extract and experiment on a small random Qwen3",
+                      description="Builds a small random Qwen3 deterministically (no network, no "
+                                  "torch) and runs score, extract and experiment on the built-in "
+                                  "CoLA-style examples. Random weights are not a language model.")
+  q.add_argument("--out", default=None,
+                 help="directory to keep the model, instance, features, JSON and figures")
+  q.add_argument("--rl-max-steps", type=positive_int, default=300,
+                 help="RL step limit (default 300)")
+  q.add_argument("--json", action="store_true", help="print the results as JSON")
+  q.set_defaults(handler="bridge:run_demo_command")

@@ -1,0 +1,145 @@
+"""The commands of the exact tabular engine: `verify` and `check`."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import jax
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ...theory.quantities import QUANTITY_DOCS, check_quantities
+from ..checking import instance_margins, run_verify as run_statements
+from ..devices import maybe_initialize_distributed, use_every_core
+from ..errors import InputError
+from ..io import read_instance
+from ..registry import all_statements
+from ..reports import atomic_write_json, atomic_write_text, format_number, report_markdown
+from .console import cell, console, escape, print_json
+
+__all__ = ["run_verify", "run_check"]
+
+
+# --- verify ----------------------------------------------------------------------------------
+
+
+def _select(statements, only: str | None):
+  if not only:
+    return statements
+  keys = [k.strip() for k in only.split(",") if k.strip()]
+  chosen = tuple(s for s in statements
+                 if any(s.name.startswith(k) or s.name.split(" ", 1)[-1] == k for k in keys))
+  if not chosen:
+    raise InputError(f"--only {only!r} matches no statement")
+  return chosen
+
+
+def run_verify(args) -> int:
+  use_every_core()  # one CPU device per core: the instance batches are split over them
+  maybe_initialize_distributed()
+  statements = _select(all_statements(), args.only)
+  out = Path(args.out)
+  if out.exists() and not out.is_dir():
+    raise InputError(f"--out {out}: exists and is not a directory")
+  err = console(stderr=True)
+  with Progress(TextColumn("[bold]verify[/]"), BarColumn(), TextColumn("{task.completed}/"
+                "{task.total}"), TextColumn("{task.description}"), TimeElapsedColumn(),
+                console=err, transient=False) as bar:
+    task = bar.add_task("", total=len(statements))
+    done = [0]
+
+    def progress(name):
+      if done[0]:
+        bar.advance(task)
+      done[0] += 1
+      bar.update(task, description=name)
+
+    report = run_statements(args.instances, args.seed, args.search_examples, statements, progress)
+    bar.advance(task)
+
+  if jax.process_index() == 0:
+    _print_verify_table(report)
+    files = {}
+    for s in report["statements"]:
+      if s["counterexample"]:
+        fname = s["name"].replace(" ", "_") + ".json"
+        files[out / "counterexamples" / fname] = s["counterexample"]["instance"]
+        s["counterexample_file"] = str(Path("counterexamples") / fname)
+    atomic_write_json(out / "report.json", report)
+    atomic_write_text(out / "report.md", report_markdown(report))
+    for path, obj in files.items():
+      atomic_write_json(path, obj)
+    console().print(f"wrote {out / 'report.json'} and {out / 'report.md'}")
+  return 0 if report["all_as_expected"] else 1
+
+
+def _print_verify_table(report: dict) -> None:
+  table = Table(title=f"nondecoupling verify — seed {report['seed']}, "
+                      f"{report['instances_per_statement']} instances/statement, "
+                      f"{report['devices']} device(s), {report['seconds']:.1f} s")
+  for col in ("statement", "source", "expected", "outcome", "instances", "worst margin",
+              "tightness"):
+    table.add_column(col, justify="right" if col in ("instances", "worst margin",
+                                                    "tightness") else "left")
+  for s in report["statements"]:
+    outcome = "holds" if s["holds"] else "refuted"
+    style = "green" if s["as_expected"] else "bold red"
+    table.add_row(s["name"], s["source"], s["expected"], f"[{style}]{outcome}[/]",
+                  str(s["instances"]), format_number(s["worst_margin"]), format_number(s["tightness"]))
+  con = console()
+  con.print(table)
+  for s in report["statements"]:
+    c = s["counterexample"]
+    if c and s["expected"] == "refuted":
+      con.print(f"[bold]{s['name']}[/] refuted by a counterexample found by "
+                    f"{s['counterexample_source']} (J(π₁) − J(π₂) = {c['margin']:.3g}); "
+                    "instance file:")
+      con.print_json(json.dumps(c["instance"]))
+    elif c:
+      con.print(f"[bold red]{s['name']} failed unexpectedly[/]: margin {c['margin']:.3g}")
+  verdict = "every outcome as expected" if report["all_as_expected"] else "UNEXPECTED outcomes"
+  con.print(f"[bold]{verdict}[/]")
+
+
+# --- check -----------------------------------------------------------------------------------
+
+
+def run_check(args) -> int:
+  inst, labels = read_instance(args.file)
+  q = {k: float(v) for k, v in jax.jit(check_quantities)(inst).items()}
+  if not math.isfinite(q["beta_critical"]):
+    q["beta_critical"] = None
+  margins = instance_margins(inst)
+  shape = {"prompts": inst.shape[0], "responses": inst.shape[1], "beta": float(inst.beta)}
+  if args.json:
+    obj = dict(q)
+    obj["instance"] = shape
+    obj["statements"] = margins
+    print_json(obj, indent=2)
+    return 0
+  out = console()
+  t = Table(title=f"{escape(args.file)}: |X| = {shape['prompts']}, |Y| = {shape['responses']}, "
+                  f"β = {shape['beta']:g}")
+  t.add_column("quantity")
+  t.add_column("value", justify="right")
+  t.add_column("meaning")
+  for k, v in q.items():
+    t.add_row(k, cell(v, ".10g"), escape(QUANTITY_DOCS[k]))
+  out.print(t)
+  t = Table(title="statements at π₁ = π*_β(ρ), π₂ = d (margin ≥ 0: holds)")
+  for col in ("statement", "source", "lhs", "rhs", "margin", "result"):
+    t.add_column(col, justify="right" if col in ("lhs", "rhs", "margin") else "left")
+  for name, m in margins.items():
+    if not m["applies"]:
+      result = "n/a (hypothesis not met)"
+    elif m["holds"]:
+      result = "[green]holds[/]"
+    else:
+      result = "[bold red]fails[/]" + (" (expected: refuted)" if m["expected"] == "refuted"
+                                       else "")
+    t.add_row(name, m["source"], f"{m['lhs']:.6g}", f"{m['rhs']:.6g}", f"{m['margin']:.3g}",
+              result)
+  out.print(t)
+  return 0
