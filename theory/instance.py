@@ -20,10 +20,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Instance", "InstanceError", "make_instance", "validate", "pad_instance",
+__all__ = ["Instance", "InstanceError", "Domain", "DOMAIN", "make_instance", "validate",
+           "pad_instance",
            "unpad_instance", "stack", "index", "with_reference", "rl_stage_after_sft"]
 
 WEIGHT_TOL = 1e-9  # weights and rows must sum to 1 within this (absolute).
+
+
+@dataclasses.dataclass(frozen=True)
+class Domain:
+  """The valid domain: every quantity is finite and right (to its stated rounding bound) inside it.
+
+  Attributes:
+    beta_min, beta_max: the range of the KL coefficient β.
+    reward_over_beta_max: the largest |r(x, y)| / β (the log-space exponents stay far from
+      float64's range, and rounding of r/β stays below 1e-10 absolute).
+  """
+
+  beta_min: float = 1e-6
+  beta_max: float = 1e6
+  reward_over_beta_max: float = 1e6
+
+
+DOMAIN = Domain()
 
 
 class InstanceError(ValueError):
@@ -95,9 +114,10 @@ def _fmt(v: float) -> str:
 def validate(instance: Instance, tol: float = WEIGHT_TOL) -> Instance:
   """Checks every rule of the instance format on concrete values.
 
-  Rules: beta finite and > 0; all values finite; shapes consistent ([X], [X, Y] x 3, |Y| >= 2);
-  prompt weights positive and summing to 1; every row of data and reference non-negative and
-  summing to 1; reference positive wherever data is positive.
+  Rules: beta finite and > 0 and inside :data:`DOMAIN`; all values finite; shapes consistent
+  ([X], [X, Y] x 3, |Y| >= 2); max |r| / beta inside :data:`DOMAIN`; prompt weights positive and
+  summing to 1; every row of data and reference non-negative and summing to 1; reference positive
+  wherever data is positive.
 
   Args:
     instance: an unbatched, unpadded instance.
@@ -118,6 +138,9 @@ def validate(instance: Instance, tol: float = WEIGHT_TOL) -> Instance:
     raise InstanceError(f"beta must be a single number, got shape {list(beta.shape)}")
   if not np.isfinite(beta) or beta <= 0:
     raise InstanceError(f"beta is {_fmt(float(beta))}, expected a finite number > 0")
+  if not DOMAIN.beta_min <= beta <= DOMAIN.beta_max:
+    raise InstanceError(f"beta is {_fmt(float(beta))}, outside the valid domain "
+                        f"[{DOMAIN.beta_min:g}, {DOMAIN.beta_max:g}]")
   if w.ndim != 1 or w.shape[0] < 1:
     raise InstanceError(f"prompt_weights must be a non-empty list, got shape {list(w.shape)}")
   n_x = w.shape[0]
@@ -137,6 +160,11 @@ def validate(instance: Instance, tol: float = WEIGHT_TOL) -> Instance:
     if bad.size:
       where = " ".join(str(int(i)) for i in bad[0])
       raise InstanceError(f"{name} entry {where} is {a[tuple(bad[0])]}, expected a finite number")
+  r_scale = float(np.max(np.abs(r))) / float(beta)
+  if r_scale > DOMAIN.reward_over_beta_max:
+    i, j = (int(k) for k in np.unravel_index(np.argmax(np.abs(r)), r.shape))
+    raise InstanceError(f"reward row {i} entry {j} is {_fmt(r[i, j])}: |r|/beta = {r_scale:.3g} "
+                        f"is outside the valid domain (at most {DOMAIN.reward_over_beta_max:g})")
   if np.any(w <= 0):
     i = int(np.argmax(w <= 0))
     raise InstanceError(f"prompt_weights entry {i} is {_fmt(w[i])}, expected > 0")
