@@ -23,11 +23,12 @@ def make_optimizer(name: str, learning_rate) -> optax.GradientTransformation:
   Returns:
     An ``optax.GradientTransformation`` whose ``update`` takes the gradient of the minimised loss.
 
-  >>> opt = make_optimizer("sgd", 0.1)
-  >>> import jax.numpy as jnp
-  >>> upd, _ = opt.update(jnp.ones(2), opt.init(jnp.zeros(2)))
-  >>> upd.tolist()
-  [-0.1, -0.1]
+  Examples:
+    >>> opt = make_optimizer("sgd", 0.1)
+    >>> import jax.numpy as jnp
+    >>> upd, _ = opt.update(jnp.ones(2), opt.init(jnp.zeros(2)))
+    >>> upd.tolist()
+    [-0.1, -0.1]
   """
   if name == "sgd":
     return optax.inject_hyperparams(optax.sgd)(learning_rate=learning_rate)

@@ -5,10 +5,11 @@ command line starts without JAX). The sub-packages are ``nd.theory`` (exact math
 softmax policies, float64), ``nd.verify`` (statements, random families, the counterexample search,
 reports, the Qwen3 bridge) and ``nd.figures`` (every figure as a matplotlib Figure).
 
->>> import nondecoupling as nd
->>> inst = nd.make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], beta=1.0)
->>> round(float(nd.c1(nd.rl_stage_after_sft(inst))), 6)  # Theorem 3.1's C₁(β) = log((1+e)/2) − ½
-0.120115
+Examples:
+  >>> import nondecoupling as nd
+  >>> inst = nd.make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], beta=1.0)
+  >>> round(float(nd.c1(nd.rl_stage_after_sft(inst))), 6)  # Theorem 3.1's C₁(β) = log((1+e)/2) − ½
+  0.120115
 
 References:
   Niu, Bai, Han, Zhang, "On the Non-decoupling of Supervised Fine-tuning and Reinforcement
