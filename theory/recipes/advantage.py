@@ -1,8 +1,8 @@
 r"""The group-relative advantage of GRPO-style estimators, with verl's rule for a group of one.
 
-Â = (r − mean)/(std + ε) over the group (unbiased std, as ``torch.std``), or r − mean without std.
-A group of one sample has mean 0 and std 1 (verl ``compute_grpo_outcome_advantage``), so Â = r/(1 + ε)
-with std and Â = r without: every recipe is defined at group size 1.
+Â = (r − mean)/(std + ε) over the group (unbiased std, as ``torch.std``), or r − mean without
+std. A group of one sample has mean 0 and std 1 (verl ``compute_grpo_outcome_advantage``), so
+Â = r/(1 + ε) with std and Â = r without: every recipe is defined at group size 1.
 
 References: verl ``verl/trainer/ppo/core_algos.py::compute_grpo_outcome_advantage``;
 fusion-methods.md §3.

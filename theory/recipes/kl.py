@@ -70,8 +70,8 @@ def _k3_coefficient(pi, log_pi, ref, clamp: bool):
   return jnp.where(pos, coef, 0.0)
 
 
-def kl_k3_loss_grad(pi: jax.Array, pi_old: jax.Array, ref: jax.Array, log_pi: jax.Array | None = None,
-                    clamp: bool = True) -> jax.Array:
+def kl_k3_loss_grad(pi: jax.Array, pi_old: jax.Array, ref: jax.Array,
+                    log_pi: jax.Array | None = None, clamp: bool = True) -> jax.Array:
   r"""Expected gradient of the k3 KL *loss* as trainers implement it (samples y ∼ π_old held fixed).
 
   .. math:: \mathbb{E}_{y\sim\pi_{old}}\big[m(y)\,(1 - \rho(y)/\pi(y))\,(e_y - \pi)\big]

@@ -99,7 +99,8 @@ def luffy_field(inst, theta, theta_old, cfg: LUFFYConfig):
   on = cfg.n_on * fisher_matvec(pi, a_on)
   u = jnp.where(inst.data > 0, inst.data * a_off * shaping_weight(pi, cfg.shaping_gamma), 0.0)
   scale = group_scale(cfg.rl_aggregation, cfg.n_on + 1) / (cfg.n_on + 1)
-  return finish(inst, scale * (on + demo_apply(pi, u)) + cfg.entropy_coef * entropy_grad(pi, log_pi))
+  g = scale * (on + demo_apply(pi, u)) + cfg.entropy_coef * entropy_grad(pi, log_pi)
+  return finish(inst, g)
 
 
 def luffy_estimate(inst, theta, theta_old, cfg: LUFFYConfig, draws: Draws):

@@ -54,7 +54,7 @@ def require_positive(cfg: Any, name: str, optional: bool = False) -> None:
   >>> GroupPGConfig(clip_low=0.0)
   Traceback (most recent call last):
   ...
-  nondecoupling.theory.recipes.base.ConfigError: GroupPGConfig.clip_low is 0.0, expected a finite number > 0
+  nondecoupling...ConfigError: GroupPGConfig.clip_low is 0.0, expected a finite number > 0
   """
   v = getattr(cfg, name)
   if optional and v is None:
@@ -70,7 +70,7 @@ def require_finite(cfg: Any, name: str) -> None:
   >>> SFTConfig(coef=float("inf"))
   Traceback (most recent call last):
   ...
-  nondecoupling.theory.recipes.base.ConfigError: SFTConfig.coef is inf, expected a finite number
+  nondecoupling...ConfigError: SFTConfig.coef is inf, expected a finite number
   """
   v = getattr(cfg, name)
   if not (_is_real(v) and math.isfinite(v)):
@@ -84,7 +84,7 @@ def require_non_negative(cfg: Any, name: str) -> None:
   >>> ReLIFTConfig(sft_lr_ratio=-1.0)
   Traceback (most recent call last):
   ...
-  nondecoupling.theory.recipes.base.ConfigError: ReLIFTConfig.sft_lr_ratio is -1.0, expected a finite number >= 0
+  nondecoupling...ConfigError: ReLIFTConfig.sft_lr_ratio is -1.0, expected a finite number >= 0
   """
   v = getattr(cfg, name)
   if not (_is_real(v) and math.isfinite(v) and v >= 0):
@@ -98,7 +98,7 @@ def require_bool(cfg: Any, name: str) -> None:
   >>> GroupPGConfig(use_std=1)
   Traceback (most recent call last):
   ...
-  nondecoupling.theory.recipes.base.ConfigError: GroupPGConfig.use_std is 1, expected True or False
+  nondecoupling...ConfigError: GroupPGConfig.use_std is 1, expected True or False
   """
   if not isinstance(getattr(cfg, name), bool):
     _fail(cfg, name, "True or False")
@@ -111,7 +111,7 @@ def require_choice(cfg: Any, name: str, choices: tuple) -> None:
   >>> GroupPGConfig(kl_form="k4")
   Traceback (most recent call last):
   ...
-  nondecoupling.theory.recipes.base.ConfigError: GroupPGConfig.kl_form is 'k4', expected one of k3_loss, k3_loss_unclamped, reverse, none
+  nondecoupling...ConfigError: GroupPGConfig.kl_form is 'k4', expected one of k3_loss, ...
   """
   if getattr(cfg, name) not in choices:
     _fail(cfg, name, "one of " + ", ".join(str(c) for c in choices))

@@ -1,4 +1,4 @@
-r"""REINFORCE (Ahmadian et al., arXiv 2402.14740): g = w_x F_π r; a value baseline only lowers variance.
+r"""REINFORCE (Ahmadian et al., arXiv 2402.14740): g = w_x F_π r; a baseline only lowers variance.
 
 UPGE form: π_ref = π_θ, Â = r − V.
 """

@@ -157,7 +157,8 @@ def relift_inflow(inst, pi_old, cfg: ReLIFTConfig):
 
 
 def relift_field(inst, theta, theta_old, cfg: ReLIFTConfig):
-  r"""The exact field: RL step plus the amortised SFT drift r_sft (B/S) w_x (1 − p_x)^n (d − π + c_H ∇H).
+  r"""The exact field: the RL step plus the amortised SFT drift
+  r_sft (B/S) w_x (1 − p_x)^n (d_x − π_x + c_H ∇H_x).
 
   >>> import jax.numpy as jnp
   >>> from nondecoupling.theory.instance import make_instance

@@ -1,6 +1,7 @@
 r"""Supervised fine-tuning on demonstrations y* ∼ d: g = coef · w_x (d_x − π_x).
 
-UPGE form: π_ref = π_θ, Â ≡ 1, on the demonstration. The estimator uses one demonstration per prompt.
+UPGE form: π_ref = π_θ, Â ≡ 1, on the demonstration; the estimator uses one demonstration per
+prompt.
 
 References: fusion-methods.md §10.
 """

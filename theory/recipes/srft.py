@@ -24,7 +24,8 @@ Exact field (one prompt, ascent):
 .. math:: g = 0.5 e^{-H}(d - \pi) + \sum_{y^*} d(y^*)\, b_{off}(y^*)\, f'(\pi(y^*))\pi(y^*)\,
           (e_{y^*} - \pi) + F_\pi(0.1 e^{H} 1^+ - 1^-) + c_H \nabla H
 
-with b_off = E[Â_off⁺ | y*] 1{π(y*) ≤ 1 + ε} − E[Â_off⁻ | y*] 1{π(y*) ≥ 1 − ε} (clip) or E[Â_off | y*].
+with b_off = E[Â_off⁺ | y*] 1{π(y*) ≤ 1 + ε} − E[Â_off⁻ | y*] 1{π(y*) ≥ 1 − ε} with the clip,
+E[Â_off | y*] without.
 
 References: fusion-methods.md §5 and §11 (UPGE table: SRFT offline part).
 """
