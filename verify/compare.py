@@ -10,13 +10,15 @@ Defaults (u = 1 / min_x w_x, the flows' time unit; see theory/flows.py):
 - ``rl_then_sft``: RL flow 5u from ρ (reference ρ), then SFT flow 5u;
 - ``alternating``: SFT and RL flows alternating every u for 10u, starting with SFT;
 - ``joint``: the flow of L − λJ_β with λ = 1 for 10u;
-- recipes (published defaults): ``recipe_steps`` exact-field ascent steps from ρ with learning
+- recipes (published defaults, or the configs given; :func:`recipe_configs` reads
+  ``NAME.FIELD=VALUE`` options): ``recipe_steps`` exact-field ascent steps from ρ with learning
   rate ``recipe_lr`` × u. When a recipe's exact group expectation is infeasible it is trained with
   its unbiased estimator (``SAMPLED_GROUPS`` groups per step) and the row says so.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
@@ -25,12 +27,16 @@ import numpy as np
 from ..theory import flows, frontier, objectives as obj
 from ..theory.recipes import (
   FUSION_RECIPES,
+  ConfigError,
   InfeasibleExactField,
+  get_recipe,
+  parse_option,
   train_recipe,
   train_recipe_sampled,
 )
 
-__all__ = ["compare_rows", "DEFAULT_RECIPE_STEPS", "DEFAULT_RECIPE_LR", "SAMPLED_GROUPS"]
+__all__ = ["compare_rows", "recipe_configs", "DEFAULT_RECIPE_STEPS", "DEFAULT_RECIPE_LR",
+           "SAMPLED_GROUPS"]
 
 DEFAULT_RECIPE_STEPS = 200
 DEFAULT_RECIPE_LR = 0.5
@@ -52,9 +58,58 @@ def _row(inst, name, kind, log_pi, seconds):
   return row
 
 
+def recipe_configs(options=()) -> dict:
+  """The config of every recipe ``compare`` runs, with ``NAME.FIELD=VALUE`` options set.
+
+  A recipe's options are set together (their order does not matter; a later value of the same
+  field wins), then the config's rules are checked.
+
+  Args:
+    options: texts such as ``grpo.group_size=4`` or ``luffy.shaping_gamma=none``.
+
+  Returns:
+    {name: config} for every name in FUSION_RECIPES (published defaults where no option is given).
+
+  Raises:
+    ConfigError: one line naming the option and the rule it breaks (malformed text, a recipe
+      ``compare`` does not run, an unknown field, a value that does not parse or breaks the
+      field's rule).
+  """
+  defaults = {name: get_recipe(name).config for name in FUSION_RECIPES}
+  values: dict[str, dict] = {name: {} for name in FUSION_RECIPES}
+  texts: dict[str, list] = {name: [] for name in FUSION_RECIPES}
+  for text in options:
+    head, sep, value = str(text).partition("=")
+    name, dot, field = head.strip().partition(".")
+    if not sep or not dot or not name or not field:
+      raise ConfigError(f"--recipe-option {text!r} is malformed, expected NAME.FIELD=VALUE "
+                        "(e.g. grpo.group_size=4)")
+    if name not in defaults:
+      raise ConfigError(f"--recipe-option {text!r}: compare runs no recipe {name!r} (it runs: "
+                        f"{', '.join(FUSION_RECIPES)})")
+    try:
+      values[name][field.strip()] = parse_option(defaults[name], field.strip(), value)
+    except ConfigError as e:
+      raise ConfigError(f"--recipe-option {text!r}: {e}") from None
+    texts[name].append(str(text))
+  configs = {}
+  for name, cfg in defaults.items():
+    try:
+      configs[name] = dataclasses.replace(cfg, **values[name]) if values[name] else cfg
+    except ConfigError as e:
+      raise ConfigError(f"--recipe-option {' '.join(texts[name])}: {e}") from None
+  return configs
+
+
 def compare_rows(inst, recipe_steps: int = DEFAULT_RECIPE_STEPS,
-                 recipe_lr: float = DEFAULT_RECIPE_LR, progress=None) -> list[dict]:
-  """Runs every pipeline and recipe on ``inst`` and returns one row per end point."""
+                 recipe_lr: float = DEFAULT_RECIPE_LR, progress=None,
+                 configs: dict | None = None) -> list[dict]:
+  """Runs every pipeline and recipe on ``inst`` and returns one row per end point.
+
+  ``configs`` maps a recipe name to its config (default: :func:`recipe_configs`, the published
+  defaults); each recipe row carries the config it ran with under ``"config"``.
+  """
+  configs = recipe_configs() if configs is None else {**recipe_configs(), **configs}
   unit = float(flows.time_unit(inst))
   jobs = [("sft_then_rl_exact", "exact", lambda: flows.sft_then_rl_endpoint(inst))]
   for name in flows.PIPELINE_NAMES:
@@ -62,7 +117,7 @@ def compare_rows(inst, recipe_steps: int = DEFAULT_RECIPE_STEPS,
                                                                     n_save=2).final_log_pi))
   for name in FUSION_RECIPES:
     jobs.append((name, "recipe", lambda name=name: train_recipe(
-        inst, name, recipe_steps, recipe_lr * unit)[0]))
+        inst, name, recipe_steps, recipe_lr * unit, configs[name])[0]))
   rows = []
   for name, kind, job in jobs:
     if progress:
@@ -73,13 +128,20 @@ def compare_rows(inst, recipe_steps: int = DEFAULT_RECIPE_STEPS,
     except InfeasibleExactField as e:
       # Too many reward levels to enumerate GRPO's std-normalised groups exactly: train with the
       # recipe's unbiased Monte-Carlo estimator instead, and say so in the row.
+      if get_recipe(name).step_field is not None:
+        raise ConfigError(f"{name}: {e}") from None  # its state hook needs the exact field
       log_pi, _ = train_recipe_sampled(inst, name, recipe_steps, recipe_lr * unit,
-                                               jax.random.PRNGKey(0), samples=SAMPLED_GROUPS)
+                                       jax.random.PRNGKey(0), samples=SAMPLED_GROUPS,
+                                       config=configs[name])
       row = _row(inst, name, "recipe (Monte-Carlo)", jax.block_until_ready(log_pi),
                  time.perf_counter() - t0)
       row["status"] = (f"monte_carlo: exact field infeasible ({e}); estimator averaged over "
                        f"{SAMPLED_GROUPS} groups per step")
+      row["config"] = dataclasses.asdict(configs[name])
       rows.append(row)
       continue
-    rows.append(_row(inst, name, kind, log_pi, time.perf_counter() - t0))
+    row = _row(inst, name, kind, log_pi, time.perf_counter() - t0)
+    if kind == "recipe":
+      row["config"] = dataclasses.asdict(configs[name])
+    rows.append(row)
   return rows

@@ -10,26 +10,37 @@ With ∇π(y) = π(y)(e_y − π) every on-policy group estimator reduces exactl
 per-response weight b(y) = E[Â 1_stable | y]; demonstrations y* ∼ d enter as
 Σ_{y*} d(y*) c(y*) (e_{y*} − π).
 
-Layout: :mod:`.base` (the :class:`Recipe` interface), :mod:`.sampling`, :mod:`.groups` (exact group
-expectations), :mod:`.kl`, :mod:`.demonstrations`, one module per recipe, :mod:`.registry` and
-:mod:`.train`. Defaults are the published ones (each config names its source).
+Layout: :mod:`.base` (the :class:`Recipe` interface), :mod:`.options` (the rules every config
+field obeys, checked in ``__post_init__``: a broken rule raises :class:`ConfigError`),
+:mod:`.sampling`, :mod:`.groups` (exact group expectations), :mod:`.binomial` (their binary-reward
+closed forms), :mod:`.aggregation`, :mod:`.kl`, :mod:`.demonstrations`, :mod:`.buffer` (ReLIFT's
+SFT buffer), one module per recipe, :mod:`.registry` and :mod:`.train`. Defaults are the
+published ones (each config names its source; [UNCONFIRMED] marks what fusion-methods.md could not
+verify).
 """
 
+from .advantage import group_advantage
+from .aggregation import RL_AGGREGATIONS
 from .base import ConfigError, Recipe
-from .groups import (
-    MAX_GROUP_ENUMERATION,
-    InfeasibleExactField,
+from .binomial import (
     binomial_gate_probability,
     binomial_group_coefficient,
     binomial_off_advantage,
+)
+from .buffer import BUFFER_ORDERS, buffer_push, buffer_take
+from .groups import (
+    MAX_GROUP_ENUMERATION,
+    InfeasibleExactField,
     compositions,
     reward_levels,
+    sample_group_advantage,
 )
 from .grpo import GroupPGConfig
 from .hpt import HPTConfig
-from .kl import kl_k3_loss_grad, kl_reverse_grad
+from .kl import KL_FORMS, kl_k3_loss_grad, kl_reverse_grad
 from .kl_penalty import KLConfig
 from .luffy import LUFFYConfig
+from .options import parse_option, set_option
 from .ppo import PPOClipConfig
 from .registry import (
     FUSION_RECIPES,
@@ -48,10 +59,13 @@ from .srft import SRFTConfig
 from .train import RecipeTrajectory, train_recipe, train_recipe_sampled
 
 __all__ = [
-    "ConfigError", "Recipe", "MAX_GROUP_ENUMERATION", "InfeasibleExactField",
-    "binomial_gate_probability", "binomial_group_coefficient", "binomial_off_advantage",
-    "compositions", "reward_levels", "GroupPGConfig", "HPTConfig", "kl_k3_loss_grad",
-    "kl_reverse_grad", "KLConfig", "LUFFYConfig", "PPOClipConfig", "ReinforceConfig",
+    "RL_AGGREGATIONS", "ConfigError", "Recipe", "binomial_gate_probability",
+    "binomial_group_coefficient", "binomial_off_advantage", "group_advantage", "BUFFER_ORDERS",
+    "buffer_push", "buffer_take", "MAX_GROUP_ENUMERATION", "InfeasibleExactField",
+    "compositions", "reward_levels", "sample_group_advantage", "GroupPGConfig", "HPTConfig",
+    "KL_FORMS", "kl_k3_loss_grad", "kl_reverse_grad", "KLConfig", "LUFFYConfig", "parse_option",
+    "set_option",
+    "PPOClipConfig", "ReinforceConfig",
     "FUSION_RECIPES", "RECIPES", "get_recipe", "recipe_estimate", "recipe_field", "recipe_sample",
     "resolve_config", "ReLIFTConfig", "Draws", "draw", "SFTConfig", "SRFTConfig",
     "RecipeTrajectory", "train_recipe", "train_recipe_sampled",

@@ -1,14 +1,16 @@
 r"""Exact expectations over groups of rollouts, and the group advantages of the estimators.
 
 Group estimators (GRPO and the fusion recipes built on it) weight each sample by an advantage that
-depends on the whole group. Their exact expected field needs the distribution of the group:
+depends on the whole group. Their exact expected field needs the distribution of the group: an
+enumeration of the multisets of the group's reward levels (with their multinomial weights), which
+is exact for std normalisation, gates and clip masks alike; without std the mean advantage has a
+closed form. Binary-reward closed forms are in :mod:`.binomial`.
 
-- for binary rewards, binomial sums over the number of successes (fusion-methods Rule 2 and the
-  gate probabilities of Rule 5);
-- in general, an enumeration of the multisets of the group's reward levels (with their
-  multinomial weights), which is exact for std normalisation and gates alike.
+The advantage of a sample is :func:`~.advantage.group_advantage` (verl's rule: a group of one has
+mean 0 and std 1, so Â = r).
 
-References: fusion-methods.md Rules 1-5 (derived there and checked by enumeration).
+References: fusion-methods.md Rules 1-5 (derived there and checked by enumeration); verl
+``compute_grpo_outcome_advantage``.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ import numpy as np
 from .._numerics import NEG_INF, masked_dot, safe_log
 from ..instance import Instance
 from ..objectives import rl_support
+from .advantage import group_advantage
+from .base import ConfigError
+from .binomial import binom_pmf
 
 __all__ = [
-    "MAX_GROUP_ENUMERATION", "InfeasibleExactField", "binom_pmf", "compositions",
-    "reward_levels", "resolve_levels", "level_table", "enumerated_advantage",
-    "enumerated_off_advantage", "binomial_group_coefficient", "binomial_off_advantage",
-    "binomial_gate_probability", "sample_group_advantage", "success", "success_stats",
+    "MAX_GROUP_ENUMERATION", "InfeasibleExactField", "compositions", "reward_levels",
+    "resolve_levels", "level_table", "enumerated_advantage", "enumerated_off_advantage",
+    "sample_group_advantage", "mean_group_advantage", "success", "success_stats",
     "gated_mean_advantage", "value", "clip_weight", "fill_reward_levels",
 ]
 
@@ -42,28 +46,26 @@ class InfeasibleExactField(ValueError):
 
 
 def success(inst: Instance, threshold: float) -> jax.Array:
+  """[X, Y] bool: r > threshold on the RL support (the verifier's "correct").
+
+  >>> from nondecoupling.theory.instance import make_instance
+  >>> success(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0), 0.0).tolist()
+  [[False, True]]
+  """
   return (inst.reward > threshold) & rl_support(inst)
-
-
-def binom_pmf(n: int, p: jax.Array) -> jax.Array:
-  """[..., n+1] Bin(k; n, p) for k = 0..n (0^0 = 1)."""
-  p = jnp.asarray(p)
-  lead = (1,) * p.ndim
-  k = np.arange(n + 1, dtype=np.float64).reshape(lead + (n + 1,))
-  log_c = np.array([math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
-                    for i in range(n + 1)]).reshape(lead + (n + 1,))
-  p = p[..., None]
-  term_p = jnp.where(k > 0, k * safe_log(p), 0.0)
-  term_q = jnp.where(n - k > 0, (n - k) * safe_log(1.0 - p), 0.0)
-  return jnp.exp(log_c + term_p + term_q)
 
 
 @functools.lru_cache(maxsize=None)
 def compositions(total: int, parts: int) -> tuple[np.ndarray, np.ndarray]:
-  """All count vectors c ∈ N^parts with Σ c = total, and their log multinomial coefficients.
+  r"""All count vectors c ∈ ℕ^parts with Σ c = total, and their log multinomial coefficients
+  log(total! / Π c_i!).
 
   Returns:
     (counts [K, parts] float64, log_coef [K]) with K = C(total + parts − 1, parts − 1).
+
+  >>> counts, log_coef = compositions(2, 2)
+  >>> counts.tolist(), [round(float(v), 6) for v in np.exp(log_coef)]
+  ([[0.0, 2.0], [1.0, 1.0], [2.0, 0.0]], [1.0, 2.0, 1.0])
   """
   if parts < 1 or total < 0:
     raise ValueError(f"compositions need parts >= 1 and total >= 0, got {parts}, {total}")
@@ -78,7 +80,12 @@ def compositions(total: int, parts: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def reward_levels(inst: Instance) -> int:
-  """The largest number of distinct rewards on the RL support of one prompt (concrete input)."""
+  """The largest number of distinct rewards on the RL support of one prompt (concrete input).
+
+  >>> from nondecoupling.theory.instance import make_instance
+  >>> reward_levels(make_instance([1.0], [[0.5, 0.5, 0.0]], [[0.0, 1.0, 1.0]], 1.0))
+  2
+  """
   r = np.asarray(inst.reward)
   s = np.asarray(rl_support(inst))
   r = r.reshape(-1, r.shape[-1])
@@ -87,6 +94,12 @@ def reward_levels(inst: Instance) -> int:
 
 
 def resolve_levels(inst: Instance, levels: int | None) -> int:
+  """``levels`` if given, else :func:`reward_levels` (or the row width when ``inst`` is traced).
+
+  >>> from nondecoupling.theory.instance import make_instance
+  >>> resolve_levels(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0), None)
+  2
+  """
   if levels is not None:
     return int(levels)
   try:
@@ -96,6 +109,11 @@ def resolve_levels(inst: Instance, levels: int | None) -> int:
 
 
 def level_table(total: int, parts: int):
+  """(counts, log_coef) of :func:`compositions` as arrays, refused beyond MAX_GROUP_ENUMERATION.
+
+  >>> level_table(3, 2)[0].shape
+  (4, 2)
+  """
   size = math.comb(total + parts - 1, parts - 1)
   if size > MAX_GROUP_ENUMERATION:
     raise InfeasibleExactField(
@@ -117,29 +135,22 @@ def _row_levels(r_row, support_row, p_row, m: int):
   return r_row[order], jnp.where(is_rep[order], p_lvl[order], 0.0)
 
 
-def _group_moments(own_r, own_succ, v, p, succ_lvl, extra, table, use_std, eps, gate):
+def _group_moments(own_r, own_succ, v, p, succ_lvl, extra, table, n_others, use_std, eps, gate):
   """E[Â⁺·gate], E[Â⁻·gate] for one sample of reward own_r in a group with the others drawn.
 
-  The others are ``total`` i.i.d. on-policy draws over reward levels v with probabilities p
+  The others are ``n_others`` i.i.d. on-policy draws over reward levels v with probabilities p
   (``table`` enumerates their multisets), plus fixed extra rewards (off-policy samples).
-  Â = (own − mean)/(std + eps) (std unbiased, ddof = 1) or own − mean. The gate is
-  gate[0] ≤ K ≤ gate[1] with K the on-policy successes (own_succ counts the sample itself).
+  The gate is gate[0] ≤ K ≤ gate[1] with K the on-policy successes (own_succ counts the sample).
   """
   counts, log_coef = table
-  n = 1.0 + jnp.sum(counts[0]) + extra.shape[0]
+  n = 1 + n_others + extra.shape[0]
   log_p = jnp.where(p > 0, safe_log(p), 0.0)[None, :]
   dead = (counts > 0) & (p <= 0)[None, :]
-  logw = log_coef + jnp.sum(jnp.where(dead, NEG_INF, counts * log_p), axis=1)
-  weights = jnp.exp(logw)
+  weights = jnp.exp(log_coef + jnp.sum(jnp.where(dead, NEG_INF, counts * log_p), axis=1))
   dv = v - own_r
   de = extra - own_r
-  dev = counts @ dv + jnp.sum(de)
-  sq = counts @ (dv * dv) + jnp.sum(de * de)
-  mean_minus_own = dev / n
-  adv = -mean_minus_own
-  if use_std:
-    var = jnp.maximum((sq - n * mean_minus_own ** 2) / (n - 1.0), 0.0)
-    adv = adv / (jnp.sqrt(var) + eps)
+  adv = group_advantage(own_r, counts @ dv + jnp.sum(de), counts @ (dv * dv) + jnp.sum(de * de),
+                        n, use_std, eps)
   k = counts @ succ_lvl + own_succ
   gated = (k >= gate[0]) & (k <= gate[1])
   pos = jnp.sum(jnp.where(gated, weights * jnp.maximum(adv, 0.0), 0.0))
@@ -147,9 +158,35 @@ def _group_moments(own_r, own_succ, v, p, succ_lvl, extra, table, use_std, eps, 
   return pos, neg
 
 
-def enumerated_advantage(inst, pi_old, n_others, m, use_std, eps, threshold,
-                          gate=(0, 1 << 30), demo_in_group=False):
-  """[X, Y] E[Â⁺ gate | y], E[Â⁻ gate | y] for an on-policy sample y (enumeration)."""
+def enumerated_advantage(inst, pi_old, n_others: int, m: int, use_std: bool, eps: float,
+                         threshold: float, gate=(0, 1 << 30), demo_in_group: bool = False):
+  r"""[X, Y] (E[Â⁺ 1_gate | y], E[Â⁻ 1_gate | y]) for an on-policy sample y, by enumeration.
+
+  .. math:: \mathbb{E}[\hat A^{\pm} \mid y] = \sum_{c} \mathrm{Mult}(c; n_{others}, \pi_{old})\,
+            \hat A^{\pm}(r(y); c)
+
+  over the multisets c of the other samples' reward levels (and, with ``demo_in_group``, over the
+  demonstration y* ∼ d too). Â⁺ = max(Â, 0), Â⁻ = max(−Â, 0).
+
+  Args:
+    inst: instance; pi_old: [X, Y] sampling policy.
+    n_others: other on-policy samples in the group (G − 1).
+    m: reward levels per prompt (:func:`resolve_levels`).
+    use_std, eps: std normalisation.
+    threshold: success means r > threshold (for the gate).
+    gate: (low, high) on the number of on-policy successes K (inclusive).
+    demo_in_group: one demonstration y* ∼ d is in the group statistics.
+
+  Returns:
+    (pos, neg), each [X, Y] (0 off the RL support).
+
+  >>> import jax.numpy as jnp
+  >>> from nondecoupling.theory.instance import make_instance
+  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+  >>> pos, neg = enumerated_advantage(inst, jnp.array([[0.5, 0.5]]), 1, 2, False, 1e-6, 0.0)
+  >>> (pos - neg).tolist()  # r − E[mean of 2] = (1 − 1/2)(r − 1/2)
+  [[-0.25, 0.25]]
+  """
   table = level_table(n_others, m)
   support = rl_support(inst)
   gate = jnp.asarray(gate, pi_old.dtype)
@@ -162,9 +199,9 @@ def enumerated_advantage(inst, pi_old, n_others, m, use_std, eps, threshold,
       succ = (r_y > threshold).astype(r_y.dtype)
       if not demo_in_group:
         return _group_moments(r_y, succ, v, p, succ_lvl, jnp.zeros((0,), r_y.dtype), table,
-                              use_std, eps, gate)
+                              n_others, use_std, eps, gate)
       pos, neg = jax.vmap(lambda r_demo: _group_moments(
-          r_y, succ, v, p, succ_lvl, r_demo[None], table, use_std, eps, gate))(r_row)
+          r_y, succ, v, p, succ_lvl, r_demo[None], table, n_others, use_std, eps, gate))(r_row)
       dd = jnp.where(d_row > 0, d_row, 0.0)
       return jnp.sum(dd * pos), jnp.sum(dd * neg)
     return jax.vmap(own)(r_row)
@@ -173,8 +210,27 @@ def enumerated_advantage(inst, pi_old, n_others, m, use_std, eps, threshold,
   return jnp.where(support, pos, 0.0), jnp.where(support, neg, 0.0)
 
 
-def enumerated_off_advantage(inst, pi_old, n_on, m, use_std, eps):
-  """[X, Y] E[Â_off | y*] of a demonstration y* in a group with n_on on-policy draws."""
+def enumerated_off_advantage(inst, pi_old, n_on: int, m: int, use_std: bool, eps: float):
+  r"""[X, Y] (E[Â_off⁺ | y*], E[Â_off⁻ | y*]) of a demonstration y* among n_on on-policy draws.
+
+  .. math:: \mathbb{E}[\hat A_{off}^{\pm} \mid y^*] = \sum_{c}
+            \mathrm{Mult}(c; n_{on}, \pi_{old})\, \hat A^{\pm}(r(y^*); c)
+
+  Args:
+    inst: instance; pi_old: [X, Y] sampling policy of the on-policy draws.
+    n_on: on-policy samples in the group (≥ 0).
+    m: reward levels per prompt; use_std, eps: std normalisation.
+
+  Returns:
+    (pos, neg), each [X, Y] (every response as a possible demonstration).
+
+  >>> import jax.numpy as jnp
+  >>> from nondecoupling.theory.instance import make_instance
+  >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
+  >>> pos, neg = enumerated_off_advantage(inst, jnp.array([[0.5, 0.5]]), 1, 2, False, 1e-6)
+  >>> (pos - neg).tolist()  # r* − E[mean of 2]
+  [[-0.25, 0.25]]
+  """
   table = level_table(n_on, m)
   support = rl_support(inst)
   gate = jnp.asarray((0, 1 << 30), pi_old.dtype)
@@ -184,110 +240,87 @@ def enumerated_off_advantage(inst, pi_old, n_on, m, use_std, eps):
     zero = jnp.zeros_like(v)
 
     def own(r_y):
-      pos, neg = _group_moments(r_y, 0.0, v, p, zero, jnp.zeros((0,), r_y.dtype), table,
-                                use_std, eps, gate)
-      return pos - neg
+      return _group_moments(r_y, 0.0, v, p, zero, jnp.zeros((0,), r_y.dtype), table, n_on,
+                            use_std, eps, gate)
     return jax.vmap(own)(r_row)
 
   return jax.vmap(row)(inst.reward, support, pi_old)
 
 
-def value(pi, r):
-  """[X, 1] V = E_π r per prompt (kept as a column for broadcasting)."""
+def value(pi: jax.Array, r: jax.Array) -> jax.Array:
+  """[X, 1] V = E_π r per prompt (kept as a column for broadcasting).
+
+  >>> import jax.numpy as jnp
+  >>> value(jnp.array([[0.25, 0.75]]), jnp.array([[0.0, 1.0]])).tolist()
+  [[0.75]]
+  """
   return masked_dot(pi, r, keepdims=True)
 
 
-def _binary_advantage(k_hi, n_on, own_hi, off_rewards, r_hi, r_lo, use_std, eps):
-  rewards_on = k_hi * r_hi + (n_on - k_hi) * r_lo
-  off = jnp.asarray(off_rewards, jnp.result_type(float))
-  n = n_on + off.shape[0]
-  own = jnp.where(own_hi, r_hi, r_lo)
-  mean = (rewards_on + jnp.sum(off)) / n
-  adv = own - mean
-  if use_std:
-    off_b = off.reshape((1,) * jnp.ndim(mean) + (-1,))
-    off_sq = jnp.sum((off_b - jnp.expand_dims(mean, -1)) ** 2, axis=-1)
-    sq = k_hi * (r_hi - mean) ** 2 + (n_on - k_hi) * (r_lo - mean) ** 2 + off_sq
-    adv = adv / (jnp.sqrt(jnp.maximum(sq / (n - 1), 0.0)) + eps)
-  return adv
+def mean_group_advantage(inst: Instance, pi_old: jax.Array, n: int) -> jax.Array:
+  r"""[X, Y] E[Â | y] without std for an on-policy sample y in a group of n from π_old.
 
+  .. math:: \mathbb{E}[\hat A \mid y] = (1 - 1/n)\,(r(y) - V_{old}), \qquad n \ge 2
 
-def binomial_group_coefficient(p, group_size: int, use_std: bool = False, eps: float = 1e-6,
-                               off_rewards=(), r_hi: float = 1.0, r_lo: float = 0.0):
-  r"""c(p) of the group estimator for binary rewards: E[(1/G) Σ A_i ∇log π(y_i)] = c(p) F_π 1⁺.
+  and r(y) for a group of one (verl: mean 0). E_{y∼π}[Â ∇log π(y)] = F_π of this.
 
-  .. math:: c(p) = \sum_{j=0}^{G-1} \mathrm{Bin}(j; G-1, p)\,[a^+(j+1) - a^-(j)]
-
-  a⁺(k), a⁻(k): advantage of a success / failure when k of the G on-policy samples succeed, with
-  the fixed off-policy rewards in the group statistics. Without std and off-policy samples
-  c = (r_hi − r_lo)(1 − 1/G) (Dr.GRPO).
-
-  Args:
-    p: [...] success probability under the sampling policy.
-    group_size: G on-policy samples.
-    use_std: divide by the unbiased group std plus eps.
-    eps: std offset (verl: 1e-6).
-    off_rewards: rewards of the off-policy samples in the group.
-    r_hi, r_lo: the two reward values.
-
-  Returns:
-    [...] c(p).
-
-  References: fusion-methods.md Rule 2 (derived, checked by enumeration).
+  >>> import jax.numpy as jnp
+  >>> from nondecoupling.theory.instance import make_instance
+  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+  >>> mean_group_advantage(inst, jnp.array([[0.5, 0.5]]), 4).tolist()
+  [[-0.375, 0.375]]
+  >>> mean_group_advantage(inst, jnp.array([[0.5, 0.5]]), 1).tolist()
+  [[0.0, 1.0]]
   """
-  j = jnp.arange(group_size, dtype=jnp.result_type(float))
-  a_pos = _binary_advantage(j + 1, group_size, True, off_rewards, r_hi, r_lo, use_std, eps)
-  a_neg = _binary_advantage(j, group_size, False, off_rewards, r_hi, r_lo, use_std, eps)
-  pmf = binom_pmf(group_size - 1, p)
-  return jnp.sum(pmf * jnp.reshape(a_pos - a_neg, (1,) * (pmf.ndim - 1) + (-1,)), axis=-1)
+  if n < 1:
+    raise ValueError(f"a group needs at least one sample, got {n}")
+  if n == 1:
+    return inst.reward * 1.0
+  return (1.0 - 1.0 / n) * (inst.reward - value(pi_old, inst.reward))
 
 
-def binomial_off_advantage(p, group_size: int, off_reward: float = 1.0, use_std: bool = False,
-                           eps: float = 1e-6, r_hi: float = 1.0, r_lo: float = 0.0):
-  r"""E[A_off] = Σ_k Bin(k; G, p) a_off(k) for one off-policy sample among G on-policy ones.
+def sample_group_advantage(rewards: jax.Array, use_std: bool, eps: float) -> jax.Array:
+  r"""[n] advantages Â_i = (r_i − r̄)/(s + ε) (or r_i − r̄) of a sampled group of n rewards.
 
-  Without std and r_off = r_hi = 1, r_lo = 0 this is G (1 − p)/(G + 1).
+  Computed from deviations r_j − r_i, as in the exact enumeration; a group of one gets Â = r
+  (verl: mean 0, std 1).
+
+  >>> import jax.numpy as jnp
+  >>> sample_group_advantage(jnp.array([1.0, 0.0]), False, 1e-6).tolist()
+  [0.5, -0.5]
+  >>> sample_group_advantage(jnp.array([0.7]), False, 1e-6).tolist()
+  [0.7]
   """
-  k = jnp.arange(group_size + 1, dtype=jnp.result_type(float))
-  n = group_size + 1
-  mean = (k * r_hi + (group_size - k) * r_lo + off_reward) / n
-  adv = off_reward - mean
-  if use_std:
-    sq = k * (r_hi - mean) ** 2 + (group_size - k) * (r_lo - mean) ** 2 + (off_reward - mean) ** 2
-    adv = adv / (jnp.sqrt(sq / (n - 1)) + eps)
-  pmf = binom_pmf(group_size, p)
-  return jnp.sum(pmf * jnp.reshape(adv, (1,) * (pmf.ndim - 1) + (-1,)), axis=-1)
-
-
-def binomial_gate_probability(p, n: int, low: int, high: int):
-  """Pr(low ≤ K ≤ high) for K ~ Bin(n, p) (HPT's SFT weight: low = 0, high = γ; ReLIFT: 0, 0)."""
-  pmf = binom_pmf(n, p)
-  k = np.arange(n + 1).reshape((1,) * (pmf.ndim - 1) + (n + 1,))
-  sel = (k >= low) & (k <= high)
-  return jnp.sum(jnp.where(sel, pmf, 0.0), axis=-1)
-
-
-def sample_group_advantage(rewards, use_std, eps):
-  """[n] advantages of a sampled group (relative deviations, as in the exact enumeration)."""
   n = rewards.shape[-1]
   diff = rewards[None, :] - rewards[:, None]       # [i, j] = r_j − r_i
-  mean_minus_own = jnp.sum(diff, axis=1) / n
-  adv = -mean_minus_own
-  if use_std:
-    sq = jnp.sum(diff * diff, axis=1)
-    var = jnp.maximum((sq - n * mean_minus_own ** 2) / (n - 1.0), 0.0)
-    adv = adv / (jnp.sqrt(var) + eps)
-  return adv
+  return group_advantage(rewards, jnp.sum(diff, axis=1), jnp.sum(diff * diff, axis=1), n,
+                         use_std, eps)
 
 
 def clip_weight(a_pos, a_neg, ratio, clip_low, clip_high):
-  """E[Â 1_stable | y], 1_stable = 0 iff (Â > 0, ratio > 1 + ε_hi) or (Â < 0, ratio < 1 − ε_lo)."""
+  r"""E[Â 1_stable | y] = Â⁺ 1{ratio ≤ 1 + ε_hi} − Â⁻ 1{ratio ≥ 1 − ε_lo} (PPO's clip mask).
+
+  1_stable = 0 iff (Â > 0, ratio > 1 + ε_hi) or (Â < 0, ratio < 1 − ε_lo): there the clipped
+  surrogate min(ratio Â, clip(ratio) Â) is constant in θ (fusion-methods.md Rule 3).
+
+  >>> import jax.numpy as jnp
+  >>> clip_weight(jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0]), jnp.array([1.5, 0.5]),
+  ...             0.2, 0.2).tolist()
+  [0.0, 0.0]
+  """
   return (jnp.where(ratio > 1.0 + clip_high, 0.0, a_pos)
           - jnp.where(ratio < 1.0 - clip_low, 0.0, a_neg))
 
 
-def success_stats(inst, pi_old, threshold):
-  """p = π_old(Y⁺), V⁺ = E[r | success], V⁻ = E[r | failure] per prompt ([X] each)."""
+def success_stats(inst: Instance, pi_old: jax.Array, threshold: float):
+  """p = π_old(Y⁺), V⁺ = E[r | success], V⁻ = E[r | failure] per prompt ([X] each), and Y⁺.
+
+  >>> import jax.numpy as jnp
+  >>> from nondecoupling.theory.instance import make_instance
+  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+  >>> float(success_stats(inst, jnp.array([[0.25, 0.75]]), 0.0)[0][0])
+  0.75
+  """
   succ = success(inst, threshold)
   p = jnp.sum(jnp.where(succ, pi_old, 0.0), axis=-1)
   r_pos = jnp.sum(jnp.where(succ, pi_old * inst.reward, 0.0), axis=-1)
@@ -297,25 +330,53 @@ def success_stats(inst, pi_old, threshold):
   return p, v_pos, v_neg, succ
 
 
-def gated_mean_advantage(inst, pi_old, n, gate_low, threshold):
+def gated_mean_advantage(inst: Instance, pi_old: jax.Array, n: int, gate_low: int,
+                         threshold: float) -> jax.Array:
   r"""[X, Y] E[Â 1{K ≥ gate_low} | y] without std, as a binomial sum over the others' successes.
 
-  Â = r(y) − mean of the n group rewards; given j successes among the n − 1 others their reward
-  sum has mean j V⁺ + (n − 1 − j) V⁻.
+  .. math:: \sum_{j=0}^{n-1} \mathrm{Bin}(j; n-1, p)\,
+            1\{j + s(y) \ge \gamma\}\,\Big(r(y) - \frac{r(y) + jV^+ + (n-1-j)V^-}{n}\Big)
+
+  (given j successes among the n − 1 others, their reward sum has mean jV⁺ + (n − 1 − j)V⁻;
+  s(y) = 1 for a success). A group of one has Â = r(y).
+
+  >>> import jax.numpy as jnp
+  >>> from nondecoupling.theory.instance import make_instance
+  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+  >>> gated_mean_advantage(inst, jnp.array([[0.5, 0.5]]), 2, 0, 0.0).tolist()
+  [[-0.25, 0.25]]
   """
   p, v_pos, v_neg, succ = success_stats(inst, pi_old, threshold)
   j = jnp.arange(n, dtype=pi_old.dtype)                           # others' successes 0..n-1
   pmf = binom_pmf(n - 1, p)                                        # [X, n]
-  others = j[None, :] * v_pos[:, None] + (n - 1 - j)[None, :] * v_neg[:, None]  # [X, n]
   own = inst.reward[:, :, None]                                     # [X, Y, 1]
-  adv = own - (own + others[:, None, :]) / n                       # [X, Y, n]
+  if n == 1:
+    adv = own * 1.0
+  else:
+    others = j[None, :] * v_pos[:, None] + (n - 1 - j)[None, :] * v_neg[:, None]  # [X, n]
+    adv = own - (own + others[:, None, :]) / n                       # [X, Y, n]
   k = j[None, None, :] + succ[:, :, None].astype(pi_old.dtype)
   return jnp.sum(jnp.where(k >= gate_low, pmf[:, None, :] * adv, 0.0), axis=-1)
 
 
 def fill_reward_levels(inst: Instance, cfg):
-  """A config with ``reward_levels`` read from ``inst`` when unset (the ``prepare`` hook of the
-  recipes that enumerate groups: the level count fixes the compiled enumeration's shape)."""
+  """The ``prepare`` hook of the recipes that enumerate groups: ``reward_levels`` read from
+  ``inst`` when unset (the level count fixes the compiled enumeration's shape), and refused when
+  set below the instance's (the enumeration would drop reward levels).
+
+  >>> from nondecoupling.theory.instance import make_instance
+  >>> from nondecoupling.theory.recipes import GroupPGConfig
+  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+  >>> fill_reward_levels(inst, GroupPGConfig()).reward_levels
+  2
+  """
+  try:
+    levels = reward_levels(inst)
+  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    levels = None
   if cfg.reward_levels is None:
     return dataclasses.replace(cfg, reward_levels=resolve_levels(inst, None))
+  if levels is not None and cfg.reward_levels < levels:
+    raise ConfigError(f"{type(cfg).__name__}.reward_levels is {cfg.reward_levels}, expected at "
+                      f"least the instance's {levels} distinct rewards per prompt")
   return cfg

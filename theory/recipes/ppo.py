@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from ..objectives import entropy_grad, fisher_matvec
 from .base import Recipe, finish, policy
 from .groups import clip_weight, value
+from .options import require_finite, require_int, require_positive
 from .sampling import Draws, score
 
 __all__ = ["PPOClipConfig", "ppo_field", "ppo_estimate", "PPO_CLIP"]
@@ -22,15 +23,37 @@ __all__ = ["PPOClipConfig", "ppo_field", "ppo_estimate", "PPO_CLIP"]
 
 @dataclasses.dataclass(frozen=True)
 class PPOClipConfig:
-  """PPO-clip, bandit form: Â = r − V_old(x) with the exact value, K inner steps on one batch."""
+  """PPO-clip, bandit form: Â = r − V_old(x) with the exact value, K inner steps on one batch.
+
+  Attributes:
+    clip_low, clip_high: ε_lo, ε_hi > 0 (Schulman et al.: 0.2).
+    inner_steps: K ≥ 1 optimiser steps per rollout batch.
+    samples: responses per prompt in one estimator call (≥ 1).
+    entropy_coef: entropy bonus (finite).
+  """
   clip_low: float = 0.2
   clip_high: float = 0.2
   inner_steps: int = 4
-  samples: int = 1           # responses per prompt in one estimator call
+  samples: int = 1
   entropy_coef: float = 0.0
+
+  def __post_init__(self):
+    require_positive(self, "clip_low")
+    require_positive(self, "clip_high")
+    require_int(self, "inner_steps", 1)
+    require_int(self, "samples", 1)
+    require_finite(self, "entropy_coef")
 
 
 def ppo_field(inst, theta, theta_old, cfg: PPOClipConfig):
+  r"""Exact PPO-clip field: w_x F_π b with b = clip_weight(Â⁺, Â⁻, π/π_old), Â = r − V_old.
+
+  >>> import jax.numpy as jnp
+  >>> from nondecoupling.theory.instance import make_instance
+  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+  >>> ppo_field(inst, jnp.zeros((1, 2)), jnp.zeros((1, 2)), PPOClipConfig()).tolist()
+  [[-0.25, 0.25]]
+  """
   log_pi, pi = policy(inst, theta)
   log_old, pi_old = policy(inst, theta_old)
   adv = inst.reward - value(pi_old, inst.reward)
@@ -42,6 +65,16 @@ def ppo_field(inst, theta, theta_old, cfg: PPOClipConfig):
 
 
 def ppo_estimate(inst, theta, theta_old, cfg: PPOClipConfig, draws: Draws):
+  r"""Sampled PPO-clip gradient: mean over y_i ∼ π_old of 1_stable Â_i (π/π_old)(y_i)(e_{y_i} − π).
+
+  >>> import jax.numpy as jnp
+  >>> from nondecoupling.theory.instance import make_instance
+  >>> from nondecoupling.theory.recipes.sampling import Draws
+  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+  >>> ppo_estimate(inst, jnp.zeros((1, 2)), jnp.zeros((1, 2)), PPOClipConfig(),
+  ...              Draws(on=jnp.array([[1]]), demo=jnp.array([0]))).tolist()
+  [[-0.25, 0.25]]
+  """
   log_pi, pi = policy(inst, theta)
   _, pi_old = policy(inst, theta_old)
   baseline = value(pi_old, inst.reward)[:, 0]

@@ -70,9 +70,10 @@ def train_recipe(inst: Instance, name: str, steps: int, lr: float, config=None,
   r"""Runs a recipe's exact field as discrete ascent steps θ ← θ + lr · g(θ; θ_old).
 
   Each outer step fixes θ_old = θ (the rollout policy) and takes the config's ``inner_steps``
-  (PPO/GRPO: K inner steps on one batch; others: 1). ReLIFT runs its buffer: the expected number
-  of all-failed prompts B w_x (1 − p_x)^n accumulates, and when it reaches the buffer size an SFT
-  step with learning rate lr·sft_lr_ratio is taken on the buffered mass (which is consumed).
+  (PPO/GRPO: K inner steps on one batch; others: 1), then the recipe's state hook. ReLIFT runs
+  its buffer there: the expected number of all-failed prompts B w_x (1 − p_x)^n of each step
+  enters the buffer, and when it holds the buffer size S an SFT step with learning rate
+  lr·sft_lr_ratio is taken on the S newest items (which leave it).
   Compiles once per (shape, name, steps, config); lr and θ0 are traced.
 
   Args:
@@ -85,6 +86,12 @@ def train_recipe(inst: Instance, name: str, steps: int, lr: float, config=None,
 
   Returns:
     (log_pi [X, Y] final policy, :class:`RecipeTrajectory` with [steps + 1] L and J).
+
+  >>> from nondecoupling.theory.instance import make_instance
+  >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
+  >>> log_pi, traj = train_recipe(inst, "sft", steps=3, lr=1.0)
+  >>> traj.sft_loss.shape, bool(traj.sft_loss[-1] < traj.sft_loss[0])
+  ((4,), True)
   """
   recipe = get_recipe(name)
   cfg = resolve_config(recipe, config, inst)
@@ -142,6 +149,13 @@ def train_recipe_sampled(inst: Instance, name: str, steps: int, lr: float, key: 
 
   Returns:
     (log_pi [X, Y] final policy, :class:`RecipeTrajectory`).
+
+  >>> import jax
+  >>> from nondecoupling.theory.instance import make_instance
+  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+  >>> _, traj = train_recipe_sampled(inst, "dr_grpo", 3, 1.0, jax.random.PRNGKey(0), samples=8)
+  >>> bool(traj.reward[-1] > traj.reward[0])
+  True
   """
   recipe = get_recipe(name)
   cfg = resolve_config(recipe, config)

@@ -8,7 +8,7 @@ from rich.table import Table
 from ...theory import flows
 from ...theory.frontier import frontier_curve
 from ...theory.objectives import sft_optimum_loss
-from ..compare import compare_rows
+from ..compare import compare_rows, recipe_configs
 from ..errors import InputError
 from ..io import read_instance
 from .args import parse_lambdas
@@ -74,12 +74,14 @@ def flow_points(inst, pipeline: str, points: int) -> dict:
 def run_compare(args) -> int:
   if args.recipe_steps > 100_000:
     raise InputError(f"--recipe-steps is {args.recipe_steps}, expected at most 100000")
+  configs = recipe_configs(args.recipe_option)
   inst, _ = read_instance(args.file)
   with console(stderr=True).status("compare") as status:
     rows = compare_rows(inst, args.recipe_steps, args.recipe_lr,
-                        progress=lambda n: status.update(f"compare: {n}"))
+                        progress=lambda n: status.update(f"compare: {n}"), configs=configs)
   defaults = {"recipe_steps": args.recipe_steps, "recipe_lr_per_time_unit": args.recipe_lr,
               "pipelines": "SFT/RL flows of 5u each; alternating every u over 10u; joint λ=1 10u",
+              "recipe_options": list(args.recipe_option),
               "time_unit": rows and float(1.0 / min(w for w in inst.prompt_weights.tolist()
                                                     if w > 0))}
   if args.json:

@@ -92,14 +92,20 @@ def _add_dynamics(sub) -> None:
                   "the fusion recipes (grpo, dr_grpo, hpt, luffy, srft, relift) with documented "
                   "defaults (u = 1/min prompt weight: flows of 5u per phase, alternating every "
                   "u over 10u, joint λ=1 over 10u; recipes: --recipe-steps exact-field steps "
-                  "with learning rate --recipe-lr × u) and prints SFT loss, reward, regularised "
-                  "reward and decoupling regret (this project's D4).")
+                  "with learning rate --recipe-lr × u; --recipe-option overrides a published "
+                  "default) and prints SFT loss, reward, regularised reward and decoupling "
+                  "regret (this project's D4).")
   p.add_argument("file", help="instance JSON file")
   p.add_argument("--json", action="store_true", help="print JSON on stdout")
   p.add_argument("--recipe-steps", type=positive_int, default=DEFAULT_RECIPE_STEPS,
                  help=f"outer steps per recipe (default {DEFAULT_RECIPE_STEPS})")
   p.add_argument("--recipe-lr", type=positive_float, default=DEFAULT_RECIPE_LR,
                  help=f"recipe learning rate in units of u (default {DEFAULT_RECIPE_LR})")
+  p.add_argument("--recipe-option", action="append", default=[], metavar="NAME.FIELD=VALUE",
+                 help="set one option of a recipe's config, repeatable (e.g. grpo.group_size=4, "
+                      "luffy.shaping_gamma=none, grpo.kl_form=k3_loss_unclamped, "
+                      "relift.buffer_order=oldest_first); values: a number, true/false, none or "
+                      "a word; each option's rule is checked")
   p.set_defaults(handler="dynamics:run_compare")
 
   p = sub.add_parser(
