@@ -42,6 +42,23 @@ TOL = {
 }
 # Comparisons against numerical integration or finite differences (truncation error, not rounding).
 TOL_NUMERICAL = (1e-5, 1e-7)
+# Comparisons against a high-precision reference (tests/mp_reference.py), relative to the
+# quantity's condition scale (the magnitude of its non-cancelling parts), keyed by dtype.
+TOL_CONDITIONED = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-4}
+
+
+def assert_conditioned(actual, desired, scale, err_msg="", resolution=0.0):
+  """|actual − desired| ≤ TOL_CONDITIONED[dtype] × scale + resolution, and actual finite.
+
+  ``scale`` is the condition scale of the quantity (its value for a sum of non-negative terms);
+  ``resolution`` the reference's own absolute error (a high-precision reference's last digits).
+  """
+  a = np.asarray(actual)
+  assert np.all(np.isfinite(a)), f"{err_msg}: not finite: {a}"
+  bound = TOL_CONDITIONED[a.dtype if a.dtype in TOL_CONDITIONED else np.dtype(np.float64)] * float(
+      scale) + float(resolution)
+  err = abs(float(a) - float(desired))
+  assert err <= bound, f"{err_msg}: |{float(a)!r} − {float(desired)!r}| = {err:.3g} > {bound:.3g}"
 
 
 def tol_for(*arrays) -> tuple[float, float]:

@@ -1,18 +1,26 @@
-"""This project's dynamics statements D2, D5-D7 (theory/ours_dynamics.py) and their registry."""
+"""This project's dynamics statements D2, D5-D7 (theory/statements) and their registry."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from conftest import assert_close
+from conftest import TOL_NUMERICAL, assert_close
 from hypothesis import given, settings, strategies as st
 
 from nondecoupling.theory import flows, objectives as obj
-from nondecoupling.theory.instance import make_instance, pad_instance, rl_stage_after_sft
+from nondecoupling.theory.instance import make_instance, pad_instance
 from nondecoupling.theory.statements import initial_rates, pl, rl_duration, spectral
+from nondecoupling.theory.verdict import holds, rounding_slack
 from nondecoupling.verify import families, flow_checks as ds, strategies
+from nondecoupling.verify.numpy_reference import (
+  reference_gradients,
+  reference_optimal_duration,
+  reference_pl,
+  reference_rl_flow,
+)
 from nondecoupling.verify.registry import FLOW_STATEMENTS
+from nondecoupling.verify.statement import failure_mask
 
 BUCKET = (3, 4)
 
@@ -51,8 +59,8 @@ def test_d2_closed_forms_match_flow_finite_differences(raw):
 
 def test_d2_curvature_forms_agree_and_slope_vanishes_at_data():
   inst = _instance(0, same_ref=True)
-  assert_close(initial_rates.initial_slope(inst), 0.0, atol=1e-15)
-  assert_close(initial_rates.initial_curvature_general(inst), initial_rates.initial_curvature(inst), rtol=1e-10)
+  assert float(initial_rates.initial_slope(inst)) == 0.0  # ρ − d vanishes exactly at ρ = d
+  assert_close(initial_rates.initial_curvature_general(inst), initial_rates.initial_curvature(inst))
   assert float(initial_rates.initial_curvature(inst)) > 0
   # An independent measurement: second derivative of L along the integrated flow by a fit.
   ts = jnp.linspace(0.02, 0.2, 10)
@@ -64,10 +72,18 @@ def test_d2_curvature_forms_agree_and_slope_vanishes_at_data():
 
 @given(strategies.instance_strategy(max_prompts=3, max_responses=4), _logits)
 def test_d5_pl_inequalities_at_random_policies(raw, theta):
-  rl, sft = _pl(_padded(raw), theta)
-  assert float(rl["margin"]) >= 0 and float(sft["margin"]) >= 0
-  assert float(rl["lhs"]) >= float(rl["rhs"]) * (1 - 1e-12)
-  assert float(sft["lhs"]) >= float(sft["rhs"]) * (1 - 1e-12)
+  """Both PL inequalities hold within their slack, their sides agree with an independent NumPy
+  derivation, and the inequalities hold in that derivation too."""
+  inst = _padded(raw)
+  rl, sft = _pl(inst, theta)
+  assert bool(holds(rl["margin"], rl["slack"])) and bool(holds(sft["margin"], sft["slack"]))
+  nx, ny = np.asarray(raw["data"]).shape
+  ref = reference_pl(raw["prompt_weights"], raw["data"], raw["reference"], raw["reward"],
+                     raw["beta"], np.asarray(theta)[:nx, :ny])
+  for got, want in ((rl["lhs"], ref["rl_lhs"]), (rl["rhs"], ref["rl_rhs"]),
+                    (sft["lhs"], ref["sft_lhs"]), (sft["rhs"], ref["sft_rhs"])):
+    assert_close(float(got), want)
+  assert ref["rl_lhs"] >= ref["rl_rhs"] and ref["sft_lhs"] >= ref["sft_rhs"]
 
 
 def test_d5_decay_bound_on_trajectories():
@@ -80,7 +96,9 @@ def test_d5_decay_bound_on_trajectories():
     assert np.all(np.asarray(res["log_margin"]) >= 0)
     gap = np.asarray(res["gap"])
     assert gap[-1] < 0.5 * float(res["gap0"])          # the flow really moved
-    assert np.all(np.diff(gap) <= 1e-14)               # gaps fall along their own flow
+    # Gaps fall along their own flow (up to their rounding bound).
+    slack = np.asarray(jax.vmap(lambda s: rounding_slack(s, 12))(res["gap_scale"]))
+    assert np.all(np.diff(gap) <= slack[1:] + slack[:-1])
     # The integral of μ agrees with a quadrature of μ at the saved policies.
     mu = pl.mu_rl if kind == "rl" else pl.mu_sft
     fine = jnp.linspace(1e-3, 60.0, 600)
@@ -88,14 +106,29 @@ def test_d5_decay_bound_on_trajectories():
     mus = np.asarray(jax.vmap(lambda t: mu(inst, obj.policy_log_probs(inst, t)))(th))
     integ = np.trapezoid(mus, np.asarray(fine)) + 1e-3 * float(mu(inst, obj.policy_log_probs(
         inst, theta0)))
-    assert_close(res["mu_integral"][-1], integ, rtol=1e-3)
+    assert_close(res["mu_integral"][-1], integ, rtol=1e-3)  # trapezoid rule on 600 points
 
 
 @given(strategies.instance_strategy(max_prompts=3, max_responses=4), _logits)
 def test_d6_spectral_bound_at_random_policies(raw, theta):
-  res = _spec(_padded(raw), theta)
-  assert float(res["margin_min"]) >= -1e-10
-  assert np.all(np.asarray(res["bound"]) <= np.asarray(res["bound_relaxed"]) * (1 + 1e-12))
+  """The bound holds within its slack, and the inner products and λ_max(F) ≤ max π agree with an
+  independent NumPy derivation."""
+  inst = _padded(raw)
+  res = _spec(inst, theta)
+  assert bool(holds(res["margin_min"], res["slack_min"])), res
+  nx, ny = np.asarray(raw["data"]).shape
+  th = np.asarray(theta)[:nx, :ny]
+  g_l, g_j = reference_gradients(raw["prompt_weights"], raw["data"], raw["reference"],
+                                 raw["reward"], raw["beta"], th)
+  assert_close(np.asarray(res["inner"])[:nx], np.sum(g_l * g_j, -1))
+  support = np.asarray(raw["reference"]) > 0
+  for x in range(nx):
+    z = np.where(support[x], th[x], -np.inf)
+    pi = np.exp(z - np.max(z))
+    pi /= pi.sum()
+    lam = np.linalg.eigvalsh(np.diag(pi) - np.outer(pi, pi))[-1]
+    # A backward-stable eigensolver errs by at most |Y| ε ‖F‖ ≤ |Y| ε max π.
+    assert lam <= np.max(pi) * (1.0 + ny * np.finfo(np.float64).eps)
 
 
 def test_d6_bound_is_tight_with_two_responses():
@@ -105,29 +138,33 @@ def test_d6_bound_is_tight_with_two_responses():
                        reference=rng.dirichlet([2, 2], 3))
   log_pi = jax.nn.log_softmax(jnp.asarray(rng.normal(size=(3, 2))))
   res = spectral.spectral_misalignment(inst, log_pi)
-  assert_close(res["tightness"], np.ones(3), rtol=1e-9)
+  assert_close(res["tightness"], np.ones(3))
 
 
-def test_d7_root_condition_and_argmax_on_fine_grid():
+def test_d7_optimal_duration_against_scipy():
+  """t*(λ) against an independent derivation: the flow integrated by scipy (DOP853) and the root of
+  dJ/dt − λ dL/dt found by brentq (verify.numpy_reference); and the PL time meets its guarantee."""
   inst = _instance(7, beta=0.5)
   lam = 0.4
   res = rl_duration.optimal_rl_duration(inst, lam, 400.0, 0.1)
   assert bool(res["ok"]) and bool(res["interior"])
-  t_star = float(res["t_star"])
-  scale = abs(float(res["grid_rate"][0]))
-  assert abs(float(res["rate_star"])) <= 1e-6 * scale
-  fine = jnp.linspace(0.02 * t_star, 3 * t_star, 1201)
-  inst_d = rl_stage_after_sft(inst)
-  th, ok = flows.rl_flow(inst_d, fine, flows.initial_logits(inst_d), rtol=1e-11, atol=1e-13)
-  value = lambda lp: obj.reward(inst_d, lp) - lam * obj.sft_loss(inst_d, lp)
-  vals = np.asarray(jax.vmap(lambda t: value(obj.policy_log_probs(inst_d, t)))(th))
-  assert bool(ok)
-  assert float(res["objective_star"]) >= vals.max() - 1e-10
-  assert abs(float(fine[np.argmax(vals)]) - t_star) <= 2 * float(fine[1] - fine[0])
-  # PL time: the integrated gap meets the guarantee, and t* comes long before t_ε here.
-  assert bool(res["t_eps_in_horizon"]) or float(res["t_eps"]) > 0
-  assert float(res["pl_margin"]) >= 0
-  assert t_star < float(res["t_eps"])
+  want = reference_optimal_duration(np.asarray(inst.prompt_weights), np.asarray(inst.data),
+                                    np.asarray(inst.reward), 0.5, lam, 400.0)
+  assert_close(float(res["t_star"]), want, *TOL_NUMERICAL)
+  assert float(res["t_star"]) < float(res["t_eps"])  # here t_ε ≈ 8e3 lies beyond the horizon
+  # The PL time on a faster instance (β = 5: t_ε ≈ 94 inside the horizon): the integrated gap at
+  # t_ε against an independent scipy integration, and the guarantee gap(t_ε) ≤ ε gap(0).
+  fast = _instance(7, beta=5.0)
+  res = rl_duration.optimal_rl_duration(fast, lam, 400.0, 0.1)
+  assert bool(res["ok"]) and bool(res["t_eps_in_horizon"])
+  w, d, r = (np.asarray(a) for a in (fast.prompt_weights, fast.data, fast.reward))
+  sol = reference_rl_flow(w, d, d, r, 5.0, np.log(d), [float(res["t_eps"])])
+  from scipy.special import rel_entr, softmax
+  pi = softmax(sol.y[:, -1].reshape(d.shape), axis=-1)
+  star = softmax(np.log(d) + r / 5.0, axis=-1)
+  gap = 5.0 * float(w @ rel_entr(pi, star).sum(-1))
+  assert_close(float(res["gap_at_t_eps"]), gap, *TOL_NUMERICAL)
+  assert gap <= 0.1 * float(res["gap0"])
 
 
 def test_d7_t_star_falls_as_lambda_grows():
@@ -148,7 +185,7 @@ def test_registry_statements_run_on_small_batches():
     v = stmt.check(inst, key)
     m, a = np.asarray(v.margin), np.asarray(v.applies)
     assert m.shape == (40,) and a.any()
-    assert np.all(m[a] >= -stmt.tolerance), name
+    assert not np.any(failure_mask(stmt, m, np.asarray(v.slack))[a]), name
   # Flow statements run on the first FLOW_SAMPLE instances only.
   v = next(s for s in FLOW_STATEMENTS if s.name == "D5 pl_decay_rl").check(inst, key)
   assert not np.asarray(v.applies)[ds.FLOW_SAMPLE:].any()

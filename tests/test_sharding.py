@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from conftest import assert_close
 from jax.sharding import Mesh
 
 from nondecoupling.verify.families import sample_family
 from nondecoupling.verify.registry import STATEMENTS
+from nondecoupling.verify.statement import holds_mask
 from nondecoupling.verify.sweep import evaluate_batch, instance_mesh, shard_batch
 
 
@@ -24,14 +26,16 @@ def test_sharded_margins_equal_single_device_margins():
   for stmt in [s for s in STATEMENTS if s.name in chosen]:
     sharded = evaluate_batch(stmt.fn, inst, probe, instance_mesh())
     single = evaluate_batch(stmt.fn, inst, probe, one)
-    # Same values up to float64 rounding (XLA vectorises a 51-row shard and a 204-row batch
-    # differently), and the same verdict on every instance.
-    for a, b in zip(sharded[:4], single[:4]):  # lhs, rhs, margin, applies (not the ratio)
-      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-12,
-                                 err_msg=stmt.name)
-    from nondecoupling.verify.statement import holds_mask
-    np.testing.assert_array_equal(holds_mask(stmt, sharded.margin),
-                                  holds_mask(stmt, single.margin))
+    # Same values up to each margin's rounding bound (XLA vectorises a 51-row shard and a 204-row
+    # batch differently), and the same verdict on every instance.
+    for a, b in zip(sharded[:2], single[:2]):  # lhs, rhs
+      assert_close(a, b, err_msg=stmt.name)
+    np.testing.assert_array_equal(np.asarray(sharded.applies), np.asarray(single.applies))
+    a = np.asarray(sharded.applies)
+    slack = np.asarray(sharded.slack)[a]
+    assert np.all(np.abs(np.asarray(sharded.margin) - np.asarray(single.margin))[a] <= 2 * slack)
+    np.testing.assert_array_equal(holds_mask(stmt, sharded.margin, sharded.slack),
+                                  holds_mask(stmt, single.margin, single.slack))
     assert np.asarray(sharded.margin).shape == (203,)
 
 

@@ -15,14 +15,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ._numerics import NEG_INF, check_rank, masked_dot, plogq, safe_log
+from ._numerics import NEG_INF, check_rank, kl_from_log_ratio, masked_dot, plogq, safe_log
 from .instance import Instance
+from .tilt import Tilt, log_ratio_to, log_tilt, tilt, tilt_c1_rows
 
 __all__ = [
     "safe_log", "masked_log_softmax", "policy_log_probs", "rl_support", "initial_logits",
     "logits_of", "entropy_rows", "kl_rows", "tv_rows", "expect",
     "sft_loss", "sft_optimum_loss", "sft_excess", "reward", "regularized_reward",
-    "log_partition", "gibbs_tilt", "rl_value", "c1",
+    "gibbs", "log_partition", "gibbs_tilt", "kl_to_gibbs", "rl_value", "c1_rows", "c1",
     "fisher_matvec", "entropy_grad", "sft_grad", "rl_grad",
 ]
 
@@ -86,17 +87,26 @@ def entropy_rows(p: jax.Array) -> jax.Array:
 def kl_rows(log_p: jax.Array, log_q: jax.Array) -> jax.Array:
   r"""[X] KL(p_x || q_x) = sum_y p log(p/q), +inf where p puts mass where q has none.
 
+  Computed as :math:`\sum_{p>0} p\,\varphi(\log q - \log p) + q(\{p = 0\})` with
+  φ(v) = e^v − 1 − v ≥ 0 (equal to the sum above for distributions): every term is non-negative,
+  so the KL is never negative and keeps full relative precision when p ≈ q.
+
   Args:
     log_p: [X, Y] log-probabilities of p (-inf where p = 0).
     log_q: [X, Y] log-probabilities of q.
 
   Returns:
     [X] per-prompt KL divergences (nats).
+
+  >>> import jax.numpy as jnp
+  >>> p, q = jnp.log(jnp.array([[0.5, 0.5]])), jnp.log(jnp.array([[0.5 + 1e-9, 0.5 - 1e-9]]))
+  >>> f"{float(kl_rows(p, q)[0]):.4e}"  # 2 (1e-9)²: the literal sum would give rounding noise
+  '2.0000e-18'
   """
   p = jnp.exp(log_p)
   pos = p > 0
-  diff = jnp.where(pos, log_p, 0.0) - jnp.where(pos, log_q, 0.0)
-  return jnp.sum(jnp.where(pos, p * diff, 0.0), axis=-1)
+  ratio = jnp.where(pos, log_q, 0.0) - jnp.where(pos, log_p, 0.0)
+  return kl_from_log_ratio(p, ratio, jnp.where(pos, 0.0, jnp.exp(jnp.where(pos, 0.0, log_q))))
 
 
 def tv_rows(p: jax.Array, q: jax.Array) -> jax.Array:
@@ -142,15 +152,41 @@ def reward(inst: Instance, log_pi: jax.Array) -> jax.Array:
   return expect(inst, masked_dot(jnp.exp(log_pi), inst.reward))
 
 
-def log_partition(inst: Instance) -> jax.Array:
-  r"""[X] log Z_β(x) = log sum_y ρ(y|x) exp(r(x,y)/β), by logsumexp (no overflow for tiny β)."""
-  return jax.nn.logsumexp(safe_log(inst.reference) + inst.reward / inst.beta, axis=-1)
+def gibbs(inst: Instance) -> Tilt:
+  r"""The Gibbs tilt of ρ, row by row, in non-cancelling forms (:func:`~.tilt.tilt`).
+
+  Functions below that use it take it as an optional argument ``t``, so that a statement computes
+  it once.
+
+  Returns:
+    :class:`~.tilt.Tilt` with ``mean`` [X] = E_ρ r, ``centred`` [X, Y] = (r − E_ρ r)/β,
+    ``gap`` [X] = K_x = log E_ρ e^{r/β} − E_ρ r/β ≥ 0, ``shift`` [X] (a rounding residue) and
+    ``log_ratio`` [X, Y] = log(π*_β/ρ).
+  """
+  return tilt(inst.reference, jnp.where(inst.response_mask, inst.reward, 0.0), inst.beta)
 
 
-def gibbs_tilt(inst: Instance) -> jax.Array:
+def log_partition(inst: Instance, t: Tilt | None = None) -> jax.Array:
+  r"""[X] log Z_β(x) = log sum_y ρ(y|x) exp(r(x,y)/β) = E_ρ r/β + K_x (no overflow for tiny β).
+
+  >>> from nondecoupling.theory.instance import make_instance
+  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+  >>> round(float(log_partition(inst)[0]), 6)  # log((1 + e)/2)
+  0.620115
+  """
+  t = gibbs(inst) if t is None else t
+  return t.mean / inst.beta + (t.gap + t.shift)
+
+
+def gibbs_tilt(inst: Instance, t: Tilt | None = None) -> jax.Array:
   r"""log of the KL-regularised RL optimum π*_β = ρ exp(r/β) / Z_β.
 
-  .. math:: \log\pi^*_\beta(y|x) = \log\rho(y|x) + r(x,y)/\beta - \log Z_\beta(x)
+  .. math:: \log\pi^*_\beta(y|x) = \log\rho(y|x) + c(x,y) - K_x,
+            \quad c = (r - E_{\rho_x} r)/\beta,\ K_x = \log E_{\rho_x} e^{c}
+
+  (the centred form of log ρ + r/β − log Z_β: log(π*/ρ) keeps full precision for large β), and
+  at the dominant response y* log π*(y*) = −log1p(Σ_{y≠y*} (ρ_y/ρ_y*) e^{(r_y − r_y*)/β}) (exact
+  when π* is nearly one-hot, small β); see :mod:`.tilt`.
 
   Args:
     inst: instance (reference ρ, reward r, β).
@@ -166,10 +202,28 @@ def gibbs_tilt(inst: Instance) -> jax.Array:
 
   References: arXiv 2601.07389 Eq. (8); Peng et al. 2019 (AWR).
   """
-  log_rho = safe_log(inst.reference)
-  logits = log_rho + inst.reward / inst.beta
-  return jnp.where(inst.reference > 0, logits - jax.nn.logsumexp(logits, axis=-1, keepdims=True),
-                   NEG_INF)
+  return log_tilt(inst.reference, gibbs(inst) if t is None else t)
+
+
+def kl_to_gibbs(inst: Instance, log_p: jax.Array, t: Tilt | None = None) -> jax.Array:
+  r"""[X] KL(p_x ‖ π*_β,x) from log(π*/p) = (log ρ − log p) + log(π*/ρ), without cancellation.
+
+  The same value as ``kl_rows(log_p, gibbs_tilt(inst))``, but log(π*/p) is never formed as a
+  difference of two rounded log-probabilities (:func:`~.tilt.log_ratio_to`): when p ≈ π*, e.g.
+  p = ρ = d on a near tie, or p and π* both concentrated on one response at small β, it keeps
+  full relative precision (B2: the RL gap is β times this).
+
+  >>> from nondecoupling.theory.instance import make_instance
+  >>> tie = make_instance([1.0], [[0.5, 0.5]], [[0.3, 0.30000001]], 1.0)
+  >>> f"{float(kl_to_gibbs(tie, safe_log(tie.data))[0]):.10e}"  # log cosh(5e-9)
+  '1.2499999987e-17'
+  """
+  p = jnp.exp(log_p)
+  pos = p > 0
+  t = gibbs(inst) if t is None else t
+  ratio = log_ratio_to(inst.reference, t, log_p)
+  star = jnp.exp(log_tilt(inst.reference, t))
+  return kl_from_log_ratio(p, jnp.where(pos, ratio, 0.0), jnp.where(pos, 0.0, star))
 
 
 def regularized_reward(inst: Instance, log_pi: jax.Array) -> jax.Array:
@@ -177,24 +231,43 @@ def regularized_reward(inst: Instance, log_pi: jax.Array) -> jax.Array:
   return reward(inst, log_pi) - inst.beta * expect(inst, kl_rows(log_pi, safe_log(inst.reference)))
 
 
-def rl_value(inst: Instance) -> jax.Array:
-  """The RL optimum value J_β(π*_β) = β E_w[log Z_β(x)] (B2)."""
-  return inst.beta * expect(inst, log_partition(inst))
+def rl_value(inst: Instance, t: Tilt | None = None) -> jax.Array:
+  """The RL optimum value J_β(π*_β) = β E_w[log Z_β(x)] = E_w[E_ρ r + β K_x] (B2)."""
+  t = gibbs(inst) if t is None else t
+  return expect(inst, t.mean + inst.beta * (t.gap + t.shift))
 
 
-def c1(inst: Instance) -> jax.Array:
+def c1_rows(inst: Instance, t: Tilt | None = None) -> jax.Array:
+  r"""[X] per-prompt C₁: log Z_β(x) − E_{d_x}[r]/β = K_x − (E_d r − E_ρ r)/β, without cancellation.
+
+  K_x = log E_ρ e^{c} ≥ 0 with c = (r − E_ρ r)/β is computed by :func:`~.tilt.tilt` (full
+  relative precision on near ties), and E_d r − E_ρ r = Σ_y (d − ρ) r is exactly 0 when ρ = d.
+  With ρ = d this is KL(d_x‖π*_x) ≥ 0 to full relative precision. Where π* is nearly one-hot
+  (small β) the other exact form Σ_y d log(ρ/π*) is the precise one; the row takes the form with
+  the smaller rounding-error estimate (:func:`~.tilt.tilt_c1_rows`).
+  """
+  r = jnp.where(inst.response_mask, inst.reward, 0.0)
+  return tilt_c1_rows(inst.reference, gibbs(inst) if t is None else t, inst.data, r, inst.beta)
+
+
+def c1(inst: Instance, t: Tilt | None = None) -> jax.Array:
   r"""C₁(β; ρ) = E_w[ log Z_β(x) − E_{d_x}[r]/β ] = L(π*_β) − L(ρ) (B3).
 
-  With ρ = d this is Theorem 3.1's constant, = E_w KL(d_x || π*_x) ≥ 0.
+  With ρ = d this is Theorem 3.1's constant, = E_w KL(d_x || π*_x) ≥ 0. Computed per prompt as
+  K_x − (E_d r − E_ρ r)/β (:func:`c1_rows`), so that log Z_β and E_d r/β never cancel: near ties
+  (r equal on supp d up to 1e-8) keep full relative precision.
 
   >>> from nondecoupling.theory.instance import make_instance
   >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
   >>> round(float(c1(inst)), 6)  # log((1 + e)/2) − 1/2
   0.120115
+  >>> tie = make_instance([1.0], [[0.5, 0.5]], [[0.3, 0.30000001]], 1.0)
+  >>> f"{float(c1(tie)):.6e}"  # log cosh(5e-9) = 1.25e-17, not 0
+  '1.250000e-17'
 
   References: arXiv 2601.07389, Theorem 3.1 (Eq. 13).
   """
-  return expect(inst, log_partition(inst) - masked_dot(inst.data, inst.reward) / inst.beta)
+  return expect(inst, c1_rows(inst, t))
 
 
 def fisher_matvec(pi: jax.Array, v: jax.Array) -> jax.Array:

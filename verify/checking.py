@@ -6,6 +6,11 @@ The outcome of a statement is *as expected* when
   counterexample;
 - expected ``refuted``: a counterexample was found by the search (or, failing that, by the sweep).
   Nothing is ever written into the code: the instance reported is the one found.
+
+An instance counts as a failure when its margin is below minus its rounding slack (see
+:mod:`.statement`) or is not a number (NaN): a NaN where a margin is expected is reported, with a
+message, never dropped. The report gives the worst margin and the worst margin in units of its
+slack (below −1 is a failure beyond rounding).
 """
 
 from __future__ import annotations
@@ -19,12 +24,11 @@ import numpy as np
 
 from ..theory.instance import index, unpad_instance
 from ..theory.objectives import safe_log
-from ..theory.verdict import Verdict
 from .families import BUCKET, sample_all
 from .io import instance_to_dict
 from .registry import STATEMENTS, all_statements
 from .search import search_counterexample
-from .statement import Statement, holds_mask
+from .statement import Statement, failure_mask, holds_mask
 from .sweep import evaluate_batch
 
 __all__ = ["StatementReport", "check_statement", "run_verify", "instance_margins"]
@@ -41,6 +45,9 @@ class StatementReport:
   checked: int
   failures: int
   worst_margin: float | None
+  worst_margin_in_slacks: float | None
+  nonfinite: int
+  message: str | None
   tightness: float | None
   search_examples: int
   search_found: bool
@@ -73,44 +80,63 @@ def _raw_from_instance(inst) -> dict:
 def _counterexample_from_search(found: dict) -> dict:
   raw = found["instance"]
   obj = {k: np.asarray(v).tolist() if k != "beta" else float(v) for k, v in raw.items()}
-  out = {"instance": obj, "lhs": found["lhs"], "rhs": found["rhs"], "margin": found["margin"]}
+  out = {"instance": obj, "lhs": found["lhs"], "rhs": found["rhs"], "margin": found["margin"],
+         "slack": found["slack"]}
   if found.get("probe_logits") is not None:
     out["probe_logits"] = np.asarray(found["probe_logits"]).tolist()
   return out
 
 
+def _worst_in_slacks(m: np.ndarray, slack: np.ndarray, a: np.ndarray) -> float | None:
+  """min of margin / slack over applicable instances with a positive slack and finite margin."""
+  good = a & np.isfinite(m) & (slack > 0)
+  return float(np.min(m[good] / slack[good])) if good.any() else None
+
+
+def _message(stmt: Statement, m: np.ndarray, a: np.ndarray, families: np.ndarray) -> str | None:
+  """A line naming the non-finite margins on applicable instances (NaN ones count as failures)."""
+  bad = a & ~np.isfinite(m)
+  if not bad.any():
+    return None
+  kinds = ", ".join(f"{int(np.sum(bad & k))} {name}" for name, k in
+                    (("NaN", np.isnan(m)), ("+inf", m == np.inf), ("-inf", m == -np.inf))
+                    if np.any(bad & k))
+  first = int(np.argmax(bad))
+  return (f"{stmt.name}: non-finite margin on {int(bad.sum())} applicable instance(s) ({kinds}); "
+          f"first in family {families[first]}, margin {m[first]}")
+
+
 def check_statement(stmt: Statement, batches, search_examples: int, seed: int) -> StatementReport:
   """Sweeps one statement over the batches and searches for a counterexample."""
   t0 = time.perf_counter()
-  margins, lhs_all, rhs_all, applies_all, ratio_all = [], [], [], [], []
+  margins, slacks, lhs_all, rhs_all, applies_all, ratio_all, fams = [], [], [], [], [], [], []
   first_failure = None
   for fam, inst, probe in batches:
     if stmt.check is not None:
       out = stmt.check(inst, jax.random.PRNGKey(seed))
-      if not hasattr(out, "margin"):
-        m = np.asarray(out)
-        out = Verdict(m, np.zeros_like(m), m, np.ones_like(m, bool), np.full_like(m, np.nan))
     else:
       out = evaluate_batch(stmt.fn, inst, probe)
-    m, a = np.asarray(out.margin, np.float64), np.asarray(out.applies, bool)
-    a = np.broadcast_to(a, m.shape)
-    bad = a & ~holds_mask(stmt, m)
+    m = np.asarray(out.margin, np.float64)
+    a = np.broadcast_to(np.asarray(out.applies, bool), m.shape)
+    sl = np.broadcast_to(np.asarray(out.slack, np.float64), m.shape)
+    bad = a & failure_mask(stmt, m, sl)
     if first_failure is None and bad.any():
       i = int(np.argmax(bad))
       first_failure = (fam, index(inst, i), index(probe, i), float(m[i]), float(
-          np.asarray(out.lhs)[i]), float(np.asarray(out.rhs)[i]))
+          np.asarray(out.lhs)[i]), float(np.asarray(out.rhs)[i]), float(sl[i]))
     margins.append(m)
+    slacks.append(sl)
     applies_all.append(a)
+    fams.append(np.full(m.shape, fam, dtype=object))
     lhs_all.append(np.broadcast_to(np.asarray(out.lhs, np.float64), m.shape))
     rhs_all.append(np.broadcast_to(np.asarray(out.rhs, np.float64), m.shape))
     ratio_all.append(np.broadcast_to(np.asarray(out.ratio, np.float64), m.shape))
-  m, a = np.concatenate(margins), np.concatenate(applies_all)
+  m, a, sl = np.concatenate(margins), np.concatenate(applies_all), np.concatenate(slacks)
   ratio = np.concatenate(ratio_all)
-  ok = holds_mask(stmt, m)
+  ok = holds_mask(stmt, m, sl)
   failures = int(np.sum(a & ~ok))
-  worst = float(np.nanmin(np.where(a, m, np.inf))) if a.any() else None
-  if worst is not None and not np.isfinite(worst):
-    worst = None if worst == np.inf else worst
+  finite = a & np.isfinite(m)
+  worst = float(np.min(m[finite])) if finite.any() else None
   tight = _tightness(ratio, a & ok) if stmt.kind == "bound" else None
 
   found = None
@@ -120,16 +146,18 @@ def check_statement(stmt: Statement, batches, search_examples: int, seed: int) -
   if found is not None:
     counterexample, cx_source = _counterexample_from_search(found), "hypothesis"
   elif first_failure is not None:
-    fam, inst_i, probe_i, mi, li, ri = first_failure
+    fam, inst_i, probe_i, mi, li, ri, si = first_failure
     counterexample = {"instance": _raw_from_instance(inst_i), "lhs": li, "rhs": ri, "margin": mi,
-                      "family": fam}
+                      "slack": si, "family": fam}
     if stmt.uses_probe:
       counterexample["probe_log_policy"] = np.asarray(probe_i).tolist()
     cx_source = "sweep"
   return StatementReport(
       name=stmt.name, title=stmt.title, source=stmt.source, expected=stmt.expected,
       holds=failures == 0 and found is None, instances=int(a.sum()), checked=int(a.size),
-      failures=failures, worst_margin=worst, tightness=tight,
+      failures=failures, worst_margin=worst, worst_margin_in_slacks=_worst_in_slacks(m, sl, a),
+      nonfinite=int(np.sum(a & ~np.isfinite(m))),
+      message=_message(stmt, m, a, np.concatenate(fams)), tightness=tight,
       search_examples=search_examples if stmt.fn is not None else 0,
       search_found=found is not None, counterexample=counterexample,
       counterexample_source=cx_source, seconds=time.perf_counter() - t0)
@@ -167,13 +195,22 @@ def _all_verdicts(inst):
 
 
 def instance_margins(inst) -> dict:
-  """{statement name: {"lhs", "rhs", "margin", "applies", "holds"}} at probe π = d."""
+  """{statement name: {"lhs", "rhs", "margin", "slack", "applies", "holds", ...}} at probe π = d.
+
+  A non-finite lhs, rhs or margin of an applicable statement is a failure with a ``message``.
+  """
   verdicts = jax.jit(_all_verdicts)(inst)
   out = {}
   for s, v in zip(STATEMENTS, verdicts):
-    m = float(v.margin)
+    m, sl = float(v.margin), float(v.slack)
     applies = bool(v.applies)
-    out[s.name] = {"lhs": float(v.lhs), "rhs": float(v.rhs), "margin": m, "applies": applies,
-                   "holds": bool(holds_mask(s, np.asarray(m))) if applies else None,
-                   "source": s.source, "expected": s.expected}
+    row = {"lhs": float(v.lhs), "rhs": float(v.rhs), "margin": m, "slack": sl,
+           "applies": applies, "holds": None, "source": s.source, "expected": s.expected}
+    if applies:
+      row["holds"] = bool(holds_mask(s, np.asarray(m), np.asarray(sl)))
+      bad = [k for k in ("lhs", "rhs", "margin", "slack") if not np.isfinite(row[k])]
+      if bad:
+        row["holds"] = False
+        row["message"] = f"non-finite {', '.join(f'{k} = {row[k]}' for k in bad)}"
+    out[s.name] = row
   return out

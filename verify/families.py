@@ -11,6 +11,8 @@ Families:
   gold          gold labels: one-hot data, reward +1 on the gold label and -1 elsewhere
   reference     a reference ρ ≠ d (dense), where exact RL can lower the SFT loss (D1)
   extreme_beta  β log-uniform in [1e-3, 1e3] with |r| up to 1, so |r|/β reaches 1e3
+  near_tie      rewards on supp d_x equal up to a relative 1e-8 (C₁ ≈ 1e-17 β⁻², which must still
+                be computed to full relative precision); reference = data or a dense base policy
 """
 
 from __future__ import annotations
@@ -141,9 +143,23 @@ def extreme_beta(rng, n, bucket=BUCKET):
   return _assemble(rng, nx, ny, bucket, d, ref, r, _log_uniform(rng, 1e-3, 1e3, n))
 
 
+def near_tie(rng, n, bucket=BUCKET):
+  nx, ny, ys, shape = _frame(rng, n, bucket)
+  d = normalise(_positive_rows(rng, shape, ys) * _random_support(rng, shape, ys))
+  level = rng.uniform(-1, 1, size=(n, bucket[0], 1))
+  rel = 10.0 ** rng.uniform(-12, -8, size=(n, 1, 1))  # relative spread on supp d
+  tie = level * (1.0 + rel * rng.uniform(-1, 1, size=shape))
+  off = rng.uniform(-1, 1, size=shape)
+  whole_row = rng.uniform(size=(n, 1, 1)) < 0.5
+  r = np.where(whole_row | (d > 0), tie, off)
+  base = _positive_rows(rng, shape, ys)
+  ref = np.where(rng.uniform(size=(n, 1, 1)) < 0.5, base, d)
+  return _assemble(rng, nx, ny, bucket, d, ref, r, _log_uniform(rng, 0.01, 100.0, n))
+
+
 FAMILIES: dict[str, Callable] = {
     "dense": dense, "sparse": sparse, "tied": tied, "gold": gold, "reference": reference,
-    "extreme_beta": extreme_beta,
+    "extreme_beta": extreme_beta, "near_tie": near_tie,
 }
 
 

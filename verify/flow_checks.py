@@ -9,6 +9,22 @@ need more than ``MAX_FLOW_UNITS`` natural time units (extreme β or near-zero pr
 again as not applying.
 
 All statements are this project's own (source "ours"), not the paper's.
+
+Slack (the bound below which a margin is a failure, :mod:`nondecoupling.theory.verdict`):
+
+- D5 pl_rl, pl_sft, D6: the rounding bounds the theory computes (:mod:`..theory.statements.pl`,
+  :mod:`..theory.statements.spectral`).
+- D2 on flows: 0. Its margin is already ``rel_tol`` (1e-4) minus the finite differences' error
+  scaled by their Taylor terms, with rounding floors (:func:`..theory.statements.initial_rates.d2_check`).
+- D5 decay: the margin is min_t (bound(t) − gap(t))/max(bound(t), gap(t)); its slack at t is
+  ``SOLVER_REL`` (a global relative error 1e-6 for flows integrated at rtol 1e-9) times
+  gap + bound plus the gap's rounding bound γ_N S_gap(t), over the same denominator. The statement applies only when gap(0) exceeds its own rounding bound
+  γ_N S_gap(0) (S_gap the KL scale of the gap, :func:`..theory.statements.pl.rl_gap_scale`):
+  below that level gap(0) is rounding and there is no decay to check.
+- D7 pl_time: ``SOLVER_REL`` plus the rounding bound of gap(t_ε) over ε gap(0); it applies when
+  gap(0) > ``GAP_FLOOR`` (1e-12, the solver's absolute tolerance in logits).
+- D7 argmax: ``ARGMAX_REL`` (1e-7, relative): t* and the grid come from separate integrations at
+  rtol 1e-9 over up to ~1e4 time units.
 """
 
 from __future__ import annotations
@@ -21,8 +37,9 @@ import jax.numpy as jnp
 from ..theory import objectives as obj
 from ..theory.flows import natural_time
 from ..theory.instance import Instance, rl_stage_after_sft
+from ..theory.rounding import entries
 from ..theory.statements import initial_rates, pl, rl_duration, spectral
-from ..theory.verdict import Verdict
+from ..theory.verdict import Verdict, rounding_slack
 
 __all__ = ["FLOW_SAMPLE", "MAX_FLOW_UNITS", "random_logits", "check_pl_rl", "check_pl_sft",
            "check_spectral", "check_d2_flow", "check_decay_rl", "check_decay_sft",
@@ -35,7 +52,9 @@ DECAY_UNITS = 30.0      # D5 decay: horizon in natural time units
 DECAY_SAVES = 8
 D7_EPS = 0.1
 D7_GRID = 65
-GAP_FLOOR = 1e-12       # D7: an initial RL gap below this is rounding (r constant on supp d)
+GAP_FLOOR = 1e-12       # D7: an initial RL gap below this is at the solver's absolute tolerance
+SOLVER_REL = 1e-6       # D5 decay, D7: relative error allowed for flows integrated at rtol 1e-9
+ARGMAX_REL = 1e-7       # D7 argmax: relative agreement of two integrations of the same flow
 
 
 def random_logits(inst: Instance, key: jax.Array, scale: float = 2.0) -> jax.Array:
@@ -43,11 +62,13 @@ def random_logits(inst: Instance, key: jax.Array, scale: float = 2.0) -> jax.Arr
   return scale * jax.random.normal(key, inst.data.shape, inst.data.dtype)
 
 
-def _verdict(lhs, rhs, margin, applies, ratio=None) -> Verdict:
+def _verdict(lhs, rhs, margin, applies, slack, ratio=None) -> Verdict:
   """A Verdict; ``ratio`` (how much of the bound is used, 1 = tight) defaults to NaN."""
   if ratio is None:
     ratio = jnp.full(jnp.shape(margin), jnp.nan)
-  return Verdict(lhs=lhs, rhs=rhs, margin=margin, applies=jnp.asarray(applies), ratio=ratio)
+  return Verdict(lhs=lhs, rhs=rhs, margin=margin, applies=jnp.asarray(applies), ratio=ratio,
+                 slack=jnp.broadcast_to(jnp.asarray(slack, jnp.result_type(margin)),
+                                        jnp.shape(margin)))
 
 
 def _used(used, budget):
@@ -71,7 +92,8 @@ def _pad_verdict(v: Verdict, n: int, k: int) -> Verdict:
   pad = lambda a, fill: jnp.concatenate([jnp.broadcast_to(a, (k,)), jnp.full((n - k,), fill,
                                                                             jnp.asarray(a).dtype)])
   return _verdict(pad(v.lhs, jnp.nan), pad(v.rhs, jnp.nan), pad(v.margin, jnp.nan),
-                  pad(jnp.asarray(v.applies, bool), False), pad(v.ratio, jnp.nan))
+                  pad(jnp.asarray(v.applies, bool), False), pad(v.slack, 0.0),
+                  pad(v.ratio, jnp.nan))
 
 
 # ----------------------------------------------------------------------------- D5, D6 pointwise
@@ -80,7 +102,7 @@ def _pl_point(inst, key, which):
   theta = random_logits(inst, key)
   log_pi = obj.policy_log_probs(inst, theta)
   res = pl.pl_rl(inst, log_pi) if which == "rl" else pl.pl_sft(inst, log_pi)
-  return _verdict(res["lhs"], res["rhs"], res["margin"], jnp.isfinite(res["rhs"]),
+  return _verdict(res["lhs"], res["rhs"], res["margin"], jnp.isfinite(res["rhs"]), res["slack"],
                   _used(res["rhs"], res["lhs"]))
 
 
@@ -104,10 +126,11 @@ def _spectral_point(inst, key):
   log_pi = obj.policy_log_probs(inst, random_logits(inst, key))
   res = spectral.spectral_misalignment(inst, log_pi)
   real = inst.prompt_weights > 0
-  m = jnp.where(real, jnp.minimum(res["margin"], res["margin_exact"]), jnp.inf)
+  m = jnp.where(real, jnp.minimum(res["margin"] + res["slack"],
+                                  res["margin_exact"] + res["slack_exact"]), jnp.inf)
   i = jnp.argmin(m)
   return _verdict(jnp.abs(res["inner"][i]), res["bound"][i], res["margin_min"], True,
-                  res["tightness_max"])
+                  res["slack_min"], res["tightness_max"])
 
 
 @jax.jit
@@ -124,7 +147,7 @@ def _d2_batch(batch):
   def one(inst):
     res = initial_rates.d2_check(inst)
     err = 1e-4 - res["margin"]
-    return _verdict(err, jnp.asarray(1e-4, err.dtype), res["margin"], True, err / 1e-4)
+    return _verdict(err, jnp.asarray(1e-4, err.dtype), res["margin"], True, 0.0, err / 1e-4)
   return jax.vmap(one)(batch)
 
 
@@ -140,10 +163,18 @@ def _decay_point(inst, key, kind):
   unit = natural_time(inst) if kind == "rl" else 1.0 / jnp.max(inst.prompt_weights)
   ts = unit * DECAY_UNITS * jnp.arange(1, DECAY_SAVES + 1, dtype=theta0.dtype) / DECAY_SAVES
   res = pl.pl_decay(inst, ts, theta0, kind=kind)
-  applies = res["ok"] & (res["gap0"] > 0)
-  i = jnp.argmin(res["log_margin"])
-  return _verdict(res["gap"][i], res["bound"][i], jnp.min(res["log_margin"]), applies,
-                  _used(res["gap"][i], res["bound"][i]))
+  n = entries(inst)
+  level0 = rounding_slack(res["gap0_scale"], n)
+  bound, gap = res["bound"], res["gap"]
+  den = jnp.maximum(bound, gap)
+  pos = den > 0
+  safe = jnp.where(pos, den, 1.0)
+  margins = jnp.where(pos, (bound - gap) / safe, 1.0)
+  err = SOLVER_REL * (gap + bound) + rounding_slack(res["gap_scale"], n)
+  slacks = jnp.where(pos, err / safe, 0.0)
+  i = jnp.argmin(margins + slacks)
+  applies = res["ok"] & (res["gap0"] > level0)
+  return _verdict(gap[i], bound[i], margins[i], applies, slacks[i], _used(gap[i], bound[i]))
 
 
 @functools.partial(jax.jit, static_argnames=("kind",))
@@ -187,13 +218,17 @@ def _d7_batch(batch, key):
     inst_d, lam, horizon, feasible = _d7_setup(inst, k)
     res = rl_duration.optimal_rl_duration(inst_d, lam, horizon, D7_EPS, n_grid=D7_GRID, n_bisect=30,
                                  rtol=1e-9, atol=1e-12, max_steps=1 << 15)
-    pl = _verdict(res["gap_at_t_eps"], D7_EPS * res["gap0"], res["pl_margin"],
-                  feasible & res["ok"] & res["t_eps_in_horizon"] & (res["gap0"] > GAP_FLOOR),
-                  _used(res["gap_at_t_eps"], D7_EPS * res["gap0"]))
+    target = D7_EPS * res["gap0"]
+    gap_round = rounding_slack(pl.rl_gap_scale(inst_d, obj.policy_log_probs(
+        inst_d, res["theta_at_t_eps"])), entries(inst))
+    pl_slack = SOLVER_REL + gap_round / jnp.where(target > 0, target, 1.0)
+    pl_v = _verdict(res["gap_at_t_eps"], target, res["pl_margin"],
+                    feasible & res["ok"] & res["t_eps_in_horizon"] & (res["gap0"] > GAP_FLOOR),
+                    pl_slack, _used(res["gap_at_t_eps"], target))
     scale = jnp.maximum(1.0, jnp.max(jnp.abs(res["grid_objective"])))
     am = _verdict(res["objective_star"], jnp.max(res["grid_objective"]),
-                  res["argmax_margin"] / scale, feasible & res["ok"])
-    return pl, am
+                  res["argmax_margin"] / scale, feasible & res["ok"], ARGMAX_REL)
+    return pl_v, am
   return jax.vmap(one)(batch, keys)
 
 
@@ -205,8 +240,8 @@ def _d7_cached(batch, key):
     if b is batch and bool(jnp.all(k == key)):
       return res
   sub, n, k = _sample(batch, D7_SAMPLE)
-  pl, am = _d7_batch(sub, key)
-  res = (_pad_verdict(pl, n, k), _pad_verdict(am, n, k))
+  pl_v, am = _d7_batch(sub, key)
+  res = (_pad_verdict(pl_v, n, k), _pad_verdict(am, n, k))
   _D7_LAST[:] = _D7_LAST[-7:] + [(batch, key, res)]
   return res
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import optimize, special
 
-__all__ = ["reference_quantities", "reference_c1", "reference_beta_critical"]
+__all__ = ["reference_quantities", "reference_c1", "reference_beta_critical", "reference_gradients",
+           "reference_pl", "reference_rl_flow", "reference_optimal_duration"]
 
 
 def _xlogy_rows(p, q):
@@ -92,3 +93,78 @@ def reference_quantities(w, d, ref, r, beta) -> dict:
   fg = d * g - d * np.sum(d * g, -1, keepdims=True)
   out["initial_curvature"] = float(np.sum(w * np.sum(g * fg, -1)))
   return out
+
+
+# --- dynamics (THEORY.md B5, D5-D7), independent of theory/ ----------------------------------
+
+
+def _softmax_rows(theta, support):
+  z = np.where(support, theta, -np.inf)
+  z = z - np.max(z, axis=-1, keepdims=True)
+  e = np.where(support, np.exp(z), 0.0)
+  return e / e.sum(-1, keepdims=True)
+
+
+def reference_gradients(w, d, ref, r, beta, theta) -> tuple[np.ndarray, np.ndarray]:
+  """(∇_θ L, ∇_θ J_β) of the tabular softmax policy π = softmax(θ) on supp ρ (B5):
+  ∇L = w (π − d), ∇J_β = w F_π (r − β log(π/ρ)), F_π = diag(π) − π πᵀ."""
+  w, d, ref, r, theta = (np.asarray(a, np.float64) for a in (w, d, ref, r, theta))
+  support = ref > 0
+  pi = _softmax_rows(theta, support)
+  with np.errstate(divide="ignore"):
+    h = np.where(support, r - beta * (np.log(np.where(support, pi, 1.0))
+                                      - np.log(np.where(support, ref, 1.0))), 0.0)
+  g_j = w[:, None] * (pi * h - pi * np.sum(pi * h, -1, keepdims=True))
+  g_l = np.where(support, w[:, None] * (pi - d), 0.0)
+  return g_l, g_j
+
+
+def reference_pl(w, d, ref, r, beta, theta) -> dict:
+  """D5's sides at π = softmax(θ): ‖∇J_β‖², 2 μ_RL (J_β* − J_β), ‖∇L‖², 2 μ_SFT (L − L(d)),
+  with μ_RL = β min_x w_x (min π)², μ_SFT = ½ min_x w_x min π and the gaps as KLs (B1, B2)."""
+  w, d, ref, r = (np.asarray(a, np.float64) for a in (w, d, ref, r))
+  support = ref > 0
+  pi = _softmax_rows(np.asarray(theta, np.float64), support)
+  star, _ = _tilt(ref, r, beta)
+  g_l, g_j = reference_gradients(w, d, ref, r, beta, theta)
+  min_pi = np.min(np.where(support, pi, np.inf), axis=-1)
+  real = w > 0
+  mu_rl = beta * np.min((w * min_pi ** 2)[real])
+  mu_sft = 0.5 * np.min((w * min_pi)[real])
+  return {"rl_lhs": float(np.sum(g_j ** 2)), "rl_rhs": float(2 * mu_rl * beta * (w @ _kl(pi, star))),
+          "sft_lhs": float(np.sum(g_l ** 2)), "sft_rhs": float(2 * mu_sft * (w @ _kl(d, pi)))}
+
+
+def reference_rl_flow(w, d, ref, r, beta, theta0, times, rtol=1e-11, atol=1e-13):
+  """θ(t) of the RL gradient flow θ̇ = ∇J_β(θ) (scipy solve_ivp, DOP853), at ``times``."""
+  from scipy.integrate import solve_ivp
+  shape = np.shape(theta0)
+  field = lambda _, th: reference_gradients(w, d, ref, r, beta, th.reshape(shape))[1].ravel()
+  sol = solve_ivp(field, (0.0, float(np.max(times))), np.ravel(theta0), t_eval=np.asarray(times),
+                  method="DOP853", rtol=rtol, atol=atol, dense_output=True)
+  return sol
+
+
+def reference_optimal_duration(w, d, r, beta, lam, horizon) -> float:
+  """D7: t* = argmax_t J(π_t) − λ L(π_t) along the RL flow from the SFT optimum (ρ = d), as the
+  root (brentq) of dJ/dt − λ dL/dt = ⟨∇J − λ∇L, ∇J_β⟩ after its last sign change from + to − on
+  a grid, the flow integrated by scipy."""
+  w, d, r = (np.asarray(a, np.float64) for a in (w, d, r))
+  support = d > 0
+  with np.errstate(divide="ignore"):
+    theta0 = np.where(support, np.log(np.where(support, d, 1.0)), 0.0)
+  sol = reference_rl_flow(w, d, d, r, beta, theta0, [horizon])
+
+  def rate(t):
+    th = sol.sol(t).reshape(d.shape)
+    g_l, g_j = reference_gradients(w, d, d, r, beta, th)
+    _, g_reward = reference_gradients(w, d, d, r, 0.0, th)
+    return float(np.sum((g_reward - lam * g_l) * g_j))
+
+  grid = np.linspace(0.0, horizon, 401)
+  values = np.array([rate(t) for t in grid])
+  down = np.flatnonzero((values[:-1] > 0) & (values[1:] <= 0))
+  if not down.size:
+    return float(horizon)
+  k = down[0]
+  return float(optimize.brentq(rate, grid[k], grid[k + 1], xtol=1e-13, rtol=1e-13))

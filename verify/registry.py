@@ -4,7 +4,8 @@ Exact statements have an unbatched ``fn(instance, probe_log_pi) -> Verdict`` tha
 ``probe_log_pi`` is a policy on which policy-dependent statements are evaluated (RL-then-SFT
 statements use π₂ = d, the exact SFT optimum, so that a counterexample is an instance file).
 Statements on integrated flows (D2 on flows, D5-D7) have a batched ``check`` instead
-(:mod:`.flow_checks`).
+(:mod:`.flow_checks`). No statement has a fixed tolerance: each Verdict carries its own rounding
+bound (``slack``, :mod:`nondecoupling.theory.verdict`).
 """
 
 from __future__ import annotations
@@ -29,11 +30,6 @@ from .statement import Statement
 __all__ = ["STATEMENTS", "FLOW_STATEMENTS", "all_statements", "statement_by_name",
            "policy_from_logits"]
 
-IDENTITY_TOL = 1e-9   # relative residual of float64 identities (rounding over a few sums/logs)
-BOUND_TOL = 1e-10     # absolute slack of inequalities
-STRICT_TOL = 1e-12    # a strict statement needs margin above this (C₂ > 0 beyond rounding)
-
-
 def _no_probe(f):
   return lambda inst, probe: f(inst)
 
@@ -53,10 +49,9 @@ def _probe_logits(f):
 _pipeline = _no_probe
 
 
-def _s(name, title, source, expected, kind, fn, tol=None, uses_probe=False):
-  if tol is None:
-    tol = {"identity": IDENTITY_TOL, "bound": BOUND_TOL, "strict": STRICT_TOL}[kind]
-  return Statement(name, title, source, expected, kind, fn, tol, uses_probe)
+def _s(name, title, source, expected, kind, fn, uses_probe=False):
+  """A statement; it fails where its margin is below minus its Verdict's rounding slack."""
+  return Statement(name, title, source, expected, kind, fn, uses_probe)
 
 
 STATEMENTS: tuple[Statement, ...] = (
@@ -82,7 +77,7 @@ STATEMENTS: tuple[Statement, ...] = (
     _s("C1 c1_zero_iff_constant", "C₁ = 0 when r is constant on supp d", "ours", "holds",
        "identity", _no_probe(sft_then_rl.c1_zero_when_constant)),
     _s("C1 c1_positive_otherwise", "C₁ > 0 when r is not constant on supp d", "ours", "holds",
-       "strict", _no_probe(sft_then_rl.c1_positive_otherwise), tol=0.0),
+       "strict", _no_probe(sft_then_rl.c1_positive_otherwise)),
     _s("C1 hoeffding_bound", "C₁ ≤ E(max r − min r)²/(8β²)", "ours", "holds", "bound",
        _no_probe(sft_then_rl.c1_hoeffding_bound)),
     _s("C1 sup_bound", "C₁ ≤ E[max r − E_d r]/β", "ours", "holds", "bound",
@@ -104,11 +99,11 @@ STATEMENTS: tuple[Statement, ...] = (
        "ours", "holds", "identity", _pipeline(rl_then_sft.reward_drop_criterion)),
     # D1-D3: this project's results.
     _s("D1 rl_lowers_sft_needs_reward_gain", "C₁(β; ρ) < 0 ⇒ E_d r > E_ρ r", "ours", "holds",
-       "strict", _no_probe(critical_beta.rl_lowers_sft_needs_reward_gain), tol=0.0),
+       "strict", _no_probe(critical_beta.rl_lowers_sft_needs_reward_gain)),
     _s("D1 critical_beta_root", "β_c C₁(β_c; ρ) = 0", "ours", "holds", "identity",
-       _no_probe(critical_beta.critical_beta_root), tol=1e-9),
+       _no_probe(critical_beta.critical_beta_root)),
     _s("D1 critical_beta_sign", "C₁(β; ρ) < 0 ⟺ β > β_c", "ours", "holds", "bound",
-       _no_probe(critical_beta.critical_beta_sign), tol=1e-9),
+       _no_probe(critical_beta.critical_beta_sign)),
     _s("D2 rl_slope_at_start", "dL/dt(0) = Σ w² Σ (ρ − d)ρ(r − E_ρ r)", "ours", "holds",
        "identity", _no_probe(initial_rates.rl_slope_at_start)),
     _s("D2 rl_curvature_at_sft_optimum", "ρ = d: d²L/dt²(0) = gᵀ H_L g", "ours", "holds",
@@ -120,32 +115,33 @@ STATEMENTS: tuple[Statement, ...] = (
 
 
 
-def _flow_statement(name, title, kind, check, tol):
+def _flow_statement(name, title, kind, check):
+  """A statement on flows: its check returns Verdicts whose slack includes the solver's error."""
   return Statement(name=name, title=title, source="ours", expected="holds", kind=kind, fn=None,
-                   tolerance=tol, uses_probe=False, check=check)
+                   uses_probe=False, check=check)
 
 
 FLOW_STATEMENTS: tuple[Statement, ...] = (
     _flow_statement(
         "D2 rl_flow_finite_differences",
         "flow finite differences = closed-form dL/dt(0), d²L/dt²(0) (rel. 1e-4)", "bound",
-        flow_checks.check_d2_flow, 0.0),
+        flow_checks.check_d2_flow),
     _flow_statement("D5 pl_rl", "‖∇J_β‖² ≥ 2β min w (min π)² (J_β* − J_β)", "bound",
-                    flow_checks.check_pl_rl, 1e-12),
+                    flow_checks.check_pl_rl),
     _flow_statement("D5 pl_sft", "‖∇L‖² ≥ min w min π (L − L(d))", "bound",
-                    flow_checks.check_pl_sft, 1e-12),
+                    flow_checks.check_pl_sft),
     _flow_statement("D5 pl_decay_rl", "RL flow: gap(t) ≤ gap(0) exp(−2∫μ_RL)", "bound",
-                    flow_checks.check_decay_rl, 1e-6),
+                    flow_checks.check_decay_rl),
     _flow_statement("D5 pl_decay_sft", "SFT flow: gap(t) ≤ gap(0) exp(−2∫μ_SFT)", "bound",
-                    flow_checks.check_decay_sft, 1e-6),
+                    flow_checks.check_decay_sft),
     _flow_statement(
         "D6 spectral_misalignment",
         "|⟨∇_xL, ∇_xJ_β⟩| ≤ w²β λ_max(F)² ‖P(d/π)‖ ‖P log(π*/π)‖ ≤ (max π)² form", "bound",
-        flow_checks.check_spectral, 1e-10),
+        flow_checks.check_spectral),
     _flow_statement("D7 pl_time", "RL flow from d: gap(t_ε) ≤ ε gap(0), t_ε = ln(1/ε)/(2μ_min)",
-                    "bound", flow_checks.check_d7_pl_time, 1e-8),
+                    "bound", flow_checks.check_d7_pl_time),
     _flow_statement("D7 optimal_duration_argmax", "t*(λ) maximises J − λL along the RL flow from d",
-                    "bound", flow_checks.check_d7_argmax, 1e-7),
+                    "bound", flow_checks.check_d7_argmax),
 )
 
 

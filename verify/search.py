@@ -59,7 +59,7 @@ def search_counterexample(stmt: Statement, max_examples: int = 200, seed: int = 
 
   Returns:
     None when nothing was found, else {"instance": raw dict, "probe_logits": array or None,
-    "lhs", "rhs", "margin"}.
+    "lhs", "rhs", "margin", "slack"}.
   """
   base = strategy if strategy is not None else instance_strategy(*SEARCH_SHAPE)
   if stmt.uses_probe:
@@ -72,7 +72,7 @@ def search_counterexample(stmt: Statement, max_examples: int = 200, seed: int = 
     if not is_valid_raw(raw):
       return False
     v = evaluate_raw(stmt, raw, theta)
-    return bool(v.applies) and not bool(holds_mask(stmt, np.asarray(v.margin)))
+    return bool(v.applies) and not bool(holds_mask(stmt, np.asarray(v.margin), np.asarray(v.slack)))
 
   config = settings(max_examples=max_examples, database=None, deadline=None, derandomize=False,
                     suppress_health_check=list(HealthCheck),
@@ -83,4 +83,4 @@ def search_counterexample(stmt: Statement, max_examples: int = 200, seed: int = 
     return None
   v = evaluate_raw(stmt, raw, theta)
   return {"instance": raw, "probe_logits": theta, "lhs": float(v.lhs), "rhs": float(v.rhs),
-          "margin": float(v.margin)}
+          "margin": float(v.margin), "slack": float(v.slack)}

@@ -1,9 +1,11 @@
 """A checkable statement: its name, source, expected outcome, kind and how to evaluate it.
 
 Sources: ``paper`` (arXiv 2601.07389 v1, as printed) or ``ours`` (this project's statements, and
-the repaired Theorem 4.1). Expected: ``holds`` or ``refuted``. A statement holds on an instance
-when ``margin >= -tolerance`` (``margin > tolerance`` when strict); instances where its hypothesis
-does not apply are not counted.
+the repaired Theorem 4.1). Expected: ``holds`` or ``refuted``. A statement fails on an instance
+only when its margin is below minus the rounding bound its Verdict carries for that instance
+(``slack``; strict statements: at or below), or when the margin is not a number; instances where
+its hypothesis does not apply are not counted. How each slack is computed is documented in
+:mod:`nondecoupling.theory.verdict`.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import dataclasses
 from typing import Callable
 
 import jax
+import numpy as np
 
 from ..theory.instance import Instance
-from ..theory.verdict import Verdict
+from ..theory.verdict import Verdict, fails
 
-__all__ = ["Statement", "holds_mask"]
+__all__ = ["Statement", "holds_mask", "failure_mask"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,10 +34,9 @@ class Statement:
     kind: ``"identity"``, ``"bound"`` (lhs ≤ rhs or lhs ≥ rhs; tightness = lhs/rhs) or
       ``"strict"``.
     fn: unbatched ``(Instance, probe_log_pi [X, Y]) -> Verdict``.
-    tolerance: see module docstring.
     uses_probe: whether ``fn`` depends on the probe policy (the search then draws one).
-    check: optional batched override ``(batch Instance, key) -> margins [B]`` or a Verdict of
-      [B] arrays, for statements that need more than one instance-and-policy (dynamics).
+    check: optional batched override ``(batch Instance, key) -> Verdict`` of [B] arrays, for
+      statements that need more than one instance-and-policy (dynamics).
   """
 
   name: str
@@ -43,7 +45,6 @@ class Statement:
   expected: str
   kind: str
   fn: Callable[[Instance, jax.Array], Verdict] | None
-  tolerance: float
   uses_probe: bool = False
   check: Callable | None = None
 
@@ -52,8 +53,12 @@ class Statement:
     return self.kind == "strict"
 
 
-def holds_mask(stmt: Statement, margin):
-  """Elementwise: does the statement hold at this margin?"""
-  if stmt.strict:
-    return margin > stmt.tolerance
-  return margin >= -stmt.tolerance
+def failure_mask(stmt: Statement, margin, slack) -> np.ndarray:
+  """Elementwise: does the statement fail at this margin, beyond its rounding slack? (NaN fails.)"""
+  return np.asarray(fails(np.asarray(margin, np.float64), np.asarray(slack, np.float64),
+                          stmt.strict))
+
+
+def holds_mask(stmt: Statement, margin, slack) -> np.ndarray:
+  """Elementwise: not :func:`failure_mask` (the margin is within rounding of holding, or above)."""
+  return ~failure_mask(stmt, margin, slack)

@@ -8,45 +8,56 @@ Key fact (ours): g(β) = β C₁(β; ρ) = β E_w log E_ρ e^{r/β} − E_w E_d 
 g'(β) = −E_w KL(π*_β ‖ ρ), falling from E_w max_{supp ρ} r − E_w E_d r (β → 0) to
 E_w E_ρ r − E_w E_d r (β → ∞). So β_c exists iff E_w E_d r > E_w E_ρ r (and d is not concentrated on
 the maximisers), it is unique, and exact RL lowers the SFT loss exactly for β > β_c.
+
+Rounding (see :mod:`..verdict`): h(t) = E_w[K_x(t) − t(E_d r − E_ρ r)] is evaluated from terms
+of size S_h = E_w[K + max|c| + t Σ|d − ρ||r|], so Newton stops where |h| ≤ γ_N S_h (or its step
+is below ``NEWTON_RTOL`` t): the root's residual β_c h has slack β_c γ_N S_h plus |g'| β_c times
+the stopping tolerance (g' = −E_w KL(π*_β‖ρ)), and β_c itself is known to a relative
+γ_N S_h / (t |h'(t)|) — large for a flat h, a nearly degenerate root. The sign statement's margin
+(log β_c − log β)·βC₁ is a product: its slack is |log β_c − log β| β slack(C₁) +
+|βC₁| × the error of log β_c. The necessary condition's gain Σ w Σ (d − ρ) r has scale
+Σ w Σ |d − ρ||r|, and it applies only where C₁ < 0 beyond C₁'s own slack.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
-from .._numerics import masked_dot
+from .._numerics import centre, unit_roundoff
 from ..instance import Instance
-from ..objectives import c1, expect
-from ..verdict import Verdict, at_least, positive
+from ..objectives import c1, expect, gibbs_tilt, kl_rows, safe_log
+from ..rounding import c1_scale, entries
+from ..tilt import tilt
+from ..verdict import Verdict, at_least, positive, rounding_slack
 
 __all__ = ["scaled_c1", "critical_beta_from_terms", "beta_critical", "critical_beta_root",
            "critical_beta_sign", "rl_lowers_sft_needs_reward_gain"]
 
 LOG_BETA_BRACKET = (-25.0, 25.0)  # β_c is searched in [e^-25, e^25] (about 1e-11 to 7e10)
 NEWTON_MAX_STEPS = 200             # Newton from the right: a handful in practice
+NEWTON_RTOL = 1e-14                # Newton stops when its step is below this times t = 1/β
 
 
 def _prompt_root_terms(d, rho, r, t):
   """Per-prompt (h_x, h_x') at t = 1/β for h_x(t) = log E_ρ e^{t r} − t E_d r (convex in t).
 
-  With c = r − E_ρ r and s = t c: h_x = log E_ρ e^{s} − t (E_d r − E_ρ r), where
-  log E_ρ e^{s} = m + log E_ρ e^{s − m} (m = max(0, max s): no overflow), or log1p(E_ρ expm1(s))
-  when every |s| < 1, which keeps full precision for small t (large β).
-  h_x' = E_{π_t} r − E_d r with π_t ∝ ρ e^{t r}, the Gibbs tilt at β = 1/t.
+  h_x = K_x(t) − t (E_d r − E_ρ r) with K_x the cumulant gap of the tilt of ρ at β = 1/t
+  (:func:`~.._numerics.tilt`: log1p form, full precision for small t and near ties; max-shifted
+  only where e^{t (r − E_ρ r)} would overflow), and E_d r − E_ρ r = Σ (d − ρ) r.
+  h_x' = E_{π_t} r − E_d r = Σ ρ (e^u − 1)(r − E_ρ r) − (E_d r − E_ρ r), u = log(π_t/ρ), π_t the
+  Gibbs tilt at β = 1/t. Also the error scale of h_x: K + max|c| + t Σ |d − ρ||r|.
   """
   pos = rho > 0
-  mean_rho = jnp.sum(jnp.where(pos, rho * r, 0.0))
-  gap = jnp.sum(jnp.where(d > 0, d * r, 0.0)) - mean_rho
-  c = jnp.where(pos, r - mean_rho, 0.0)
-  s = t * c
-  m = jnp.maximum(0.0, jnp.max(jnp.where(pos, s, -jnp.inf)))
-  ex = jnp.where(pos, jnp.exp(s - m), 0.0)
-  total = jnp.sum(rho * ex)
-  small = jnp.max(jnp.abs(s)) < 1.0
-  via_expm1 = jnp.log1p(jnp.sum(jnp.where(pos, rho * jnp.expm1(jnp.clip(s, -1.0, 1.0)), 0.0)))
-  log_z = jnp.where(small, via_expm1, m + jnp.log(total))
-  return log_z - t * gap, jnp.sum(rho * ex * c) / total - gap
+  gain = jnp.sum(jnp.where(pos | (d > 0), (d - rho) * r, 0.0))
+  tl = tilt(rho, r, 1.0 / t)
+  u = jnp.where(pos, tl.log_ratio, 0.0)
+  rise = jnp.sum(jnp.where(pos, rho * jnp.expm1(u) * tl.centred, 0.0)) / t
+  scale = (tl.gap + jnp.max(jnp.where(pos, jnp.abs(tl.centred), 0.0))
+           + t * jnp.sum(jnp.where(pos | (d > 0), jnp.abs((d - rho) * r), 0.0)))
+  return tl.gap - t * gain, rise - gain, scale
 
 
 def scaled_c1(inst: Instance, log_beta: jax.Array) -> jax.Array:
@@ -56,7 +67,7 @@ def scaled_c1(inst: Instance, log_beta: jax.Array) -> jax.Array:
   """
   xs = (inst.data, inst.reference, jnp.where(inst.response_mask, inst.reward, 0.0))
   beta = jnp.exp(log_beta)
-  h_x, _ = jax.vmap(lambda d, rho, r: _prompt_root_terms(d, rho, r, 1.0 / beta))(*xs)
+  h_x, _, _ = jax.vmap(lambda d, rho, r: _prompt_root_terms(d, rho, r, 1.0 / beta))(*xs)
   return beta * expect(inst, h_x)
 
 
@@ -65,9 +76,12 @@ def critical_beta_from_terms(inst: Instance, map_prompts) -> jax.Array:
 
   With t = 1/β, C₁ = h(t)/t where h(t) = E_w[log E_ρ e^{t r} − t E_d r] is convex (a cumulant
   generating function minus a line), h(0) = 0 and h'(0) = E_w E_ρ r − E_w E_d r. A positive root
-  exists iff E_w E_d r > E_w E_ρ r and d is not concentrated on the maximisers of r; then it is
+  exists iff E_w E_d r > E_w E_ρ r (beyond its rounding bound) and d is not concentrated on the
+  maximisers of r; then it is
   unique, C₁ < 0 exactly for β > β_c, and Newton's method started to the right of the root
-  converges monotonically to it. The start t_up = −E_w log ρ(M_x) / E_w[max r − E_d r] (M_x the
+  converges monotonically to it (a step that rounding lands left of the root is followed by one
+  back to its right); it stops when the step is below ``NEWTON_RTOL`` t or h is at its rounding
+  level. The start t_up = −E_w log ρ(M_x) / E_w[max r − E_d r] (M_x the
   maximisers of r on supp ρ_x) satisfies h(t_up) ≥ 0, because log E_ρ e^{t r} ≥ t max r + log ρ(M).
 
   Args:
@@ -85,27 +99,31 @@ def critical_beta_from_terms(inst: Instance, map_prompts) -> jax.Array:
   def start_terms(d, rho, r):
     pos = rho > 0
     top = jnp.max(jnp.where(pos, r, -jnp.inf))
-    scale = jnp.maximum(1.0, jnp.abs(top))
-    mass_top = jnp.sum(jnp.where(pos & (r >= top - 1e-12 * scale), rho, 0.0))
-    mean_d = jnp.sum(jnp.where(d > 0, d * r, 0.0))
-    mean_rho = jnp.sum(jnp.where(pos, rho * r, 0.0))
-    var_rho = jnp.sum(jnp.where(pos, rho * (r - mean_rho) ** 2, 0.0))
-    return -jnp.log(mass_top), top - mean_d, mean_d - mean_rho, var_rho, scale
+    mass_top = jnp.sum(jnp.where(pos & (r == top), rho, 0.0))
+    both = pos | (d > 0)
+    headroom = jnp.sum(jnp.where(d > 0, d * (top - r), 0.0))  # non-negative terms
+    gain = jnp.sum(jnp.where(both, (d - rho) * r, 0.0))
+    gain_scale = jnp.sum(jnp.where(both, jnp.abs((d - rho) * r), 0.0))
+    _, dev = centre(rho, r)
+    var_rho = jnp.sum(jnp.where(pos, rho * dev ** 2, 0.0))
+    return -jnp.log(mass_top), headroom, gain, var_rho, gain_scale
 
-  neg_log_mass, headroom, gain, var, scale = map_prompts(start_terms)
+  neg_log_mass, headroom, gain, var, gain_scale = map_prompts(start_terms)
   headroom, gain, var = weigh(headroom), weigh(gain), weigh(var)
-  exists = (gain > 1e-12 * jnp.max(scale)) & (headroom > 1e-12 * jnp.max(scale))
+  # A root exists iff the gain is positive beyond its rounding bound and d is not concentrated
+  # on the maximisers (headroom, a sum of non-negative terms, is exactly 0 then).
+  exists = (gain > rounding_slack(weigh(gain_scale), entries(inst))) & (headroom > 0)
   t_up = jnp.where(exists, weigh(neg_log_mass) / jnp.where(exists, headroom, 1.0), 1.0)
   t_up = jnp.maximum(t_up, jnp.exp(-LOG_BETA_BRACKET[1]))  # h(t_up) ≥ 0 also when mass_top = 1
 
   def h_and_slope(t):
-    h_x, dh_x = map_prompts(lambda d, rho, r: _prompt_root_terms(d, rho, r, t))
-    return weigh(h_x), weigh(dh_x)
+    h_x, dh_x, scale_x = map_prompts(lambda d, rho, r: _prompt_root_terms(d, rho, r, t))
+    return weigh(h_x), weigh(dh_x), weigh(scale_x)
 
   # Often much closer: the root of the quadratic model −gain·t + Var·t²/2, used when it is
   # to the right of the root (h ≥ 0 there), which one evaluation tells.
   t_quad = jnp.clip(2.0 * gain / jnp.where(var > 0, var, 1.0), jnp.exp(-LOG_BETA_BRACKET[1]), t_up)
-  h_quad, dh_quad = h_and_slope(t_quad)
+  h_quad, dh_quad, _ = h_and_slope(t_quad)
   # Left of the root but already rising: by convexity the tangent's zero lies right of the root.
   tangent = t_quad - h_quad / jnp.where(dh_quad > 0, dh_quad, 1.0)
   t_start = jnp.where(h_quad >= 0, t_quad,
@@ -113,13 +131,17 @@ def critical_beta_from_terms(inst: Instance, map_prompts) -> jax.Array:
 
   def cond(state):
     t, step, it = state
-    return exists & (it < NEWTON_MAX_STEPS) & (jnp.abs(step) > 1e-14 * t)
+    return exists & (it < NEWTON_MAX_STEPS) & (jnp.abs(step) > NEWTON_RTOL * t)
 
   def body(state):
     t, _, it = state
-    h, dh = h_and_slope(t)
-    nxt = jnp.where(dh > 0, t - h / jnp.where(dh > 0, dh, 1.0), t)
-    nxt = jnp.clip(nxt, 1e-6 * t, t)  # monotone from the right (convexity); guard rounding
+    h, dh, scale = h_and_slope(t)
+    # Stop where h is rounding: the root is as exact as h can be evaluated.
+    resolved = jnp.abs(h) > rounding_slack(scale, entries(inst))
+    nxt = jnp.where((dh > 0) & resolved, t - h / jnp.where(dh > 0, dh, 1.0), t)
+    # Monotone from the right by convexity; rounding can land a step left of the root, whence
+    # the next (convex) Newton step returns to its right: steps may grow t, by a bounded factor.
+    nxt = jnp.clip(nxt, 1e-6 * t, 1e6 * t)
     return nxt, nxt - t, it + 1
 
   state = (t_start.astype(dtype), jnp.asarray(jnp.inf, dtype), jnp.zeros((), jnp.int32))
@@ -135,14 +157,44 @@ def beta_critical(inst: Instance) -> jax.Array:
   return critical_beta_from_terms(inst, lambda fn: jax.vmap(fn)(*xs))
 
 
+def _c1_slack(inst: Instance) -> jax.Array:
+  """[] rounding slack of C₁(β; ρ) at the instance's β."""
+  return rounding_slack(expect(inst, c1_scale(inst)), entries(inst))
+
+
+def _root_terms(inst: Instance, bc: jax.Array):
+  """(h, h', S_h) at t = 1/β_c, weighted over prompts."""
+  xs = (inst.data, inst.reference, jnp.where(inst.response_mask, inst.reward, 0.0))
+  h_x, dh_x, s_x = jax.vmap(lambda d, rho, r: _prompt_root_terms(d, rho, r, 1.0 / bc))(*xs)
+  return expect(inst, h_x), expect(inst, dh_x), expect(inst, s_x)
+
+
+def _log_beta_error(inst: Instance, bc: jax.Array) -> jax.Array:
+  """Error of log β_c: the root is known to δt/t = γ_N S_h / (t |h'(t)|) (h is evaluated to
+  γ_N S_h), plus the Newton tolerance (2 NEWTON_RTOL) and the rounding of −log t."""
+  _, dh, scale = _root_terms(inst, bc)
+  t = 1.0 / bc
+  cond = jnp.where(jnp.abs(dh) > 0, rounding_slack(scale, entries(inst))
+                   / (t * jnp.where(jnp.abs(dh) > 0, jnp.abs(dh), 1.0)), jnp.inf)
+  return cond + 2.0 * NEWTON_RTOL + 2.0 * unit_roundoff(bc.dtype) * (1.0 + jnp.abs(jnp.log(bc)))
+
+
 def critical_beta_root(inst: Instance) -> Verdict:
   """D1 (ours): at β_c, β_c C₁(β_c; ρ) = 0 (applies when β_c exists)."""
   bc = beta_critical(inst)
   exists = jnp.isfinite(bc)
-  g = scaled_c1(inst, jnp.log(jnp.where(exists, bc, 1.0)))
+  safe_bc = jnp.where(exists, bc, 1.0)
+  g = scaled_c1(inst, jnp.log(safe_bc))
+  at_root = dataclasses.replace(inst, beta=safe_bc)
+  slope = expect(at_root, kl_rows(gibbs_tilt(at_root), safe_log(at_root.reference)))
+  _, _, scale_h = _root_terms(inst, safe_bc)
+  # g = β h: h is rounding at the root (Newton stops there) or within the Newton tolerance.
+  slack = (safe_bc * rounding_slack(scale_h, entries(inst))
+           + slope * safe_bc * (2.0 * NEWTON_RTOL + 2.0 * unit_roundoff(bc.dtype)))
   # Scale: the terms of g are of the size of the rewards.
   scale = jnp.maximum(1.0, jnp.max(jnp.abs(inst.reward)))
-  return Verdict(g, jnp.zeros(()), -jnp.abs(g) / scale, exists, jnp.full((), jnp.nan))
+  return Verdict(g, jnp.zeros(()), -jnp.abs(g) / scale, exists, jnp.full((), jnp.nan),
+                 jnp.where(exists, slack / scale, 0.0))
 
 
 def critical_beta_sign(inst: Instance) -> Verdict:
@@ -152,13 +204,24 @@ def critical_beta_sign(inst: Instance) -> Verdict:
   """
   bc = beta_critical(inst)
   exists = jnp.isfinite(bc)
-  value = (jnp.log(jnp.where(exists, bc, 1.0)) - jnp.log(inst.beta)) * inst.beta * c1(inst)
-  return at_least(value, jnp.zeros(()), applies=exists)._replace(ratio=jnp.full((), jnp.nan))
+  safe_bc = jnp.where(exists, bc, 1.0)
+  gap = jnp.log(safe_bc) - jnp.log(inst.beta)
+  scaled = inst.beta * c1(inst)
+  value = gap * scaled
+  err_log = _log_beta_error(inst, safe_bc) + unit_roundoff(bc.dtype) * jnp.abs(jnp.log(inst.beta))
+  slack = (jnp.abs(gap) * inst.beta * _c1_slack(inst) + jnp.abs(scaled) * err_log
+           + rounding_slack(4.0 * jnp.abs(value), entries(inst)))
+  return at_least(value, jnp.zeros(()), jnp.where(exists, slack, 0.0), applies=exists)._replace(
+      ratio=jnp.full((), jnp.nan))
 
 
 def rl_lowers_sft_needs_reward_gain(inst: Instance) -> Verdict:
-  """D1 (ours), necessary condition: C₁(β; ρ) < 0 ⇒ E_w E_d r > E_w E_ρ r (strict)."""
-  gain = (expect(inst, masked_dot(inst.data, inst.reward)) - expect(inst, masked_dot(inst.reference, inst.reward)))
-  # C₁ < 0 beyond rounding (C₁ is a difference of terms of size |r|/β).
-  scale = jnp.maximum(1.0, jnp.max(jnp.abs(inst.reward)) / inst.beta)
-  return positive(gain, applies=c1(inst) < -1e-12 * scale)
+  """D1 (ours), necessary condition: C₁(β; ρ) < 0 ⇒ E_w E_d r > E_w E_ρ r (strict).
+
+  Applies where C₁ < 0 beyond its rounding slack; gain = Σ_x w Σ_y (d − ρ) r (exactly 0 at ρ = d).
+  """
+  r = jnp.where(inst.response_mask, inst.reward, 0.0)
+  diff = jnp.where((inst.data > 0) | (inst.reference > 0), inst.data - inst.reference, 0.0)
+  gain = expect(inst, jnp.sum(diff * r, axis=-1))
+  slack = rounding_slack(expect(inst, jnp.sum(jnp.abs(diff * r), axis=-1)), entries(inst))
+  return positive(gain, slack, applies=c1(inst) < -_c1_slack(inst))

@@ -7,7 +7,20 @@ Along the RL logit gradient flow θ̇ = ∇J_β started at θ = log ρ:
   and H_L = blockdiag(w_x F_x), the Hessian of L in logits.
 
 Both are checked against automatic differentiation (identities) and against finite differences of
-the integrated flow (:func:`d2_check`).
+the integrated flow (:func:`d2_check`). The closed forms centre r in two passes (near ties keep
+their precision) and write the curvature as Σ_x w³ Σ_y d (a − E_d a)², a = d ⊙ (r − E_d r), a sum
+of non-negative terms.
+
+Rounding (see :mod:`..verdict`): the autodiff path computes π = softmax(log ρ) (relative error
+u(1 + |log ρ_y| + max|log ρ|) per entry) and h = r − β log(π/ρ), whose terms have magnitude
+H_y = |r_y| + Σρ|r| + β(1 + |log ρ_y| + max|log ρ|): the slope's scale is
+Σ w² Σ_y [A_y b_y + a_y B_y] with a = |ρ − d|, A = ρ(1 + |log ρ| + max|log ρ|) (∇L's value and
+error scale) and b = ρ(|r − E_ρ r| + Σρ|r − E_ρ r|), B = ρ(H + Σρ H)(1 + |log ρ| + max|log ρ|)
+(∇J_β's). The curvature's is Σ w³ [Σ_y d (|ĝ| + Σd|ĝ|)(G + Σd G)·2 + β (Σ A)(Σ d|ĝ|)²] with
+ĝ = d(r − E_d r) and G the error scale of ĝ (as B, at ρ = d): the product of the gradients'
+magnitudes with their error scales, and the second-order term ∇L·(D∇J_β)·∇J_β whose ∇L is
+rounding at ρ = d but whose D∇J_β carries β. Both add the products of two errors,
+γ Σ A B and γ (Σ d (G + Σ d G))² (1 + β Σ d cond), which are all that is left when r ≡ 0.
 """
 
 from __future__ import annotations
@@ -17,12 +30,11 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from .._numerics import expm1_minus_x
+from .._numerics import centre, expm1_minus_x
 from ..flows import integrate, natural_time
 from ..instance import Instance, rl_stage_after_sft
 from ..objectives import (
   expect,
-  fisher_matvec,
   initial_logits,
   policy_log_probs,
   regularized_reward,
@@ -32,11 +44,13 @@ from ..objectives import (
   sft_grad,
   sft_loss,
 )
-from ..verdict import Verdict, identity
+from ..rounding import abs_log, entries
+from ..verdict import Verdict, gamma_for, identity, rounding_slack
 
 __all__ = [
     "initial_slope", "initial_curvature", "initial_curvature_general", "rl_slope_autodiff",
     "rl_curvature_autodiff", "rl_slope_at_start", "rl_curvature_at_sft_optimum",
+    "slope_scale", "curvature_scale",
     "d2_flow_derivatives", "d2_check",
 ]
 
@@ -49,21 +63,80 @@ def initial_slope(inst: Instance) -> jax.Array:
 
   .. math:: \sum_x w_x^2 \sum_y (\rho - d)(y|x)\, \rho(y|x)\, (r(x,y) - E_{\rho_x} r)
   """
-  rho, d, r, w = inst.reference, inst.data, inst.reward, inst.prompt_weights
-  centred = r - jnp.sum(jnp.where(rho > 0, rho * r, 0.0), axis=-1, keepdims=True)
+  rho, d, w = inst.reference, inst.data, inst.prompt_weights
+  _, centred = centre(rho, jnp.where(inst.response_mask, inst.reward, 0.0))
   per = jnp.sum(jnp.where(rho > 0, (rho - d) * rho * centred, 0.0), axis=-1)
   return jnp.sum(jnp.where(w > 0, w ** 2 * per, 0.0))
+
+
+def _fisher_reward(inst: Instance) -> jax.Array:
+  """[X, Y] ĝ = F_d r = d ⊙ (r − E_d r) (∇J_β(log d) / w at ρ = d)."""
+  _, dev = centre(inst.data, jnp.where(inst.response_mask, inst.reward, 0.0))
+  return inst.data * dev
 
 
 def initial_curvature(inst: Instance) -> jax.Array:
   r"""D2 (ours): d²L/dt² at t = 0 along the RL flow from the SFT optimum (ρ = d).
 
-  .. math:: g^\top H_L g,\quad g = \nabla J_\beta(\log d),\ H_L = \mathrm{blockdiag}(w_x F_x)
+  .. math:: g^\top H_L g = \sum_x w_x^3 \sum_y d (a - E_d a)^2,\quad a = d \odot (r - E_d r),
+            \ g = \nabla J_\beta(\log d) = w\,a,\ H_L = \mathrm{blockdiag}(w_x F_x)
   """
+  a = _fisher_reward(inst)
+  _, dev = centre(inst.data, a)
+  per = jnp.sum(inst.data * dev ** 2, axis=-1)
+  w = inst.prompt_weights
+  return jnp.sum(jnp.where(w > 0, w ** 3 * per, 0.0))
+
+
+def _entry_conditioning(p: jax.Array) -> jax.Array:
+  """[X, Y] 1 + |log p_y| + max|log p| (softmax(log p)'s relative error per u), 0 off supp p."""
+  lp = abs_log(safe_log(p))
+  return jnp.where(p > 0, 1.0 + lp + jnp.max(lp, axis=-1, keepdims=True), 0.0)
+
+
+def _h_scale(inst: Instance, p: jax.Array) -> jax.Array:
+  """[X, Y] magnitudes of the terms of h = r − β log(π/p) at π = p (p = ρ or d)."""
+  r = jnp.abs(jnp.where(inst.response_mask, inst.reward, 0.0))
+  return jnp.where(p > 0, r + jnp.sum(p * r, axis=-1, keepdims=True)
+                   + inst.beta * _entry_conditioning(p), 0.0)
+
+
+def _grad_j_scale(inst: Instance, p: jax.Array) -> jax.Array:
+  """[X, Y] error scale of ∇J_β / w at π = p: p (H + Σ p H)(1 + |log p| + max|log p|)."""
+  h = _h_scale(inst, p)
+  return p * (h + jnp.sum(p * h, axis=-1, keepdims=True)) * _entry_conditioning(p)
+
+
+def slope_scale(inst: Instance) -> jax.Array:
+  """[] the scale of D2's slope identity (module docstring)."""
+  rho, d = inst.reference, inst.data
+  _, c = centre(rho, jnp.where(inst.response_mask, inst.reward, 0.0))
+  abs_c = jnp.abs(c)
+  b = rho * (abs_c + jnp.sum(rho * abs_c, axis=-1, keepdims=True))
+  big_a = rho * _entry_conditioning(rho)
+  big_b = _grad_j_scale(inst, rho)
+  g = gamma_for(entries(inst), rho.dtype)
+  per = jnp.sum(big_a * b + jnp.abs(rho - d) * big_b + g * big_a * big_b, axis=-1)
+  w = inst.prompt_weights
+  return jnp.sum(jnp.where(w > 0, w ** 2 * per, 0.0))
+
+
+def curvature_scale(inst: Instance) -> jax.Array:
+  """[] the scale of D2's curvature identity at ρ = d (module docstring)."""
+  d = inst.data
   sr = rl_stage_after_sft(inst)
-  theta0 = jnp.where(rl_support(sr), safe_log(sr.data), 0.0)
-  g = rl_grad(sr, theta0)
-  return jnp.sum(sr.prompt_weights * jnp.sum(g * fisher_matvec(sr.data, g), axis=-1))
+  g = jnp.abs(_fisher_reward(inst))
+  big_g = _grad_j_scale(sr, d)
+  mag = g + jnp.sum(d * g, axis=-1, keepdims=True)
+  err = big_g + jnp.sum(d * big_g, axis=-1, keepdims=True)
+  first = 2.0 * jnp.sum(d * mag * err, axis=-1)
+  cond = jnp.sum(d * _entry_conditioning(d), axis=-1)
+  second = inst.beta * cond * jnp.sum(d * g, axis=-1) ** 2
+  # Products of two rounding errors (all that is left when r ≡ 0): γ (Σ d err)² (1 + β cond).
+  errors = gamma_for(entries(inst), d.dtype) * jnp.sum(d * err, axis=-1) ** 2 * (
+      1.0 + inst.beta * cond)
+  w = inst.prompt_weights
+  return jnp.sum(jnp.where(w > 0, w ** 3 * (first + second + errors), 0.0))
 
 
 def _auto_field(inst: Instance):
@@ -91,12 +164,14 @@ def rl_curvature_autodiff(inst: Instance) -> jax.Array:
 
 def rl_slope_at_start(inst: Instance) -> Verdict:
   """D2 (ours): the closed-form initial slope equals dL/dt by autodiff."""
-  return identity(initial_slope(inst), rl_slope_autodiff(inst))
+  return identity(initial_slope(inst), rl_slope_autodiff(inst),
+                  rounding_slack(slope_scale(inst), entries(inst)))
 
 
 def rl_curvature_at_sft_optimum(inst: Instance) -> Verdict:
   """D2 (ours): at ρ = d the slope is 0 and d²L/dt² = gᵀ H_L g (autodiff) — and it is ≥ 0."""
-  return identity(initial_curvature(inst), rl_curvature_autodiff(inst))
+  return identity(initial_curvature(inst), rl_curvature_autodiff(inst),
+                  rounding_slack(curvature_scale(inst), entries(inst)))
 
 
 

@@ -8,6 +8,12 @@ Proof sketch (RL): ∇ = w β F u, u = log(π*/π); on 1^⊥ the eigenvalues of 
 interlacing; KL(π‖π*) = log E_π e^u − E_π u ≤ osc(u)²/8 ≤ ‖u − ū‖²/2. (SFT): KL(d‖π) ≤ χ²(d‖π)
 ≤ ‖d − π‖²/min π.
 
+Rounding (see :mod:`..verdict`): the gaps are KLs in non-negative form (B2: β KL(π‖π*); B1:
+KL(d‖π)), never negative, with the scales of :func:`~..rounding.kl_scale`; the gradients' entries
+have error scale w π (H + Σ π H)(1 + |θ_y| + max|θ|) (RL, H = |r| + β(1 + |log π| + |log ρ|)) or
+w (π (1 + |θ_y| + max|θ|) + d) (SFT); μ has relative error 2u(1 + 2 max|θ|). The relative margin
+(lhs − rhs)/(lhs + rhs) moves by at most 2(δlhs + δrhs)/(lhs + rhs).
+
 References:
   Karimi, Nutini, Schmidt, "Linear convergence of gradient and proximal-gradient methods under the
   Polyak–Łojasiewicz condition" (ECML 2016); Mei et al., "On the global convergence rates of
@@ -25,18 +31,23 @@ from ..flows import integrate
 from ..instance import Instance
 from ..objectives import (
   expect,
-  gibbs_tilt,
+  gibbs,
   initial_logits,
-  kl_rows,
+  kl_to_gibbs,
   logits_of,
   policy_log_probs,
   rl_grad,
   rl_support,
+  safe_log,
   sft_excess,
   sft_grad,
 )
+from ..rounding import abs_log, entries, kl_scale, kl_to_gibbs_scale
+from ..verdict import rounding_slack
 
-__all__ = ["mu_rl", "mu_sft", "rl_gap", "pl_rl", "pl_sft", "pl_decay", "relative_margin"]
+__all__ = ["mu_rl", "mu_sft", "rl_gap", "rl_gap_scale", "sft_gap_scale", "grad_scales", "pl_rl",
+           "pl_sft",
+           "pl_decay", "relative_margin"]
 
 
 def relative_margin(lhs_big, rhs_small):
@@ -67,39 +78,72 @@ def mu_sft(inst: Instance, log_pi: jax.Array) -> jax.Array:
   return 0.5 * jnp.min(jnp.where(_real(inst), per_x, jnp.inf))
 
 
-def rl_gap(inst: Instance, log_pi: jax.Array) -> jax.Array:
-  """RL sub-optimality J_β(π*) − J_β(π) = β E_w KL(π‖π*) (B2, no cancellation)."""
-  return inst.beta * expect(inst, kl_rows(log_pi, gibbs_tilt(inst)))
+def rl_gap(inst: Instance, log_pi: jax.Array, t=None) -> jax.Array:
+  """RL sub-optimality J_β(π*) − J_β(π) = β E_w KL(π‖π*) (B2, no cancellation, ≥ 0)."""
+  return inst.beta * expect(inst, kl_to_gibbs(inst, log_pi, t))
+
+
+def rl_gap_scale(inst: Instance, log_pi: jax.Array, t=None) -> jax.Array:
+  """[] error scale of :func:`rl_gap` (β × the KL scale)."""
+  return inst.beta * expect(inst, kl_to_gibbs_scale(inst, log_pi, t=t))
+
+
+def sft_gap_scale(inst: Instance, log_pi: jax.Array) -> jax.Array:
+  """[] error scale of the SFT gap L(π) − L(d) = E_w KL(d‖π)."""
+  log_d = safe_log(inst.data)
+  return expect(inst, kl_scale(log_d, log_pi, abs_log(log_d), abs_log(log_pi)))
+
+
+def grad_scales(inst: Instance, log_pi: jax.Array, theta: jax.Array):
+  """([X, Y] error scales of ∇J_β and ∇L entries, max conditioning) (module docstring)."""
+  support = rl_support(inst)
+  pi = jnp.exp(log_pi)
+  th = jnp.where(support, jnp.abs(theta), 0.0)
+  cond = 1.0 + th + jnp.max(th, axis=-1, keepdims=True)
+  h = jnp.where(support, jnp.abs(inst.reward) + inst.beta * (
+      1.0 + abs_log(log_pi) + abs_log(safe_log(inst.reference))), 0.0)
+  w = inst.prompt_weights[:, None]
+  rl = jnp.where(support, w * pi * cond * (h + jnp.sum(pi * h, axis=-1, keepdims=True)), 0.0)
+  sft = jnp.where(support, w * (pi * cond + inst.data), 0.0)
+  return rl, sft, jnp.max(jnp.where(inst.prompt_weights[:, None] > 0, cond, 0.0))
+
+
+def _pl_result(inst, grad, grad_scale, gap, gap_scale, mu, cond):
+  lhs = jnp.sum(grad ** 2)
+  rhs = 2 * mu * gap
+  err_lhs = 2.0 * jnp.sum(jnp.abs(grad) * grad_scale) + lhs
+  err_rhs = 2.0 * mu * gap_scale + rhs * (3.0 + 2.0 * cond)
+  den = jnp.abs(lhs) + jnp.abs(rhs)
+  slack = jnp.where(den > 0, 2.0 * rounding_slack(err_lhs + err_rhs, entries(inst))
+                    / jnp.where(den > 0, den, 1.0), 0.0)
+  return dict(lhs=lhs, rhs=rhs, gap=gap, mu=mu, ratio=lhs / rhs,
+              margin=relative_margin(lhs, rhs), slack=slack)
 
 
 def pl_rl(inst: Instance, log_pi: jax.Array) -> dict:
   r"""This project's D5 (RL): ‖∇_θ J_β‖² ≥ 2 μ_RL (J_β(π*) − J_β(π)).
 
   Returns:
-    dict(lhs, rhs, gap, mu, ratio = lhs / (2 μ gap), margin = (lhs − rhs)/(lhs + rhs)).
+    dict(lhs, rhs, gap, mu, ratio = lhs / (2 μ gap), margin = (lhs − rhs)/(lhs + rhs), slack =
+    the margin's rounding bound).
   """
   theta = logits_of(inst, log_pi)
-  lhs = jnp.sum(rl_grad(inst, theta) ** 2)
-  gap = rl_gap(inst, log_pi)
-  mu = mu_rl(inst, log_pi)
-  rhs = 2 * mu * gap
-  return dict(lhs=lhs, rhs=rhs, gap=gap, mu=mu, ratio=lhs / rhs,
-              margin=relative_margin(lhs, rhs))
+  scale_rl, _, cond = grad_scales(inst, log_pi, theta)
+  t = gibbs(inst)
+  return _pl_result(inst, rl_grad(inst, theta), scale_rl, rl_gap(inst, log_pi, t),
+                    rl_gap_scale(inst, log_pi, t), mu_rl(inst, log_pi), cond)
 
 
 def pl_sft(inst: Instance, log_pi: jax.Array) -> dict:
   r"""This project's D5 (SFT): ‖∇_θ L‖² ≥ 2 μ_SFT (L(π) − L(d)).
 
   Returns:
-    dict(lhs, rhs, gap, mu, ratio, margin) as :func:`pl_rl`.
+    dict(lhs, rhs, gap, mu, ratio, margin, slack) as :func:`pl_rl`.
   """
   theta = logits_of(inst, log_pi)
-  lhs = jnp.sum(sft_grad(inst, theta) ** 2)
-  gap = sft_excess(inst, log_pi)
-  mu = mu_sft(inst, log_pi)
-  rhs = 2 * mu * gap
-  return dict(lhs=lhs, rhs=rhs, gap=gap, mu=mu, ratio=lhs / rhs,
-              margin=relative_margin(lhs, rhs))
+  _, scale_sft, cond = grad_scales(inst, log_pi, theta)
+  return _pl_result(inst, sft_grad(inst, theta), scale_sft, sft_excess(inst, log_pi),
+                    sft_gap_scale(inst, log_pi), mu_sft(inst, log_pi), cond)
 
 
 def _augmented_field(state, args):
@@ -128,7 +172,8 @@ def pl_decay(inst: Instance, ts: jax.Array, theta0: jax.Array | None = None, *, 
 
   Returns:
     dict of [T] arrays: times, gap, bound, mu_integral, ratio (PL ratio ‖∇‖²/(2μ gap) at each
-    point), log_margin = log bound − log gap (>= 0 holds), and gap0 [], ok [].
+    point), log_margin = log bound − log gap (>= 0 holds), gap_scale (the gaps' rounding scales),
+    and gap0 [], gap0_scale [], ok [].
   """
   if kind not in ("rl", "sft"):
     raise ValueError(f"kind must be 'rl' or 'sft', got {kind!r}")
@@ -139,7 +184,9 @@ def pl_decay(inst: Instance, ts: jax.Array, theta0: jax.Array | None = None, *, 
 
 def _pl_stats(inst, log_pi, kind_rl):
   a, b = pl_rl(inst, log_pi), pl_sft(inst, log_pi)
-  return {k: jnp.where(kind_rl, a[k], b[k]) for k in ("gap", "ratio")}
+  out = {k: jnp.where(kind_rl, a[k], b[k]) for k in ("gap", "ratio")}
+  out["gap_scale"] = jnp.where(kind_rl, rl_gap_scale(inst, log_pi), sft_gap_scale(inst, log_pi))
+  return out
 
 
 @functools.partial(jax.jit, static_argnames=("rtol", "atol", "max_steps"))
@@ -149,10 +196,12 @@ def _pl_decay(inst, ts, theta0, kind_rl, *, rtol, atol, max_steps):
   (thetas, integ), ok = integrate(_augmented_field, y0, ts, (inst, kind_rl), rtol=rtol,
                                         atol=atol, max_steps=max_steps)
   log_pis = jax.vmap(lambda th: policy_log_probs(inst, th))(thetas)
-  gap0 = _pl_stats(inst, policy_log_probs(inst, theta0), kind_rl)["gap"]
+  start = _pl_stats(inst, policy_log_probs(inst, theta0), kind_rl)
+  gap0 = start["gap"]
   stats = jax.vmap(lambda lp: _pl_stats(inst, lp, kind_rl))(log_pis)
   gap = stats["gap"]
   bound = gap0 * jnp.exp(-2 * integ)
   log_margin = (jnp.log(gap0) - 2 * integ) - jnp.log(gap)
   return dict(times=ts, gap=gap, bound=bound, mu_integral=integ, ratio=stats["ratio"],
-              log_margin=log_margin, gap0=gap0, ok=ok)
+              log_margin=log_margin, gap_scale=stats["gap_scale"], gap0=gap0,
+              gap0_scale=start["gap_scale"], ok=ok)

@@ -60,6 +60,7 @@ def optimal_rl_duration(inst: Instance, lam, horizon, eps=1e-2, *, n_grid: int =
   Returns:
     dict: t_star, objective_star (J − λL at t*), rate_star (φ(t*), ~0 at an interior root),
     interior, grid_times, grid_objective, t_eps, t_eps_in_horizon, gap0, gap_at_t_eps,
+    theta_at_t_eps (the logits there),
     pl_margin = (ε gap0 − gap(t_ε)) / (ε gap0) (>= 0 holds), argmax_margin = objective_star −
     max(grid objective) (>= 0 up to rounding), mu_min, ok.
   """
@@ -122,5 +123,5 @@ def optimal_rl_duration(inst: Instance, lam, horizon, eps=1e-2, *, n_grid: int =
   return dict(t_star=t_star, objective_star=objective_star, rate_star=rate_star,
               interior=interior, grid_times=grid, grid_objective=values, grid_rate=rates,
               t_eps=t_eps, t_eps_in_horizon=in_horizon, mu_min=mu_min, gap0=gap0,
-              gap_at_t_eps=gap_eps, pl_margin=pl_margin,
+              gap_at_t_eps=gap_eps, theta_at_t_eps=th_eps, pl_margin=pl_margin,
               argmax_margin=objective_star - jnp.max(values), ok=ok & ok_eps)

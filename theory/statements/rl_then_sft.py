@@ -6,6 +6,12 @@ C₂ > 0; that is false (a reward constant on the responses never moves). The re
 (C4, ours): for the regularised objective the drop is exactly β E_w KL(π₂‖π₁) (B2), and for the
 raw reward B4 gives the exact criterion for a drop.
 
+Every KL here is computed in its non-negative form (:func:`~..objectives.kl_rows`), so the band
+a ≤ E KL ≤ A and the budget B under Proposition 1's square root keep full relative precision
+however small they are. Rounding (see :mod:`..verdict`): rewards contribute Σ(π₂ + π₁(1 + T))|r|
+to the scale, KLs their :func:`~..rounding.kl_scale` (×β where β multiplies them), and a term
+c √(x) the error c·min(√δ, δ/(2√x)) with δ = γ_N × the scale of x.
+
 References:
   Niu, Bai, Han, Zhang, arXiv 2601.07389 v1: Proposition 1 (Eq. 15), Theorem 4.1 (Eq. 20) with
   Assumption 3 (Eq. 19).
@@ -18,8 +24,19 @@ import jax.numpy as jnp
 
 from .._numerics import masked_max, masked_min
 from ..instance import Instance
-from ..objectives import expect, gibbs_tilt, kl_rows, regularized_reward, reward, safe_log
-from ..verdict import Verdict, at_most, identity
+from ..objectives import (
+  expect,
+  gibbs,
+  gibbs_tilt,
+  kl_rows,
+  kl_to_gibbs,
+  regularized_reward,
+  reward,
+  safe_log,
+)
+from ..rounding import abs_log, entries, gibbs_scale, kl_scale, kl_to_gibbs_scale
+from ..verdict import Verdict, at_most, gamma_for, identity, rounding_slack, sqrt_error
+from .identities import reward_change_scale
 
 __all__ = [
     "DEFAULT_BAND", "rl_then_sft_policies", "reward_range", "max_abs_reward", "proposition_1",
@@ -30,9 +47,9 @@ __all__ = [
 DEFAULT_BAND = (0.01, 2.0)  # the KL band [a, A] of Assumption 3 used by verify (any a > 0 works)
 
 
-def rl_then_sft_policies(inst: Instance, log_pi2: jax.Array | None = None):
-  """(log π₁, log π₂) of RL-then-SFT: π₁ = π*_β(ρ), π₂ = d unless given."""
-  log_pi1 = gibbs_tilt(inst)
+def rl_then_sft_policies(inst: Instance, log_pi2: jax.Array | None = None, t=None):
+  """(log π₁, log π₂) of RL-then-SFT: π₁ = π*_β(ρ), π₂ = d unless given (``t`` = gibbs(inst))."""
+  log_pi1 = gibbs_tilt(inst, t)
   log_pi2 = safe_log(inst.data) if log_pi2 is None else log_pi2
   return log_pi1, log_pi2
 
@@ -50,21 +67,45 @@ def max_abs_reward(inst: Instance) -> jax.Array:
 
 
 
+def _pipeline_scales(inst: Instance, log_pi2: jax.Array, t):
+  """([X] Σ(π₂ + π₁(2 + T))|r| — the rewards' scale, [X] KL(π₂‖π₁)'s scale, the tilt's scales)."""
+  ts = gibbs_scale(inst, t)
+  r = jnp.abs(jnp.where(inst.response_mask, inst.reward, 0.0))
+  rewards = jnp.sum((2.0 * jnp.exp(log_pi2) + ts.pi * (2.0 + ts.log_pi)) * r, axis=-1)
+  return rewards, kl_to_gibbs_scale(inst, log_pi2, ts, t), ts
+
+
 def proposition_1(inst: Instance, log_pi2: jax.Array | None = None) -> Verdict:
   """Proposition 1 (paper): J(π₂) ≤ J(π₁) + R_max √(2B), B = E_w KL(π₂ || π₁)."""
-  log_pi1, log_pi2 = rl_then_sft_policies(inst, log_pi2)
-  budget = jnp.maximum(expect(inst, kl_rows(log_pi2, log_pi1)), 0.0)  # rounding can dip below 0
+  t = gibbs(inst)
+  log_pi1, log_pi2 = rl_then_sft_policies(inst, log_pi2, t)
+  budget = expect(inst, kl_to_gibbs(inst, log_pi2, t))  # ≥ 0, full relative precision
   j1 = reward(inst, log_pi1)
-  bound = j1 + max_abs_reward(inst) * jnp.sqrt(2.0 * budget)
-  return at_most(reward(inst, log_pi2), bound, base=j1)
+  r_max = max_abs_reward(inst)
+  root = r_max * jnp.sqrt(2.0 * budget)
+  bound = j1 + root
+  rewards, kl, _ = _pipeline_scales(inst, log_pi2, t)
+  n = entries(inst)
+  err_b = gamma_for(n, budget.dtype) * expect(inst, kl)
+  slack = rounding_slack(expect(inst, rewards) + 2.0 * root, n,
+                         extra=r_max * sqrt_error(2.0 * budget, 2.0 * err_b))
+  return at_most(reward(inst, log_pi2), bound, slack, base=j1)
 
 
 def proposition_1_sharp(inst: Instance, log_pi2: jax.Array | None = None) -> Verdict:
   """Proposition 1, sharper form: J(π₂) ≤ J(π₁) + E_w[(max r − min r) √(KL_x/2)]."""
-  log_pi1, log_pi2 = rl_then_sft_policies(inst, log_pi2)
-  per_prompt = reward_range(inst) * jnp.sqrt(jnp.maximum(kl_rows(log_pi2, log_pi1), 0.0) / 2.0)
+  t = gibbs(inst)
+  log_pi1, log_pi2 = rl_then_sft_policies(inst, log_pi2, t)
+  kl_x = kl_to_gibbs(inst, log_pi2, t)
+  spread = reward_range(inst)
+  per_prompt = spread * jnp.sqrt(kl_x / 2.0)
   j1 = reward(inst, log_pi1)
-  return at_most(reward(inst, log_pi2), j1 + expect(inst, per_prompt), base=j1)
+  rewards, kl, _ = _pipeline_scales(inst, log_pi2, t)
+  n = entries(inst)
+  err = gamma_for(n, kl_x.dtype) * kl
+  roots = expect(inst, spread * sqrt_error(kl_x / 2.0, err / 2.0))
+  slack = rounding_slack(expect(inst, rewards + 2.0 * per_prompt), n, extra=roots)
+  return at_most(reward(inst, log_pi2), j1 + expect(inst, per_prompt), slack, base=j1)
 
 
 def theorem_4_1_as_printed(inst: Instance, log_pi2: jax.Array | None = None,
@@ -72,13 +113,18 @@ def theorem_4_1_as_printed(inst: Instance, log_pi2: jax.Array | None = None,
   """Theorem 4.1 as printed (paper; FALSE): a ≤ E_w KL(π₂||π₁) ≤ A ⇒ J(π₂) ≤ J(π₁) − C₂, C₂ > 0.
 
   A single instance refutes it when its KL lies in the band and J(π₂) ≥ J(π₁): no C₂ > 0 exists.
-  Margin = J(π₁) − J(π₂) (must be > 0: a strict statement); applies only inside the band.
+  Margin = J(π₁) − J(π₂) (must be > 0: a strict statement); applies only inside the band. The
+  slack is the rounding bound of the two rewards, so a reward that never moves (every term
+  exactly 0) has slack 0 and refutes it exactly.
   """
-  log_pi1, log_pi2 = rl_then_sft_policies(inst, log_pi2)
-  kl = expect(inst, kl_rows(log_pi2, log_pi1))
+  t = gibbs(inst)
+  log_pi1, log_pi2 = rl_then_sft_policies(inst, log_pi2, t)
+  kl = expect(inst, kl_to_gibbs(inst, log_pi2, t))
   in_band = (kl >= band[0]) & (kl <= band[1])
   j1, j2 = reward(inst, log_pi1), reward(inst, log_pi2)
-  return Verdict(j2, j1, j1 - j2, in_band, jnp.full((), jnp.nan))
+  rewards, _, _ = _pipeline_scales(inst, log_pi2, t)
+  slack = rounding_slack(expect(inst, rewards), entries(inst))
+  return Verdict(j2, j1, j1 - j2, in_band, jnp.full((), jnp.nan), slack)
 
 
 def theorem_4_1_repaired(inst: Instance, log_pi2: jax.Array | None = None) -> Verdict:
@@ -87,10 +133,17 @@ def theorem_4_1_repaired(inst: Instance, log_pi2: jax.Array | None = None) -> Ve
   The KL-growth condition holds with equality and λ = β for the regularised objective (by B2),
   so under the band a ≤ E KL ≤ A the drop is C₂ = β·a at least, exactly β·KL.
   """
-  log_pi1, log_pi2 = rl_then_sft_policies(inst, log_pi2)
-  kl = expect(inst, kl_rows(log_pi2, log_pi1))
+  t = gibbs(inst)
+  log_pi1, log_pi2 = rl_then_sft_policies(inst, log_pi2, t)
+  kl = expect(inst, kl_to_gibbs(inst, log_pi2, t))
+  log_rho = safe_log(inst.reference)
+  rewards, kl21, ts = _pipeline_scales(inst, log_pi2, t)
+  scale = expect(inst, rewards + inst.beta * (
+      kl21 + kl_scale(log_pi2, log_rho, abs_log(log_pi2), abs_log(log_rho))
+      + kl_scale(log_pi1, log_rho, ts.log_pi, abs_log(log_rho)) + 6.0))
   return identity(regularized_reward(inst, log_pi2),
-                  regularized_reward(inst, log_pi1) - inst.beta * kl)
+                  regularized_reward(inst, log_pi1) - inst.beta * kl,
+                  rounding_slack(scale, entries(inst)))
 
 
 def reward_drop_criterion(inst: Instance, log_pi2: jax.Array | None = None) -> Verdict:
@@ -99,10 +152,12 @@ def reward_drop_criterion(inst: Instance, log_pi2: jax.Array | None = None) -> V
   J(π₁) − J(π₂) = β (E KL(π₂||π₁) − [E KL(π₂||ρ) − E KL(π₁||ρ)]), so SFT lowers the reward iff
   E KL(π₂||π₁) > E KL(π₂||ρ) − E KL(π₁||ρ). lhs = the reward drop, rhs = β × the KL criterion.
   """
-  log_pi1, log_pi2 = rl_then_sft_policies(inst, log_pi2)
+  t = gibbs(inst)
+  log_pi1, log_pi2 = rl_then_sft_policies(inst, log_pi2, t)
   log_rho = safe_log(inst.reference)
   kl21 = expect(inst, kl_rows(log_pi2, log_pi1))
   kl2r = expect(inst, kl_rows(log_pi2, log_rho))
   kl1r = expect(inst, kl_rows(log_pi1, log_rho))
   return identity(reward(inst, log_pi1) - reward(inst, log_pi2),
-                  inst.beta * (kl21 - (kl2r - kl1r)))
+                  inst.beta * (kl21 - (kl2r - kl1r)),
+                  rounding_slack(reward_change_scale(inst, log_pi2, t), entries(inst)))

@@ -6,6 +6,13 @@ raises the SFT loss by C₁(β) = E_w[log E_d e^{r/β} − E_d r/β] = E_w KL(d�
 iff r is constant on every supp d_x. The Hoeffding and sup bounds and both asymptotes (with
 explicit remainders) are this project's (ours).
 
+Rounding (see :mod:`..verdict`): C₁ is computed as Σ w K_x with K_x = log E_d e^{c} in log1p form
+(:func:`~..objectives.c1_rows`), whose error scale is S_C₁ = Σ w [K + Σ|π* − d||c| + …]
+(:func:`~..rounding.c1_scale`). Each statement's slack is γ_N times S_C₁ plus the magnitudes of
+its other side: the cross-entropies Σ d(|log π*| + T) of Theorem 3.1, the KL scale of c1_is_kl,
+the bound itself (×4: squares and divisions) for the Hoeffding, sup and β → ∞ bounds, and
+Σ d(max r − r) + β S_C₁ + β(|log d(M)| + 1) for β → 0.
+
 References:
   Niu, Bai, Han, Zhang, arXiv 2601.07389 v1: Theorem 3.1 (Eq. 11-13).
 """
@@ -15,10 +22,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .._numerics import masked_dot, masked_max, masked_min
+from .._numerics import centre, masked_dot, masked_max, masked_min
 from ..instance import Instance, rl_stage_after_sft
-from ..objectives import c1, expect, gibbs_tilt, kl_rows, safe_log, sft_loss
-from ..verdict import Verdict, at_least, at_most, identity, positive
+from ..objectives import c1, expect, gibbs, gibbs_tilt, kl_rows, safe_log, sft_loss
+from ..rounding import abs_log, c1_scale, cross_entropy_scale, entries, gibbs_scale, kl_scale
+from ..verdict import Verdict, at_least, at_most, identity, positive, rounding_slack
 
 __all__ = [
     "support_range", "reward_constant_on_support", "hoeffding_bound", "sup_bound",
@@ -33,12 +41,24 @@ def support_range(inst: Instance) -> jax.Array:
   return masked_max(inst.reward, s) - masked_min(inst.reward, s)
 
 
-def reward_constant_on_support(inst: Instance, rtol: float = 1e-12) -> jax.Array:
-  """[] True iff r(x, ·) is constant on supp d_x for every prompt with weight > 0."""
-  scale = jnp.maximum(1.0, jnp.max(jnp.abs(inst.reward)))
-  flat = support_range(inst) <= rtol * scale
+def reward_constant_on_support(inst: Instance) -> jax.Array:
+  """[] True iff r(x, ·) is exactly constant on supp d_x for every prompt with weight > 0.
+
+  Exactly: a reward that varies by any amount, however small, makes C₁ > 0 (near ties give
+  C₁ ≈ ½ E Var_d(r)/β², which is computed to full relative precision).
+  """
+  flat = support_range(inst) == 0
   return jnp.all(flat | (inst.prompt_weights <= 0))
 
+
+def _c1_and_slack(inst: Instance, extra_scale=0.0):
+  """(C₁(β) with ρ = d, its rounding slack with ``extra_scale`` added to the scale, resolved)."""
+  sr = rl_stage_after_sft(inst)
+  t = gibbs(sr)
+  value = c1(sr, t)
+  scale = expect(sr, c1_scale(sr, gibbs_scale(sr, t))) + extra_scale
+  resolved = ~reward_constant_on_support(inst)
+  return value, rounding_slack(scale, entries(inst), resolved=resolved)
 
 
 def theorem_3_1(inst: Instance) -> Verdict:
@@ -47,52 +67,76 @@ def theorem_3_1(inst: Instance) -> Verdict:
   lhs = L(π*_β(d)); rhs = L(d) + C₁(β; d).
   """
   sr = rl_stage_after_sft(inst)
-  lhs = sft_loss(sr, gibbs_tilt(sr))
-  rhs = sft_loss(sr, safe_log(inst.data)) + c1(sr)
-  return identity(lhs, rhs)
+  t = gibbs(sr)
+  log_pi = gibbs_tilt(sr, t)
+  ts = gibbs_scale(sr, t)
+  lhs = sft_loss(sr, log_pi)
+  log_d = safe_log(inst.data)
+  rhs = sft_loss(sr, log_d) + c1(sr, t)
+  scale = expect(sr, cross_entropy_scale(inst.data, log_pi, ts.log_pi)
+                 + 2.0 * cross_entropy_scale(inst.data, log_d, abs_log(log_d)) + c1_scale(sr, ts))
+  return identity(lhs, rhs, rounding_slack(scale, entries(inst)))
 
 
 def c1_nonnegative(inst: Instance) -> Verdict:
   """Theorem 3.1 (paper): C₁(β) ≥ 0 (Jensen gap)."""
-  value = c1(rl_stage_after_sft(inst))
-  return at_least(value, jnp.zeros(()))._replace(ratio=jnp.full((), jnp.nan))
+  value, slack = _c1_and_slack(inst)
+  return at_least(value, jnp.zeros(()), slack)._replace(ratio=jnp.full((), jnp.nan))
 
 
 def c1_is_kl(inst: Instance) -> Verdict:
   """C₁(β) = E_w KL(d_x || π*_x) with ρ = d (the KL identity behind the Jensen gap)."""
   sr = rl_stage_after_sft(inst)
-  return identity(c1(sr), expect(sr, kl_rows(safe_log(inst.data), gibbs_tilt(sr))))
+  log_d = safe_log(inst.data)
+  t = gibbs(sr)
+  ts = gibbs_scale(sr, t)
+  log_star = gibbs_tilt(sr, t)
+  kl = expect(sr, kl_rows(log_d, log_star))
+  value, slack = _c1_and_slack(inst, expect(sr, kl_scale(log_d, log_star, abs_log(log_d),
+                                                          ts.log_pi)))
+  return identity(value, kl, slack)
 
 
 def c1_zero_when_constant(inst: Instance) -> Verdict:
   """Equality case: C₁ = 0 when r is constant on supp d_x for every x (applies only then)."""
-  return identity(c1(rl_stage_after_sft(inst)), jnp.zeros(()), applies=reward_constant_on_support(inst))
+  value, slack = _c1_and_slack(inst)
+  return identity(value, jnp.zeros(()), slack, applies=reward_constant_on_support(inst))
 
 
 def c1_positive_otherwise(inst: Instance) -> Verdict:
   """Equality case, converse: C₁ > 0 when r is not constant on some supp d_x (strict)."""
-  return positive(c1(rl_stage_after_sft(inst)), applies=~reward_constant_on_support(inst))
+  value, slack = _c1_and_slack(inst)
+  return positive(value, slack, applies=~reward_constant_on_support(inst))
 
 
 def hoeffding_bound(inst: Instance) -> jax.Array:
   """E_w[(max r − min r)²] / (8β²), ranges over supp d_x (this project reports it beside C1)."""
-  return expect(inst, support_range(inst) ** 2) / (8.0 * inst.beta ** 2)
+  return expect(inst, (support_range(inst) / inst.beta) ** 2) / 8.0
+
+
+def _sup_terms(inst: Instance) -> jax.Array:
+  """[X] E_d[max_{supp d} r − r] ≥ 0 (non-negative terms: no cancellation on near ties)."""
+  top = masked_max(inst.reward, inst.data > 0)
+  return masked_dot(inst.data, top[:, None] - inst.reward)
 
 
 def sup_bound(inst: Instance) -> jax.Array:
   """E_w[max_{supp d} r − E_d r] / β."""
-  top = masked_max(inst.reward, inst.data > 0)
-  return expect(inst, top - masked_dot(inst.data, inst.reward)) / inst.beta
+  return expect(inst, _sup_terms(inst)) / inst.beta
 
 
 def c1_hoeffding_bound(inst: Instance) -> Verdict:
   """C₁ ≤ E_w[(max r − min r)²]/(8β²) (Hoeffding's lemma; ours)."""
-  return at_most(c1(rl_stage_after_sft(inst)), hoeffding_bound(inst))
+  bound = hoeffding_bound(inst)
+  value, slack = _c1_and_slack(inst, 4.0 * bound)
+  return at_most(value, bound, slack)
 
 
 def c1_sup_bound(inst: Instance) -> Verdict:
   """C₁ ≤ E_w[max r − E_d r]/β (ours)."""
-  return at_most(c1(rl_stage_after_sft(inst)), sup_bound(inst))
+  bound = sup_bound(inst)
+  value, slack = _c1_and_slack(inst, 4.0 * bound)
+  return at_most(value, bound, slack)
 
 
 def c1_large_beta_limit(inst: Instance) -> Verdict:
@@ -103,11 +147,12 @@ def c1_large_beta_limit(inst: Instance) -> Verdict:
   moment of any distribution on an interval of length ℓ is at most ℓ³/(6√3) in absolute value.
   Hence β²C₁ → ½ E_w Var_d(r).
   """
-  mean = masked_dot(inst.data, inst.reward)
-  var = masked_dot(inst.data, (inst.reward - mean[:, None]) ** 2)
-  lead = expect(inst, var) / (2.0 * inst.beta ** 2)
-  remainder = expect(inst, support_range(inst) ** 3) / (36.0 * jnp.sqrt(3.0) * inst.beta ** 3)
-  return at_most(jnp.abs(c1(rl_stage_after_sft(inst)) - lead), remainder)
+  _, dev = centre(inst.data, inst.reward)
+  var = masked_dot(inst.data, (dev / inst.beta) ** 2)
+  lead = expect(inst, var) / 2.0
+  remainder = expect(inst, (support_range(inst) / inst.beta) ** 3) / (36.0 * jnp.sqrt(3.0))
+  value, slack = _c1_and_slack(inst, 4.0 * (lead + remainder))
+  return at_most(jnp.abs(value - lead), remainder, slack)
 
 
 def c1_small_beta_limit(inst: Instance) -> Verdict:
@@ -118,10 +163,13 @@ def c1_small_beta_limit(inst: Instance) -> Verdict:
   Reported as: E_w[max r − E_d r] − β C₁ ≤ −β E_w log d(M_x).
   """
   top = masked_max(inst.reward, inst.data > 0)
-  scale = jnp.maximum(1.0, jnp.abs(top))
-  at_top = (inst.data > 0) & (inst.reward >= top[:, None] - 1e-12 * scale[:, None])
+  at_top = (inst.data > 0) & (inst.reward == top[:, None])
   mass_top = jnp.sum(jnp.where(at_top, inst.data, 0.0), axis=-1)
-  gap = expect(inst, top - masked_dot(inst.data, inst.reward)) - inst.beta * c1(rl_stage_after_sft(inst))
-  return at_most(gap, -inst.beta * expect(inst, jnp.log(mass_top)))
-
-
+  headroom = expect(inst, _sup_terms(inst))
+  value, slack = _c1_and_slack(inst)
+  log_mass = expect(inst, jnp.log(mass_top))
+  bound = -inst.beta * log_mass
+  # log d(M) of a computed sum: absolute error ≤ its relative error (scale 1 per prompt, × β).
+  slack = inst.beta * slack + rounding_slack(2.0 * (headroom + jnp.abs(bound)) + inst.beta,
+                                             entries(inst))
+  return at_most(headroom - inst.beta * value, bound, slack)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -76,29 +79,36 @@ def run_verify(args) -> int:
 
 
 def _print_verify_table(report: dict) -> None:
-  table = Table(title=f"nondecoupling verify — seed {report['seed']}, "
-                      f"{report['instances_per_statement']} instances/statement, "
-                      f"{report['devices']} device(s), {report['seconds']:.1f} s")
-  for col in ("statement", "source", "expected", "outcome", "instances", "worst margin",
-              "tightness"):
-    table.add_column(col, justify="right" if col in ("instances", "worst margin",
-                                                    "tightness") else "left")
+  table = Table(title=escape(f"nondecoupling verify — seed {report['seed']}, "
+                             f"{report['instances_per_statement']} instances/statement, "
+                             f"{report['devices']} device(s), {report['seconds']:.1f} s"))
+  right = ("instances", "worst margin", "in slacks", "tightness")
+  for col in ("statement", "source", "expected", "outcome") + right:
+    table.add_column(col, justify="right" if col in right else "left")
   for s in report["statements"]:
     outcome = "holds" if s["holds"] else "refuted"
     style = "green" if s["as_expected"] else "bold red"
-    table.add_row(s["name"], s["source"], s["expected"], f"[{style}]{outcome}[/]",
-                  str(s["instances"]), format_number(s["worst_margin"]), format_number(s["tightness"]))
+    table.add_row(escape(s["name"]), escape(s["source"]), escape(s["expected"]),
+                  f"[{style}]{outcome}[/]", str(s["instances"]),
+                  escape(format_number(s["worst_margin"])),
+                  escape(format_number(s["worst_margin_in_slacks"])),
+                  escape(format_number(s["tightness"])))
   con = console()
   con.print(table)
+  con.print("worst margin: the smallest margin over the applicable instances; in slacks: the "
+            "smallest margin / rounding slack (below −1: a failure beyond rounding)")
   for s in report["statements"]:
     c = s["counterexample"]
+    if s["message"]:
+      con.print(f"[bold red]{escape(s['message'])}[/]")
     if c and s["expected"] == "refuted":
-      con.print(f"[bold]{s['name']}[/] refuted by a counterexample found by "
-                    f"{s['counterexample_source']} (J(π₁) − J(π₂) = {c['margin']:.3g}); "
-                    "instance file:")
+      con.print(f"[bold]{escape(s['name'])}[/] refuted by a counterexample found by "
+                f"{escape(str(s['counterexample_source']))} (J(π₁) − J(π₂) = {c['margin']:.3g}, "
+                f"rounding slack {c['slack']:.3g}); instance file:")
       con.print_json(json.dumps(c["instance"]))
     elif c:
-      con.print(f"[bold red]{s['name']} failed unexpectedly[/]: margin {c['margin']:.3g}")
+      con.print(f"[bold red]{escape(s['name'])} failed unexpectedly[/]: margin {c['margin']:.3g}, "
+                f"rounding slack {c['slack']:.3g}")
   verdict = "every outcome as expected" if report["all_as_expected"] else "UNEXPECTED outcomes"
   con.print(f"[bold]{verdict}[/]")
 
@@ -106,31 +116,58 @@ def _print_verify_table(report: dict) -> None:
 # --- check -----------------------------------------------------------------------------------
 
 
+def _as_distributions(inst):
+  """The instance with every row of d, ρ and w divided by its sum.
+
+  The format allows rows summing to 1 within 1e-9; the statements hold for distributions, and
+  their rounding bounds assume rows that sum to 1 up to rounding.
+  """
+  norm = lambda a: a / jnp.sum(a, axis=-1, keepdims=True)
+  return dataclasses.replace(inst, prompt_weights=norm(inst.prompt_weights), data=norm(inst.data),
+                             reference=norm(inst.reference))
+
+
+def _nonfinite(q: dict) -> str | None:
+  """The first quantity that is not a finite number (β_c may be absent: NaN means none)."""
+  for k, v in q.items():
+    if k != "beta_critical" and not math.isfinite(v):
+      return f"{k} is {v}"
+  return None
+
+
 def run_check(args) -> int:
   inst, labels = read_instance(args.file)
+  inst = _as_distributions(inst)
   q = {k: float(v) for k, v in jax.jit(check_quantities)(inst).items()}
+  bad = _nonfinite(q)
+  if bad:
+    print(f"error: {args.file}: {bad}, expected a finite number inside the valid domain (a bug: "
+          "please report the instance)", file=sys.stderr)
+    return 1
   if not math.isfinite(q["beta_critical"]):
-    q["beta_critical"] = None
+    q["beta_critical"] = None  # documented: no critical β exists
   margins = instance_margins(inst)
   shape = {"prompts": inst.shape[0], "responses": inst.shape[1], "beta": float(inst.beta)}
   if args.json:
     obj = dict(q)
     obj["instance"] = shape
-    obj["statements"] = margins
+    obj["statements"] = {k: {f: (v if not (isinstance(v, float) and not math.isfinite(v))
+                                 else str(v)) for f, v in m.items()} for k, m in margins.items()}
     print_json(obj, indent=2)
     return 0
   out = console()
-  t = Table(title=f"{escape(args.file)}: |X| = {shape['prompts']}, |Y| = {shape['responses']}, "
-                  f"β = {shape['beta']:g}")
+  t = Table(title=escape(f"{args.file}: |X| = {shape['prompts']}, |Y| = {shape['responses']}, "
+                         f"β = {shape['beta']:g}"))
   t.add_column("quantity")
   t.add_column("value", justify="right")
   t.add_column("meaning")
   for k, v in q.items():
-    t.add_row(k, cell(v, ".10g"), escape(QUANTITY_DOCS[k]))
+    t.add_row(escape(k), escape(cell(v, ".10g")), escape(QUANTITY_DOCS[k]))
   out.print(t)
-  t = Table(title="statements at π₁ = π*_β(ρ), π₂ = d (margin ≥ 0: holds)")
-  for col in ("statement", "source", "lhs", "rhs", "margin", "result"):
-    t.add_column(col, justify="right" if col in ("lhs", "rhs", "margin") else "left")
+  t = Table(title=escape("statements at π₁ = π*_β(ρ), π₂ = d (holds: margin ≥ −slack, the "
+                         "rounding bound)"))
+  for col in ("statement", "source", "lhs", "rhs", "margin", "slack", "result"):
+    t.add_column(col, justify="right" if col in ("lhs", "rhs", "margin", "slack") else "left")
   for name, m in margins.items():
     if not m["applies"]:
       result = "n/a (hypothesis not met)"
@@ -139,7 +176,10 @@ def run_check(args) -> int:
     else:
       result = "[bold red]fails[/]" + (" (expected: refuted)" if m["expected"] == "refuted"
                                        else "")
-    t.add_row(name, m["source"], f"{m['lhs']:.6g}", f"{m['rhs']:.6g}", f"{m['margin']:.3g}",
-              result)
+      if m.get("message"):
+        result += " " + escape(m["message"])
+    t.add_row(escape(name), escape(m["source"]), escape(f"{m['lhs']:.6g}"),
+              escape(f"{m['rhs']:.6g}"), escape(f"{m['margin']:.3g}"),
+              escape(f"{m['slack']:.2g}"), result)
   out.print(t)
   return 0
