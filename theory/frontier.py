@@ -7,24 +7,41 @@ L(π) = E_w[Σ_y d log(1/π)] is convex and J(π) = E_w[Σ_y π r] linear in π,
 
 .. math:: \pi_\lambda = \arg\min_\pi\; L(\pi) - \lambda J(\pi),\qquad \lambda \ge 0.
 
-The prompt weights w_x multiply both terms, so the problem splits per prompt. With S = supp d_x the
-KKT conditions give π_λ(y) = d(y) / (ν − λ r(y)) on S, with ν > λ max_S r solving Σ_S π_λ = 1 (a
-monotone 1-D root). Off S only a response u maximising r off S can carry mass, and only if
-r(u) > max_S r: if s = Σ_S d / (λ r(u) − λ r) ≤ 1 then ν = λ r(u) and π_λ(u) = 1 − s; otherwise the
-root on S applies. Several maximisers off S share the mass equally (L and J do not see the split).
+The problem splits per prompt. With S = supp d_x the KKT conditions give π_λ(y) = d(y)/(ν − λ r(y))
+on S, ν > λ max_S r solving Σ_S π_λ = 1. Off S only a response u maximising r off S can carry mass,
+and only if r(u) > max_S r: if s = Σ_S d/(λ r(u) − λ r) ≤ 1 then ν = λ r(u) and π_λ(u) = 1 − s;
+otherwise the root on S applies. Several maximisers off S share the mass equally.
 
-We solve for t = ν − λ max_S r, which lies in [d_top, 1] (d_top = data mass on argmax_S r), by
-bisection in log t with a fixed number of steps (so it jit-compiles once per shape) and a Newton
-polish on 1/g(t) − 1, g(t) = Σ_S d / (t + λ (max_S r − r)).
+Numerics (every quantity stays finite and keeps its relative precision over the valid domain,
+β ∈ [1e-6, 1e6], |r|/β ≤ 1e6, where the RL path π*_β(d) sits within e^{-2e6} of the best
+response and the frontier's λ reaches e^{2e6}):
 
-Decoupling regret of a policy π: L(π) − min{L(π′) : J(π′) ≥ J(π)} ≥ 0. The minimum is computed by
-bisection on log λ for J(π_λ) = J(π) and read off through the dual bound
-D(λ) = L(π_λ) − λ (J(π_λ) − J(π)) ≤ min{...} (weak duality), maximised over the bracket; so the
-returned regret is ≥ 0 up to rounding for every π (L(π) − D(λ) ≥ 0 is the optimality of π_λ).
-When J(π) ≤ J(d) the minimum is L(d) and the regret is L(π) − L(d) = E_w KL(d‖π).
+- λ enters only as ℓ = log λ. Per prompt we solve for t = ν − λ max_S r ∈ [d_top, Σ_S d] (d_top:
+  data mass on argmax_S r) in g(t) = Σ_S d/(t + λδ) = 1, δ = max_S r − r, by bisection in log t
+  and a Newton polish on 1/g (concave, so Newton from the left never overshoots). λδ may overflow
+  to +inf; its terms then vanish, as they should. log π_λ = log d − log(t + λδ) by ``logaddexp``.
+- The reward deficit Δ(π) = J_max − J(π) = E_w Σ_y π (max r − r) is a sum of non-negative terms,
+  kept as a logsumexp of log π + log gap (:func:`log_reward_deficit`).
+- min{L : Δ ≤ Δ*} is found by bisection on asinh(ℓ) for Δ(π_λ) = Δ* (Δ(π_λ) decreases in λ) over
+  a bracket built from Δ*: ℓ_hi = max(log(2 W M) − log Δ*, max_x log(2 m_x / (max r − max_S r)))
+  (beyond it every prompt has Δ_x ≤ m_x/λ), ℓ_lo = log(m_min (Δ(d) − Δ*) / (W A²)) (Pinsker:
+  Δ(d) − Δ(π_λ) ≤ W A² λ / (2 m_min), A the largest reward range); W = Σ w, m_x = Σ_S d.
+  No cap: 64 steps reach the rounding of ℓ at any magnitude.
+- The regret is not L(π) minus the frontier's loss (two numbers of size |r|/β that cancel), but
+  its dual form, a sum of non-negative terms: for every λ,
+
+  .. math:: L(\pi) - \min_{\pi'} [L(\pi') + \lambda(\Delta(\pi') - \Delta(\pi))]
+            = E_w\Big[\sum_S d\,\varphi(\log\tfrac{\pi}{\pi_\lambda})
+            + \sum_{y\notin S} \pi(y)\,\lambda\,\mathrm{gap}(y) + \kappa\,(1 - \textstyle\sum_S\pi)\Big]
+
+  with φ(u) = e^u − 1 − u, gap = max r − r and κ = ν − λ max r ≥ 0 (a Bregman divergence of
+  L + λΔ). It bounds the regret from above for every λ, with an error of second order in the
+  error of λ, and equals it at the root. log π − log π_λ is formed as (log π + ℓ) + ..., a sum of
+  two numbers that cancel exactly in floating point when both are large.
 
 All functions are unbatched (one instance); batch with ``jax.vmap`` (pad instances with
-``theory.instance.pad_instance``: weight-0 prompts and masked responses are respected).
+``theory.instance.pad_instance``: weight-0 prompts and masked responses are respected). Every loop
+has a fixed length, so each function compiles once per shape.
 
 References: this project's THEORY.md D4; arXiv 2601.07389 for L and J.
 """
@@ -32,37 +49,152 @@ References: this project's THEORY.md D4; arXiv 2601.07389 for L and J.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
 
 from . import objectives as obj
-from ._numerics import NEG_INF, masked_max
+from ._numerics import NEG_INF, expm1_minus_x, masked_max, masked_min, safe_log
 from .instance import Instance, rl_stage_after_sft
 
 __all__ = [
-    "ROOT_STEPS", "REGRET_STEPS", "LAMBDA_MIN", "LAMBDA_MAX",
+    "ROOT_STEPS", "NEWTON_STEPS", "REGRET_STEPS",
     "frontier_row", "frontier_policy", "frontier_point", "frontier_curve",
-    "frontier_at_reward", "decoupling_regret",
+    "frontier_at_reward", "frontier_at_log_deficit", "decoupling_regret",
     "rl_path_instance", "rl_path_policy", "rl_path", "rl_path_curve", "rl_path_regret",
-    "max_reward", "reward_deficit",
+    "max_reward", "reward_deficit", "log_reward_deficit",
 ]
 
-ROOT_STEPS = 72      # bisection steps in log t (range <= ~745 nats -> below 1e-19 relative)
-NEWTON_STEPS = 2     # polish on 1/g(t) - 1 (exact when lambda = 0)
-REGRET_STEPS = 100   # bisection steps in log lambda over [LAMBDA_MIN, LAMBDA_MAX]
-LAMBDA_MIN = 1e-12
-LAMBDA_MAX = 1e250  # tiny β puts π*_β within e^{-1/β} of the best response
+ROOT_STEPS = 32     # bisection steps in log t over [log d_top, log Σ_S d] (width <= 745 nats)
+NEWTON_STEPS = 3    # Newton polish of t on 1/g(t) from the left end of the bracket
+REGRET_STEPS = 64   # bisection steps in asinh(log λ) (width <= 1420: below float64 rounding)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class _Row:
+  """What D4 needs of one prompt, independent of λ ([Y] arrays, [] scalars)."""
+
+  on_s: jax.Array       # [Y] S = supp d ∩ allowed
+  off_s: jax.Array      # [Y] allowed responses outside S
+  data: jax.Array       # [Y] d on S, 0 elsewhere
+  log_data: jax.Array   # [Y] log d on S, -inf elsewhere
+  log_delta: jax.Array  # [Y] log(max_S r − r) on S (-inf at the best of S and off S)
+  log_gap: jax.Array    # [Y] log(max r − r) on allowed responses (-inf at the best, off allowed)
+  best_off: jax.Array   # [Y] responses off S with r = max r > max_S r (they share π_λ(u))
+  log_gap_s: jax.Array  # [] log(max r − max_S r) (-inf when S holds a best response)
+  log_top: jax.Array    # [] log of the data mass on argmax_S r
+  log_mass: jax.Array   # [] log Σ_S d (0 up to rounding unless ``allowed`` cuts supp d)
+  spread: jax.Array     # [] max r − min r over the allowed responses
+
+
+def _row(data: jax.Array, reward: jax.Array, allowed: jax.Array) -> _Row:
+  on_s = allowed & (data > 0)
+  has_s = jnp.any(on_s)
+  r = jnp.where(allowed, reward, 0.0)
+  r_s = jnp.where(has_s, masked_max(r, on_s), 0.0)
+  r_best = masked_max(r, allowed)
+  gap_s = jnp.where(has_s, r_best - r_s, 0.0)
+  d = jnp.where(on_s, data, 0.0)
+  top = on_s & (r >= r_s)
+  best_off = allowed & ~on_s & (r >= r_best) & (gap_s > 0)
+  return _Row(
+      on_s=on_s, off_s=allowed & ~on_s, data=d, log_data=safe_log(d),
+      log_delta=safe_log(jnp.where(on_s, r_s - r, 0.0)),
+      log_gap=safe_log(jnp.where(allowed, r_best - r, 0.0)),
+      best_off=best_off, log_gap_s=safe_log(gap_s),
+      log_top=jnp.log(jnp.where(has_s, jnp.sum(jnp.where(top, d, 0.0)), 1.0)),
+      log_mass=jnp.log(jnp.where(has_s, jnp.sum(d), 1.0)),
+      spread=r_best - masked_min(r, allowed))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class _Solution:
+  """π_λ of one prompt at one ℓ = log λ."""
+
+  log_pi: jax.Array   # [Y] log π_λ (-inf where no mass)
+  log_t: jax.Array    # [] log(ν − λ max_S r) of the root on S
+  active: jax.Array   # [] bool: the best responses off S carry mass (ν = λ max r)
+  kappa: jax.Array    # [] ν − λ max r >= 0
+
+
+def _solve(row: _Row, ell: jax.Array) -> _Solution:
+  log_c = ell + row.log_delta  # log(λ δ): -inf at the best of S, may exceed 709 (c = +inf)
+  c = jnp.exp(log_c)
+
+  def g(t):
+    return jnp.sum(jnp.where(row.on_s, row.data / (t + c), 0.0))
+
+  def bisect(_, lo_hi):
+    lo, hi = lo_hi
+    mid = 0.5 * (lo + hi)
+    above = g(jnp.exp(mid)) > 1.0  # g decreases: the root lies right of mid
+    return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
+
+  lo, hi = jax.lax.fori_loop(0, ROOT_STEPS, bisect, (row.log_top, row.log_mass))
+  t_lo, t_hi = jnp.exp(lo), jnp.exp(hi)
+
+  def newton(_, t):
+    q = jnp.where(row.on_s, row.data / (t + c), 0.0)
+    g_t = jnp.sum(q)
+    dg = jnp.sum(jnp.where(row.on_s, q / (t + c), 0.0))  # = −g'(t), no underflow of (t + c)²
+    return jnp.clip(t + (g_t - 1.0) * g_t / dg, t_lo, t_hi)  # Newton on 1/g(t) = 1
+
+  t = jax.lax.fori_loop(0, NEWTON_STEPS, newton, t_lo)
+  log_t = jnp.log(t)
+  active = ell + row.log_gap_s > log_t  # λ (max r − max_S r) > t: s < 1
+  on_s_inactive = row.log_data - jnp.logaddexp(log_t, log_c)
+  on_s_active = row.log_data - ell - row.log_gap  # t + λδ = λ (max r − r)
+  log_s = jax.nn.logsumexp(jnp.where(row.on_s, row.log_data - row.log_gap, NEG_INF)) - ell
+  n_best = jnp.maximum(jnp.sum(row.best_off), 1).astype(t.dtype)
+  log_u = jnp.log1p(-jnp.exp(jnp.minimum(log_s, 0.0))) - jnp.log(n_best)
+  log_pi = jnp.where(row.on_s, jnp.where(active, on_s_active, on_s_inactive),
+                     jnp.where(active & row.best_off, log_u, NEG_INF))
+  kappa = jnp.where(active, 0.0, t - jnp.exp(ell + row.log_gap_s))
+  return _Solution(log_pi=log_pi, log_t=log_t, active=active, kappa=kappa)
+
+
+def _solve_at_zero(row: _Row) -> _Solution:
+  """π_0 = d / Σ_S d on S (t = ν = Σ_S d, κ = ν)."""
+  mass = jnp.exp(row.log_mass)
+  return _Solution(log_pi=jnp.where(row.on_s, row.log_data - row.log_mass, NEG_INF),
+                   log_t=row.log_mass, active=jnp.zeros((), bool), kappa=mass)
+
+
+def _row_log_deficit(row: _Row, sol: _Solution) -> jax.Array:
+  """log Σ_y π_λ(y) (max r − r(y)) of one prompt (the best responses contribute 0)."""
+  return jax.nn.logsumexp(jnp.where(row.on_s, sol.log_pi + row.log_gap, NEG_INF))
+
+
+def _row_bregman(row: _Row, sol: _Solution, ell: jax.Array, log_pi: jax.Array) -> jax.Array:
+  """Σ_S d φ(log π − log π_λ) + Σ_{y∉S} π λ gap + κ (1 − Σ_S π) for one prompt (>= 0)."""
+  log_c = ell + row.log_delta
+  big = log_c >= sol.log_t  # λδ >= t: log(t + λδ) = ℓ + log(δ + t/λ)
+  # −log π_λ = a + b with a ∈ {ℓ, 0}; u = log π − log π_λ = (log π + a) + b cancels exactly.
+  b = jnp.where(sol.active, row.log_gap,
+                jnp.where(big, row.log_delta + jnp.log1p(jnp.exp(sol.log_t - log_c)),
+                          sol.log_t + jnp.log1p(jnp.exp(log_c - sol.log_t)))) - row.log_data
+  a = jnp.where(sol.active | big, ell, 0.0)
+  u = (log_pi + a) + b
+  on_s = jnp.sum(jnp.where(row.on_s, row.data * expm1_minus_x(jnp.where(row.on_s, u, 0.0)), 0.0))
+  pi = jnp.exp(log_pi)
+  lam_gap = jnp.exp((log_pi + ell) + row.log_gap)
+  off_s = jnp.sum(jnp.where(row.off_s & (pi > 0), lam_gap, 0.0))
+  outside = jnp.sum(jnp.where(row.off_s, pi, 0.0)) + (1.0 - jnp.sum(jnp.where(
+      row.on_s | row.off_s, pi, 0.0)))
+  return on_s + off_s + sol.kappa * outside
+
+
 def frontier_row(data: jax.Array, reward: jax.Array, allowed: jax.Array,
                  lam: jax.Array) -> jax.Array:
-  r"""One prompt of the frontier: log π_λ = argmin_π Σ d log(1/π) − λ Σ π r over the simplex.
+  r"""One prompt of the frontier: log π_λ = argmin_π Σ_S d log(1/π) − λ Σ π r over the simplex.
 
   .. math:: \pi_\lambda(y) = \frac{d(y)}{\nu - \lambda r(y)}\ (y \in S),\qquad
             \pi_\lambda(u) = 1 - \sum_S \frac{d}{\lambda r(u) - \lambda r}\ \text{(off support)}
 
   Args:
-    data: [Y] d(·|x) (rows are renormalised over ``allowed``).
+    data: [Y] d(·|x); S = supp d ∩ allowed (if ``allowed`` cuts supp d, the rest is ignored).
     reward: [Y] r(x, ·).
     allowed: [Y] bool, the responses a policy may use (real responses).
     lam: [] λ ≥ 0 (finite).
@@ -70,65 +202,35 @@ def frontier_row(data: jax.Array, reward: jax.Array, allowed: jax.Array,
   Returns:
     [Y] log π_λ(·|x), -inf where π_λ has no mass.
 
+  >>> import jax.numpy as jnp
+  >>> row = frontier_row(jnp.array([0.5, 0.5, 0.0]), jnp.array([0.0, 1.0, 3.0]),
+  ...                    jnp.array([True, True, True]), 1.0)
+  >>> [round(float(p), 4) for p in jnp.exp(row)]  # 0.5/3, 0.5/2 and the rest on r = 3
+  [0.1667, 0.25, 0.5833]
+
   References: this project's THEORY.md D4.
   """
-  dtype = data.dtype
-  lam = jnp.asarray(lam, dtype)
-  on_s = allowed & (data > 0)
-  off_s = allowed & ~(data > 0)
-  d = jnp.where(on_s, data, 0.0)
-  d = d / jnp.sum(d)
-  r = jnp.where(allowed, reward, 0.0)
-  r_s_max = masked_max(r, on_s)
-  delta = jnp.where(on_s, lam * (r_s_max - r), 0.0)  # >= 0 on S
-  d_top = jnp.sum(jnp.where(on_s & (r >= r_s_max), d, 0.0))
-
-  def g(t):
-    return jnp.sum(jnp.where(on_s, d / (t + delta), 0.0))
-
-  def bisect(_, lo_hi):
-    lo, hi = lo_hi
-    mid = 0.5 * (lo + hi)
-    above = g(jnp.exp(mid)) > 1.0  # root lies right of mid (g decreasing)
-    return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
-
-  lo0 = jnp.log(d_top) - 1e-12
-  hi0 = jnp.asarray(1e-12, dtype)
-  lo, hi = jax.lax.fori_loop(0, ROOT_STEPS, bisect, (lo0, hi0))
-  t_lo, t_hi = jnp.exp(lo), jnp.exp(hi)
-  t = 0.5 * (t_lo + t_hi)
-
-  def newton(_, t):
-    gt = g(t)
-    dg = jnp.sum(jnp.where(on_s, d / (t + delta) ** 2, 0.0))  # = -g'(t)
-    # phi(t) = 1/g(t) is close to linear; phi'(t) = dg / g^2.
-    step = (1.0 / gt - 1.0) * gt * gt / dg
-    return jnp.clip(t - step, t_lo, t_hi)
-
-  t_root = jax.lax.fori_loop(0, NEWTON_STEPS, newton, t)
-
-  # Off-support case: a maximiser u of r off S, strictly better than every response on S.
-  r_off_max = masked_max(r, off_s)
-  any_off = jnp.any(off_s)
-  gap = jnp.where(any_off, r_off_max - r_s_max, 0.0)
-  t_u = lam * gap
-  active = any_off & (lam > 0) & (gap > 0) & (t_u > t_root)  # s = g(t_u) < 1
-  t_star = jnp.where(active, t_u, t_root)
-  log_pi_s = jnp.log(jnp.where(on_s, d, 1.0)) - jnp.log(t_star + delta)
-  ties = off_s & (r >= r_off_max)
-  n_ties = jnp.maximum(jnp.sum(ties), 1).astype(dtype)
-  s = g(jnp.where(active, t_u, 1.0))
-  log_pi_u = jnp.log1p(-jnp.minimum(s, 1.0)) - jnp.log(n_ties)
-  return jnp.where(on_s, log_pi_s, jnp.where(active & ties, log_pi_u, NEG_INF))
+  lam = jnp.asarray(lam, data.dtype)
+  return _solve(_row(data, reward, allowed), jnp.log(lam)).log_pi
 
 
 def _allowed(inst: Instance, allowed: jax.Array | None) -> jax.Array:
   return inst.response_mask if allowed is None else allowed & inst.response_mask
 
 
+def _rows(inst: Instance, allowed: jax.Array | None) -> _Row:
+  return jax.vmap(_row)(inst.data, inst.reward, _allowed(inst, allowed))
+
+
+def _solve_all(rows: _Row, ell: jax.Array) -> _Solution:
+  return jax.vmap(_solve, in_axes=(0, None))(rows, ell)
+
+
 @jax.jit
 def frontier_policy(inst: Instance, lam, allowed: jax.Array | None = None) -> jax.Array:
   r"""The frontier policy π_λ = argmin L(π) − λ J(π) over tabular policies (this project's D4).
+
+  .. math:: \pi_\lambda(y|x) = d(y|x) / (\nu_x - \lambda r(x, y))\ \text{on supp}\, d_x
 
   Args:
     inst: instance (data d, reward r, response_mask).
@@ -147,13 +249,18 @@ def frontier_policy(inst: Instance, lam, allowed: jax.Array | None = None) -> ja
 
   References: this project's THEORY.md D4.
   """
-  lam = jnp.asarray(lam, inst.data.dtype)
-  row = functools.partial(frontier_row, lam=lam)
-  return jax.vmap(row)(inst.data, inst.reward, _allowed(inst, allowed))
+  ell = jnp.log(jnp.asarray(lam, inst.data.dtype))
+  return _solve_all(_rows(inst, allowed), ell).log_pi
 
 
 def frontier_point(inst: Instance, lam, allowed: jax.Array | None = None):
-  """(L(π_λ), J(π_λ)) for one λ (this project's D4)."""
+  r"""(L(π_λ), J(π_λ)) for one λ (this project's D4).
+
+  >>> from nondecoupling.theory.instance import make_instance
+  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+  >>> [round(float(v), 6) for v in frontier_point(inst, 0.0)]  # (log 2, 1/2)
+  [0.693147, 0.5]
+  """
   log_pi = frontier_policy(inst, lam, allowed)
   return obj.sft_loss(inst, log_pi), obj.reward(inst, log_pi)
 
@@ -166,13 +273,22 @@ def _curve(inst: Instance, lambdas: jax.Array, allowed: jax.Array):
 def frontier_curve(inst: Instance, lambdas, allowed: jax.Array | None = None):
   r"""The frontier (L(π_λ), J(π_λ)) at each λ (this project's D4).
 
+  .. math:: \big(L(\pi_\lambda), J(\pi_\lambda)\big),\quad
+            \pi_\lambda = \arg\min_\pi L(\pi) - \lambda J(\pi)
+
   Args:
     inst: instance.
-    lambdas: [K] values λ ≥ 0.
+    lambdas: [K] values λ ≥ 0 (any finite magnitude).
     allowed: optional [X, Y] bool restriction (default: real responses).
 
   Returns:
     (sft_loss [K], reward [K]); L increases and J increases with λ.
+
+  >>> from nondecoupling.theory.instance import make_instance
+  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+  >>> loss, rew = frontier_curve(inst, [0.0, 1e300])
+  >>> [round(float(v), 3) for v in loss], [float(v) for v in rew]  # L ≈ ½ log(2λ) at λ = 1e300
+  ([0.693, 345.734], [0.5, 1.0])
 
   References: this project's THEORY.md D4.
   """
@@ -180,65 +296,183 @@ def frontier_curve(inst: Instance, lambdas, allowed: jax.Array | None = None):
   return _curve(inst, jnp.atleast_1d(lambdas), _allowed(inst, allowed))
 
 
+@jax.jit
 def max_reward(inst: Instance, allowed: jax.Array | None = None) -> jax.Array:
-  """sup of J over tabular policies: E_w[max_y r(x, y)] (reached only in the limit λ → ∞)."""
+  r"""sup of J over tabular policies, J_max = E_w[max_y r(x, y)] (reached only as λ → ∞).
+
+  >>> from nondecoupling.theory.instance import make_instance
+  >>> inst = make_instance([0.5, 0.5], [[0.5, 0.5], [1.0, 0.0]], [[0.0, 1.0], [2.0, 3.0]], 1.0)
+  >>> float(max_reward(inst))
+  2.0
+  """
   return obj.expect(inst, jnp.max(jnp.where(_allowed(inst, allowed), inst.reward, NEG_INF), -1))
 
 
+def _log_gaps(inst: Instance, allowed: jax.Array | None) -> jax.Array:
+  allowed = _allowed(inst, allowed)
+  r_max = jnp.max(jnp.where(allowed, inst.reward, NEG_INF), axis=-1, keepdims=True)
+  return safe_log(jnp.where(allowed, r_max - inst.reward, 0.0))
+
+
+@jax.jit
 def reward_deficit(inst: Instance, log_pi: jax.Array, allowed: jax.Array | None = None):
   r"""J_max − J(π) = E_w[Σ_y π(y|x) (max_y r(x,·) − r(x, y))], as a sum of non-negative terms.
 
-  Accurate even when π is within rounding of the best response (J itself would round to J_max),
-  which is where the regret of π*_β for small β is decided.
+  Accurate even when π is within rounding of the best response (J itself would round to J_max).
+  Below ~1e-308 it underflows to 0: use :func:`log_reward_deficit` there.
+
+  >>> import jax.numpy as jnp
+  >>> from nondecoupling.theory.instance import make_instance
+  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+  >>> f"{float(reward_deficit(inst, jnp.array([[-40.0, 0.0]]))):.6e}"  # e^-40, J rounds to 1
+  '4.248354e-18'
   """
   allowed = _allowed(inst, allowed)
   r_max = jnp.max(jnp.where(allowed, inst.reward, NEG_INF), axis=-1, keepdims=True)
   pi = jnp.exp(log_pi)
   gap = jnp.where(allowed, r_max - inst.reward, 0.0)
-  return obj.expect(inst, jnp.sum(jnp.where(pi > 0, pi * gap, 0.0), axis=-1))
+  return obj.expect(inst, jnp.sum(jnp.where(allowed & (pi > 0), pi * gap, 0.0), axis=-1))
 
 
-def _frontier_at_deficit(inst: Instance, deficit, allowed):
-  dtype = inst.data.dtype
-
-  def point(log_lam):
-    log_pi = frontier_policy(inst, jnp.exp(log_lam), allowed)
-    return obj.sft_loss(inst, log_pi), reward_deficit(inst, log_pi, allowed)
-
-  def bisect(_, lo_hi):
-    lo, hi = lo_hi
-    mid = 0.5 * (lo + hi)
-    _, def_mid = point(mid)
-    reach = def_mid <= deficit
-    return jnp.where(reach, lo, mid), jnp.where(reach, mid, hi)
-
-  lo0 = jnp.log(jnp.asarray(LAMBDA_MIN, dtype))
-  hi0 = jnp.log(jnp.asarray(LAMBDA_MAX, dtype))
-  lo, hi = jax.lax.fori_loop(0, REGRET_STEPS, bisect, (lo0, hi0))
-
-  def dual(log_lam):
-    # D(λ) = L(π_λ) − λ (J(π_λ) − J*) = L(π_λ) + λ (Δ(π_λ) − Δ*), a lower bound for every λ.
-    l_val, def_val = point(log_lam)
-    lam = jnp.exp(log_lam)
-    return l_val + lam * (def_val - deficit), lam
-
-  d_lo, lam_lo = dual(lo)
-  d_hi, lam_hi = dual(hi)
-  d_zero = obj.sft_optimum_loss(inst)
-  best = jnp.maximum(d_zero, jnp.maximum(d_lo, d_hi))
-  lam = jnp.where(best == d_zero, 0.0, jnp.where(d_lo >= d_hi, lam_lo, lam_hi))
-  return lam, best
+def _log_expect(inst: Instance, log_per_prompt: jax.Array) -> jax.Array:
+  """log E_w[e^f] for f given as [X] logs (padded prompts ignored)."""
+  w = inst.prompt_weights
+  return jax.nn.logsumexp(jnp.where(w > 0, safe_log(w) + log_per_prompt, NEG_INF))
 
 
 @jax.jit
+def log_reward_deficit(inst: Instance, log_pi: jax.Array,
+                       allowed: jax.Array | None = None) -> jax.Array:
+  r"""log(J_max − J(π)) = logsumexp over (x, y) of log w_x + log π(y|x) + log(max r − r(x, y)).
+
+  Keeps its relative precision at any magnitude: π*_β(d) at β = 1e-6 has a deficit near e^{-1e6}.
+
+  Args:
+    inst: instance.
+    log_pi: [X, Y] policy log-probabilities.
+    allowed: optional [X, Y] bool restriction defining max r (default: real responses).
+
+  Returns:
+    [] the log deficit (-inf when π puts all its mass on best responses).
+
+  >>> import jax.numpy as jnp
+  >>> from nondecoupling.theory.instance import make_instance
+  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+  >>> float(log_reward_deficit(inst, jnp.array([[-1000.0, 0.0]])))
+  -1000.0
+  """
+  per_prompt = jax.nn.logsumexp(
+      jnp.where(_allowed(inst, allowed), log_pi + _log_gaps(inst, allowed), NEG_INF), axis=-1)
+  return _log_expect(inst, per_prompt)
+
+
+def _bracket(inst: Instance, rows: _Row, log_deficit, log_deficit_0):
+  """[ℓ_lo, ℓ_hi] with Δ(π_λ) >= Δ* at ℓ_lo and <= Δ* at ℓ_hi (module docstring)."""
+  real = inst.prompt_weights > 0
+  log_w_sum = safe_log(jnp.sum(inst.prompt_weights))
+  log_m_max = jnp.max(jnp.where(real, rows.log_mass, NEG_INF))
+  log_m_min = jnp.min(jnp.where(real, rows.log_mass, jnp.inf))
+  spread = jnp.max(jnp.where(real, rows.spread, 0.0))
+  log_diff = log_deficit_0 + jnp.log(-jnp.expm1(log_deficit - log_deficit_0))  # Δ(d) − Δ*
+  ell_lo = log_diff + log_m_min - log_w_sum - 2.0 * safe_log(spread)
+  activate = jnp.max(jnp.where(real & (rows.log_gap_s > NEG_INF),
+                               rows.log_mass - rows.log_gap_s, NEG_INF))
+  ell_hi = jnp.log(2.0) + jnp.maximum(log_w_sum + log_m_max - log_deficit, activate)
+  return ell_lo, ell_hi
+
+
+def _log_deficit(inst: Instance, rows: _Row, sols: _Solution) -> jax.Array:
+  return _log_expect(inst, jax.vmap(_row_log_deficit)(rows, sols))
+
+
+def _search(inst: Instance, rows: _Row, log_target, log_d0):
+  """Bisection on asinh(ℓ) for Δ(π_λ) = Δ* (any magnitude of ℓ, to its rounding).
+
+  Returns the last ℓ tried (within rounding of the root), π_λ there and log Δ(π_λ).
+  """
+  ell_lo, ell_hi = _bracket(inst, rows, log_target, log_d0)
+
+  def bisect(_, carry):
+    lo, hi, _, _, _ = carry
+    mid = 0.5 * (lo + hi)
+    ell = jnp.sinh(mid)
+    sols = _solve_all(rows, ell)
+    log_def = _log_deficit(inst, rows, sols)
+    reached = log_def <= log_target
+    return jnp.where(reached, lo, mid), jnp.where(reached, mid, hi), ell, sols, log_def
+
+  start = (jnp.arcsinh(ell_lo), jnp.arcsinh(ell_hi), ell_hi,
+           jax.vmap(_solve_at_zero)(rows), log_d0)  # placeholders of the right shapes
+  _, _, ell, sols, log_def = jax.lax.fori_loop(0, REGRET_STEPS, bisect, start)
+  return ell, sols, log_def
+
+
+def _at_zero(inst: Instance, rows: _Row, log_target):
+  """(π_0 per prompt, log Δ(π_0), whether Δ* ≥ Δ(π_0), safe (target, Δ(π_0)) for the search)."""
+  sols0 = jax.vmap(_solve_at_zero)(rows)
+  log_d0 = _log_deficit(inst, rows, sols0)
+  at_data = log_target >= log_d0
+  safe = at_data | (log_target == NEG_INF)  # the search needs Δ* < Δ(π_0), both > 0
+  return (sols0, log_d0, at_data, jnp.where(safe, log_d0 - 1.0, log_target),
+          jnp.where(safe, jnp.zeros_like(log_d0), log_d0))
+
+
+def _sft_loss_rows(inst: Instance, rows: _Row, sols: _Solution) -> jax.Array:
+  """L(π_λ) restricted to S (the part a policy of the class can make finite)."""
+  per_prompt = -jnp.sum(jnp.where(rows.on_s, rows.data * sols.log_pi, 0.0), axis=-1)
+  return obj.expect(inst, per_prompt)
+
+
+@jax.jit
+def frontier_at_log_deficit(inst: Instance, log_deficit, allowed: jax.Array | None = None):
+  r"""min{L(π) : J_max − J(π) ≤ Δ*} and the log λ that attains it, from log Δ* (this project's D4).
+
+  .. math:: \min\{L(\pi) : \Delta(\pi) \le \Delta^*\}
+            = \max_{\lambda\ge 0}\; L(\pi_\lambda) + \lambda\,(\Delta(\pi_\lambda) - \Delta^*)
+
+  The root of Δ(π_λ) = Δ* in log λ (bisection on asinh(log λ) over a bracket built from Δ*; see
+  the module docstring) and the dual value there, which is first-order insensitive to the error
+  of λ. For Δ* ≥ Δ(d) the answer is (−∞, L(d)); for Δ* = 0 < Δ(d) it is (+∞, +∞).
+
+  Args:
+    inst: instance.
+    log_deficit: [] log Δ* (any magnitude: Δ* = e^{-1e6} is fine).
+    allowed: optional [X, Y] bool restriction.
+
+  Returns:
+    (log_lam [], min_sft_loss []).
+
+  >>> from nondecoupling.theory.instance import make_instance
+  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+  >>> log_lam, loss = frontier_at_log_deficit(inst, -1000.0)  # λ ≈ e^1000 / 2
+  >>> round(float(log_lam), 6), round(float(loss), 6)  # π_λ ≈ (e^-1000, 1): L = 1000 / 2
+  (999.306853, 500.0)
+
+  References: this project's THEORY.md D4.
+  """
+  log_deficit = jnp.asarray(log_deficit, inst.data.dtype)
+  rows = _rows(inst, allowed)
+  sols0, _, at_data, safe_target, safe_d0 = _at_zero(inst, rows, log_deficit)
+  unreachable = ~at_data & (log_deficit == NEG_INF)
+  ell, sols, log_def = _search(inst, rows, safe_target, safe_d0)
+  # The dual value L(π_λ) + λ (Δ(π_λ) − Δ*): a lower bound for every λ, first-order exact.
+  dual = (_sft_loss_rows(inst, rows, sols) + jnp.exp(ell + log_def)
+          - jnp.exp(ell + safe_target))
+  loss_0 = _sft_loss_rows(inst, rows, sols0)
+  ell = jnp.where(at_data, NEG_INF, jnp.where(unreachable, jnp.inf, ell))
+  loss = jnp.where(at_data, loss_0,
+                   jnp.where(unreachable, jnp.inf, jnp.maximum(dual, loss_0)))
+  return ell, loss
+
+
 def frontier_at_reward(inst: Instance, reward_target, allowed: jax.Array | None = None):
   r"""min{L(π) : J(π) ≥ J*} and the λ that attains it (this project's D4).
 
-  Bisection on log λ ∈ [LAMBDA_MIN, LAMBDA_MAX] for J(π_λ) = J* (J(π_λ) is non-decreasing in λ),
-  read off through the dual bound D(λ) = L(π_λ) − λ (J(π_λ) − J*), which never exceeds the
-  minimum (weak duality) and equals it at the root; the best of D(0) = L(d), D(λ_lo), D(λ_hi) is
-  returned. For J* ≤ J(d) the answer is (0, L(d)). For J* ≥ sup J no finite answer exists; the
-  returned loss is then the dual bound at LAMBDA_MAX.
+  .. math:: \min\{L(\pi) : J(\pi) \ge J^*\} = L(\pi_{\lambda^*}),\quad J(\pi_{\lambda^*}) = J^*
+
+  Through :func:`frontier_at_log_deficit` (jit-compiled) with Δ* = J_max − J*. For J* ≤ J(d) the answer is
+  (0, L(d)); for J* ≥ J_max no policy reaches J* (unless d already does) and the answer is
+  (+∞, +∞). λ overflows to +∞ when J* is within ~e^{-709} of J_max: the loss stays right.
 
   Args:
     inst: instance.
@@ -248,10 +482,19 @@ def frontier_at_reward(inst: Instance, reward_target, allowed: jax.Array | None 
   Returns:
     (lam [], min_sft_loss []).
 
+  >>> from nondecoupling.theory.instance import make_instance
+  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+  >>> lam, loss = frontier_at_reward(inst, 0.75)  # π_λ = (1/4, 3/4): ν = 2, λ = 4/3
+  >>> round(float(lam), 6), round(float(loss), 6)
+  (1.333333, 0.836988)
+
   References: this project's THEORY.md D4.
   """
   target = jnp.asarray(reward_target, inst.data.dtype)
-  return _frontier_at_deficit(inst, max_reward(inst, allowed) - target, allowed)
+  deficit = max_reward(inst, allowed) - target
+  ell, loss = frontier_at_log_deficit(inst, safe_log(jnp.maximum(deficit, 0.0)), allowed)
+  beyond = deficit < 0
+  return (jnp.where(beyond, jnp.inf, jnp.exp(ell)), jnp.where(beyond, jnp.inf, loss))
 
 
 @jax.jit
@@ -259,40 +502,101 @@ def decoupling_regret(inst: Instance, log_pi: jax.Array,
                       allowed: jax.Array | None = None) -> jax.Array:
   r"""Decoupling regret L(π) − min{L(π′) : J(π′) ≥ J(π)} ≥ 0 (this project's D4).
 
-  The SFT loss π gives up beyond what is needed for its reward. It is L(π) − L(d) = E_w KL(d‖π)
-  when J(π) ≤ J(d), and 0 exactly on the frontier. The reward constraint is evaluated through
-  the deficit J_max − J (:func:`reward_deficit`), so policies within rounding of the best
-  response (π*_β for tiny β) are still placed correctly.
+  .. math:: \mathrm{regret}(\pi) = \min_{\lambda \ge 0} E_w\Big[\sum_{S} d\,\varphi\big(\log
+            \tfrac{\pi}{\pi_\lambda}\big) + \sum_{y \notin S} \pi\,\lambda\,(\max r - r)
+            + \kappa_\lambda\big(1 - \textstyle\sum_S \pi\big)\Big],\quad \varphi(u) = e^u - 1 - u
+
+  The SFT loss π gives up beyond what is needed for its reward: L(π) − L(d) = E_w KL(d‖π) when
+  J(π) ≤ J(d), and 0 exactly on the frontier. Evaluated in the dual (Bregman) form above at λ = 0
+  and at the root λ* of J(π_λ) = J(π) (module docstring), a sum of non-negative terms that keeps
+  its precision where L(π) and the frontier's loss are both of size |r|/β (π*_β at tiny β).
 
   Args:
     inst: instance.
     log_pi: [X, Y] policy log-probabilities.
     allowed: optional [X, Y] bool restriction of the comparison class (default: real responses).
+      It must contain supp d and the support of π (else the result is NaN).
 
   Returns:
-    [] regret in nats (≥ 0 up to rounding; +inf if π misses part of supp d).
+    [] regret in nats (+inf if π misses part of supp d).
+
+  >>> from nondecoupling.theory.instance import make_instance
+  >>> inst = make_instance([1.0], [[0.5, 0.3, 0.2]], [[1.0, 0.0, -1.0]], 1e-3)
+  >>> round(float(decoupling_regret(inst, rl_path_policy(inst, 1e-3))), 6)  # ≈ 0.2/β
+  199.605958
 
   References: this project's THEORY.md D4.
   """
-  deficit = reward_deficit(inst, log_pi, allowed)
-  return obj.sft_loss(inst, log_pi) - _frontier_at_deficit(inst, deficit, allowed)[1]
+  allowed_ = _allowed(inst, allowed)
+  rows = _rows(inst, allowed)
+  log_target = log_reward_deficit(inst, log_pi, allowed)
+  sols0, _, at_data, safe_target, safe_d0 = _at_zero(inst, rows, log_target)
+  breg = jax.vmap(_row_bregman, in_axes=(0, 0, None, 0))
+  at_zero = obj.expect(inst, breg(rows, sols0, jnp.asarray(NEG_INF, log_target.dtype), log_pi))
+  ell, sols, _ = _search(inst, rows, safe_target, safe_d0)
+  at_root = obj.expect(inst, breg(rows, sols, ell, log_pi))
+  regret = jnp.where(at_data, at_zero, jnp.minimum(at_zero, at_root))
+  real = (inst.prompt_weights > 0)[:, None] & inst.response_mask
+  outside = real & ~allowed_ & ((inst.data > 0) | (log_pi > NEG_INF))
+  return jnp.where(jnp.any(outside), jnp.nan, regret)
 
 
 def rl_path_instance(inst: Instance, beta) -> Instance:
-  """The instance of SFT-then-RL: reference = data (the exact SFT optimum), KL coefficient β."""
+  """The instance of SFT-then-RL: reference = data (the exact SFT optimum), KL coefficient β.
+
+  >>> from nondecoupling.theory.instance import make_instance
+  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.9, 0.1]])
+  >>> rl_path_instance(inst, 0.5).reference.tolist(), float(rl_path_instance(inst, 0.5).beta)
+  ([[0.5, 0.5]], 0.5)
+  """
   return dataclasses.replace(rl_stage_after_sft(inst), beta=jnp.asarray(beta, inst.data.dtype))
 
 
+@jax.jit
 def rl_path_policy(inst: Instance, beta) -> jax.Array:
   r"""log π*_β(d): the exact RL optimum started from the SFT optimum (ρ = d), for one β.
 
-  .. math:: \pi^*_\beta(y|x) = d(y|x)\, e^{r(x,y)/\beta} / \sum_{y'} d(y'|x) e^{r(x,y')/\beta}
+  .. math:: \log\pi^*_\beta(y|x) = \log d(y|x) - \frac{g(x,y)}{\beta}
+            - \log\sum_{y'} d(y'|x)\, e^{-g(x,y')/\beta},\qquad g = \max_{\mathrm{supp}\,d_x} r - r
+
+  The gap form: exponents are ≤ 0 and the best responses of supp d have exponent exactly 0, so
+  every entry keeps its relative precision for any β (r/β − log Z would cancel at tiny β).
+
+  Args:
+    inst: instance (data d, reward r).
+    beta: [] β > 0.
+
+  Returns:
+    [X, Y] log π*_β(d) (-inf off supp d).
+
+  >>> import jax.numpy as jnp
+  >>> from nondecoupling.theory.instance import make_instance
+  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+  >>> [round(float(v), 4) for v in jnp.exp(rl_path_policy(inst, 1.0))[0]]
+  [0.2689, 0.7311]
+  >>> float(rl_path_policy(inst, 1e-6)[0, 0])  # −1/β, exactly
+  -1000000.0
+
+  References: arXiv 2601.07389 Eq. (8) with ρ = d; this project's THEORY.md D4.
   """
-  return obj.gibbs_tilt(rl_path_instance(inst, beta))
+  beta = jnp.asarray(beta, inst.data.dtype)
+  on_s = inst.response_mask & (inst.data > 0)
+  best = jnp.max(jnp.where(on_s, inst.reward, NEG_INF), axis=-1, keepdims=True)
+  best = jnp.where(jnp.isfinite(best), best, 0.0)
+  logits = jnp.where(on_s, safe_log(inst.data) - (best - inst.reward) / beta, NEG_INF)
+  log_z = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+  return jnp.where(on_s, logits - jnp.where(jnp.isfinite(log_z), log_z, 0.0), NEG_INF)
 
 
+@jax.jit
 def rl_path(inst: Instance, betas) -> jax.Array:
-  """[K, X, Y] log π*_β(d) for each β (the exact RL path from the SFT optimum)."""
+  """[K, X, Y] log π*_β(d) for each β (the exact RL path from the SFT optimum).
+
+  >>> from nondecoupling.theory.instance import make_instance
+  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+  >>> rl_path(inst, [1.0, 2.0]).shape
+  (2, 1, 2)
+  """
   betas = jnp.atleast_1d(jnp.asarray(betas, inst.data.dtype))
   return jax.vmap(lambda b: rl_path_policy(inst, b))(betas)
 
@@ -306,7 +610,14 @@ def _rl_curve(inst: Instance, betas: jax.Array):
 
 
 def rl_path_curve(inst: Instance, betas):
-  """(sft_loss [K], reward [K]) along the exact RL path π*_β(d)."""
+  r"""(sft_loss [K], reward [K]) along the exact RL path π*_β(d): (L(π*_β), J(π*_β)).
+
+  >>> from nondecoupling.theory.instance import make_instance
+  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+  >>> loss, rew = rl_path_curve(inst, [1e-3])
+  >>> round(float(loss[0]), 6), float(rew[0])  # L ≈ 1/(2β), J = 1 to rounding
+  (500.0, 1.0)
+  """
   betas = jnp.atleast_1d(jnp.asarray(betas, inst.data.dtype))
   return _rl_curve(inst, betas)
 
@@ -317,6 +628,12 @@ def _rl_regret(inst: Instance, betas: jax.Array):
 
 
 def rl_path_regret(inst: Instance, betas) -> jax.Array:
-  """[K] decoupling regret of π*_β(d) for each β (0 only in degenerate cases; this project's D4)."""
+  r"""[K] decoupling regret of π*_β(d) for each β (0 only in degenerate cases; this project's D4).
+
+  >>> from nondecoupling.theory.instance import make_instance
+  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+  >>> [abs(round(float(v), 9)) for v in rl_path_regret(inst, [1e-6, 1.0, 1e6])]  # 1 prompt, 2 y
+  [0.0, 0.0, 0.0]
+  """
   betas = jnp.atleast_1d(jnp.asarray(betas, inst.data.dtype))
   return _rl_regret(inst, betas)
