@@ -16,28 +16,25 @@ Numerics (every quantity stays finite and keeps its relative precision over the 
 β ∈ [1e-6, 1e6], |r|/β ≤ 1e6, where the RL path π*_β(d) sits within e^{-2e6} of the best
 response and the frontier's λ reaches e^{2e6}):
 
-- λ enters only as ℓ = log λ. Per prompt we solve for t = ν − λ max_S r ∈ [d_top, Σ_S d] (d_top:
-  data mass on argmax_S r) in g(t) = Σ_S d/(t + λδ) = 1, δ = max_S r − r, by bisection in log t
-  and a Newton polish on 1/g (concave, so Newton from the left never overshoots). λδ may overflow
-  to +inf; its terms then vanish, as they should. log π_λ = log d − log(t + λδ) by ``logaddexp``.
+- λ enters only as ℓ = log λ; one prompt is solved in :mod:`._frontier_prompt` (the root t =
+  ν − λ max_S r ∈ [d_top, Σ_S d] by bisection in log t and a Newton polish).
 - The reward deficit Δ(π) = J_max − J(π) = E_w Σ_y π (max r − r) is a sum of non-negative terms,
   kept as a logsumexp of log π + log gap (:func:`log_reward_deficit`).
 - min{L : Δ ≤ Δ*} is found by bisection on asinh(ℓ) for Δ(π_λ) = Δ* (Δ(π_λ) decreases in λ) over
   a bracket built from Δ*: ℓ_hi = max(log(2 W M) − log Δ*, max_x log(2 m_x / (max r − max_S r)))
   (beyond it every prompt has Δ_x ≤ m_x/λ), ℓ_lo = log(m_min (Δ(d) − Δ*) / (W A²)) (Pinsker:
-  Δ(d) − Δ(π_λ) ≤ W A² λ / (2 m_min), A the largest reward range); W = Σ w, m_x = Σ_S d.
-  No cap: 64 steps reach the rounding of ℓ at any magnitude.
+  Δ(d) − Δ(π_λ) ≤ W A² λ / (2 m_min), A the largest reward range); W = Σ w, M and m_min the
+  largest and smallest Σ_S d. No cap: 64 steps reach the rounding of ℓ at any magnitude.
 - The regret is not L(π) minus the frontier's loss (two numbers of size |r|/β that cancel), but
   its dual form, a sum of non-negative terms: for every λ,
 
   .. math:: L(\pi) - \min_{\pi'} [L(\pi') + \lambda(\Delta(\pi') - \Delta(\pi))]
             = E_w\Big[\sum_S d\,\varphi(\log\tfrac{\pi}{\pi_\lambda})
-            + \sum_{y\notin S} \pi(y)\,\lambda\,\mathrm{gap}(y) + \kappa\,(1 - \textstyle\sum_S\pi)\Big]
+            + \sum_{y\notin S} \pi\,\lambda\,\mathrm{gap} + \kappa\,(1 - \textstyle\sum_S\pi)\Big]
 
-  with φ(u) = e^u − 1 − u, gap = max r − r and κ = ν − λ max r ≥ 0 (a Bregman divergence of
-  L + λΔ). It bounds the regret from above for every λ, with an error of second order in the
-  error of λ, and equals it at the root. log π − log π_λ is formed as (log π + ℓ) + ..., a sum of
-  two numbers that cancel exactly in floating point when both are large.
+  with φ(u) = e^u − 1 − u and κ = ν − λ max r ≥ 0 (a Bregman divergence of L + λΔ). It bounds the
+  regret from above for every λ, with an error of second order in the error of λ, and equals it
+  at the root.
 
 All functions are unbatched (one instance); batch with ``jax.vmap`` (pad instances with
 ``theory.instance.pad_instance``: weight-0 prompts and masked responses are respected). Every loop
@@ -54,7 +51,18 @@ import jax
 import jax.numpy as jnp
 
 from . import objectives as obj
-from ._numerics import NEG_INF, expm1_minus_x, masked_max, masked_min, safe_log
+from ._frontier_prompt import (
+  NEWTON_STEPS,
+  ROOT_STEPS,
+  PromptGeometry,
+  PromptSolution,
+  prompt_geometry,
+  prompt_log_deficit,
+  prompt_regret_bound,
+  solve_prompt,
+  solve_prompt_at_zero,
+)
+from ._numerics import NEG_INF, safe_log
 from .instance import Instance, rl_stage_after_sft
 
 __all__ = [
@@ -65,125 +73,7 @@ __all__ = [
     "max_reward", "reward_deficit", "log_reward_deficit",
 ]
 
-ROOT_STEPS = 32     # bisection steps in log t over [log d_top, log Σ_S d] (width <= 745 nats)
-NEWTON_STEPS = 3    # Newton polish of t on 1/g(t) from the left end of the bracket
 REGRET_STEPS = 64   # bisection steps in asinh(log λ) (width <= 1420: below float64 rounding)
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class _Row:
-  """What D4 needs of one prompt, independent of λ ([Y] arrays, [] scalars)."""
-
-  on_s: jax.Array       # [Y] S = supp d ∩ allowed
-  off_s: jax.Array      # [Y] allowed responses outside S
-  data: jax.Array       # [Y] d on S, 0 elsewhere
-  log_data: jax.Array   # [Y] log d on S, -inf elsewhere
-  log_delta: jax.Array  # [Y] log(max_S r − r) on S (-inf at the best of S and off S)
-  log_gap: jax.Array    # [Y] log(max r − r) on allowed responses (-inf at the best, off allowed)
-  best_off: jax.Array   # [Y] responses off S with r = max r > max_S r (they share π_λ(u))
-  log_gap_s: jax.Array  # [] log(max r − max_S r) (-inf when S holds a best response)
-  log_top: jax.Array    # [] log of the data mass on argmax_S r
-  log_mass: jax.Array   # [] log Σ_S d (0 up to rounding unless ``allowed`` cuts supp d)
-  spread: jax.Array     # [] max r − min r over the allowed responses
-
-
-def _row(data: jax.Array, reward: jax.Array, allowed: jax.Array) -> _Row:
-  on_s = allowed & (data > 0)
-  has_s = jnp.any(on_s)
-  r = jnp.where(allowed, reward, 0.0)
-  r_s = jnp.where(has_s, masked_max(r, on_s), 0.0)
-  r_best = masked_max(r, allowed)
-  gap_s = jnp.where(has_s, r_best - r_s, 0.0)
-  d = jnp.where(on_s, data, 0.0)
-  top = on_s & (r >= r_s)
-  best_off = allowed & ~on_s & (r >= r_best) & (gap_s > 0)
-  return _Row(
-      on_s=on_s, off_s=allowed & ~on_s, data=d, log_data=safe_log(d),
-      log_delta=safe_log(jnp.where(on_s, r_s - r, 0.0)),
-      log_gap=safe_log(jnp.where(allowed, r_best - r, 0.0)),
-      best_off=best_off, log_gap_s=safe_log(gap_s),
-      log_top=jnp.log(jnp.where(has_s, jnp.sum(jnp.where(top, d, 0.0)), 1.0)),
-      log_mass=jnp.log(jnp.where(has_s, jnp.sum(d), 1.0)),
-      spread=r_best - masked_min(r, allowed))
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class _Solution:
-  """π_λ of one prompt at one ℓ = log λ."""
-
-  log_pi: jax.Array   # [Y] log π_λ (-inf where no mass)
-  log_t: jax.Array    # [] log(ν − λ max_S r) of the root on S
-  active: jax.Array   # [] bool: the best responses off S carry mass (ν = λ max r)
-  kappa: jax.Array    # [] ν − λ max r >= 0
-
-
-def _solve(row: _Row, ell: jax.Array) -> _Solution:
-  log_c = ell + row.log_delta  # log(λ δ): -inf at the best of S, may exceed 709 (c = +inf)
-  c = jnp.exp(log_c)
-
-  def g(t):
-    return jnp.sum(jnp.where(row.on_s, row.data / (t + c), 0.0))
-
-  def bisect(_, lo_hi):
-    lo, hi = lo_hi
-    mid = 0.5 * (lo + hi)
-    above = g(jnp.exp(mid)) > 1.0  # g decreases: the root lies right of mid
-    return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
-
-  lo, hi = jax.lax.fori_loop(0, ROOT_STEPS, bisect, (row.log_top, row.log_mass))
-  t_lo, t_hi = jnp.exp(lo), jnp.exp(hi)
-
-  def newton(_, t):
-    q = jnp.where(row.on_s, row.data / (t + c), 0.0)
-    g_t = jnp.sum(q)
-    dg = jnp.sum(jnp.where(row.on_s, q / (t + c), 0.0))  # = −g'(t), no underflow of (t + c)²
-    return jnp.clip(t + (g_t - 1.0) * g_t / dg, t_lo, t_hi)  # Newton on 1/g(t) = 1
-
-  t = jax.lax.fori_loop(0, NEWTON_STEPS, newton, t_lo)
-  log_t = jnp.log(t)
-  active = ell + row.log_gap_s > log_t  # λ (max r − max_S r) > t: s < 1
-  on_s_inactive = row.log_data - jnp.logaddexp(log_t, log_c)
-  on_s_active = row.log_data - ell - row.log_gap  # t + λδ = λ (max r − r)
-  log_s = jax.nn.logsumexp(jnp.where(row.on_s, row.log_data - row.log_gap, NEG_INF)) - ell
-  n_best = jnp.maximum(jnp.sum(row.best_off), 1).astype(t.dtype)
-  log_u = jnp.log1p(-jnp.exp(jnp.minimum(log_s, 0.0))) - jnp.log(n_best)
-  log_pi = jnp.where(row.on_s, jnp.where(active, on_s_active, on_s_inactive),
-                     jnp.where(active & row.best_off, log_u, NEG_INF))
-  kappa = jnp.where(active, 0.0, t - jnp.exp(ell + row.log_gap_s))
-  return _Solution(log_pi=log_pi, log_t=log_t, active=active, kappa=kappa)
-
-
-def _solve_at_zero(row: _Row) -> _Solution:
-  """π_0 = d / Σ_S d on S (t = ν = Σ_S d, κ = ν)."""
-  mass = jnp.exp(row.log_mass)
-  return _Solution(log_pi=jnp.where(row.on_s, row.log_data - row.log_mass, NEG_INF),
-                   log_t=row.log_mass, active=jnp.zeros((), bool), kappa=mass)
-
-
-def _row_log_deficit(row: _Row, sol: _Solution) -> jax.Array:
-  """log Σ_y π_λ(y) (max r − r(y)) of one prompt (the best responses contribute 0)."""
-  return jax.nn.logsumexp(jnp.where(row.on_s, sol.log_pi + row.log_gap, NEG_INF))
-
-
-def _row_bregman(row: _Row, sol: _Solution, ell: jax.Array, log_pi: jax.Array) -> jax.Array:
-  """Σ_S d φ(log π − log π_λ) + Σ_{y∉S} π λ gap + κ (1 − Σ_S π) for one prompt (>= 0)."""
-  log_c = ell + row.log_delta
-  big = log_c >= sol.log_t  # λδ >= t: log(t + λδ) = ℓ + log(δ + t/λ)
-  # −log π_λ = a + b with a ∈ {ℓ, 0}; u = log π − log π_λ = (log π + a) + b cancels exactly.
-  b = jnp.where(sol.active, row.log_gap,
-                jnp.where(big, row.log_delta + jnp.log1p(jnp.exp(sol.log_t - log_c)),
-                          sol.log_t + jnp.log1p(jnp.exp(log_c - sol.log_t)))) - row.log_data
-  a = jnp.where(sol.active | big, ell, 0.0)
-  u = (log_pi + a) + b
-  on_s = jnp.sum(jnp.where(row.on_s, row.data * expm1_minus_x(jnp.where(row.on_s, u, 0.0)), 0.0))
-  pi = jnp.exp(log_pi)
-  lam_gap = jnp.exp((log_pi + ell) + row.log_gap)
-  off_s = jnp.sum(jnp.where(row.off_s & (pi > 0), lam_gap, 0.0))
-  outside = jnp.sum(jnp.where(row.off_s, pi, 0.0)) + (1.0 - jnp.sum(jnp.where(
-      row.on_s | row.off_s, pi, 0.0)))
-  return on_s + off_s + sol.kappa * outside
 
 
 def frontier_row(data: jax.Array, reward: jax.Array, allowed: jax.Array,
@@ -211,19 +101,19 @@ def frontier_row(data: jax.Array, reward: jax.Array, allowed: jax.Array,
   References: this project's THEORY.md D4.
   """
   lam = jnp.asarray(lam, data.dtype)
-  return _solve(_row(data, reward, allowed), jnp.log(lam)).log_pi
+  return solve_prompt(prompt_geometry(data, reward, allowed), jnp.log(lam)).log_pi
 
 
 def _allowed(inst: Instance, allowed: jax.Array | None) -> jax.Array:
   return inst.response_mask if allowed is None else allowed & inst.response_mask
 
 
-def _rows(inst: Instance, allowed: jax.Array | None) -> _Row:
-  return jax.vmap(_row)(inst.data, inst.reward, _allowed(inst, allowed))
+def _rows(inst: Instance, allowed: jax.Array | None) -> PromptGeometry:
+  return jax.vmap(prompt_geometry)(inst.data, inst.reward, _allowed(inst, allowed))
 
 
-def _solve_all(rows: _Row, ell: jax.Array) -> _Solution:
-  return jax.vmap(_solve, in_axes=(0, None))(rows, ell)
+def _solve_all(rows: PromptGeometry, ell: jax.Array) -> PromptSolution:
+  return jax.vmap(solve_prompt, in_axes=(0, None))(rows, ell)
 
 
 @jax.jit
@@ -366,7 +256,7 @@ def log_reward_deficit(inst: Instance, log_pi: jax.Array,
   return _log_expect(inst, per_prompt)
 
 
-def _bracket(inst: Instance, rows: _Row, log_deficit, log_deficit_0):
+def _bracket(inst: Instance, rows: PromptGeometry, log_deficit, log_deficit_0):
   """[ℓ_lo, ℓ_hi] with Δ(π_λ) >= Δ* at ℓ_lo and <= Δ* at ℓ_hi (module docstring)."""
   real = inst.prompt_weights > 0
   log_w_sum = safe_log(jnp.sum(inst.prompt_weights))
@@ -381,11 +271,11 @@ def _bracket(inst: Instance, rows: _Row, log_deficit, log_deficit_0):
   return ell_lo, ell_hi
 
 
-def _log_deficit(inst: Instance, rows: _Row, sols: _Solution) -> jax.Array:
-  return _log_expect(inst, jax.vmap(_row_log_deficit)(rows, sols))
+def _log_deficit(inst: Instance, rows: PromptGeometry, sols: PromptSolution) -> jax.Array:
+  return _log_expect(inst, jax.vmap(prompt_log_deficit)(rows, sols))
 
 
-def _search(inst: Instance, rows: _Row, log_target, log_d0):
+def _search(inst: Instance, rows: PromptGeometry, log_target, log_d0):
   """Bisection on asinh(ℓ) for Δ(π_λ) = Δ* (any magnitude of ℓ, to its rounding).
 
   Returns the last ℓ tried (within rounding of the root), π_λ there and log Δ(π_λ).
@@ -402,14 +292,14 @@ def _search(inst: Instance, rows: _Row, log_target, log_d0):
     return jnp.where(reached, lo, mid), jnp.where(reached, mid, hi), ell, sols, log_def
 
   start = (jnp.arcsinh(ell_lo), jnp.arcsinh(ell_hi), ell_hi,
-           jax.vmap(_solve_at_zero)(rows), log_d0)  # placeholders of the right shapes
+           jax.vmap(solve_prompt_at_zero)(rows), log_d0)  # placeholders of the right shapes
   _, _, ell, sols, log_def = jax.lax.fori_loop(0, REGRET_STEPS, bisect, start)
   return ell, sols, log_def
 
 
-def _at_zero(inst: Instance, rows: _Row, log_target):
+def _at_zero(inst: Instance, rows: PromptGeometry, log_target):
   """(π_0 per prompt, log Δ(π_0), whether Δ* ≥ Δ(π_0), safe (target, Δ(π_0)) for the search)."""
-  sols0 = jax.vmap(_solve_at_zero)(rows)
+  sols0 = jax.vmap(solve_prompt_at_zero)(rows)
   log_d0 = _log_deficit(inst, rows, sols0)
   at_data = log_target >= log_d0
   safe = at_data | (log_target == NEG_INF)  # the search needs Δ* < Δ(π_0), both > 0
@@ -417,7 +307,7 @@ def _at_zero(inst: Instance, rows: _Row, log_target):
           jnp.where(safe, jnp.zeros_like(log_d0), log_d0))
 
 
-def _sft_loss_rows(inst: Instance, rows: _Row, sols: _Solution) -> jax.Array:
+def _sft_loss_rows(inst: Instance, rows: PromptGeometry, sols: PromptSolution) -> jax.Array:
   """L(π_λ) restricted to S (the part a policy of the class can make finite)."""
   per_prompt = -jnp.sum(jnp.where(rows.on_s, rows.data * sols.log_pi, 0.0), axis=-1)
   return obj.expect(inst, per_prompt)
@@ -470,9 +360,10 @@ def frontier_at_reward(inst: Instance, reward_target, allowed: jax.Array | None 
 
   .. math:: \min\{L(\pi) : J(\pi) \ge J^*\} = L(\pi_{\lambda^*}),\quad J(\pi_{\lambda^*}) = J^*
 
-  Through :func:`frontier_at_log_deficit` (jit-compiled) with Δ* = J_max − J*. For J* ≤ J(d) the answer is
-  (0, L(d)); for J* ≥ J_max no policy reaches J* (unless d already does) and the answer is
-  (+∞, +∞). λ overflows to +∞ when J* is within ~e^{-709} of J_max: the loss stays right.
+  Through :func:`frontier_at_log_deficit` (jit-compiled) with Δ* = J_max − J*. For J* ≤ J(d)
+  the answer is (0, L(d)); for J* ≥ J_max no policy reaches J* (unless d already does) and the
+  answer is (+∞, +∞). J* is a float, so Δ* is only as precise as J_max − J* allows; for targets
+  within rounding of J_max pass log Δ* to :func:`frontier_at_log_deficit` directly.
 
   Args:
     inst: instance.
@@ -531,7 +422,7 @@ def decoupling_regret(inst: Instance, log_pi: jax.Array,
   rows = _rows(inst, allowed)
   log_target = log_reward_deficit(inst, log_pi, allowed)
   sols0, _, at_data, safe_target, safe_d0 = _at_zero(inst, rows, log_target)
-  breg = jax.vmap(_row_bregman, in_axes=(0, 0, None, 0))
+  breg = jax.vmap(prompt_regret_bound, in_axes=(0, 0, None, 0))
   at_zero = obj.expect(inst, breg(rows, sols0, jnp.asarray(NEG_INF, log_target.dtype), log_pi))
   ell, sols, _ = _search(inst, rows, safe_target, safe_d0)
   at_root = obj.expect(inst, breg(rows, sols, ell, log_pi))
