@@ -14,17 +14,13 @@ otherwise the root on S applies. Several maximisers off S share the mass equally
 
 Numerics (every quantity stays finite and keeps its relative precision over the valid domain,
 β ∈ [1e-6, 1e6], |r|/β ≤ 1e6, where the RL path π*_β(d) sits within e^{-2e6} of the best
-response and the frontier's λ reaches e^{2e6}):
+response and the frontier's λ reaches e^{2e6}; the solver is :mod:`._frontier_solver`):
 
-- λ enters only as ℓ = log λ; one prompt is solved in :mod:`._frontier_prompt` (the root t =
-  ν − λ max_S r ∈ [d_top, Σ_S d] by bisection in log t and a Newton polish).
+- λ enters only as ℓ = log λ: per prompt, the root t = ν − λ max_S r by bisection in log t and a
+  Newton polish; across prompts, ℓ by bisection on asinh(ℓ) over a bracket built from the target
+  (no cap on λ).
 - The reward deficit Δ(π) = J_max − J(π) = E_w Σ_y π (max r − r) is a sum of non-negative terms,
   kept as a logsumexp of log π + log gap (:func:`log_reward_deficit`).
-- min{L : Δ ≤ Δ*} is found by bisection on asinh(ℓ) for Δ(π_λ) = Δ* (Δ(π_λ) decreases in λ) over
-  a bracket built from Δ*: ℓ_hi = max(log(2 W M) − log Δ*, max_x log(2 m_x / (max r − max_S r)))
-  (beyond it every prompt has Δ_x ≤ m_x/λ), ℓ_lo = log(m_min (Δ(d) − Δ*) / (W A²)) (Pinsker:
-  Δ(d) − Δ(π_λ) ≤ W A² λ / (2 m_min), A the largest reward range); W = Σ w, M and m_min the
-  largest and smallest Σ_S d. No cap: 64 steps reach the rounding of ℓ at any magnitude.
 - The regret is not L(π) minus the frontier's loss (two numbers of size |r|/β that cancel), but
   its dual form, a sum of non-negative terms: for every λ,
 
@@ -51,16 +47,20 @@ import jax
 import jax.numpy as jnp
 
 from . import objectives as obj
-from ._frontier_prompt import (
+from ._frontier_solver import (
   NEWTON_STEPS,
+  REGRET_STEPS,
   ROOT_STEPS,
-  PromptGeometry,
-  PromptSolution,
+  allowed_responses,
+  log_expect,
+  prompt_geometries,
   prompt_geometry,
-  prompt_log_deficit,
   prompt_regret_bound,
+  search_log_lambda,
+  solve_at_data,
   solve_prompt,
-  solve_prompt_at_zero,
+  solve_prompts,
+  support_sft_loss,
 )
 from ._numerics import NEG_INF, safe_log
 from .instance import Instance, rl_stage_after_sft
@@ -72,9 +72,6 @@ __all__ = [
     "rl_path_instance", "rl_path_policy", "rl_path", "rl_path_curve", "rl_path_regret",
     "max_reward", "reward_deficit", "log_reward_deficit",
 ]
-
-REGRET_STEPS = 64   # bisection steps in asinh(log λ) (width <= 1420: below float64 rounding)
-
 
 def frontier_row(data: jax.Array, reward: jax.Array, allowed: jax.Array,
                  lam: jax.Array) -> jax.Array:
@@ -104,18 +101,6 @@ def frontier_row(data: jax.Array, reward: jax.Array, allowed: jax.Array,
   return solve_prompt(prompt_geometry(data, reward, allowed), jnp.log(lam)).log_pi
 
 
-def _allowed(inst: Instance, allowed: jax.Array | None) -> jax.Array:
-  return inst.response_mask if allowed is None else allowed & inst.response_mask
-
-
-def _rows(inst: Instance, allowed: jax.Array | None) -> PromptGeometry:
-  return jax.vmap(prompt_geometry)(inst.data, inst.reward, _allowed(inst, allowed))
-
-
-def _solve_all(rows: PromptGeometry, ell: jax.Array) -> PromptSolution:
-  return jax.vmap(solve_prompt, in_axes=(0, None))(rows, ell)
-
-
 @jax.jit
 def frontier_policy(inst: Instance, lam, allowed: jax.Array | None = None) -> jax.Array:
   r"""The frontier policy π_λ = argmin L(π) − λ J(π) over tabular policies (this project's D4).
@@ -140,11 +125,22 @@ def frontier_policy(inst: Instance, lam, allowed: jax.Array | None = None) -> ja
   References: this project's THEORY.md D4.
   """
   ell = jnp.log(jnp.asarray(lam, inst.data.dtype))
-  return _solve_all(_rows(inst, allowed), ell).log_pi
+  return solve_prompts(prompt_geometries(inst, allowed), ell).log_pi
 
 
 def frontier_point(inst: Instance, lam, allowed: jax.Array | None = None):
   r"""(L(π_λ), J(π_λ)) for one λ (this project's D4).
+
+  .. math:: L(\pi_\lambda) = E_w\Big[\sum_y d \log\frac{1}{\pi_\lambda}\Big],\quad
+            J(\pi_\lambda) = E_w\Big[\sum_y \pi_\lambda r\Big]
+
+  Args:
+    inst: instance.
+    lam: [] λ ≥ 0.
+    allowed: optional [X, Y] bool restriction (default: real responses).
+
+  Returns:
+    (sft_loss [], reward []).
 
   >>> from nondecoupling.theory.instance import make_instance
   >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
@@ -183,23 +179,31 @@ def frontier_curve(inst: Instance, lambdas, allowed: jax.Array | None = None):
   References: this project's THEORY.md D4.
   """
   lambdas = jnp.asarray(lambdas, inst.data.dtype)
-  return _curve(inst, jnp.atleast_1d(lambdas), _allowed(inst, allowed))
+  return _curve(inst, jnp.atleast_1d(lambdas), allowed_responses(inst, allowed))
 
 
 @jax.jit
 def max_reward(inst: Instance, allowed: jax.Array | None = None) -> jax.Array:
   r"""sup of J over tabular policies, J_max = E_w[max_y r(x, y)] (reached only as λ → ∞).
 
+  Args:
+    inst: instance.
+    allowed: optional [X, Y] bool restriction (default: real responses).
+
+  Returns:
+    [] J_max.
+
   >>> from nondecoupling.theory.instance import make_instance
   >>> inst = make_instance([0.5, 0.5], [[0.5, 0.5], [1.0, 0.0]], [[0.0, 1.0], [2.0, 3.0]], 1.0)
   >>> float(max_reward(inst))
   2.0
   """
-  return obj.expect(inst, jnp.max(jnp.where(_allowed(inst, allowed), inst.reward, NEG_INF), -1))
+  best = jnp.max(jnp.where(allowed_responses(inst, allowed), inst.reward, NEG_INF), -1)
+  return obj.expect(inst, best)
 
 
 def _log_gaps(inst: Instance, allowed: jax.Array | None) -> jax.Array:
-  allowed = _allowed(inst, allowed)
+  allowed = allowed_responses(inst, allowed)
   r_max = jnp.max(jnp.where(allowed, inst.reward, NEG_INF), axis=-1, keepdims=True)
   return safe_log(jnp.where(allowed, r_max - inst.reward, 0.0))
 
@@ -211,23 +215,25 @@ def reward_deficit(inst: Instance, log_pi: jax.Array, allowed: jax.Array | None 
   Accurate even when π is within rounding of the best response (J itself would round to J_max).
   Below ~1e-308 it underflows to 0: use :func:`log_reward_deficit` there.
 
+  Args:
+    inst: instance.
+    log_pi: [X, Y] policy log-probabilities.
+    allowed: optional [X, Y] bool restriction defining max r (default: real responses).
+
+  Returns:
+    [] J_max − J(π) ≥ 0.
+
   >>> import jax.numpy as jnp
   >>> from nondecoupling.theory.instance import make_instance
   >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
   >>> f"{float(reward_deficit(inst, jnp.array([[-40.0, 0.0]]))):.6e}"  # e^-40, J rounds to 1
   '4.248354e-18'
   """
-  allowed = _allowed(inst, allowed)
+  allowed = allowed_responses(inst, allowed)
   r_max = jnp.max(jnp.where(allowed, inst.reward, NEG_INF), axis=-1, keepdims=True)
   pi = jnp.exp(log_pi)
   gap = jnp.where(allowed, r_max - inst.reward, 0.0)
   return obj.expect(inst, jnp.sum(jnp.where(allowed & (pi > 0), pi * gap, 0.0), axis=-1))
-
-
-def _log_expect(inst: Instance, log_per_prompt: jax.Array) -> jax.Array:
-  """log E_w[e^f] for f given as [X] logs (padded prompts ignored)."""
-  w = inst.prompt_weights
-  return jax.nn.logsumexp(jnp.where(w > 0, safe_log(w) + log_per_prompt, NEG_INF))
 
 
 @jax.jit
@@ -251,66 +257,9 @@ def log_reward_deficit(inst: Instance, log_pi: jax.Array,
   >>> float(log_reward_deficit(inst, jnp.array([[-1000.0, 0.0]])))
   -1000.0
   """
-  per_prompt = jax.nn.logsumexp(
-      jnp.where(_allowed(inst, allowed), log_pi + _log_gaps(inst, allowed), NEG_INF), axis=-1)
-  return _log_expect(inst, per_prompt)
-
-
-def _bracket(inst: Instance, rows: PromptGeometry, log_deficit, log_deficit_0):
-  """[ℓ_lo, ℓ_hi] with Δ(π_λ) >= Δ* at ℓ_lo and <= Δ* at ℓ_hi (module docstring)."""
-  real = inst.prompt_weights > 0
-  log_w_sum = safe_log(jnp.sum(inst.prompt_weights))
-  log_m_max = jnp.max(jnp.where(real, rows.log_mass, NEG_INF))
-  log_m_min = jnp.min(jnp.where(real, rows.log_mass, jnp.inf))
-  spread = jnp.max(jnp.where(real, rows.spread, 0.0))
-  log_diff = log_deficit_0 + jnp.log(-jnp.expm1(log_deficit - log_deficit_0))  # Δ(d) − Δ*
-  ell_lo = log_diff + log_m_min - log_w_sum - 2.0 * safe_log(spread)
-  activate = jnp.max(jnp.where(real & (rows.log_gap_s > NEG_INF),
-                               rows.log_mass - rows.log_gap_s, NEG_INF))
-  ell_hi = jnp.log(2.0) + jnp.maximum(log_w_sum + log_m_max - log_deficit, activate)
-  return ell_lo, ell_hi
-
-
-def _log_deficit(inst: Instance, rows: PromptGeometry, sols: PromptSolution) -> jax.Array:
-  return _log_expect(inst, jax.vmap(prompt_log_deficit)(rows, sols))
-
-
-def _search(inst: Instance, rows: PromptGeometry, log_target, log_d0):
-  """Bisection on asinh(ℓ) for Δ(π_λ) = Δ* (any magnitude of ℓ, to its rounding).
-
-  Returns the last ℓ tried (within rounding of the root), π_λ there and log Δ(π_λ).
-  """
-  ell_lo, ell_hi = _bracket(inst, rows, log_target, log_d0)
-
-  def bisect(_, carry):
-    lo, hi, _, _, _ = carry
-    mid = 0.5 * (lo + hi)
-    ell = jnp.sinh(mid)
-    sols = _solve_all(rows, ell)
-    log_def = _log_deficit(inst, rows, sols)
-    reached = log_def <= log_target
-    return jnp.where(reached, lo, mid), jnp.where(reached, mid, hi), ell, sols, log_def
-
-  start = (jnp.arcsinh(ell_lo), jnp.arcsinh(ell_hi), ell_hi,
-           jax.vmap(solve_prompt_at_zero)(rows), log_d0)  # placeholders of the right shapes
-  _, _, ell, sols, log_def = jax.lax.fori_loop(0, REGRET_STEPS, bisect, start)
-  return ell, sols, log_def
-
-
-def _at_zero(inst: Instance, rows: PromptGeometry, log_target):
-  """(π_0 per prompt, log Δ(π_0), whether Δ* ≥ Δ(π_0), safe (target, Δ(π_0)) for the search)."""
-  sols0 = jax.vmap(solve_prompt_at_zero)(rows)
-  log_d0 = _log_deficit(inst, rows, sols0)
-  at_data = log_target >= log_d0
-  safe = at_data | (log_target == NEG_INF)  # the search needs Δ* < Δ(π_0), both > 0
-  return (sols0, log_d0, at_data, jnp.where(safe, log_d0 - 1.0, log_target),
-          jnp.where(safe, jnp.zeros_like(log_d0), log_d0))
-
-
-def _sft_loss_rows(inst: Instance, rows: PromptGeometry, sols: PromptSolution) -> jax.Array:
-  """L(π_λ) restricted to S (the part a policy of the class can make finite)."""
-  per_prompt = -jnp.sum(jnp.where(rows.on_s, rows.data * sols.log_pi, 0.0), axis=-1)
-  return obj.expect(inst, per_prompt)
+  terms = jnp.where(allowed_responses(inst, allowed), log_pi + _log_gaps(inst, allowed), NEG_INF)
+  per_prompt = jax.nn.logsumexp(terms, axis=-1)
+  return log_expect(inst, per_prompt)
 
 
 @jax.jit
@@ -341,14 +290,14 @@ def frontier_at_log_deficit(inst: Instance, log_deficit, allowed: jax.Array | No
   References: this project's THEORY.md D4.
   """
   log_deficit = jnp.asarray(log_deficit, inst.data.dtype)
-  rows = _rows(inst, allowed)
-  sols0, _, at_data, safe_target, safe_d0 = _at_zero(inst, rows, log_deficit)
+  prompts = prompt_geometries(inst, allowed)
+  sols0, _, at_data, safe_target, safe_d0 = solve_at_data(inst, prompts, log_deficit)
   unreachable = ~at_data & (log_deficit == NEG_INF)
-  ell, sols, log_def = _search(inst, rows, safe_target, safe_d0)
+  ell, sols, log_def = search_log_lambda(inst, prompts, safe_target, safe_d0)
   # The dual value L(π_λ) + λ (Δ(π_λ) − Δ*): a lower bound for every λ, first-order exact.
-  dual = (_sft_loss_rows(inst, rows, sols) + jnp.exp(ell + log_def)
+  dual = (support_sft_loss(inst, prompts, sols) + jnp.exp(ell + log_def)
           - jnp.exp(ell + safe_target))
-  loss_0 = _sft_loss_rows(inst, rows, sols0)
+  loss_0 = support_sft_loss(inst, prompts, sols0)
   ell = jnp.where(at_data, NEG_INF, jnp.where(unreachable, jnp.inf, ell))
   loss = jnp.where(at_data, loss_0,
                    jnp.where(unreachable, jnp.inf, jnp.maximum(dual, loss_0)))
@@ -418,14 +367,14 @@ def decoupling_regret(inst: Instance, log_pi: jax.Array,
 
   References: this project's THEORY.md D4.
   """
-  allowed_ = _allowed(inst, allowed)
-  rows = _rows(inst, allowed)
+  allowed_ = allowed_responses(inst, allowed)
+  prompts = prompt_geometries(inst, allowed)
   log_target = log_reward_deficit(inst, log_pi, allowed)
-  sols0, _, at_data, safe_target, safe_d0 = _at_zero(inst, rows, log_target)
+  sols0, _, at_data, safe_target, safe_d0 = solve_at_data(inst, prompts, log_target)
   breg = jax.vmap(prompt_regret_bound, in_axes=(0, 0, None, 0))
-  at_zero = obj.expect(inst, breg(rows, sols0, jnp.asarray(NEG_INF, log_target.dtype), log_pi))
-  ell, sols, _ = _search(inst, rows, safe_target, safe_d0)
-  at_root = obj.expect(inst, breg(rows, sols, ell, log_pi))
+  at_zero = obj.expect(inst, breg(prompts, sols0, jnp.asarray(NEG_INF, log_target.dtype), log_pi))
+  ell, sols, _ = search_log_lambda(inst, prompts, safe_target, safe_d0)
+  at_root = obj.expect(inst, breg(prompts, sols, ell, log_pi))
   regret = jnp.where(at_data, at_zero, jnp.minimum(at_zero, at_root))
   real = (inst.prompt_weights > 0)[:, None] & inst.response_mask
   outside = real & ~allowed_ & ((inst.data > 0) | (log_pi > NEG_INF))
@@ -434,6 +383,13 @@ def decoupling_regret(inst: Instance, log_pi: jax.Array,
 
 def rl_path_instance(inst: Instance, beta) -> Instance:
   """The instance of SFT-then-RL: reference = data (the exact SFT optimum), KL coefficient β.
+
+  Args:
+    inst: instance.
+    beta: [] β > 0.
+
+  Returns:
+    The instance with ρ = d and the given β (π*_β of it is :func:`rl_path_policy`).
 
   >>> from nondecoupling.theory.instance import make_instance
   >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.9, 0.1]])
@@ -481,7 +437,16 @@ def rl_path_policy(inst: Instance, beta) -> jax.Array:
 
 @jax.jit
 def rl_path(inst: Instance, betas) -> jax.Array:
-  """[K, X, Y] log π*_β(d) for each β (the exact RL path from the SFT optimum).
+  r"""[K, X, Y] log π*_β(d) for each β (the exact RL path from the SFT optimum).
+
+  .. math:: \pi^*_\beta(y|x) \propto d(y|x)\, e^{r(x,y)/\beta},\quad \beta \in \{\beta_k\}
+
+  Args:
+    inst: instance.
+    betas: [K] values β > 0.
+
+  Returns:
+    [K, X, Y] log-probabilities (:func:`rl_path_policy` for each β).
 
   >>> from nondecoupling.theory.instance import make_instance
   >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
@@ -503,6 +468,13 @@ def _rl_curve(inst: Instance, betas: jax.Array):
 def rl_path_curve(inst: Instance, betas):
   r"""(sft_loss [K], reward [K]) along the exact RL path π*_β(d): (L(π*_β), J(π*_β)).
 
+  Args:
+    inst: instance.
+    betas: [K] values β > 0.
+
+  Returns:
+    (sft_loss [K], reward [K]).
+
   >>> from nondecoupling.theory.instance import make_instance
   >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
   >>> loss, rew = rl_path_curve(inst, [1e-3])
@@ -520,6 +492,15 @@ def _rl_regret(inst: Instance, betas: jax.Array):
 
 def rl_path_regret(inst: Instance, betas) -> jax.Array:
   r"""[K] decoupling regret of π*_β(d) for each β (0 only in degenerate cases; this project's D4).
+
+  .. math:: L(\pi^*_\beta) - \min\{L(\pi) : J(\pi) \ge J(\pi^*_\beta)\}
+
+  Args:
+    inst: instance.
+    betas: [K] values β > 0 (each compiled call takes the same K).
+
+  Returns:
+    [K] regrets in nats (:func:`decoupling_regret` of :func:`rl_path_policy`).
 
   >>> from nondecoupling.theory.instance import make_instance
   >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)

@@ -1,6 +1,6 @@
-r"""One prompt of the exact SFT-reward frontier (this project's D4), at ℓ = log λ.
+r"""The solver behind theory/frontier.py (this project's D4): one prompt at ℓ = log λ, and λ.
 
-Per prompt, with S = supp d ∩ allowed, δ = max_S r − r and gap = max r − r (max over the allowed
+One prompt. With S = supp d ∩ allowed, δ = max_S r − r and gap = max r − r (max over the allowed
 responses), π_λ = argmin_π Σ_S d log(1/π) − λ Σ π r is
 
 .. math:: \pi_\lambda(y) = \frac{d(y)}{t + \lambda\,\delta(y)}\ (y \in S),\qquad
@@ -8,9 +8,8 @@ responses), π_λ = argmin_π Σ_S d log(1/π) − λ Σ π r is
 
 unless a response u off S has r(u) = max r > max_S r and λ (max r − max_S r) > t: then
 π_λ = d/(λ gap) on S and the rest, 1 − s, goes to u (shared equally by ties).
-
-Numerics. t ∈ [d_top, Σ_S d] (d_top: the data mass on argmax_S r) is found by bisection in log t
-and a Newton polish on 1/g(t), g(t) = Σ_S d/(t + λδ) (1/g is concave, so Newton from the left end
+t ∈ [d_top, Σ_S d] (d_top: the data mass on argmax_S r) is found by bisection in log t and a
+Newton polish on 1/g(t), g(t) = Σ_S d/(t + λδ) (1/g is concave, so Newton from the left end
 never overshoots). λ enters only through ℓ: λδ = e^{ℓ + log δ} may overflow to +inf, and its terms
 then vanish, as they should; log π_λ = log d − logaddexp(log t, ℓ + log δ).
 
@@ -24,6 +23,13 @@ The regret bound of a policy π at λ (:func:`prompt_regret_bound`) is the Bregm
 a sum of non-negative terms; log π − log π_λ is formed as (log π + ℓ) + ..., a sum of two numbers
 that cancel exactly in floating point when both are large (π*_β at β = 1e-6 has log π ≈ −1e6).
 
+All prompts. Δ(π_λ) = E_w Σ π_λ gap decreases in λ; Δ(π_λ) = Δ* is solved by bisection on
+asinh(ℓ) (64 steps reach the rounding of ℓ at any magnitude) over a bracket built from Δ*:
+ℓ_hi = log 2 + max(log(W M) − log Δ*, max_x log(m_x / (max r − max_S r))), beyond which every
+prompt has Δ_x ≤ m_x/λ, and ℓ_lo = log(m_min (Δ(π_0) − Δ*) / (W A²)), below which Pinsker's
+inequality keeps Δ(π_0) − Δ(π_λ) ≤ W A² λ / (2 m_min) under Δ(π_0) − Δ*; W = Σ w, m_x = Σ_S d
+(M and m_min its extremes), A the largest reward range. No cap: λ = e^{2e6} is as easy as λ = 1.
+
 References: this project's THEORY.md D4.
 """
 
@@ -34,13 +40,19 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from . import objectives as obj
 from ._numerics import NEG_INF, expm1_minus_x, masked_max, masked_min, safe_log
+from .instance import Instance
 
-__all__ = ["ROOT_STEPS", "NEWTON_STEPS", "PromptGeometry", "PromptSolution", "prompt_geometry",
-           "solve_prompt", "solve_prompt_at_zero", "prompt_log_deficit", "prompt_regret_bound"]
+__all__ = ["ROOT_STEPS", "NEWTON_STEPS", "REGRET_STEPS", "PromptGeometry", "PromptSolution",
+           "prompt_geometry", "solve_prompt", "solve_prompt_at_zero", "prompt_log_deficit",
+           "prompt_regret_bound", "allowed_responses", "prompt_geometries", "solve_prompts",
+           "log_expect", "log_deficit", "support_sft_loss", "log_lambda_bracket", "solve_at_data",
+           "search_log_lambda"]
 
 ROOT_STEPS = 32     # bisection steps in log t over [log d_top, log Σ_S d] (width <= 745 nats)
 NEWTON_STEPS = 3    # Newton polish of t on 1/g(t) from the left end of the bracket
+REGRET_STEPS = 64   # bisection steps in asinh(log λ) (width <= 1420: below float64 rounding)
 
 
 @jax.tree_util.register_dataclass
@@ -196,3 +208,92 @@ def prompt_regret_bound(prompt: PromptGeometry, sol: PromptSolution, ell: jax.Ar
   outside = jnp.sum(jnp.where(prompt.off_s, pi, 0.0)) + (
       1.0 - jnp.sum(jnp.where(prompt.on_s | prompt.off_s, pi, 0.0)))
   return on_s + off_s + sol.kappa * outside
+
+
+# ----------------------------------------------------------------------------- all prompts
+
+def allowed_responses(inst: Instance, allowed: jax.Array | None) -> jax.Array:
+  """[X, Y] the responses a policy may use: ``allowed`` (default all) among the real ones."""
+  return inst.response_mask if allowed is None else allowed & inst.response_mask
+
+
+def prompt_geometries(inst: Instance, allowed: jax.Array | None) -> PromptGeometry:
+  """:func:`prompt_geometry` of every prompt (fields with a leading [X] axis)."""
+  return jax.vmap(prompt_geometry)(inst.data, inst.reward, allowed_responses(inst, allowed))
+
+
+def solve_prompts(prompts: PromptGeometry, ell: jax.Array) -> PromptSolution:
+  """:func:`solve_prompt` of every prompt at one ℓ = log λ."""
+  return jax.vmap(solve_prompt, in_axes=(0, None))(prompts, ell)
+
+
+def log_expect(inst: Instance, log_per_prompt: jax.Array) -> jax.Array:
+  """log E_w[e^f] for f given as [X] logs (padded, weight-0 prompts ignored)."""
+  w = inst.prompt_weights
+  return jax.nn.logsumexp(jnp.where(w > 0, safe_log(w) + log_per_prompt, NEG_INF))
+
+
+def log_deficit(inst: Instance, prompts: PromptGeometry, sols: PromptSolution) -> jax.Array:
+  """log Δ(π_λ) = log E_w Σ_y π_λ (max r − r)."""
+  return log_expect(inst, jax.vmap(prompt_log_deficit)(prompts, sols))
+
+
+def support_sft_loss(inst: Instance, prompts: PromptGeometry, sols: PromptSolution) -> jax.Array:
+  """L(π_λ) = E_w Σ_S d log(1/π_λ) (S = supp d ∩ allowed)."""
+  per_prompt = -jnp.sum(jnp.where(prompts.on_s, prompts.data * sols.log_pi, 0.0), axis=-1)
+  return obj.expect(inst, per_prompt)
+
+
+def log_lambda_bracket(inst: Instance, prompts: PromptGeometry, log_target, log_deficit_0):
+  """[ℓ_lo, ℓ_hi] with Δ(π_λ) ≥ Δ* at ℓ_lo and ≤ Δ* at ℓ_hi (module docstring; Δ* < Δ(π_0))."""
+  real = inst.prompt_weights > 0
+  log_w_sum = safe_log(jnp.sum(inst.prompt_weights))
+  log_m_max = jnp.max(jnp.where(real, prompts.log_mass, NEG_INF))
+  log_m_min = jnp.min(jnp.where(real, prompts.log_mass, jnp.inf))
+  spread = jnp.max(jnp.where(real, prompts.spread, 0.0))
+  log_diff = log_deficit_0 + jnp.log(-jnp.expm1(log_target - log_deficit_0))  # Δ(π_0) − Δ*
+  ell_lo = log_diff + log_m_min - log_w_sum - 2.0 * safe_log(spread)
+  activate = jnp.max(jnp.where(real & (prompts.log_gap_s > NEG_INF),
+                               prompts.log_mass - prompts.log_gap_s, NEG_INF))
+  ell_hi = jnp.log(2.0) + jnp.maximum(log_w_sum + log_m_max - log_target, activate)
+  return ell_lo, ell_hi
+
+
+def solve_at_data(inst: Instance, prompts: PromptGeometry, log_target):
+  """The λ = 0 end: (π_0, log Δ(π_0), Δ* ≥ Δ(π_0)?, and (log Δ*, log Δ(π_0)) made safe for
+  :func:`search_log_lambda`, which needs 0 < Δ* < Δ(π_0))."""
+  sols0 = jax.vmap(solve_prompt_at_zero)(prompts)
+  log_d0 = log_deficit(inst, prompts, sols0)
+  at_data = log_target >= log_d0
+  safe = at_data | (log_target == NEG_INF)
+  return (sols0, log_d0, at_data, jnp.where(safe, log_d0 - 1.0, log_target),
+          jnp.where(safe, jnp.zeros_like(log_d0), log_d0))
+
+
+def search_log_lambda(inst: Instance, prompts: PromptGeometry, log_target, log_deficit_0):
+  """Bisection on asinh(ℓ) for Δ(π_λ) = Δ* (any magnitude of ℓ, to its rounding).
+
+  Args:
+    inst: instance.
+    prompts: every prompt's geometry.
+    log_target: [] log Δ*, with 0 < Δ* < Δ(π_0).
+    log_deficit_0: [] log Δ(π_0).
+
+  Returns:
+    (ℓ, π_λ, log Δ(π_λ)) at the last ℓ tried (within rounding of the root).
+  """
+  ell_lo, ell_hi = log_lambda_bracket(inst, prompts, log_target, log_deficit_0)
+
+  def bisect(_, carry):
+    lo, hi, _, _, _ = carry
+    mid = 0.5 * (lo + hi)
+    ell = jnp.sinh(mid)
+    sols = solve_prompts(prompts, ell)
+    log_def = log_deficit(inst, prompts, sols)
+    reached = log_def <= log_target
+    return jnp.where(reached, lo, mid), jnp.where(reached, mid, hi), ell, sols, log_def
+
+  start = (jnp.arcsinh(ell_lo), jnp.arcsinh(ell_hi), ell_hi,
+           jax.vmap(solve_prompt_at_zero)(prompts), log_deficit_0)  # placeholders (shapes)
+  _, _, ell, sols, log_def = jax.lax.fori_loop(0, REGRET_STEPS, bisect, start)
+  return ell, sols, log_def
