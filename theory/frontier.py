@@ -371,10 +371,13 @@ def decoupling_regret(inst: Instance, log_pi: jax.Array,
   prompts = prompt_geometries(inst, allowed)
   log_target = log_reward_deficit(inst, log_pi, allowed)
   sols0, _, at_data, safe_target, safe_d0 = solve_at_data(inst, prompts, log_target)
-  breg = jax.vmap(prompt_regret_bound, in_axes=(0, 0, None, 0))
-  at_zero = obj.expect(inst, breg(prompts, sols0, jnp.asarray(NEG_INF, log_target.dtype), log_pi))
   ell, sols, _ = search_log_lambda(inst, prompts, safe_target, safe_d0)
-  at_root = obj.expect(inst, breg(prompts, sols, ell, log_pi))
+  # The bound at λ = 0 (= E_w KL(d‖π)) and at the root, in one vmapped evaluation.
+  ells = jnp.stack([jnp.asarray(NEG_INF, ell.dtype), ell])
+  both = jax.tree.map(lambda a, b: jnp.stack([a, b]), sols0, sols)
+  per_prompt = jax.vmap(jax.vmap(prompt_regret_bound, in_axes=(0, 0, None, 0)),
+                        in_axes=(None, 0, 0, None))(prompts, both, ells, log_pi)
+  at_zero, at_root = jax.vmap(lambda v: obj.expect(inst, v))(per_prompt)
   regret = jnp.where(at_data, at_zero, jnp.minimum(at_zero, at_root))
   real = (inst.prompt_weights > 0)[:, None] & inst.response_mask
   outside = real & ~allowed_ & ((inst.data > 0) | (log_pi > NEG_INF))
