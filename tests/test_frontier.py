@@ -274,6 +274,14 @@ def test_one_prompt_two_responses_rl_path_on_frontier(a, r0, r1):
   assert_close(rl_path_regret(inst, [1e-6, 1e-3, 1.0, 1e3, 1e6]), np.zeros(5))
 
 
+def test_regret_with_tiny_data_mass_and_weight():
+  """π/π_λ = e^718 at the root on a response with d = 1e-300 of a prompt with w = 1e-12."""
+  inst = make_instance([1e-12, 1 - 1e-12], [[1 - 1e-300, 1e-300], [0.5, 0.5]],
+                       [[1.0, 0.0], [1.0, 0.0]], 1.0)
+  log_pi = np.array([[np.log(0.5), np.log(0.5)], [np.log1p(-1e-20), np.log(1e-20)]])
+  assert_close(regret(inst, log_pi), float(reference_of(inst).regret(log_pi)))
+
+
 def test_rl_path_is_strictly_inside_the_frontier():
   inst = random_instance(0, n_x=3, n_y=5)
   betas = np.geomspace(0.01, 20.0, 5)
@@ -303,18 +311,41 @@ def test_regret_is_nan_outside_the_comparison_class():
 @settings(max_examples=30)
 @given(inst=domain_instances(nonnegative_reward=True), log10_lam=st.floats(-3, 300))
 def test_frontier_points_match_mpmath(inst, log10_lam):
-  """λ from 1e-3/max r up to 1e300 (λ δ overflows); rewards ≥ 0 so that J does not cancel."""
+  """λ from 1e-3/max r up to 1e300 (λ δ overflows); rewards ≥ 0 so that J does not cancel.
+
+  π_λ on supp d is well conditioned and must match to the table's tolerance. The mass moved off
+  supp d, 1 − Σ_S d/(λ gap), is not where it starts (s → 1): L and J are checked as the exact
+  values at some λ′ within the rounding of ℓ = log λ, the variable the solver works in (L and J
+  increase with λ, so they must lie between the reference values at λ e^{∓4 ε (1 + |ℓ|)}).
+  """
   lam = min(10.0 ** log10_lam / float(np.max(np.asarray(inst.reward)) + 1e-300), 1e300)
   ref = reference_of(inst)
   pi_ref = ref.policy(mp.mpf(lam))
   loss, rew = fr.frontier_point(padded(inst), lam)
-  assert_close(loss, float(ref.loss(pi_ref)))
-  assert_close(rew, float(ref.reward(pi_ref)))
+  width = 4 * np.finfo(np.float64).eps * (1 + abs(np.log(lam)))
+  for side, sign in (("below", -1), ("above", 1)):
+    pi_side = ref.policy(mp.mpf(lam) * mp.exp(sign * mp.mpf(width)))
+    bound_loss, bound_reward = float(ref.loss(pi_side)), float(ref.reward(pi_side))
+    if side == "below":
+      assert_at_most(bound_loss, loss)
+      assert_at_most(bound_reward, rew)
+    else:
+      assert_at_most(loss, bound_loss)
+      assert_at_most(rew, bound_reward)
   log_pi = frontier_policy(inst, lam)
   log_ref = np.array([[float(mp.log(p)) if p > 0 else -np.inf for p in row] for row in pi_ref])
   on_s = np.asarray(inst.data) > 0
   assert_close(log_pi[on_s], log_ref[on_s])  # log π_λ on supp d, to its relative precision
   assert_close(np.exp(log_pi), np.exp(log_ref))
+
+
+def test_frontier_point_where_mass_starts_to_leave_the_support():
+  """d = (1, 0), r = (0, 1e4), λ = 1e-4: s = 1/(λ r(u)) = 1 − 4.8e-17 (λ is not exactly 1e-4)."""
+  inst = make_instance([1.0], [[1.0, 0.0]], [[0.0, 1e4]], 1.0)
+  pi = np.exp(frontier_policy(inst, 1e-4))
+  pi_ref = reference_of(inst).policy(mp.mpf(1e-4))
+  assert_close(pi, as_float(pi_ref))
+  assert float(pi_ref[0][1]) < 1e-16
 
 
 @settings(max_examples=20)

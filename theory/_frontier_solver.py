@@ -201,7 +201,12 @@ def prompt_regret_bound(prompt: PromptGeometry, sol: PromptSolution, ell: jax.Ar
                           sol.log_t + jnp.log1p(jnp.exp(log_c - sol.log_t)))) - prompt.log_data
   a = jnp.where(sol.active | big, ell, 0.0)
   u = jnp.where(prompt.on_s, (log_pi + a) + b, 0.0)
-  on_s = jnp.sum(jnp.where(prompt.on_s, prompt.data * expm1_minus_x(u), 0.0))
+  # d φ(u) = d (e^u − 1 − u); for large u as e^{log d + u} − d (1 + u) (e^u alone may overflow
+  # while d e^u does not: tiny d and w allow π/π_λ beyond e^709 at the root).
+  big_u = u > 30.0
+  d_phi = jnp.where(big_u, jnp.exp(prompt.log_data + jnp.where(big_u, u, 0.0))
+                    - prompt.data * (1.0 + u), prompt.data * expm1_minus_x(jnp.where(big_u, 0.0, u)))
+  on_s = jnp.sum(jnp.where(prompt.on_s, d_phi, 0.0))
   pi = jnp.exp(log_pi)
   lam_gap = jnp.exp((log_pi + ell) + prompt.log_gap)
   off_s = jnp.sum(jnp.where(prompt.off_s & (pi > 0), lam_gap, 0.0))
