@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import assert_close
 
 from nondecoupling.theory.frontier import frontier_curve
 from nondecoupling.verify.cli import main as cli_main
@@ -45,16 +46,35 @@ def test_json_points_match_theory(tmp_path, capsys, main):
   assert set(points[0]) == {"lambda", "sft_loss", "reward"}
   inst, _ = read_instance(path)
   sft, rew = frontier_curve(inst, np.array([0.0, 0.5, 2.0, 1000.0]))
-  np.testing.assert_allclose([p["sft_loss"] for p in points], np.asarray(sft), rtol=1e-12)
-  np.testing.assert_allclose([p["reward"] for p in points], np.asarray(rew), rtol=1e-12)
+  assert_close([p["sft_loss"] for p in points], sft)
+  assert_close([p["reward"] for p in points], rew)
   # λ = 0 is the data: L(d) = E_w H(d_x), J(d) = E_w E_d r.
   d = np.array(GOOD["data"])
   w = np.array(GOOD["prompt_weights"])
   h = -np.sum(np.where(d > 0, d * np.log(np.where(d > 0, d, 1.0)), 0.0), axis=1)
-  assert points[0]["sft_loss"] == pytest.approx(float(w @ h), rel=1e-12)
-  assert points[0]["reward"] == pytest.approx(float(w @ np.sum(d * np.array(GOOD["reward"]), 1)))
+  assert_close(points[0]["sft_loss"], float(w @ h))
+  assert_close(points[0]["reward"], float(w @ np.sum(d * np.array(GOOD["reward"]), 1)))
   # Large λ moves prompt 0 to the better response outside supp d (reward 2).
   assert points[-1]["reward"] > 0.25 * 1.9
+
+
+def test_edges_of_the_domain(tmp_path, capsys, main):
+  """β = 1e-6 with |r|/β = 1e6, and λ up to 1e300 (λ·r overflows): every point finite and exact.
+
+  One prompt, d = (½, ½), r = (0, 1): π_λ = (½/(t + λ), ½/t) with ½/(t + λ) + ½/t = 1, so
+  t = (1 − λ + √(1 + λ²))/2 = λ / (λ − 1 + √(1 + λ²)), J = ½/t, L = ½ log(2(t + λ)) + ½ log(2t).
+  """
+  inst = {"beta": 1e-6, "prompt_weights": [1.0], "data": [[0.5, 0.5]], "reward": [[0.0, 1.0]]}
+  path = _write(tmp_path, inst)
+  code, out, err = _run(main, ["frontier", path, "--lambdas", "0,0.5,1,1e150,1e300", "--json"],
+                        capsys)
+  assert code == 0 and err == ""
+  for p in json.loads(out)["points"]:
+    lam = p["lambda"]
+    t = (1 - lam + np.hypot(1, lam)) / 2 if lam < 1 else lam / (lam - 1 + np.hypot(1, lam))
+    log_t_lam = np.log(lam) + np.log1p(t / lam) if lam > 0 else np.log(t)  # log(t + λ)
+    assert_close(p["sft_loss"], 0.5 * (np.log(2) + log_t_lam) + 0.5 * np.log(2 * t))
+    assert_close(p["reward"], 0.5 / t)
 
 
 def test_table_output(tmp_path, capsys, main):
