@@ -19,6 +19,20 @@ DEFAULT_RECIPE_STEPS = 200
 DEFAULT_RECIPE_LR = 0.5
 
 
+def _input_limit(p) -> None:
+  p.add_argument("--max-bytes", type=positive_int, default=None, metavar="N",
+                 help="largest instance file read, in bytes (default 268435456 = 256 MiB)")
+
+
+def _resource_limits(p) -> None:
+  p.add_argument("--max-memory", type=positive_float, default=None, metavar="GB",
+                 help="refuse to start when the estimated memory exceeds GB gigabytes (10^9 "
+                      "bytes; default: the memory available when the command starts)")
+  p.add_argument("--max-seconds", type=positive_float, default=None, metavar="S",
+                 help="refuse to start when the estimated run time exceeds S seconds (default "
+                      "3600)")
+
+
 class UsageError(Exception):
   """A command-line usage problem; reported as one line with exit status 2."""
 
@@ -61,6 +75,7 @@ def _add_tabular(sub) -> None:
   p.add_argument("--out", default="results", help="output directory (default results/)")
   p.add_argument("--only", default=None,
                  help="comma-separated statement names or prefixes (e.g. C3,D1) to check")
+  _resource_limits(p)
   p.set_defaults(handler="tabular:run_verify")
 
   p = sub.add_parser("check", help="every quantity and statement margin for one instance file",
@@ -69,6 +84,8 @@ def _add_tabular(sub) -> None:
                                  "statement (π₂ = d for RL-then-SFT).")
   p.add_argument("file", help="instance JSON file")
   p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+  _input_limit(p)
+  _resource_limits(p)
   p.set_defaults(handler="tabular:run_check")
 
 
@@ -84,6 +101,8 @@ def _add_dynamics(sub) -> None:
   p.add_argument("--lambdas", default=DEFAULT_LAMBDAS,
                  help=f"comma-separated λ ≥ 0 (default {DEFAULT_LAMBDAS})")
   p.add_argument("--json", action="store_true", help='print {"points": [...]} as JSON')
+  _input_limit(p)
+  _resource_limits(p)
   p.set_defaults(handler="dynamics:run_frontier")
 
   p = sub.add_parser(
@@ -100,6 +119,8 @@ def _add_dynamics(sub) -> None:
                  help=f"outer steps per recipe (default {DEFAULT_RECIPE_STEPS})")
   p.add_argument("--recipe-lr", type=positive_float, default=DEFAULT_RECIPE_LR,
                  help=f"recipe learning rate in units of u (default {DEFAULT_RECIPE_LR})")
+  _input_limit(p)
+  _resource_limits(p)
   p.set_defaults(handler="dynamics:run_compare")
 
   p = sub.add_parser(
@@ -112,6 +133,8 @@ def _add_dynamics(sub) -> None:
   p.add_argument("--points", type=positive_int, default=8,
                  help="saved points per phase (default 8)")
   p.add_argument("--json", action="store_true", help="print JSON on stdout")
+  _input_limit(p)
+  _resource_limits(p)
   p.set_defaults(handler="dynamics:run_flow")
 
 
@@ -177,6 +200,7 @@ def _add_bridge(sub) -> None:
   q.add_argument("--chat", action="store_true", help="render the prompt as a ChatML user turn")
   q.add_argument("--json", action="store_true", help='print {"candidates": [...], "logprobs": '
                  '[...]}')
+  _resource_limits(q)
   q.set_defaults(handler="bridge:run_score")
 
   q = bsub.add_parser("extract", help="a CoLA TSV -> an instance file plus linear-head features",
@@ -192,6 +216,7 @@ def _add_bridge(sub) -> None:
   q.add_argument("--limit", type=positive_int, default=None, help="first N sentences only")
   q.add_argument("--chat", action="store_true", help="ChatML prompts (labels without the space)")
   q.add_argument("--json", action="store_true", help="print a JSON summary")
+  _resource_limits(q)
   q.set_defaults(handler="bridge:run_extract")
 
   q = bsub.add_parser("experiment", help="the paper's two pipelines with a linear head (Fig. 3)",
@@ -209,6 +234,7 @@ def _add_bridge(sub) -> None:
   _experiment_args(q)
   q.add_argument("--out", default=None, help="directory for experiment.json and the figures")
   q.add_argument("--json", action="store_true", help="print the result as JSON")
+  _resource_limits(q)
   q.set_defaults(handler="bridge:run_experiment")
 
   q = bsub.add_parser("demo", help="score, extract and experiment on a small random Qwen3",
@@ -220,4 +246,5 @@ def _add_bridge(sub) -> None:
   q.add_argument("--rl-max-steps", type=positive_int, default=300,
                  help="RL step limit (default 300)")
   q.add_argument("--json", action="store_true", help="print the results as JSON")
+  _resource_limits(q)
   q.set_defaults(handler="bridge:run_demo_command")

@@ -1,0 +1,264 @@
+"""How much memory and time a command will take, estimated from its input before it starts.
+
+Each estimate is a fixed cost (start-up, JAX compilation) plus per-unit costs (an instance entry,
+a parsed JSON value, a recipe step on one entry, a random instance, a model FLOP), and the command
+line refuses a job whose estimate exceeds its limits (``--max-memory GB``, ``--max-seconds S``)
+with one line naming the estimate, the limit and the flag that raises it. The default memory
+limit is the memory the machine has available when the command starts (``MemAvailable``); the
+default time limit is :data:`DEFAULT_MAX_SECONDS`.
+
+The constants were measured on the project's machine (2 shared x86-64 cores, 23 GiB, XLA:CPU,
+float64; peak RSS from ``/usr/bin/time -f %M``, wall time of the whole command, each command on
+instances of several sizes and a least-squares line through them; see the comment at each
+constant for the sizes). They are upper-side fits (the largest residual added), because a
+refusal costs the user a flag while an out-of-memory kill costs the whole run. A machine that is
+much faster or slower moves the time estimates by the same factor; memory per entry does not
+depend on the machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+from .errors import InputError
+
+__all__ = ["Estimate", "Limits", "DEFAULT_MAX_SECONDS", "GB", "available_memory",
+           "require", "parse_cost", "check_cost", "frontier_cost", "flow_cost", "compare_cost",
+           "verify_cost", "qwen3_params", "qwen3_token_flops", "bridge_cost"]
+
+GB = 1e9
+DEFAULT_MAX_SECONDS = 3600.0
+
+# --- measured constants (bytes, seconds) -------------------------------------------------------
+
+# Python + JAX + our modules, imported (RSS), and the time to get there.
+STARTUP_BYTES = 0.30 * GB
+STARTUP_S = 3.0
+
+# Reading an instance file: the bytes and the decoded text (2 per byte), and one Python float and
+# its list slot per JSON value (32 bytes) plus the three float64 arrays built from them.
+PARSE_BYTES_PER_BYTE = 2.0
+PARSE_BYTES_PER_VALUE = 40.0
+PARSE_S_PER_BYTE = 60e-9  # json.loads + checks: 173 MB (8.6M values) in 10.4 s
+
+# check: compiles every quantity and statement (~8 s), then one pass over the entries.
+CHECK_BASE = (0.25 * GB, 10.0)
+CHECK_PER_ENTRY = (120.0, 2.0e-6)
+
+# frontier: per entry and λ (bisection per prompt).
+FRONTIER_BASE = (0.05 * GB, 4.0)
+FRONTIER_PER_ENTRY = (100.0, 0.0)
+FRONTIER_PER_ENTRY_LAMBDA = (0.0, 0.5e-6)
+
+# flow: adaptive steps of the whole [X, Y] field; saved points hold [points, X, Y] policies.
+FLOW_BASE = (0.2 * GB, 10.0)
+FLOW_PER_ENTRY = (1500.0, 60e-6)
+FLOW_PER_ENTRY_POINT = (40.0, 0.0)
+
+# compare: 4 flows and 11 recipes; recipes cost per step and entry. A recipe whose exact group
+# expectation is infeasible runs its estimator on SAMPLED_GROUPS groups per step: per sample.
+COMPARE_BASE = (0.4 * GB, 40.0)
+COMPARE_PER_ENTRY = (2500.0, 120e-6)
+COMPARE_PER_ENTRY_STEP = (0.0, 0.6e-6)
+COMPARE_PER_ENTRY_MULTISET = (60.0, 0.0)  # exact group expectations: [X, Y, K] temporaries
+COMPARE_PER_ENTRY_MULTISET_STEP = (0.0, 2e-9)
+COMPARE_PER_ENTRY_SAMPLE = (75.0, 0.0)  # [samples, X, Y] estimator temporaries
+COMPARE_PER_ENTRY_SAMPLE_STEP = (0.0, 30e-9)
+
+# verify: per random instance of every family (bucket 16 x 8) and statement, per search example.
+VERIFY_BASE = (0.5 * GB, 60.0)
+VERIFY_PER_INSTANCE = (40e3, 0.0)
+VERIFY_PER_INSTANCE_STATEMENT = (0.0, 0.25e-3)
+VERIFY_PER_SEARCH_EXAMPLE = (0.0, 0.05)
+
+# bridge: XLA:CPU float32 forward FLOP rate (a Qwen3 forward, measured as bench/bench_forward.py
+# does, with room for a busy machine), per-row overheads and the experiment's fixed cost.
+BRIDGE_FLOPS_PER_S = 40e9
+BRIDGE_BASE = (0.5 * GB, 20.0)
+BRIDGE_EXPERIMENT = (0.2 * GB, 30.0)
+BRIDGE_PER_ROW_S = 2e-3
+
+
+# --- estimates and limits ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+  """Estimated peak memory and wall time of one command on one input.
+
+  Attributes:
+    command: the command, as the user typed it (e.g. "compare").
+    size: what it was estimated for (e.g. "1 × 1000000 entries").
+    bytes: peak resident memory, bytes.
+    seconds: wall time, seconds.
+  """
+
+  command: str
+  size: str
+  bytes: float
+  seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+  """The most memory (bytes) and time (seconds) a command may be estimated to need."""
+
+  bytes: float
+  seconds: float
+
+  @classmethod
+  def from_options(cls, max_memory_gb: float | None, max_seconds: float | None) -> Limits:
+    """--max-memory GB (default: available memory) and --max-seconds S (default 3600)."""
+    memory = available_memory() if max_memory_gb is None else max_memory_gb * GB
+    return cls(memory, DEFAULT_MAX_SECONDS if max_seconds is None else max_seconds)
+
+
+def available_memory() -> float:
+  """Bytes of memory available to a new job now (Linux ``MemAvailable``; else physical memory)."""
+  try:
+    with open("/proc/meminfo", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return float(line.split()[1]) * 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  try:
+    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+  except (ValueError, OSError, AttributeError):
+    return math.inf
+
+
+def _gb(b: float) -> str:
+  return f"{b / GB:.3g} GB"
+
+
+def _duration(s: float) -> str:
+  if s < 120:
+    return f"{s:.3g} s"
+  if s < 7200:
+    return f"{s / 60:.3g} min"
+  return f"{s / 3600:.3g} h"
+
+
+def require(estimate: Estimate, limits: Limits) -> None:
+  """Refuses a job whose estimate exceeds the limits (memory first).
+
+  Raises:
+    InputError: one line naming the estimate, the limit and the flag that raises it.
+  """
+  what = f"{estimate.command} on {estimate.size}"
+  if estimate.bytes > limits.bytes:
+    raise InputError(f"{what} needs about {_gb(estimate.bytes)} of memory (estimated), more than "
+                     f"the limit of {_gb(limits.bytes)} (raise it with --max-memory GB)")
+  if estimate.seconds > limits.seconds:
+    raise InputError(f"{what} needs about {_duration(estimate.seconds)} (estimated), more than "
+                     f"the limit of {_duration(limits.seconds)} (raise it with --max-seconds S)")
+
+
+def _cost(*terms: tuple[tuple[float, float], float]) -> tuple[float, float]:
+  """Σ count × (bytes, seconds) over (per-unit cost, count) pairs."""
+  return (sum(c[0] * n for c, n in terms), sum(c[1] * n for c, n in terms))
+
+
+def _entries(n_x: int, n_y: int) -> str:
+  return f"{n_x} × {n_y} entries"
+
+
+def parse_cost(file_bytes: int, values: int) -> tuple[float, float]:
+  """(bytes, seconds) of reading an instance file of ``file_bytes`` holding ``values`` numbers."""
+  return (STARTUP_BYTES + PARSE_BYTES_PER_BYTE * file_bytes + PARSE_BYTES_PER_VALUE * values,
+          STARTUP_S + PARSE_S_PER_BYTE * file_bytes)
+
+
+def _with_parse(command: str, size: str, parse: tuple[float, float],
+                cost: tuple[float, float]) -> Estimate:
+  return Estimate(command, size, parse[0] + cost[0], parse[1] + cost[1])
+
+
+def check_cost(n_x: int, n_y: int, parse: tuple[float, float]) -> Estimate:
+  """`check`: every quantity and statement margin."""
+  e = n_x * n_y
+  return _with_parse("check", _entries(n_x, n_y), parse,
+                     _cost((CHECK_BASE, 1), (CHECK_PER_ENTRY, e)))
+
+
+def frontier_cost(n_x: int, n_y: int, parse: tuple[float, float], n_lambdas: int) -> Estimate:
+  """`frontier` at ``n_lambdas`` values of λ."""
+  e = n_x * n_y
+  return _with_parse("frontier", f"{_entries(n_x, n_y)} and {n_lambdas} λ", parse,
+                     _cost((FRONTIER_BASE, 1), (FRONTIER_PER_ENTRY, e),
+                           (FRONTIER_PER_ENTRY_LAMBDA, e * n_lambdas)))
+
+
+def flow_cost(n_x: int, n_y: int, parse: tuple[float, float], points: int,
+              phases: int) -> Estimate:
+  """`flow` of a pipeline with ``phases`` phases saving ``points`` points each."""
+  e = n_x * n_y
+  return _with_parse("flow", _entries(n_x, n_y), parse,
+                     _cost((FLOW_BASE, 1), (FLOW_PER_ENTRY, e * phases),
+                           (FLOW_PER_ENTRY_POINT, e * points * phases)))
+
+
+def compare_cost(n_x: int, n_y: int, parse: tuple[float, float], recipe_steps: int,
+                 multisets: int, samples: int) -> Estimate:
+  """`compare`: every pipeline and recipe.
+
+  Args:
+    multisets: the largest multiset table an exact group expectation enumerates (0: none).
+    samples: groups per step of a recipe trained with its estimator (0: none).
+  """
+  e = n_x * n_y
+  return _with_parse("compare", _entries(n_x, n_y), parse, _cost(
+      (COMPARE_BASE, 1), (COMPARE_PER_ENTRY, e), (COMPARE_PER_ENTRY_STEP, e * recipe_steps),
+      (COMPARE_PER_ENTRY_MULTISET, e * multisets),
+      (COMPARE_PER_ENTRY_MULTISET_STEP, e * multisets * recipe_steps),
+      (COMPARE_PER_ENTRY_SAMPLE, e * samples),
+      (COMPARE_PER_ENTRY_SAMPLE_STEP, e * samples * recipe_steps)))
+
+
+def verify_cost(instances: int, search_examples: int, statements: int) -> Estimate:
+  """`verify`: ``instances`` random instances per family, every statement, and the search."""
+  b, s = _cost((VERIFY_BASE, 1), (VERIFY_PER_INSTANCE, instances),
+               (VERIFY_PER_INSTANCE_STATEMENT, instances * statements),
+               (VERIFY_PER_SEARCH_EXAMPLE, search_examples * statements))
+  return Estimate("verify", f"{instances} instances and {search_examples} search examples × "
+                            f"{statements} statements", STARTUP_BYTES + b, STARTUP_S + s)
+
+
+def qwen3_params(vocab: int, hidden: int, intermediate: int, layers: int, heads: int,
+                 kv_heads: int, head_dim: int, tied: bool) -> int:
+  """Parameters of a Qwen3 (embedding, projections, MLP, norms; the head if untied)."""
+  attn = hidden * (heads + 2 * kv_heads) * head_dim + heads * head_dim * hidden + 2 * head_dim
+  per_layer = attn + 3 * hidden * intermediate + 2 * hidden
+  return vocab * hidden * (1 if tied else 2) + layers * per_layer + hidden
+
+
+def qwen3_token_flops(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int,
+                      head_dim: int, length: int) -> float:
+  """Matmul FLOPs per token of a forward over sequences of ``length`` (no LM head)."""
+  proj = hidden * (heads + 2 * kv_heads) * head_dim + heads * head_dim * hidden
+  return 2.0 * layers * (proj + 3 * hidden * intermediate + 2 * heads * head_dim * length)
+
+
+def bridge_cost(command: str, size: str, params: int, weight_bytes: float, devices: int,
+                flops: float, rows: int, batch_tokens: int, hidden: int, intermediate: int,
+                experiment: bool) -> Estimate:
+  """A bridge command: load the weights, forward ``rows`` padded rows, maybe train the head.
+
+  Args:
+    params: model parameters; weight_bytes: bytes per parameter once loaded (4 or 2).
+    devices: local devices the weights are replicated over.
+    flops: total forward FLOPs of every padded row.
+    batch_tokens: tokens in one padded batch (activations live per batch).
+    experiment: add the linear-head experiment's fixed cost.
+  """
+  weights = params * (weight_bytes * (1 + devices) + 4)  # file read, device copies, f32 upcast
+  activations = batch_tokens * (8 * hidden + 3 * intermediate) * 4 * 2
+  b = STARTUP_BYTES + BRIDGE_BASE[0] + weights + activations
+  s = STARTUP_S + BRIDGE_BASE[1] + flops / BRIDGE_FLOPS_PER_S + rows * BRIDGE_PER_ROW_S
+  if experiment:
+    b += BRIDGE_EXPERIMENT[0]
+    s += BRIDGE_EXPERIMENT[1]
+  return Estimate(command, size, b, s)
