@@ -89,14 +89,12 @@ class Estimate:
   """Estimated peak memory and wall time of one command on one input.
 
   Attributes:
-    command: the command, as the user typed it (e.g. "compare").
-    size: what it was estimated for (e.g. "1 × 1000000 entries").
+    what: the job, as error messages name it (e.g. "compare on 1 × 1000000 entries").
     bytes: peak resident memory, bytes.
     seconds: wall time, seconds.
   """
 
-  command: str
-  size: str
+  what: str
   bytes: float
   seconds: float
 
@@ -148,7 +146,7 @@ def require(estimate: Estimate, limits: Limits) -> None:
   Raises:
     InputError: one line naming the estimate, the limit and the flag that raises it.
   """
-  what = f"{estimate.command} on {estimate.size}"
+  what = estimate.what
   if estimate.bytes > limits.bytes:
     raise InputError(f"{what} needs about {_gb(estimate.bytes)} of memory (estimated), more than "
                      f"the limit of {_gb(limits.bytes)} (raise it with --max-memory GB)")
@@ -172,22 +170,21 @@ def parse_cost(file_bytes: int, values: int) -> tuple[float, float]:
           STARTUP_S + PARSE_S_PER_BYTE * file_bytes)
 
 
-def _with_parse(command: str, size: str, parse: tuple[float, float],
-                cost: tuple[float, float]) -> Estimate:
-  return Estimate(command, size, parse[0] + cost[0], parse[1] + cost[1])
+def _with_parse(what: str, parse: tuple[float, float], cost: tuple[float, float]) -> Estimate:
+  return Estimate(what, parse[0] + cost[0], parse[1] + cost[1])
 
 
 def check_cost(n_x: int, n_y: int, parse: tuple[float, float]) -> Estimate:
   """`check`: every quantity and statement margin."""
   e = n_x * n_y
-  return _with_parse("check", _entries(n_x, n_y), parse,
+  return _with_parse(f"check on {_entries(n_x, n_y)}", parse,
                      _cost((CHECK_BASE, 1), (CHECK_PER_ENTRY, e)))
 
 
 def frontier_cost(n_x: int, n_y: int, parse: tuple[float, float], n_lambdas: int) -> Estimate:
   """`frontier` at ``n_lambdas`` values of λ."""
   e = n_x * n_y
-  return _with_parse("frontier", f"{_entries(n_x, n_y)} and {n_lambdas} λ", parse,
+  return _with_parse(f"frontier on {_entries(n_x, n_y)} and {n_lambdas} λ", parse,
                      _cost((FRONTIER_BASE, 1), (FRONTIER_PER_ENTRY, e),
                            (FRONTIER_PER_ENTRY_LAMBDA, e * n_lambdas)))
 
@@ -196,7 +193,7 @@ def flow_cost(n_x: int, n_y: int, parse: tuple[float, float], points: int,
               phases: int) -> Estimate:
   """`flow` of a pipeline with ``phases`` phases saving ``points`` points each."""
   e = n_x * n_y
-  return _with_parse("flow", _entries(n_x, n_y), parse,
+  return _with_parse(f"flow on {_entries(n_x, n_y)}", parse,
                      _cost((FLOW_BASE, 1), (FLOW_PER_ENTRY, e * phases),
                            (FLOW_PER_ENTRY_POINT, e * points * phases)))
 
@@ -210,7 +207,7 @@ def compare_cost(n_x: int, n_y: int, parse: tuple[float, float], recipe_steps: i
     samples: groups per step of a recipe trained with its estimator (0: none).
   """
   e = n_x * n_y
-  return _with_parse("compare", _entries(n_x, n_y), parse, _cost(
+  return _with_parse(f"compare on {_entries(n_x, n_y)}", parse, _cost(
       (COMPARE_BASE, 1), (COMPARE_PER_ENTRY, e), (COMPARE_PER_ENTRY_STEP, e * recipe_steps),
       (COMPARE_PER_ENTRY_MULTISET, e * multisets),
       (COMPARE_PER_ENTRY_MULTISET_STEP, e * multisets * recipe_steps),
@@ -223,8 +220,8 @@ def verify_cost(instances: int, search_examples: int, statements: int) -> Estima
   b, s = _cost((VERIFY_BASE, 1), (VERIFY_PER_INSTANCE, instances),
                (VERIFY_PER_INSTANCE_STATEMENT, instances * statements),
                (VERIFY_PER_SEARCH_EXAMPLE, search_examples * statements))
-  return Estimate("verify", f"{instances} instances and {search_examples} search examples × "
-                            f"{statements} statements", STARTUP_BYTES + b, STARTUP_S + s)
+  return Estimate(f"verify on {instances} instances and {search_examples} search examples × "
+                  f"{statements} statements", STARTUP_BYTES + b, STARTUP_S + s)
 
 
 def qwen3_params(vocab: int, hidden: int, intermediate: int, layers: int, heads: int,
@@ -242,7 +239,7 @@ def qwen3_token_flops(hidden: int, intermediate: int, layers: int, heads: int, k
   return 2.0 * layers * (proj + 3 * hidden * intermediate + 2 * heads * head_dim * length)
 
 
-def bridge_cost(command: str, size: str, params: int, weight_bytes: float, devices: int,
+def bridge_cost(what: str, params: int, weight_bytes: float, devices: int,
                 flops: float, rows: int, batch_tokens: int, hidden: int, intermediate: int,
                 experiment: bool) -> Estimate:
   """A bridge command: load the weights, forward ``rows`` padded rows, maybe train the head.
@@ -261,4 +258,4 @@ def bridge_cost(command: str, size: str, params: int, weight_bytes: float, devic
   if experiment:
     b += BRIDGE_EXPERIMENT[0]
     s += BRIDGE_EXPERIMENT[1]
-  return Estimate(command, size, b, s)
+  return Estimate(what, b, s)

@@ -15,11 +15,13 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
-__all__ = ["pending", "done", "committing", "remove_pending", "pending_paths"]
+__all__ = ["pending", "done", "created", "kept", "committing", "remove_pending",
+           "pending_paths"]
 
 T = TypeVar("T")
 
 _PENDING: set[Path] = set()
+_CREATED: set[Path] = set()
 _LOCK = threading.Lock()
 _COMMIT = threading.RLock()
 
@@ -44,6 +46,18 @@ def done(path: str | os.PathLike) -> None:
   """Unregisters a temporary (it was moved into place or removed)."""
   with _LOCK:
     _PENDING.discard(Path(path))
+
+
+def created(folders: list[Path]) -> None:
+  """Registers folders made for outputs: removed after an interrupt if they are empty then."""
+  with _LOCK:
+    _CREATED.update(Path(f) for f in folders)
+
+
+def kept(folders: list[Path]) -> None:
+  """Unregisters folders of :func:`created` (their outputs are in place, or they are gone)."""
+  with _LOCK:
+    _CREATED.difference_update(Path(f) for f in folders)
 
 
 @contextlib.contextmanager
@@ -71,13 +85,19 @@ def pending_paths() -> list[Path]:
 
 
 def remove_pending() -> None:
-  """Deletes every registered temporary file and folder (after an interrupt)."""
+  """Deletes every registered temporary file and folder, then the registered output folders
+  that are left empty (after an interrupt)."""
   with _LOCK:
     paths = sorted(_PENDING, key=lambda p: len(p.parts), reverse=True)
+    folders = sorted(_CREATED, key=lambda p: len(p.parts), reverse=True)
     _PENDING.clear()
+    _CREATED.clear()
   for p in paths:
     if p.is_dir() and not p.is_symlink():
       shutil.rmtree(p, ignore_errors=True)
     else:
       with contextlib.suppress(OSError):
         p.unlink()
+  for d in folders:
+    with contextlib.suppress(OSError):
+      d.rmdir()

@@ -26,7 +26,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .errors import InputError, OutputError
-from .pending import committing, done, pending
+from .pending import committing, created, done, kept, pending
 
 __all__ = ["atomic_write_text", "atomic_write_json", "atomic_write_bytes", "to_jsonable",
            "json_text", "format_number", "report_markdown", "StagedOutput", "check_output_dir",
@@ -214,6 +214,7 @@ class StagedOutput:
 
   def __enter__(self) -> StagedOutput:
     self._created = _probe(self.directory, "--out")
+    created(self._created)
     self.staging = Path(pending(lambda: tempfile.mkdtemp(dir=self.directory, prefix=".staging-"),
                                 lambda made: made))
     for name in self.replace:
@@ -227,6 +228,7 @@ class StagedOutput:
       self.staging = None
       if not self._committed:
         _remove_empty(self._created)
+      kept(self._created)
 
   def path(self, relative: str | os.PathLike) -> Path:
     """Where to write ``relative`` (a file name, or ``folder/file`` for a replaced folder)."""

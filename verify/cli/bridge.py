@@ -184,7 +184,7 @@ def run_demo_command(args) -> int:
   out = Path(args.out) if args.out else None
   if out is not None:
     check_output_dir(out)
-  budget.require(budget.bridge_cost("bridge demo", "the built-in random model", params=0,
+  budget.require(budget.bridge_cost("bridge demo (the built-in random model)", params=0,
                                     weight_bytes=4, devices=1, flops=0.0, rows=0,
                                     batch_tokens=0, hidden=0, intermediate=0, experiment=True),
                  limits(args))

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from ...theory import flows
@@ -64,7 +65,9 @@ def load_instance(args) -> tuple[Instance, dict]:
   lim = limits(args)
   raw = read_bounded(args.file, DEFAULT_MAX_BYTES if args.max_bytes is None else args.max_bytes)
   parse = budget.parse_cost(len(raw), raw.count(b",") + 1)
-  budget.require(budget.Estimate(f"reading {args.file}", f"{len(raw)} bytes", *parse), lim)
+  # Memory only: reading is part of the command, whose time estimate below includes it.
+  budget.require(budget.Estimate(f"reading {args.file} ({len(raw)} bytes)", *parse),
+                 dataclasses.replace(lim, seconds=math.inf))
   inst, labels = parse_instance(raw, args.file)
   del raw
   budget.require(_estimate(args, inst, parse), lim)

@@ -8,6 +8,7 @@ that module only when the command runs.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .args import non_negative_int, positive_float, positive_int
 
@@ -33,6 +34,18 @@ def _resource_limits(p) -> None:
                       "3600)")
 
 
+class _Version(argparse.Action):
+  """--version: one line, never wrapped (argparse's own action wraps it to the terminal)."""
+
+  def __init__(self, option_strings, version, dest=argparse.SUPPRESS, help=None):
+    super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, help=help)
+    self.version = version
+
+  def __call__(self, parser, namespace, values, option_string=None):
+    sys.stdout.write(self.version + "\n")
+    parser.exit()
+
+
 class UsageError(Exception):
   """A command-line usage problem; reported as one line with exit status 2."""
 
@@ -50,7 +63,8 @@ def build_parser(version: str = "") -> argparse.ArgumentParser:
       prog="nondecoupling",
       description="Exact checks of the non-decoupling of SFT and KL-regularised RL "
                   "(arXiv 2601.07389) on tabular instances and real Qwen3 logits.")
-  parser.add_argument("--version", action="version", version=f"nondecoupling {version}")
+  parser.add_argument("--version", action=_Version, version=f"nondecoupling {version}",
+                      help="print the version and the git commit, and exit")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
   _add_tabular(sub)
   _add_dynamics(sub)
