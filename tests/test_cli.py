@@ -15,7 +15,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 from nondecoupling.verify import io
 from nondecoupling.verify.cli import main
@@ -306,6 +306,37 @@ def test_nesting_depth_scan_matches_the_structure(value, chunk, indent):
     assert io.json_nesting_depth(text) == _depth(value)
   finally:
     io._SCAN_CHUNK = saved
+
+
+def _as_floats(v):
+  if isinstance(v, dict):
+    return {k: _as_floats(x) for k, x in v.items()}
+  if isinstance(v, list):
+    return [_as_floats(x) for x in v]
+  return float(v) if type(v) in (int, float) else v
+
+
+@settings(max_examples=150)
+@given(value=_JSON_VALUES, indent=st.sampled_from([None, 0, 2]), cut=st.integers(0, 10 ** 6),
+       junk=st.sampled_from(["", ",", "]", "}", " x", ":", "[", '"']))
+def test_strict_parser_agrees_with_the_json_module(value, indent, cut, junk):
+  """Walking the outer levels in Python changes nothing: same values (numbers as floats), and
+  broken text (a character removed, junk inserted) is refused exactly when json.loads refuses."""
+  assume(_depth(value) <= io.MAX_NESTING)
+  text = json.dumps(value, indent=indent, ensure_ascii=False)
+  assert io.parse_json_strict(text.encode(), "t") == _as_floats(value)
+  i = cut % (len(text) + 1)
+  for broken in (text[:i] + text[i + 1:], text[:i] + junk + text[i:]):
+    try:
+      expected = _as_floats(json.loads(broken))
+    except json.JSONDecodeError:
+      expected = None
+    try:
+      got = io.parse_json_strict(broken.encode(), "t")
+    except io.InputError as e:
+      assert expected is None or "appears twice" in str(e), (broken, e)
+    else:
+      assert got == expected, broken
 
 
 # --- resource limits ---------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,51 @@ def json_nesting_depth(raw: bytes) -> int:
   return best
 
 
+_OUTER_LEVELS = 2  # the object and its arrays of rows are walked here; each row in one C call
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _skip(text: str, pos: int) -> int:
+  return _WHITESPACE.match(text, pos).end()
+
+
+def _decode(text: str, pos: int, decoder: json.JSONDecoder, levels: int) -> tuple[Any, int]:
+  """The JSON value at ``pos`` (no leading whitespace) and the position after it.
+
+  The outer ``levels`` of arrays and objects are walked in Python and everything below them is
+  decoded by the C decoder one element at a time, so no single call holds the interpreter for
+  long: Ctrl-C is answered within one row even while a 256 MB file is parsed.
+  """
+  opener = text[pos:pos + 1]
+  if levels == 0 or opener not in ("[", "{"):
+    return decoder.raw_decode(text, pos)
+  items: list = []
+  pos = _skip(text, pos + 1)
+  closer = "]" if opener == "[" else "}"
+  if text[pos:pos + 1] == closer:
+    return (items if opener == "[" else _object(items)), pos + 1
+  while True:
+    if opener == "[":
+      item, pos = _decode(text, pos, decoder, levels - 1)
+      items.append(item)
+    else:
+      if text[pos:pos + 1] != '"':
+        raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, pos)
+      key, pos = json.decoder.scanstring(text, pos + 1)
+      pos = _skip(text, pos)
+      if text[pos:pos + 1] != ":":
+        raise json.JSONDecodeError("Expecting ':' delimiter", text, pos)
+      item, pos = _decode(text, _skip(text, pos + 1), decoder, levels - 1)
+      items.append((key, item))
+    pos = _skip(text, pos)
+    c = text[pos:pos + 1]
+    if c == closer:
+      return (items if opener == "[" else _object(items)), pos + 1
+    if c != ",":
+      raise json.JSONDecodeError("Expecting ',' delimiter", text, pos)
+    pos = _skip(text, pos + 1)
+
+
 def parse_json_strict(raw: bytes, name: str) -> Any:
   """Parses JSON text strictly: UTF-8, nesting limit, no duplicate keys, float64 numbers.
 
@@ -207,8 +253,13 @@ def parse_json_strict(raw: bytes, name: str) -> Any:
   if depth > MAX_NESTING:
     raise InputError(f"{name}: JSON nested {depth} levels deep, more than the limit of "
                      f"{MAX_NESTING}")
+  decoder = json.JSONDecoder(object_pairs_hook=_object, parse_float=_number, parse_int=_number)
   try:
-    return json.loads(text, object_pairs_hook=_object, parse_float=_number, parse_int=_number)
+    value, end = _decode(text, _skip(text, 0), decoder, _OUTER_LEVELS)
+    end = _skip(text, end)
+    if end != len(text):
+      raise json.JSONDecodeError("Extra data", text, end)
+    return value
   except json.JSONDecodeError as e:
     raise InputError(f"{name}: broken JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
   except _DuplicateKey as e:

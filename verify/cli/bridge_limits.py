@@ -55,7 +55,8 @@ def require_bridge(args, model_dir, prompts: list[str], candidates: list[str], c
                                        bucket_length(max(len(p) for p in p_ids)))
   flops = per_token * padded + 2.0 * rows * cfg.hidden_size * cfg.vocab_size
   est = budget.bridge_cost(
-      f"bridge {args.bridge_command} on {rows} rows ({padded} padded tokens) with "
+      f"bridge {args.bridge_command} on {rows} row{'' if rows == 1 else 's'} ({padded} padded "
+      f"tokens) with "
       f"{Path(str(model_dir)).name} ({params / 1e6:.3g}M parameters)", params,
       4 if args.dtype == "float32" else 2, devices, flops, rows, batch_tokens, cfg.hidden_size,
       cfg.intermediate_size, experiment)
