@@ -17,8 +17,11 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings, strategies as st
 
+from nondecoupling.theory.instance import make_instance
+from nondecoupling.theory.recipes.groups import reward_levels as reward_levels_by_unique
 from nondecoupling.verify import io
-from nondecoupling.verify.cli import main
+from nondecoupling.verify.cli import main, tabular
+from nondecoupling.verify.cli.limits import reward_levels
 from nondecoupling.verify.errors import OutputError
 from nondecoupling.verify.reports import StagedOutput, json_text, to_jsonable
 
@@ -354,6 +357,20 @@ def test_jobs_over_the_limits_are_refused_before_they_start(command, tmp_path, c
   assert f"{command} on 2 × 3 entries" in err
 
 
+@settings(max_examples=60)
+@given(levels=st.lists(st.lists(st.sampled_from([-1.0, 0.0, 0.5, 2.0, np.nan]), min_size=3,
+                                max_size=3), min_size=1, max_size=4))
+def test_reward_levels_of_the_estimate_match_theory(levels):
+  """The vectorised count equals theory's per-prompt np.unique over the RL support."""
+  r = np.array(levels)
+  ref = np.where(np.isnan(r), 0.0, 1.0)
+  ref[:, 0] = 1.0  # every row reaches something
+  ref = ref / ref.sum(axis=1, keepdims=True)
+  inst = make_instance(np.full(len(r), 1 / len(r)), ref, np.nan_to_num(r, nan=7.0), 1.0,
+                       reference=ref, dtype=np.float64)
+  assert reward_levels(inst) == reward_levels_by_unique(inst)
+
+
 def test_compare_on_a_million_entries_is_refused_by_its_memory(tmp_path, capsys):
   """The issue's case: one prompt, many responses; the GRPO estimator's [512, X, Y] samples."""
   n = 100_000
@@ -431,7 +448,6 @@ def test_json_output_never_prints_negative_zero(tmp_path, capsys):
 
 
 def test_a_non_finite_result_is_an_error_not_null(tmp_path, capsys, monkeypatch):
-  from nondecoupling.verify.cli import tabular
   real = tabular.check_quantities
 
   def with_nan(inst):

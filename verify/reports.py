@@ -79,6 +79,53 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
   atomic_write_bytes(path, text.encode("utf-8"))
 
 
+class _NonFinite(Exception):
+  def __init__(self, value):
+    super().__init__(value)
+    self.value, self.path = value, []
+
+
+def _convert(x: Any) -> Any:
+  if isinstance(x, dict):
+    out = {}
+    for k, v in x.items():
+      try:
+        out[str(k)] = _convert(v)
+      except _NonFinite as e:
+        e.path.append(f".{k}")
+        raise
+    return out
+  if isinstance(x, (list, tuple)):
+    items = []
+    for i, v in enumerate(x):
+      try:
+        items.append(_convert(v))
+      except _NonFinite as e:
+        e.path.append(f"[{i}]")
+        raise
+    return items
+  if isinstance(x, bool) or x is None or isinstance(x, str):
+    return x
+  if isinstance(x, int):
+    return int(x)
+  if isinstance(x, float):
+    if not math.isfinite(x):
+      raise _NonFinite(x)
+    return float(x) + 0.0  # a plain float; -0.0 + 0.0 == +0.0
+  if hasattr(x, "tolist"):  # numpy and JAX arrays and scalars: checked whole, in one pass
+    a = np.asarray(x)
+    if a.dtype.kind == "f":
+      bad = ~np.isfinite(a)
+      if bad.any():
+        at = np.unravel_index(int(np.argmax(bad)), a.shape) if a.ndim else ()
+        e = _NonFinite(float(a[at]))
+        e.path.extend(f"[{i}]" for i in reversed(at))
+        raise e
+      a = a + 0.0
+    return _convert(a.tolist()) if a.dtype.kind not in "fiub" else a.tolist()
+  raise TypeError(f"not JSON-serialisable: {type(x).__name__}")
+
+
 def to_jsonable(x: Any, where: str = "value") -> Any:
   """Converts arrays and numpy scalars to JSON values, strictly.
 
@@ -93,22 +140,12 @@ def to_jsonable(x: Any, where: str = "value") -> Any:
     OutputError: a NaN or infinity, naming its place (pass None where there is no value).
     TypeError: an object that has no JSON form.
   """
-  if isinstance(x, dict):
-    return {str(k): to_jsonable(v, f"{where}.{k}") for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [to_jsonable(v, f"{where}[{i}]") for i, v in enumerate(x)]
-  if hasattr(x, "tolist") and not isinstance(x, (str, bytes)):
-    return to_jsonable(np.asarray(x).tolist(), where)
-  if isinstance(x, bool) or x is None or isinstance(x, str):
-    return x
-  if isinstance(x, int):
-    return int(x)
-  if isinstance(x, float):
-    if not math.isfinite(x):
-      raise OutputError(f"{where} is {x}, expected a finite number (a result with no value "
-                        "is reported as null only where the code says so)")
-    return x + 0.0  # -0.0 + 0.0 == +0.0
-  raise TypeError(f"{where}: not JSON-serialisable: {type(x).__name__}")
+  try:
+    return _convert(x)
+  except _NonFinite as e:
+    place = where + "".join(reversed(e.path))
+    raise OutputError(f"{place} is {e.value}, expected a finite number (a result with no value "
+                      "is reported as null only where the code says so)") from None
 
 
 def json_text(obj: Any, where: str = "value", indent: int | None = 2) -> str:

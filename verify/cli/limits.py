@@ -11,14 +11,17 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
+
 from ...theory import flows
 from ...theory.instance import Instance
-from ...theory.recipes.groups import MAX_GROUP_ENUMERATION, reward_levels
+from ...theory.objectives import rl_support
+from ...theory.recipes.groups import MAX_GROUP_ENUMERATION
 from .. import budget
 from ..compare import SAMPLED_GROUPS
 from ..io import DEFAULT_MAX_BYTES, parse_instance, read_bounded
 
-__all__ = ["limits", "load_instance", "require_verify", "GROUP_SIZE"]
+__all__ = ["limits", "load_instance", "require_verify", "reward_levels", "GROUP_SIZE"]
 
 GROUP_SIZE = 8  # the published group size of the GRPO-style recipes (grpo, hpt, luffy, relift)
 
@@ -30,6 +33,16 @@ def limits(args) -> budget.Limits:
 
 def _phases(inst: Instance, pipeline: str) -> int:
   return int(flows.pipeline_schedule(pipeline, inst).duration.shape[0])
+
+
+def reward_levels(inst: Instance) -> int:
+  """The most distinct rewards on one prompt's RL support (as theory.recipes.groups counts
+  them; vectorised: one sort, not one np.unique per prompt)."""
+  v = np.where(np.asarray(rl_support(inst)), np.asarray(inst.reward, np.float64), np.nan)
+  v.sort(axis=1)  # NaN last
+  present = ~np.isnan(v)
+  distinct = present[:, 0] + np.sum((np.diff(v, axis=1) != 0) & present[:, 1:], axis=1)
+  return max(1, int(distinct.max()))
 
 
 def _group_tables(inst: Instance) -> tuple[int, int]:

@@ -62,7 +62,6 @@ def run_verify(args) -> int:
 
   if jax.process_index() == 0:
     report["provenance"] = provenance()
-    _print_verify_table(report)
     # The report and this run's counterexamples are moved into place together; the folder of
     # counterexamples replaces the old one as a whole (no stale file of an earlier run remains).
     with StagedOutput(out, replace=("counterexamples",)) as staged:
@@ -74,6 +73,7 @@ def run_verify(args) -> int:
       staged.write_json("report.json", report)
       staged.write_text("report.md", report_markdown(report))
       staged.commit()
+    _print_verify_table(report)
     console().print(f"wrote {out / 'report.json'} and {out / 'report.md'}")
   return 0 if report["all_as_expected"] else 1
 
