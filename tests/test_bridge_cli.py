@@ -3,6 +3,7 @@ error as one line with exit 2, extract -> check (C1 = 0), experiment, demo, figu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from conftest import assert_close
 from scipy.special import softmax
 
+from nondecoupling.verify import budget
 from nondecoupling.verify.bridge.checkpoint import load_weights, random_tensors, save_checkpoint
 from nondecoupling.verify.bridge.config import Qwen3Config, config_to_dict
 from nondecoupling.verify.bridge.demo import build_demo_model
@@ -307,6 +309,20 @@ def test_unwritable_out_and_limits_fail_at_once(command, fragment, demo_dir, tsv
   rc, out, err = run(["bridge", *argv], capsys)
   assert_one_line_error(rc, out, err, fragment.format(bad=bad))
   assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_parameter_count_of_the_estimate(tied):
+  """budget.qwen3_params against the tensors of a checkpoint of that config."""
+  cfg = Qwen3Config(**{**config_to_dict_fields(SMALL), "tie_word_embeddings": tied})
+  tensors = random_tensors(cfg, with_lm_head=not tied)
+  assert budget.qwen3_params(cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size,
+                             cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                             tied) == sum(t.size for t in tensors.values())
+
+
+def config_to_dict_fields(cfg: Qwen3Config) -> dict:
+  return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
 
 
 def test_experiment_end_to_end(demo_dir, tsv, tmp_path, capsys):

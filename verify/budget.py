@@ -8,12 +8,13 @@ limit is the memory the machine has available when the command starts (``MemAvai
 default time limit is :data:`DEFAULT_MAX_SECONDS`.
 
 The constants were measured on the project's machine (2 shared x86-64 cores, 23 GiB, XLA:CPU,
-float64; peak RSS from ``/usr/bin/time -f %M``, wall time of the whole command, each command on
-instances of several sizes and a least-squares line through them; see the comment at each
-constant for the sizes). They are upper-side fits (the largest residual added), because a
-refusal costs the user a flag while an out-of-memory kill costs the whole run. A machine that is
-much faster or slower moves the time estimates by the same factor; memory per entry does not
-depend on the machine.
+float64) with ``/usr/bin/time``: peak RSS (``%M``) and CPU time (user + system) of the whole
+command, on instances of several sizes, a line fitted through them and rounded up; the comment
+at each constant gives the runs. Times are CPU seconds, which is the wall time when the command
+has one core to itself: the machine was shared (load 12 on 2 cores, wall times 5-10x the CPU
+times), so wall times were not reproducible. With two idle cores a command is up to ~1.5x faster
+than estimated (XLA splits large operations over both); on a loaded machine it is slower, which
+``--max-seconds`` allows for. Memory per entry does not depend on the machine.
 """
 
 from __future__ import annotations
@@ -43,29 +44,38 @@ PARSE_BYTES_PER_BYTE = 2.0
 PARSE_BYTES_PER_VALUE = 40.0
 PARSE_S_PER_BYTE = 60e-9  # json.loads + checks: 173 MB (8.6M values) in 10.4 s
 
-# check: compiles every quantity and statement (~8 s), then one pass over the entries.
-CHECK_BASE = (0.25 * GB, 10.0)
-CHECK_PER_ENTRY = (120.0, 2.0e-6)
+# check: compiling every quantity and statement (0.48 GB and 21 CPU s in all on 64 x 16), then
+# one pass over the entries (16000 x 250 from a 173 MB file: 1.38 GB and 36 CPU s).
+CHECK_BASE = (0.2 * GB, 18.0)
+CHECK_PER_ENTRY = (100.0, 1.5e-6)
 
-# frontier: per entry and λ (bisection per prompt).
-FRONTIER_BASE = (0.05 * GB, 4.0)
-FRONTIER_PER_ENTRY = (100.0, 0.0)
-FRONTIER_PER_ENTRY_LAMBDA = (0.0, 0.5e-6)
+# frontier: per entry, and per entry and λ (64 x 16: 0.30 GB, 7.5 CPU s; 16000 x 250 at 6 λ:
+# 1.10 GB, 24 CPU s).
+FRONTIER_BASE = (0.05 * GB, 5.0)
+FRONTIER_PER_ENTRY = (60.0, 0.0)
+FRONTIER_PER_ENTRY_LAMBDA = (0.0, 3e-7)
 
 # flow: adaptive steps of the whole [X, Y] field; saved points hold [points, X, Y] policies.
 FLOW_BASE = (0.2 * GB, 10.0)
 FLOW_PER_ENTRY = (1500.0, 60e-6)
 FLOW_PER_ENTRY_POINT = (40.0, 0.0)
 
-# compare: 4 flows and 11 recipes; recipes cost per step and entry. A recipe whose exact group
-# expectation is infeasible runs its estimator on SAMPLED_GROUPS groups per step: per sample.
-COMPARE_BASE = (0.4 * GB, 40.0)
-COMPARE_PER_ENTRY = (2500.0, 120e-6)
-COMPARE_PER_ENTRY_STEP = (0.0, 0.6e-6)
-COMPARE_PER_ENTRY_MULTISET = (60.0, 0.0)  # exact group expectations: [X, Y, K] temporaries
-COMPARE_PER_ENTRY_MULTISET_STEP = (0.0, 2e-9)
-COMPARE_PER_ENTRY_SAMPLE = (75.0, 0.0)  # [samples, X, Y] estimator temporaries
-COMPARE_PER_ENTRY_SAMPLE_STEP = (0.0, 30e-9)
+# compare: 4 flows and 11 recipes. Fixed: compiling them (0.55 GB and 35 CPU s in all, with
+# start-up, on 1k-16k entries with binary rewards). A recipe whose exact group expectation is
+# feasible enumerates K multisets of reward levels per entry ([X, Y, K] temporaries: 35 B and
+# 7.1e-9 s per entry, multiset and step, from 256 and 1024 entries with 12 levels, K = 31824).
+# One whose exact field is infeasible runs its estimator on SAMPLED_GROUPS groups per step:
+# 80 B per entry and sample, and per step 6.5e-8 s per entry and sample plus 1.2e-6 s per prompt
+# and sample (64 x 256 at 50 and 200 steps, 256 x 16 at 200 steps: 60, 152 and 94 CPU s).
+COMPARE_BASE = (0.25 * GB, 32.0)
+COMPARE_PER_ENTRY = (2000.0, 150e-6)
+COMPARE_PER_ENTRY_STEP = (0.0, 0.1e-6)
+COMPARE_PER_ENTRY_MULTISET = (40.0, 0.0)
+COMPARE_PER_ENTRY_MULTISET_STEP = (0.0, 8e-9)
+COMPARE_PER_ENTRY_SAMPLE = (90.0, 0.0)
+COMPARE_PER_ENTRY_SAMPLE_STEP = (0.0, 7e-8)
+COMPARE_PER_PROMPT_SAMPLE = (500.0, 0.0)
+COMPARE_PER_PROMPT_SAMPLE_STEP = (0.0, 1.3e-6)
 
 # verify: per random instance of every family (bucket 16 x 8) and statement, per search example.
 VERIFY_BASE = (0.5 * GB, 60.0)
@@ -212,7 +222,9 @@ def compare_cost(n_x: int, n_y: int, parse: tuple[float, float], recipe_steps: i
       (COMPARE_PER_ENTRY_MULTISET, e * multisets),
       (COMPARE_PER_ENTRY_MULTISET_STEP, e * multisets * recipe_steps),
       (COMPARE_PER_ENTRY_SAMPLE, e * samples),
-      (COMPARE_PER_ENTRY_SAMPLE_STEP, e * samples * recipe_steps)))
+      (COMPARE_PER_ENTRY_SAMPLE_STEP, e * samples * recipe_steps),
+      (COMPARE_PER_PROMPT_SAMPLE, n_x * samples),
+      (COMPARE_PER_PROMPT_SAMPLE_STEP, n_x * samples * recipe_steps)))
 
 
 def verify_cost(instances: int, search_examples: int, statements: int) -> Estimate:

@@ -16,10 +16,9 @@ from .limits import limits
 __all__ = ["require_bridge", "cola_prompts"]
 
 
-def _bridge_sizes(model_dir, prompts: list[list[int]], candidates: list[list[int]],
-                  batch_size: int, devices: int) -> tuple:
-  """(config, rows, padded tokens, tokens in the largest batch) as scoring will run them."""
-  cfg = read_config(model_dir)
+def _bridge_sizes(prompts: list[list[int]], candidates: list[list[int]], batch_size: int,
+                  devices: int) -> tuple[int, int, int]:
+  """(rows, padded tokens, tokens in the largest batch) as scoring will run them."""
   single = all(len(c) == 1 for c in candidates)
   longest = max(len(c) for c in candidates)
   lengths = sorted(len(p) + (0 if single else longest) for p in prompts)
@@ -29,7 +28,7 @@ def _bridge_sizes(model_dir, prompts: list[list[int]], candidates: list[list[int
   for lo in range(0, len(lengths), batch):
     padded += batch * bucket_length(lengths[min(lo + batch, len(lengths)) - 1])
   padded *= 1 if single else len(candidates)
-  return cfg, rows, padded, batch * bucket_length(lengths[-1])
+  return rows, padded, batch * bucket_length(lengths[-1])
 
 
 def require_bridge(args, model_dir, prompts: list[str], candidates: list[str], chat: bool,
@@ -42,11 +41,11 @@ def require_bridge(args, model_dir, prompts: list[str], candidates: list[str], c
       rendered, see :func:`cola_prompts`).
     devices: local devices the weights are replicated over.
   """
+  cfg = read_config(model_dir)  # the files in the order load_model reads them: same errors
   tok = load_tokenizer(model_dir)
   p_ids = [prompt_ids(tok, p, chat) or [0] for p in prompts]
   c_ids = [encode(tok, c) or [0] for c in candidates]
-  cfg, rows, padded, batch_tokens = _bridge_sizes(model_dir, p_ids, c_ids, args.batch_size,
-                                                  devices)
+  rows, padded, batch_tokens = _bridge_sizes(p_ids, c_ids, args.batch_size, devices)
   params = budget.qwen3_params(cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size,
                                cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
                                cfg.tie_word_embeddings)
