@@ -55,10 +55,12 @@ FRONTIER_BASE = (0.05 * GB, 5.0)
 FRONTIER_PER_ENTRY = (60.0, 0.0)
 FRONTIER_PER_ENTRY_LAMBDA = (0.0, 3e-7)
 
-# flow: adaptive steps of the whole [X, Y] field; saved points hold [points, X, Y] policies.
-FLOW_BASE = (0.2 * GB, 10.0)
-FLOW_PER_ENTRY = (1500.0, 60e-6)
-FLOW_PER_ENTRY_POINT = (40.0, 0.0)
+# flow: adaptive steps of the whole [X, Y] field in each phase; the saved points hold [points, X, Y]
+# policies (alternating, 10 phases: 64 x 16 0.45 GB 14.5 CPU s, 1000 x 100 1.02 GB 18.3 CPU s;
+# sft_then_rl, 2 phases, 1000 x 100: 0.55 GB 15.5 CPU s; 8 points per phase).
+FLOW_BASE = (0.15 * GB, 12.0)
+FLOW_PER_ENTRY = (300.0, 5e-6)  # per phase
+FLOW_PER_ENTRY_POINT = (40.0, 0.0)  # per saved point of each phase
 
 # compare: 4 flows and 11 recipes. Fixed: compiling them (0.55 GB and 35 CPU s in all, with
 # start-up, on 1k-16k entries with binary rewards). A recipe whose exact group expectation is
@@ -68,7 +70,7 @@ FLOW_PER_ENTRY_POINT = (40.0, 0.0)
 # 80 B per entry and sample, and per step 6.5e-8 s per entry and sample plus 1.2e-6 s per prompt
 # and sample (64 x 256 at 50 and 200 steps, 256 x 16 at 200 steps: 60, 152 and 94 CPU s).
 COMPARE_BASE = (0.25 * GB, 32.0)
-COMPARE_PER_ENTRY = (2000.0, 150e-6)
+COMPARE_PER_ENTRY = (6000.0, 150e-6)  # its 4 flows: 15 phases, 2 points each
 COMPARE_PER_ENTRY_STEP = (0.0, 0.1e-6)
 COMPARE_PER_ENTRY_MULTISET = (40.0, 0.0)
 COMPARE_PER_ENTRY_MULTISET_STEP = (0.0, 8e-9)
@@ -77,17 +79,21 @@ COMPARE_PER_ENTRY_SAMPLE_STEP = (0.0, 7e-8)
 COMPARE_PER_PROMPT_SAMPLE = (500.0, 0.0)
 COMPARE_PER_PROMPT_SAMPLE_STEP = (0.0, 1.3e-6)
 
-# verify: per random instance of every family (bucket 16 x 8) and statement, per search example.
-VERIFY_BASE = (0.5 * GB, 60.0)
-VERIFY_PER_INSTANCE = (40e3, 0.0)
-VERIFY_PER_INSTANCE_STATEMENT = (0.0, 0.25e-3)
-VERIFY_PER_SEARCH_EXAMPLE = (0.0, 0.05)
+# verify: compiling every statement's batched check and its search (33 statements: 0.98 GB and
+# 175 CPU s in all at 64 instances, 0.91 GB and 164 CPU s at 4096: the sweep itself is cheap);
+# the Hypothesis search per example and searched statement (20 examples: +72 CPU s over 25).
+VERIFY_BASE = (0.6 * GB, 155.0)
+VERIFY_PER_INSTANCE = (20e3, 0.0)
+VERIFY_PER_INSTANCE_STATEMENT = (0.0, 1.5e-4)
+VERIFY_PER_SEARCH_EXAMPLE = (0.0, 0.15)
 
-# bridge: XLA:CPU float32 forward FLOP rate (a Qwen3 forward, measured as bench/bench_forward.py
-# does, with room for a busy machine), per-row overheads and the experiment's fixed cost.
-BRIDGE_FLOPS_PER_S = 40e9
-BRIDGE_BASE = (0.5 * GB, 20.0)
-BRIDGE_EXPERIMENT = (0.2 * GB, 30.0)
+# bridge: float32 forward FLOPs per CPU second (the Qwen3 forward of bench/bench_forward.py ran at
+# 146.6 GFLOP/s on the 2 idle cores (README) and at 6.6 GFLOP/s wall under load 12 today; small
+# scoring batches are less efficient), per-row overheads, and the fixed costs of loading and of
+# the linear-head experiment (bridge demo: 0.65 GB, 27 CPU s).
+BRIDGE_FLOPS_PER_S = 30e9
+BRIDGE_BASE = (0.25 * GB, 10.0)
+BRIDGE_EXPERIMENT = (0.1 * GB, 15.0)
 BRIDGE_PER_ROW_S = 2e-3
 
 
@@ -228,7 +234,9 @@ def compare_cost(n_x: int, n_y: int, parse: tuple[float, float], recipe_steps: i
 
 
 def verify_cost(instances: int, search_examples: int, statements: int) -> Estimate:
-  """`verify`: ``instances`` random instances per family, every statement, and the search."""
+  """`verify`: ``instances`` random instances, ``statements`` statements and the search
+  (``search_examples`` per statement; counted for every statement, a little high: statements
+  checked only on the sweep are not searched)."""
   b, s = _cost((VERIFY_BASE, 1), (VERIFY_PER_INSTANCE, instances),
                (VERIFY_PER_INSTANCE_STATEMENT, instances * statements),
                (VERIFY_PER_SEARCH_EXAMPLE, search_examples * statements))
