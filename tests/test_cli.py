@@ -496,7 +496,7 @@ def test_version_and_every_json_output_name_the_commit(tmp_path, capsys):
 # --- Ctrl-C ------------------------------------------------------------------------------------
 
 
-def _interrupt(argv, tmp_path, wait_s=8.0):
+def _interrupt(argv, tmp_path, wait_s=6.0):
   """Starts the command, sends SIGINT after ``wait_s`` s; returns (status, seconds, out, err)."""
   proc = subprocess.Popen([sys.executable, "-m", "nondecoupling.verify.cli", *argv],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

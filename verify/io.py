@@ -95,7 +95,7 @@ def read_bounded(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) ->
     if not stat.S_ISREG(st.st_mode):
       raise _not_regular(p, st.st_mode)
     if st.st_size > max_bytes:
-      raise _too_big(p, f"{st.st_size} bytes", max_bytes)
+      raise _too_big(p, f"{st.st_size} bytes, more than", max_bytes)
     chunks, total = [], 0
     while total <= max_bytes:
       chunk = os.read(fd, min(1 << 24, max_bytes + 1 - total))
@@ -104,7 +104,7 @@ def read_bounded(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) ->
       chunks.append(chunk)
       total += len(chunk)
     if total > max_bytes:
-      raise _too_big(p, "it grew while being read and has", max_bytes)
+      raise _too_big(p, "it grew while being read to more than", max_bytes)
     return b"".join(chunks)
   except OSError as e:
     raise InputError(f"{p}: cannot read ({e.strerror or e.__class__.__name__})") from None
@@ -112,9 +112,8 @@ def read_bounded(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) ->
     os.close(fd)
 
 
-def _too_big(p: Path, size: str, limit: int) -> InputError:
-  return InputError(f"{p}: {size}, more than the limit of {limit} bytes (raise it with "
-                    "--max-bytes N)")
+def _too_big(p: Path, what: str, limit: int) -> InputError:
+  return InputError(f"{p}: {what} the limit of {limit} bytes (raise it with --max-bytes N)")
 
 
 # --- strict JSON ---------------------------------------------------------------------------------
