@@ -79,13 +79,15 @@ COMPARE_PER_ENTRY_SAMPLE_STEP = (0.0, 7e-8)
 COMPARE_PER_PROMPT_SAMPLE = (500.0, 0.0)
 COMPARE_PER_PROMPT_SAMPLE_STEP = (0.0, 1.3e-6)
 
-# verify: compiling every statement's batched check and its search (33 statements: 0.98 GB and
-# 175 CPU s in all at 64 instances, 0.91 GB and 164 CPU s at 4096: the sweep itself is cheap);
-# the Hypothesis search per example and searched statement (20 examples: +72 CPU s over 25).
-VERIFY_BASE = (0.6 * GB, 155.0)
+# verify: compiling every statement's batched check (33 statements: 0.98 GB and 175 CPU s in all
+# at 64 instances, 0.91 GB and 164 CPU s at 4096: the sweep itself is cheap); the Hypothesis
+# search compiles once per searched statement and then costs per example (64 instances with 0,
+# 20 and 100 examples over 25 searched statements: 175, 247 and 281 CPU s).
+VERIFY_BASE = (0.6 * GB, 165.0)
 VERIFY_PER_INSTANCE = (20e3, 0.0)
 VERIFY_PER_INSTANCE_STATEMENT = (0.0, 1.5e-4)
-VERIFY_PER_SEARCH_EXAMPLE = (0.0, 0.15)
+VERIFY_SEARCH_PER_STATEMENT = (0.0, 2.7)  # when the search runs (--search-examples > 0)
+VERIFY_PER_SEARCH_EXAMPLE = (0.0, 0.02)  # per example and statement
 
 # bridge: float32 forward FLOPs per CPU second (the Qwen3 forward of bench/bench_forward.py ran at
 # 146.6 GFLOP/s on the 2 idle cores (README) and at 6.6 GFLOP/s wall under load 12 today; small
@@ -239,6 +241,7 @@ def verify_cost(instances: int, search_examples: int, statements: int) -> Estima
   checked only on the sweep are not searched)."""
   b, s = _cost((VERIFY_BASE, 1), (VERIFY_PER_INSTANCE, instances),
                (VERIFY_PER_INSTANCE_STATEMENT, instances * statements),
+               (VERIFY_SEARCH_PER_STATEMENT, statements if search_examples else 0),
                (VERIFY_PER_SEARCH_EXAMPLE, search_examples * statements))
   return Estimate(f"verify on {instances} instances and {search_examples} search examples × "
                   f"{statements} statements", STARTUP_BYTES + b, STARTUP_S + s)
