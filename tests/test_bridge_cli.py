@@ -3,6 +3,7 @@ error as one line with exit 2, extract -> check (C1 = 0), experiment, demo, figu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from conftest import assert_close
 from scipy.special import softmax
 
+from nondecoupling.verify import budget
 from nondecoupling.verify.bridge.checkpoint import load_weights, random_tensors, save_checkpoint
 from nondecoupling.verify.bridge.config import Qwen3Config, config_to_dict
 from nondecoupling.verify.bridge.demo import build_demo_model
@@ -278,6 +280,51 @@ def test_extract_errors(demo_dir, tmp_path, capsys):
   assert rc == 2 and out == ""
 
 
+@pytest.mark.parametrize("command,fragment", [
+    ("extract", "--out {bad}: cannot write there (not a directory)"),
+    ("experiment", "--out {bad}: cannot write there (not a directory)"),
+    ("demo", "--out {bad}: cannot write there (not a directory)"),
+    ("score_memory", "bridge score on 1 row (256 padded tokens) with model"),
+    ("extract_time", "(raise it with --max-seconds S)"),
+    ("experiment_memory", "(raise it with --max-memory GB)"),
+])
+def test_unwritable_out_and_limits_fail_at_once(command, fragment, demo_dir, tsv, tmp_path,
+                                                capsys):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a folder")
+  bad = blocker / "out"
+  argv = {
+      "extract": ["extract", "--model", demo_dir, "--data", tsv[0], "--beta", "1", "--out",
+                  bad / "x.json"],
+      "experiment": ["experiment", "--model", demo_dir, "--train", tsv[0], "--test", tsv[1],
+                     "--out", bad],
+      "demo": ["demo", "--out", bad],
+      "score_memory": ["score", "--model", demo_dir, "--prompt", "the dog", "--candidate",
+                       " ball", "--max-memory", "0.01"],
+      "extract_time": ["extract", "--model", demo_dir, "--data", tsv[0], "--beta", "1", "--out",
+                       tmp_path / "x.json", "--max-seconds", "2"],
+      "experiment_memory": ["experiment", "--model", demo_dir, "--train", tsv[0], "--test",
+                            tsv[1], "--out", tmp_path / "exp", "--max-memory", "0.1"],
+  }[command]
+  rc, out, err = run(["bridge", *argv], capsys)
+  assert_one_line_error(rc, out, err, fragment.format(bad=bad))
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_parameter_count_of_the_estimate(tied):
+  """budget.qwen3_params against the tensors of a checkpoint of that config."""
+  cfg = Qwen3Config(**{**config_to_dict_fields(SMALL), "tie_word_embeddings": tied})
+  tensors = random_tensors(cfg, with_lm_head=not tied)
+  assert budget.qwen3_params(cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size,
+                             cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                             tied) == sum(t.size for t in tensors.values())
+
+
+def config_to_dict_fields(cfg: Qwen3Config) -> dict:
+  return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+
+
 def test_experiment_end_to_end(demo_dir, tsv, tmp_path, capsys):
   out_dir = tmp_path / "exp"
   rc, out, err = run(["bridge", "experiment", "--model", demo_dir, "--train", tsv[0], "--test",
@@ -302,8 +349,11 @@ def test_experiment_end_to_end(demo_dir, tsv, tmp_path, capsys):
     assert all(-1 <= r <= 1 for r in c["test_reward"])
   assert res["base"]["test_reward"] == pytest.approx(res["base_full_label"]["test_reward"],
                                                      abs=1e-5)
-  assert {p.name for p in out_dir.iterdir()} >= {"experiment.json", "fig3a_sft_then_rl.png",
+  assert {p.name for p in out_dir.iterdir()} == {"experiment.json", "fig3a_sft_then_rl.png",
+                                                 "fig3a_sft_then_rl.pdf", "fig3b_rl_then_sft.png",
                                                  "fig3b_rl_then_sft.pdf"}
+  saved = json.loads((out_dir / "experiment.json").read_text())
+  assert saved["provenance"]["commit"] == res["provenance"]["commit"] != "unknown"
   # C₁ of Theorem 3.1 is computed on the training instance: 0 on gold labels with ±1 reward.
   assert res["c1_theorem_3_1"] == 0.0
   # The RL phase increases the training objective J_beta (full batch, small steps).

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import assert_close, assert_conditioned
+from hypothesis import assume, given, settings, strategies as st
 
-from nondecoupling.verify.cli import main
+from nondecoupling.theory.instance import make_instance
+from nondecoupling.theory.recipes.groups import reward_levels as reward_levels_by_unique
+from nondecoupling.verify import io
+from nondecoupling.verify.cli import main, tabular
+from nondecoupling.verify.cli.limits import reward_levels
+from nondecoupling.verify.errors import OutputError
+from nondecoupling.verify.reports import StagedOutput, json_text, to_jsonable
 
 GOOD = {"beta": 0.5, "prompt_weights": [0.25, 0.75], "data": [[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]],
         "reward": [[1.0, 0.0, -1.0], [0.5, -0.5, 0.2]],
@@ -176,11 +190,25 @@ def test_check_table_output(tmp_path, capsys):
 
 def test_verify_finds_theorem_4_1_false_and_writes_reports(tmp_path, capsys):
   out_dir = tmp_path / "results"
+  (out_dir / "counterexamples").mkdir(parents=True)
+  (out_dir / "counterexamples" / "stale_from_an_earlier_run.json").write_text("{}")
   code, out, err = _run(["verify", "--instances", "240", "--search-examples", "60",
                          "--only", "C1 theorem_3_1,C3,C4,D1 critical_beta_root",
                          "--out", str(out_dir)], capsys)
   assert code == 0, out + err
   report = json.loads((out_dir / "report.json").read_text())
+  # The counterexamples folder was replaced as a whole; every file has a normal file's mode.
+  assert sorted(p.name for p in (out_dir / "counterexamples").iterdir()) == [
+      "C3_theorem_4_1_as_printed.json"]
+  assert sorted(p.name for p in out_dir.iterdir()) == ["counterexamples", "report.json",
+                                                       "report.md"]
+  umask = os.umask(0o022)
+  os.umask(umask)
+  for p in (out_dir / "report.json", out_dir / "report.md",
+            out_dir / "counterexamples" / "C3_theorem_4_1_as_printed.json"):
+    assert p.stat().st_mode & 0o777 == 0o666 & ~umask, p
+  assert report["provenance"]["commit"] == _git_head()
+  assert "-0.0" not in (out_dir / "report.json").read_text()
   md = (out_dir / "report.md").read_text()
   by_name = {s["name"]: s for s in report["statements"]}
   c3 = by_name["C3 theorem_4_1_as_printed"]
@@ -255,3 +283,351 @@ def test_entry_point_runs_as_a_program(tmp_path):
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2 and proc.stdout == ""
   assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
+
+
+# --- hostile files, through every command that reads an instance --------------------------------
+
+READERS = {"check": [], "frontier": [], "compare": [], "flow": ["--pipeline", "joint"]}
+_GOOD_TEXT = json.dumps(GOOD)
+
+
+def _replace(old: str, new: str) -> str:
+  assert old in _GOOD_TEXT
+  return _GOOD_TEXT.replace(old, new, 1)
+
+
+HOSTILE = {
+    "deep_nesting": ('{"beta": ' + "[" * 100_000 + "]" * 100_000 + "}",
+                     "JSON nested 100001 levels deep, more than the limit of 32"),
+    "integer_of_400_digits": (_replace('"beta": 0.5', '"beta": 1' + "0" * 400),
+                              "beta is 100000000000…000000 (401 characters), beyond the range "
+                              "of float64"),
+    "integer_in_data": (_replace("[[0.5, 0.5, 0.0]", "[[" + "9" * 500 + ", 0.5, 0.0]"),
+                        "data row 0 entry 0 is 999999999999…999999 (500 characters), beyond"),
+    "exponent_overflow": (_replace("[[1.0, 0.0, -1.0]", "[[1.0, 1e400, -1.0]"),
+                          "reward row 0 entry 1 is 1e400, beyond the range of float64"),
+    "string_in_data": (_replace("[[0.5, 0.5, 0.0]", '[["0.5", 0.5, 0.0]'),
+                       "data row 0 entry 0 is a string, expected a finite number"),
+    "boolean_in_reward": (_replace("[0.5, -0.5, 0.2]", "[0.5, true, 0.2]"),
+                          "reward row 1 entry 1 is a boolean, expected a finite number"),
+    "null_weight": (_replace("[0.25, 0.75]", "[null, 0.75]"),
+                    "prompt_weights entry 0 is null, expected a finite number"),
+    "list_in_row": (_replace("[[0.5, 0.5, 0.0]", "[[[0.5], 0.5, 0.0]"),
+                    "data row 0 entry 0 is a list, expected a finite number"),
+    "row_not_a_list": (_replace("[[0.5, 0.5, 0.0]", '["row", [0.5, 0.5, 0.0]'),
+                       "data row 0 is a string, expected a list of numbers"),
+    "boolean_beta": (_replace('"beta": 0.5', '"beta": true'), "beta is a boolean"),
+    "string_beta": (_replace('"beta": 0.5', '"beta": "0.5"'), "beta is a string"),
+    "duplicate_key": (_replace('"beta": 0.5', '"beta": 0.5, "beta": 2'),
+                      "key 'beta' appears twice in one object"),
+    "empty_data": (_replace("[[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]]", "[]"),
+                   "data must be a non-empty list of rows of numbers, got a list (empty)"),
+    "not_utf8": (b'{"beta": 0.5, "prompts": ["\xff"]}', "not UTF-8 text (byte 27)"),
+}
+
+
+def _write_bytes(tmp_path, content, name="inst.json"):
+  p = tmp_path / name
+  p.write_bytes(content if isinstance(content, bytes) else content.encode())
+  return str(p)
+
+
+def _assert_refused(code, out, err, fragment):
+  assert code == 2, err
+  assert out == ""
+  lines = err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), err
+  assert fragment in lines[0], (fragment, lines[0])
+
+
+@pytest.mark.parametrize("command", sorted(READERS))
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_instance_files_exit_2_one_line(case, command, tmp_path, capsys):
+  content, fragment = HOSTILE[case]
+  path = _write_bytes(tmp_path, content)
+  code, out, err = _run([command, path, *READERS[command], "--json"], capsys)
+  _assert_refused(code, out, err, fragment)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["inst.json"]
+
+
+@pytest.mark.parametrize("command", sorted(READERS))
+def test_devices_and_oversized_files_are_not_read(command, tmp_path, capsys):
+  extra = READERS[command]
+  code, out, err = _run([command, "/dev/zero", *extra], capsys)
+  _assert_refused(code, out, err, "/dev/zero: is a character device, expected a regular file")
+  path = _write(tmp_path, GOOD)
+  size = os.path.getsize(path)
+  code, out, err = _run([command, path, *extra, "--max-bytes", str(size - 1)], capsys)
+  _assert_refused(code, out, err, f"{size} bytes, more than the limit of {size - 1} bytes "
+                                  "(raise it with --max-bytes N)")
+
+
+def test_named_pipe_is_refused_without_blocking(tmp_path):
+  """A FIFO with no writer would block a plain open() forever: it is refused from its type."""
+  fifo = tmp_path / "pipe.json"
+  os.mkfifo(fifo)
+  proc = subprocess.run([sys.executable, "-m", "nondecoupling.verify.cli", "check", str(fifo)],
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2 and proc.stdout == ""
+  assert proc.stderr.strip() == f"error: {fifo}: is a named pipe, expected a regular file (an " \
+                                "instance JSON file)"
+
+
+def _depth(v) -> int:
+  """Nesting depth of a parsed JSON value (the reference: recursion on the Python structure)."""
+  if isinstance(v, dict):
+    return 1 + max((_depth(x) for x in v.values()), default=0)
+  if isinstance(v, list):
+    return 1 + max((_depth(x) for x in v), default=0)
+  return 0
+
+
+_JSON_TEXT = st.text(alphabet=st.sampled_from('ab[]{}"\\,: \n\u00e9'), max_size=8)
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False) | _JSON_TEXT,
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(_JSON_TEXT, kids, max_size=3),
+    max_leaves=25)
+
+
+@settings(max_examples=150)
+@given(value=_JSON_VALUES, chunk=st.sampled_from([1, 2, 3, 7, 1 << 22]),
+       indent=st.sampled_from([None, 1]))
+def test_nesting_depth_scan_matches_the_structure(value, chunk, indent):
+  """Brackets and backslash-escaped quotes inside strings are skipped, across chunk borders."""
+  text = json.dumps(value, indent=indent, ensure_ascii=False).encode()
+  saved, io._SCAN_CHUNK = io._SCAN_CHUNK, chunk
+  try:
+    assert io.json_nesting_depth(text) == _depth(value)
+  finally:
+    io._SCAN_CHUNK = saved
+
+
+def _as_floats(v):
+  if isinstance(v, dict):
+    return {k: _as_floats(x) for k, x in v.items()}
+  if isinstance(v, list):
+    return [_as_floats(x) for x in v]
+  return float(v) if type(v) in (int, float) else v
+
+
+@settings(max_examples=150)
+@given(value=_JSON_VALUES, indent=st.sampled_from([None, 0, 2]), cut=st.integers(0, 10 ** 6),
+       junk=st.sampled_from(["", ",", "]", "}", " x", ":", "[", '"']))
+def test_strict_parser_agrees_with_the_json_module(value, indent, cut, junk):
+  """Walking the outer levels in Python changes nothing: same values (numbers as floats), and
+  broken text (a character removed, junk inserted) is refused exactly when json.loads refuses."""
+  assume(_depth(value) <= io.MAX_NESTING)
+  text = json.dumps(value, indent=indent, ensure_ascii=False)
+  assert io.parse_json_strict(text.encode(), "t") == _as_floats(value)
+  i = cut % (len(text) + 1)
+  for broken in (text[:i] + text[i + 1:], text[:i] + junk + text[i:]):
+    try:
+      expected = _as_floats(json.loads(broken))
+    except json.JSONDecodeError:
+      expected = None
+    try:
+      got = io.parse_json_strict(broken.encode(), "t")
+    except io.InputError as e:
+      assert expected is None or "appears twice" in str(e), (broken, e)
+    else:
+      assert got == expected, broken
+
+
+# --- resource limits ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", sorted(READERS))
+def test_jobs_over_the_limits_are_refused_before_they_start(command, tmp_path, capsys):
+  path = _write(tmp_path, GOOD)
+  code, out, err = _run([command, path, *READERS[command], "--max-memory", "0.01"], capsys)
+  _assert_refused(code, out, err, "of memory (estimated), more than the limit of 0.01 GB (raise "
+                                  "it with --max-memory GB)")
+  code, out, err = _run([command, path, *READERS[command], "--max-seconds", "0.5"], capsys)
+  _assert_refused(code, out, err, "(estimated), more than the limit of 0.5 s (raise it with "
+                                  "--max-seconds S)")
+  assert f"{command} on 2 × 3 entries" in err
+
+
+@settings(max_examples=60)
+@given(levels=st.lists(st.lists(st.sampled_from([-1.0, 0.0, 0.5, 2.0, np.nan]), min_size=3,
+                                max_size=3), min_size=1, max_size=4))
+def test_reward_levels_of_the_estimate_match_theory(levels):
+  """The vectorised count equals theory's per-prompt np.unique over the RL support."""
+  r = np.array(levels)
+  ref = np.where(np.isnan(r), 0.0, 1.0)
+  ref[:, 0] = 1.0  # every row reaches something
+  ref = ref / ref.sum(axis=1, keepdims=True)
+  inst = make_instance(np.full(len(r), 1 / len(r)), ref, np.nan_to_num(r, nan=7.0), 1.0,
+                       reference=ref, dtype=np.float64)
+  assert reward_levels(inst) == reward_levels_by_unique(inst)
+
+
+def test_compare_on_a_million_entries_is_refused_by_its_memory(tmp_path, capsys):
+  """The issue's case: one prompt, many responses; the GRPO estimator's [512, X, Y] samples."""
+  n = 100_000
+  inst = {"beta": 0.5, "prompt_weights": [1.0], "data": [[1.0 / n] * n],
+          "reward": [np.linspace(-1, 1, n).tolist()]}
+  code, out, err = _run(["compare", _write(tmp_path, inst), "--max-memory", "2"], capsys)
+  _assert_refused(code, out, err, "compare on 1 × 100000 entries needs about")
+  assert "--max-memory GB" in err
+
+
+def test_verify_over_its_limits_writes_nothing(tmp_path, capsys):
+  target = tmp_path / "out" / "deeper"
+  code, out, err = _run(["verify", "--instances", "100000", "--out", str(target),
+                         "--max-seconds", "60"], capsys)
+  _assert_refused(code, out, err, "verify on 100000 instances")
+  assert "--max-seconds S" in err and not (tmp_path / "out").exists()
+
+
+# --- output locations, files and JSON values ---------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [["verify", "--instances", "8", "--out", "{bad}"],
+                                  ["figures", "--only", "nope", "--out", "{bad}"],
+                                  ["figures", "--out", "{bad}"]])
+def test_unwritable_out_fails_at_once(argv, tmp_path, capsys):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a folder")
+  bad = blocker / "results"
+  code, out, err = _run([a.format(bad=bad) for a in argv], capsys)
+  fragment = "unknown figure" if "nope" in argv else f"--out {bad}: cannot write there"
+  _assert_refused(code, out, err, fragment)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_staged_output_moves_a_whole_set_or_nothing(tmp_path):
+  out = tmp_path / "out"
+  (out / "counterexamples").mkdir(parents=True)
+  (out / "counterexamples" / "stale.json").write_text("{}")
+  (out / "report.json").write_text("old")
+  with pytest.raises(RuntimeError):
+    with StagedOutput(out, replace=("counterexamples",)) as staged:
+      staged.write_json("report.json", {"new": 1})
+      raise RuntimeError("interrupted before the commit")
+  assert sorted(p.name for p in out.iterdir()) == ["counterexamples", "report.json"]
+  assert (out / "report.json").read_text() == "old"
+  with StagedOutput(out, replace=("counterexamples",)) as staged:
+    staged.write_json("counterexamples/new.json", {"x": 1})
+    staged.write_json("report.json", {"new": 1})
+    written = staged.commit()
+  assert sorted(p.name for p in (out / "counterexamples").iterdir()) == ["new.json"]
+  assert sorted(p.name for p in out.iterdir()) == ["counterexamples", "report.json"]
+  assert set(written) == {out / "counterexamples" / "new.json", out / "report.json"}
+  fresh = tmp_path / "a" / "b"
+  with pytest.raises(RuntimeError):
+    with StagedOutput(fresh):
+      raise RuntimeError
+  assert not (tmp_path / "a").exists()
+
+
+def test_json_values_are_strict():
+  obj = {"a": [1.0, -0.0, np.float64(-0.0)], "b": {"c": np.array([2.0, -0.0])}}
+  text = json_text(obj)
+  assert "-0.0" not in text and json.loads(text) == {"a": [1.0, 0.0, 0.0], "b": {"c": [2.0, 0.0]}}
+  for bad, where in ((float("nan"), "out.x[1]"), (np.inf, "out.x[1]"),
+                     (np.array([1.0, -np.inf]), "out.x[1][1]")):
+    with pytest.raises(OutputError, match=re.escape(f"{where} is")):
+      to_jsonable({"x": [0, bad]}, "out")
+  assert to_jsonable({"beta_critical": None}) == {"beta_critical": None}
+
+
+def test_json_output_never_prints_negative_zero(tmp_path, capsys):
+  code, out, err = _run(["frontier", _write(tmp_path, GOOD), "--lambdas=-0,1", "--json"], capsys)
+  assert code == 0, err
+  assert "-0.0" not in out and json.loads(out)["points"][0]["lambda"] == 0.0
+
+
+def test_a_non_finite_result_is_an_error_not_null(tmp_path, capsys, monkeypatch):
+  real = tabular.check_quantities
+
+  def with_nan(inst):
+    return {**real(inst), "c1": jnp.asarray(np.nan)}
+  monkeypatch.setattr(tabular, "check_quantities", with_nan)
+  code, out, err = _run(["check", _write(tmp_path, GOOD), "--json"], capsys)
+  assert code == 1 and out == ""
+  lines = err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: output.c1 is nan, expected a finite"), err
+
+
+# --- start-up, version and provenance ----------------------------------------------------------
+
+
+def test_help_imports_neither_jax_nor_numpy():
+  code = ("import sys\nfrom nondecoupling.verify.cli import main\ntry:\n  main(['--help'])\n"
+          "except SystemExit as e:\n  assert e.code == 0\n"
+          "print(sorted(m for m in ('jax', 'numpy', 'scipy') if m in sys.modules))")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.strip().endswith("[]"), proc.stdout[-200:]
+  assert "usage: nondecoupling" in proc.stdout
+
+
+def _git_head() -> str:
+  root = Path(__file__).resolve().parent.parent
+  return subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                        text=True, check=True).stdout.strip()
+
+
+def test_version_and_every_json_output_name_the_commit(tmp_path, capsys):
+  head = _git_head()
+  with pytest.raises(SystemExit):
+    main(["--version"])
+  assert f"commit {head}, from git" in capsys.readouterr().out
+  path = _write(tmp_path, GOOD)
+  for argv in (["check", path], ["frontier", path]):  # flow, compare: test_dynamics_cli.py
+    code, out, err = _run([*argv, "--json"], capsys)
+    assert code == 0, err
+    prov = json.loads(out)["provenance"]
+    assert prov["commit"] == head and prov["commit_source"] == "git"
+    assert prov["version"] == importlib.metadata.version("nondecoupling")
+    assert isinstance(prov["dirty"], bool)
+
+
+# --- Ctrl-C ------------------------------------------------------------------------------------
+
+
+def _interrupt(argv, tmp_path, wait_s=6.0):
+  """Starts the command, sends SIGINT after ``wait_s`` s; returns (status, seconds, out, err)."""
+  proc = subprocess.Popen([sys.executable, "-m", "nondecoupling.verify.cli", *argv],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          cwd=tmp_path)
+  try:
+    time.sleep(wait_s)
+    assert proc.poll() is None, "finished before the interrupt: make the job longer"
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    try:
+      proc.wait(timeout=30)
+    finally:
+      elapsed = time.monotonic() - t0
+    out, err = proc.communicate()
+    return proc.returncode, elapsed, out, err
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+
+
+def _leftovers(root: Path) -> list[str]:
+  return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("job", ["compare", "verify", "figures"])
+def test_ctrl_c_exits_130_within_3_s_and_leaves_no_output(job, tmp_path):
+  rng = np.random.default_rng(0)
+  inst = {"beta": 0.5, "prompt_weights": [1 / 64] * 64,
+          "data": rng.dirichlet(np.ones(256), 64).tolist(),
+          "reward": rng.uniform(-1, 1, (64, 256)).tolist()}
+  (tmp_path / "inst.json").write_text(json.dumps(inst))
+  argv = {"compare": ["compare", "inst.json", "--json", "--max-seconds", "1e6"],
+          "verify": ["verify", "--instances", "4096", "--search-examples", "200", "--out",
+                     "results", "--max-seconds", "1e6"],
+          "figures": ["figures", "--out", "figs"]}[job]
+  before = _leftovers(tmp_path)
+  status, seconds, out, err = _interrupt(argv, tmp_path)
+  assert status == 130, err[-2000:]
+  assert seconds < 3.0, seconds
+  assert err.strip().splitlines()[-1] == "error: interrupted"
+  assert out == ""
+  assert _leftovers(tmp_path) == before

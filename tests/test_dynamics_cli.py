@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,6 +38,7 @@ def test_compare_json_has_every_recipe_and_nonnegative_regret(instance_file, cap
           -0.2 * np.log(0.2) - 0.3 * np.log(0.3) - 0.5 * np.log(0.5)), abs=1e-9)
   exact = out["recipes"][0]
   assert exact["status"] == "ok" and exact["regret"] >= 0
+  assert out["provenance"]["commit"] == _git_head()
 
 
 def test_compare_uses_the_sampled_field_when_grpo_cannot_be_enumerated(tmp_path, capsys):
@@ -65,6 +68,7 @@ def test_flow_json_and_table(instance_file, capsys):
                "--points", "2"]) == 0
   out = json.loads(capsys.readouterr().out)
   assert out["pipeline"] == "alternating" and out["converged"]
+  assert out["provenance"]["commit"] == _git_head()
   times = [p["time"] for p in out["points"]]
   assert times[0] == 0 and np.all(np.diff(times) > 0)
   assert len(times) == 1 + 2 * len(out["schedule"]["duration"])
@@ -82,19 +86,45 @@ def test_flow_json_and_table(instance_file, capsys):
     (["compare", "{invalid}"], "beta"),
     (["compare", "{f}", "--recipe-steps", "-3"], "recipe-steps"),
     (["compare", "{f}", "--recipe-lr", "nan"], "recipe-lr"),
+    (["compare", "{dup}"], "key 'beta' appears twice in one object"),
+    (["flow", "{dup}", "--pipeline", "joint"], "key 'beta' appears twice in one object"),
+    (["compare", "{strings}"], "reward row 1 entry 0 is a string, expected a finite number"),
+    (["flow", "{strings}", "--pipeline", "joint"], "reward row 1 entry 0 is a string"),
+    (["compare", "/dev/zero"], "/dev/zero: is a character device"),
+    (["flow", "/dev/zero", "--pipeline", "joint"], "/dev/zero: is a character device"),
+    (["compare", "{f}", "--max-bytes", "10"], "more than the limit of 10 bytes (raise it with "
+                                              "--max-bytes N)"),
+    (["compare", "{f}", "--max-seconds", "1"], "(raise it with --max-seconds S)"),
+    (["flow", "{f}", "--pipeline", "joint", "--max-memory", "0.001"],
+     "(raise it with --max-memory GB)"),
+    (["compare", "{f}", "--max-memory", "0"], "expected a finite number > 0"),
+    (["flow", "{f}", "--pipeline", "joint", "--max-bytes", "-1"], "expected a whole number > 0"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, needle, instance_file, tmp_path, capsys):
   bad = tmp_path / "bad.json"
   bad.write_text("{not json")
   invalid = tmp_path / "invalid.json"
   invalid.write_text(json.dumps({**INSTANCE, "beta": -1.0}))
-  paths = {"f": instance_file, "missing": tmp_path / "none.json", "bad": bad, "invalid": invalid}
+  dup = tmp_path / "dup.json"
+  dup.write_text(json.dumps(INSTANCE)[:-1] + ', "beta": 1.0}')
+  strings = tmp_path / "strings.json"
+  strings.write_text(json.dumps({**INSTANCE, "reward": [[1.0, 0.0, 0.5], ["1", 1.0, -1.0]]}))
+  paths = {"f": instance_file, "missing": tmp_path / "none.json", "bad": bad, "invalid": invalid,
+           "dup": dup, "strings": strings}
   argv = [a.format(**paths) for a in argv]
   assert main(argv) == 2
   cap = capsys.readouterr()
   assert cap.out == ""
   lines = cap.err.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0]
+  assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], lines
+  assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+      ["inst.json", "bad.json", "invalid.json", "dup.json", "strings.json"])
+
+
+def _git_head() -> str:
+  root = Path(__file__).resolve().parent.parent
+  return subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                        text=True, check=True).stdout.strip()
 
 
 def test_dynamics_figures_smoke():

@@ -106,12 +106,33 @@ def test_bad_lambdas(tmp_path, capsys, main, lambdas, fragment):
     (dict(GOOD, beta=-1.0), "beta"),
     (dict(GOOD, data=[[0.5, 0.6, 0.0], [0.2, 0.3, 0.5]]), "data row 0 sums to"),
     ([1, 2], "JSON object"),
+    ('{"beta": 0.5, "beta": 0.5}', "key 'beta' appears twice in one object"),
+    (json.dumps(GOOD).replace('"beta": 0.5', '"beta": 5' + "0" * 330),
+     "beta is 500000000000…000000 (331 characters), beyond the range of float64"),
+    (json.dumps(GOOD).replace("[1.0, 0.0, 2.0]", "[1.0, false, 2.0]"),
+     "reward row 0 entry 1 is a boolean, expected a finite number"),
+    ("[" * 5000 + "]" * 5000, "JSON nested 5000 levels deep, more than the limit of 32"),
 ])
 def test_bad_files(tmp_path, capsys, main, content, fragment):
   path = str(tmp_path / "missing.json") if content is None else _write(tmp_path, content)
   code, out, err = _run(main, ["frontier", path, "--json"], capsys)
   assert code == 2 and out == ""
   assert err.startswith("error: ") and err.count("\n") == 1 and fragment in err
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["/dev/zero"], "/dev/zero: is a character device, expected a regular file"),
+    (["{f}", "--max-bytes", "5"], "more than the limit of 5 bytes (raise it with --max-bytes N)"),
+    (["{f}", "--max-memory", "0.001"], "of memory (estimated), more than the limit of 0.001 GB"),
+    (["{f}", "--max-seconds", "0.2"], "frontier on 2 × 3 entries and 6 λ needs about"),
+    (["{f}", "--max-seconds", "0.1"], "more than the limit of 0.1 s (raise it with --max-seconds "
+                                      "S)"),
+])
+def test_limits(tmp_path, capsys, main, argv, fragment):
+  path = _write(tmp_path, GOOD)
+  code, out, err = _run(main, ["frontier", *[a.format(f=path) for a in argv], "--json"], capsys)
+  assert code == 2 and out == ""
+  assert err.startswith("error: ") and err.count("\n") == 1 and fragment in err, err
 
 
 def test_parse_lambdas():

@@ -6,9 +6,9 @@ prints one line ``error: ...`` and exits 2 with nothing written.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
+import jax
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
@@ -16,15 +16,18 @@ from scipy.special import softmax
 
 from ...figures import write_figure
 from ...figures.bridge import RESULT_FIGURES
+from .. import budget
 from ..bridge.checkpoint import load_model
 from ..bridge.cola import read_cola
 from ..bridge.demo import DEMO_NOTICE, run_demo
 from ..bridge.experiment import ExperimentSettings, run_model_experiment
 from ..bridge.extract import extract_file
 from ..bridge.scoring import score_candidates
-from ..errors import InputError
-from ..reports import atomic_write_json
+from ..provenance import provenance
+from ..reports import StagedOutput, check_output_dir, check_output_file, scratch_dir
+from .bridge_limits import cola_prompts, require_bridge
 from .console import console, escape, print_json
+from .limits import limits
 
 __all__ = ["run_score", "run_extract", "run_experiment", "run_demo_command", "write_experiment"]
 
@@ -49,18 +52,13 @@ class _Progress:
     self.p.advance(self.task, n)
 
 
-def _out_path_ok(path: Path, kind: str) -> None:
-  if path.exists() and path.is_dir() and kind == "file":
-    raise InputError(f"--out {path}: is a directory, expected a file path")
-  if path.exists() and not path.is_dir() and kind == "dir":
-    raise InputError(f"--out {path}: exists and is not a directory")
-
-
 def run_score(args) -> int:
+  require_bridge(args, args.model, [args.prompt], args.candidate, args.chat,
+                 jax.local_device_count())
   obj = score_candidates(args.model, args.prompt, args.candidate, args.chat, args.dtype,
                          args.batch_size)
   if args.json:
-    print_json(obj)
+    print_json({**obj, "provenance": provenance()})
     return 0
   _print_scores(obj, args.chat)
   return 0
@@ -78,13 +76,15 @@ def _print_scores(obj, chat) -> None:
 
 
 def run_extract(args) -> int:
-  _out_path_ok(Path(args.out), "file")
+  check_output_file(args.out)
   examples = read_cola(args.data, args.limit)
+  require_bridge(args, args.model, *cola_prompts(examples, args.chat), chat=False,
+                 devices=jax.local_device_count())
   with _Progress("scoring", len(examples)) as bar:
     obj = extract_file(args.model, args.data, args.beta, args.out, args.limit, args.chat,
                        args.dtype, args.batch_size, examples=examples, on_batch=bar.advance)
   if args.json:
-    print_json(obj, indent=2)
+    print_json({**obj, "provenance": provenance()}, indent=2)
     return 0
   _print_extract(obj)
   return 0
@@ -114,27 +114,32 @@ def _settings(args):
                             rl_optimizer=args.rl_optimizer)
 
 
-def write_experiment(out_dir: Path, result: dict) -> list[Path]:
-  """Writes experiment.json and the two figures of the experiment into ``out_dir``."""
-  out_dir.mkdir(parents=True, exist_ok=True)
-  written = [out_dir / "experiment.json"]
-  atomic_write_json(written[0], result)
+def write_experiment(staged: StagedOutput, result: dict) -> None:
+  """Stages experiment.json and the two figures of the experiment (moved into place on commit)."""
+  staged.write_json("experiment.json", result)
   for name, draw in RESULT_FIGURES.items():
-    written += write_figure(draw(result), out_dir, name)
-  return written
+    write_figure(draw(result), staged.path("."), name)
 
 
 def run_experiment(args) -> int:
   out = Path(args.out) if args.out else None
   if out is not None:
-    _out_path_ok(out, "dir")
+    check_output_dir(out)
   train = read_cola(args.train, args.limit_train)
   test = read_cola(args.test, args.limit_test)
+  prompts, labels = cola_prompts(train + test, args.chat)
+  require_bridge(args, args.model, prompts, labels, chat=False, devices=jax.local_device_count(),
+                 experiment=True)
   weights, tok = load_model(args.model, args.dtype)
   with _Progress("features", len(train) + len(test)) as bar:
     result = run_model_experiment(weights, tok, train, test, _settings(args), args.chat,
                                   args.batch_size, on_batch=bar.advance)
-  written = write_experiment(out, result) if out is not None else []
+  result["provenance"] = provenance()
+  written = []
+  if out is not None:
+    with StagedOutput(out) as staged:
+      write_experiment(staged, result)
+      written = staged.commit()
   if args.json:
     print_json(result)
     return 0
@@ -178,12 +183,26 @@ def print_experiment(result: dict) -> None:
 def run_demo_command(args) -> int:
   out = Path(args.out) if args.out else None
   if out is not None:
-    _out_path_ok(out, "dir")
+    check_output_dir(out)
+  budget.require(budget.bridge_cost("bridge demo (the built-in random model)", params=0,
+                                    weight_bytes=4, devices=1, flops=0.0, rows=0,
+                                    batch_tokens=0, hidden=0, intermediate=0, experiment=True),
+                 limits(args))
   console(stderr=args.json).print(escape(DEMO_NOTICE))
-  with tempfile.TemporaryDirectory(prefix="nondecoupling-demo-") as tmp:
-    work = out if out is not None else Path(tmp)
-    result = run_demo(work, rl_max_steps=args.rl_max_steps)
-    written = write_experiment(work, result["experiment"]) if out is not None else []
+  written = []
+  if out is None:
+    with scratch_dir("nondecoupling-demo-") as tmp:
+      result = run_demo(tmp, rl_max_steps=args.rl_max_steps)
+  else:
+    # Everything (model, instance, features, experiment, figures) is made in a staging folder
+    # and moved into place at the end: an interrupted demo leaves --out as it was.
+    with StagedOutput(out, replace=("model",)) as staged:
+      result = run_demo(staged.path("."), rl_max_steps=args.rl_max_steps)
+      write_experiment(staged, {**result["experiment"], "provenance": provenance()})
+      written = staged.commit()
+    for key in ("instance", "features"):
+      result["extract"][key] = str(out / Path(result["extract"][key]).name)
+  result["provenance"] = provenance()
   if args.json:
     print_json(result)
     return 0

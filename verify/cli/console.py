@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 
 from rich.console import Console
 from rich.markup import escape
 
-from ..reports import to_jsonable
+from ..reports import json_text
 
 __all__ = ["console", "escape", "cell", "print_json"]
 
@@ -30,5 +29,9 @@ def cell(v, spec: str = ".6g") -> str:
 
 
 def print_json(obj, indent: int | None = None) -> None:
-  """Writes one JSON document on stdout."""
-  sys.stdout.write(json.dumps(to_jsonable(obj), indent=indent) + "\n")
+  """Writes one JSON document on stdout, strictly (see :func:`verify.reports.to_jsonable`).
+
+  The whole document is built before anything is written, so a refused value (a NaN where a
+  number is expected) leaves stdout empty.
+  """
+  sys.stdout.write(json_text(obj, "output", indent))

@@ -10,9 +10,10 @@ from ...theory.frontier import frontier_curve
 from ...theory.objectives import sft_optimum_loss
 from ..compare import compare_rows, recipe_configs
 from ..errors import InputError
-from ..io import read_instance
+from ..provenance import provenance
 from .args import parse_lambdas
 from .console import cell, console, escape, print_json
+from .limits import load_instance
 
 __all__ = ["run_frontier", "run_compare", "run_flow", "frontier_points", "flow_points",
            "FLOW_FIELDS"]
@@ -44,10 +45,10 @@ def _print_table(path: str, points: list[dict], inst) -> None:
 
 def run_frontier(args) -> int:
   lambdas = parse_lambdas(args.lambdas)
-  inst, _ = read_instance(args.file)
+  inst, _ = load_instance(args)
   points = frontier_points(inst, lambdas)
   if args.json:
-    print_json({"points": points}, indent=2)
+    print_json({"points": points, "provenance": provenance()}, indent=2)
   else:
     _print_table(args.file, points, inst)
   return 0
@@ -75,7 +76,7 @@ def run_compare(args) -> int:
   if args.recipe_steps > 100_000:
     raise InputError(f"--recipe-steps is {args.recipe_steps}, expected at most 100000")
   configs = recipe_configs(args.recipe_option)
-  inst, _ = read_instance(args.file)
+  inst, _ = load_instance(args)
   with console(stderr=True).status("compare") as status:
     rows = compare_rows(inst, args.recipe_steps, args.recipe_lr,
                         progress=lambda n: status.update(f"compare: {n}"), configs=configs)
@@ -85,7 +86,7 @@ def run_compare(args) -> int:
               "time_unit": rows and float(1.0 / min(w for w in inst.prompt_weights.tolist()
                                                     if w > 0))}
   if args.json:
-    print_json({"recipes": rows, "defaults": defaults})
+    print_json({"recipes": rows, "defaults": defaults, "provenance": provenance()})
     return 0
   table = Table(title=f"end points on {escape(args.file)} (regret: this project's D4)")
   cols = ("name", "kind", "sft_loss", "reward", "regularized_reward", "regret", "kl_data",
@@ -101,10 +102,10 @@ def run_compare(args) -> int:
 def run_flow(args) -> int:
   if args.points > 10_000:
     raise InputError(f"--points is {args.points}, expected at most 10000")
-  inst, _ = read_instance(args.file)
+  inst, _ = load_instance(args)
   res = flow_points(inst, args.pipeline, args.points)
   if args.json:
-    print_json(res)
+    print_json({**res, "provenance": provenance()})
     return 0
   table = Table(title=f"{args.pipeline} on {escape(args.file)} (time unit u = {res['time_unit']:.6g})")
   cols = ("time", "phase") + FLOW_FIELDS

@@ -7,7 +7,6 @@ drawn from one deterministic run of the bridge demo (a small random Qwen3).
 from __future__ import annotations
 
 import functools
-import tempfile
 from pathlib import Path
 
 from rich.progress import track
@@ -16,6 +15,7 @@ from ...figures import all_figures, write_figure
 from ...figures.bridge import RESULT_FIGURES
 from ..bridge.demo import run_demo
 from ..errors import InputError
+from ..reports import StagedOutput, check_output_dir, scratch_dir
 from .console import console
 
 __all__ = ["run_figures", "figure_builders", "demo_result"]
@@ -24,7 +24,7 @@ __all__ = ["run_figures", "figure_builders", "demo_result"]
 @functools.lru_cache(maxsize=1)
 def demo_result() -> dict:
   """The experiment of one deterministic bridge-demo run (random tiny Qwen3; cached)."""
-  with tempfile.TemporaryDirectory(prefix="nondecoupling-fig-") as tmp:
+  with scratch_dir("nondecoupling-fig-") as tmp:
     return run_demo(tmp, rl_max_steps=200)["experiment"]
 
 
@@ -46,10 +46,12 @@ def run_figures(args) -> int:
       raise InputError(f"--only: unknown figure {unknown[0]!r} (known: {', '.join(names)})")
     names = wanted
   out = Path(args.out)
-  if out.exists() and not out.is_dir():
-    raise InputError(f"--out {out}: exists and is not a directory")
-  written = []
-  for name in track(names, description="figures", console=console(stderr=True)):
-    written += write_figure(figs[name](), out, name)
+  check_output_dir(out)
+  # Drawn into a staging folder and moved into place at the end: an interrupted run leaves the
+  # old set as it was, never half a new one.
+  with StagedOutput(out) as staged:
+    for name in track(names, description="figures", console=console(stderr=True)):
+      write_figure(figs[name](), staged.path("."), name)
+    written = staged.commit()
   console().print(f"wrote {len(written)} files to {out}")
   return 0

@@ -8,6 +8,7 @@ that module only when the command runs.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .args import non_negative_int, positive_float, positive_int
 
@@ -17,6 +18,32 @@ DEFAULT_LAMBDAS = "0,0.1,0.3,1,3,10"
 PIPELINES = ("sft_then_rl", "rl_then_sft", "alternating", "joint")
 DEFAULT_RECIPE_STEPS = 200
 DEFAULT_RECIPE_LR = 0.5
+
+
+def _input_limit(p) -> None:
+  p.add_argument("--max-bytes", type=positive_int, default=None, metavar="N",
+                 help="largest instance file read, in bytes (default 268435456 = 256 MiB)")
+
+
+def _resource_limits(p) -> None:
+  p.add_argument("--max-memory", type=positive_float, default=None, metavar="GB",
+                 help="refuse to start when the estimated memory exceeds GB gigabytes (10^9 "
+                      "bytes; default: the memory available when the command starts)")
+  p.add_argument("--max-seconds", type=positive_float, default=None, metavar="S",
+                 help="refuse to start when the estimated run time exceeds S seconds (default "
+                      "3600)")
+
+
+class _Version(argparse.Action):
+  """--version: one line, never wrapped (argparse's own action wraps it to the terminal)."""
+
+  def __init__(self, option_strings, version, dest=argparse.SUPPRESS, help=None):
+    super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, help=help)
+    self.version = version
+
+  def __call__(self, parser, namespace, values, option_string=None):
+    sys.stdout.write(self.version + "\n")
+    parser.exit()
 
 
 class UsageError(Exception):
@@ -36,7 +63,8 @@ def build_parser(version: str = "") -> argparse.ArgumentParser:
       prog="nondecoupling",
       description="Exact checks of the non-decoupling of SFT and KL-regularised RL "
                   "(arXiv 2601.07389) on tabular instances and real Qwen3 logits.")
-  parser.add_argument("--version", action="version", version=f"nondecoupling {version}")
+  parser.add_argument("--version", action=_Version, version=f"nondecoupling {version}",
+                      help="print the version and the git commit, and exit")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
   _add_tabular(sub)
   _add_dynamics(sub)
@@ -61,6 +89,7 @@ def _add_tabular(sub) -> None:
   p.add_argument("--out", default="results", help="output directory (default results/)")
   p.add_argument("--only", default=None,
                  help="comma-separated statement names or prefixes (e.g. C3,D1) to check")
+  _resource_limits(p)
   p.set_defaults(handler="tabular:run_verify")
 
   p = sub.add_parser("check", help="every quantity and statement margin for one instance file",
@@ -69,6 +98,8 @@ def _add_tabular(sub) -> None:
                                  "statement (π₂ = d for RL-then-SFT).")
   p.add_argument("file", help="instance JSON file")
   p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+  _input_limit(p)
+  _resource_limits(p)
   p.set_defaults(handler="tabular:run_check")
 
 
@@ -84,6 +115,8 @@ def _add_dynamics(sub) -> None:
   p.add_argument("--lambdas", default=DEFAULT_LAMBDAS,
                  help=f"comma-separated λ ≥ 0 (default {DEFAULT_LAMBDAS})")
   p.add_argument("--json", action="store_true", help='print {"points": [...]} as JSON')
+  _input_limit(p)
+  _resource_limits(p)
   p.set_defaults(handler="dynamics:run_frontier")
 
   p = sub.add_parser(
@@ -106,6 +139,8 @@ def _add_dynamics(sub) -> None:
                       "luffy.shaping_gamma=none, grpo.kl_form=k3_loss_unclamped, "
                       "relift.buffer_order=oldest_first); values: a number, true/false, none or "
                       "a word; each option's rule is checked")
+  _input_limit(p)
+  _resource_limits(p)
   p.set_defaults(handler="dynamics:run_compare")
 
   p = sub.add_parser(
@@ -118,6 +153,8 @@ def _add_dynamics(sub) -> None:
   p.add_argument("--points", type=positive_int, default=8,
                  help="saved points per phase (default 8)")
   p.add_argument("--json", action="store_true", help="print JSON on stdout")
+  _input_limit(p)
+  _resource_limits(p)
   p.set_defaults(handler="dynamics:run_flow")
 
 
@@ -183,6 +220,7 @@ def _add_bridge(sub) -> None:
   q.add_argument("--chat", action="store_true", help="render the prompt as a ChatML user turn")
   q.add_argument("--json", action="store_true", help='print {"candidates": [...], "logprobs": '
                  '[...]}')
+  _resource_limits(q)
   q.set_defaults(handler="bridge:run_score")
 
   q = bsub.add_parser("extract", help="a CoLA TSV -> an instance file plus linear-head features",
@@ -198,6 +236,7 @@ def _add_bridge(sub) -> None:
   q.add_argument("--limit", type=positive_int, default=None, help="first N sentences only")
   q.add_argument("--chat", action="store_true", help="ChatML prompts (labels without the space)")
   q.add_argument("--json", action="store_true", help="print a JSON summary")
+  _resource_limits(q)
   q.set_defaults(handler="bridge:run_extract")
 
   q = bsub.add_parser("experiment", help="the paper's two pipelines with a linear head (Fig. 3)",
@@ -215,6 +254,7 @@ def _add_bridge(sub) -> None:
   _experiment_args(q)
   q.add_argument("--out", default=None, help="directory for experiment.json and the figures")
   q.add_argument("--json", action="store_true", help="print the result as JSON")
+  _resource_limits(q)
   q.set_defaults(handler="bridge:run_experiment")
 
   q = bsub.add_parser("demo", help="score, extract and experiment on a small random Qwen3",
@@ -226,4 +266,5 @@ def _add_bridge(sub) -> None:
   q.add_argument("--rl-max-steps", type=positive_int, default=300,
                  help="RL step limit (default 300)")
   q.add_argument("--json", action="store_true", help="print the results as JSON")
+  _resource_limits(q)
   q.set_defaults(handler="bridge:run_demo_command")

@@ -17,10 +17,11 @@ from ...theory.quantities import QUANTITY_DOCS, check_quantities
 from ..checking import instance_margins, run_verify as run_statements
 from ..devices import maybe_initialize_distributed, use_every_core
 from ..errors import InputError
-from ..io import read_instance
+from ..provenance import provenance
 from ..registry import all_statements
-from ..reports import atomic_write_json, atomic_write_text, format_number, report_markdown
+from ..reports import StagedOutput, check_output_dir, format_number, report_markdown
 from .console import cell, console, escape, print_json
+from .limits import load_instance, require_verify
 
 __all__ = ["run_verify", "run_check"]
 
@@ -44,8 +45,8 @@ def run_verify(args) -> int:
   maybe_initialize_distributed()
   statements = _select(all_statements(), args.only)
   out = Path(args.out)
-  if out.exists() and not out.is_dir():
-    raise InputError(f"--out {out}: exists and is not a directory")
+  check_output_dir(out)
+  require_verify(args, len(statements))
   err = console(stderr=True)
   with Progress(TextColumn("[bold]verify[/]"), BarColumn(), TextColumn("{task.completed}/"
                 "{task.total}"), TextColumn("{task.description}"), TimeElapsedColumn(),
@@ -63,17 +64,19 @@ def run_verify(args) -> int:
     bar.advance(task)
 
   if jax.process_index() == 0:
+    report["provenance"] = provenance()
+    # The report and this run's counterexamples are moved into place together; the folder of
+    # counterexamples replaces the old one as a whole (no stale file of an earlier run remains).
+    with StagedOutput(out, replace=("counterexamples",)) as staged:
+      for s in report["statements"]:
+        if s["counterexample"]:
+          fname = s["name"].replace(" ", "_") + ".json"
+          staged.write_json(Path("counterexamples") / fname, s["counterexample"]["instance"])
+          s["counterexample_file"] = str(Path("counterexamples") / fname)
+      staged.write_json("report.json", report)
+      staged.write_text("report.md", report_markdown(report))
+      staged.commit()
     _print_verify_table(report)
-    files = {}
-    for s in report["statements"]:
-      if s["counterexample"]:
-        fname = s["name"].replace(" ", "_") + ".json"
-        files[out / "counterexamples" / fname] = s["counterexample"]["instance"]
-        s["counterexample_file"] = str(Path("counterexamples") / fname)
-    atomic_write_json(out / "report.json", report)
-    atomic_write_text(out / "report.md", report_markdown(report))
-    for path, obj in files.items():
-      atomic_write_json(path, obj)
     console().print(f"wrote {out / 'report.json'} and {out / 'report.md'}")
   return 0 if report["all_as_expected"] else 1
 
@@ -136,7 +139,7 @@ def _nonfinite(q: dict) -> str | None:
 
 
 def run_check(args) -> int:
-  inst, labels = read_instance(args.file)
+  inst, labels = load_instance(args)
   inst = _as_distributions(inst)
   q = {k: float(v) for k, v in jax.jit(check_quantities)(inst).items()}
   bad = _nonfinite(q)
@@ -153,6 +156,7 @@ def run_check(args) -> int:
     obj["instance"] = shape
     obj["statements"] = {k: {f: (v if not (isinstance(v, float) and not math.isfinite(v))
                                  else str(v)) for f, v in m.items()} for k, m in margins.items()}
+    obj["provenance"] = provenance()
     print_json(obj, indent=2)
     return 0
   out = console()
