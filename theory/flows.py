@@ -222,6 +222,10 @@ def _assemble(inst, theta0, thetas, refs, times, stats, n_save) -> Trajectory:
   ref_points = jnp.concatenate([refs[:1], jnp.repeat(refs, n_save, axis=0)])
   log_pis = jax.vmap(lambda th: _policy(inst, th))(thetas)
   metrics = trajectory_metrics(inst, log_pis, ref_points)
+  # A point the solver did not reach is NaN in every metric (the objectives' masked sums would
+  # otherwise turn NaN probabilities into zeros).
+  reached = jnp.all(jnp.isfinite(thetas), axis=(-2, -1))
+  metrics = {k: jnp.where(reached, v, jnp.nan) for k, v in metrics.items()}
   phase = jnp.concatenate([jnp.zeros((1,), jnp.int32),
                            jnp.repeat(jnp.arange(n_phases, dtype=jnp.int32), n_save)])
   return Trajectory(times=times, phase=phase, log_pi=log_pis, ok=jnp.all(stats["phase_ok"]),
@@ -266,7 +270,7 @@ def run_flow(inst: Instance, schedule: Schedule, theta0: jax.Array | None = None
                    max_steps=max_steps, method=method)
 
 
-@functools.partial(jax.jit, static_argnames=("n_save", "rtol", "atol", "max_steps", "method"))
+@functools.partial(jax.jit, static_argnames=("n_save", "method"))
 def _run_flow(inst, schedule, theta0, *, n_save, rtol, atol, max_steps, method):
   theta0 = initial_logits(inst) if theta0 is None else theta0
   dtype = theta0.dtype

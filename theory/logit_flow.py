@@ -208,7 +208,7 @@ def flow_solution(inst: Instance, ts: jax.Array, sft_weight, rl_weight,
                         max_steps=max_steps, method=method)
 
 
-@functools.partial(jax.jit, static_argnames=("rtol", "atol", "max_steps", "method"))
+@functools.partial(jax.jit, static_argnames=("method",))
 def _flow_solution(inst, ts, sft_weight, rl_weight, theta0, *, rtol, atol, max_steps, method):
   theta0 = initial_logits(inst) if theta0 is None else theta0
   dtype = theta0.dtype
