@@ -275,6 +275,7 @@ def _run_flow(inst, schedule, theta0, *, n_save, rtol, atol, max_steps, method):
   theta0 = initial_logits(inst) if theta0 is None else theta0
   dtype = theta0.dtype
   frac = jnp.arange(1, n_save + 1, dtype=dtype) / n_save
+  mean0 = logit_system(inst, 0.0, 1.0).row_mean(theta0)  # conserved by every phase's flow
 
   def phase_step(carry, ph):
     theta, reference, t_start = carry
@@ -283,8 +284,8 @@ def _run_flow(inst, schedule, theta0, *, n_save, rtol, atol, max_steps, method):
     system = logit_system(inst_p, a, b)
     ts = dur * frac
     sol, stiff = solve_logit_system(system, system.to_internal(theta), ts,
-                               stiffness_rate(inst_p, a, b), rtol=rtol, atol=atol,
-                               max_steps=max_steps, method=method)
+                                    stiffness_rate(inst_p, a, b), mean0, rtol=rtol, atol=atol,
+                                    max_steps=max_steps, method=method)
     stats = dict(phase_ok=sol.ok, reached=sol.t, steps=sol.accepted, rejected=sol.rejected,
                  stiff=stiff)
     return (sol.ys[-1], reference, t_start + dur), (sol.ys, reference, t_start + ts, stats)

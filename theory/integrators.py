@@ -129,28 +129,33 @@ def _combine(coeffs, ks):
                       *[k for _, k in terms])
 
 
-def _error_norm(err, y0, y1, rtol, atol, n):
+def _error_norm(err, m0, m1, rtol, atol, n):
+  """RMS of err / (atol + rtol max(m0, m1)) over n entries (m0, m1: magnitudes of the states)."""
   def leaf(e, a, b):
-    scale = atol + rtol * jnp.maximum(jnp.abs(a), jnp.abs(b))
+    scale = atol + rtol * jnp.maximum(a, b)
     return jnp.sum(jnp.square(e / scale))
-  total = sum(jax.tree.leaves(jax.tree.map(leaf, err, y0, y1)))
+  total = sum(jax.tree.leaves(jax.tree.map(leaf, err, m0, m1)))
   return jnp.sqrt(total / n)
+
+
+def _abs_pair(y0, y1):
+  return jax.tree.map(jnp.abs, y0), jax.tree.map(jnp.abs, y1)
 
 
 def _all_finite(y):
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(y)]))
 
 
-def _initial_step(field, args, y0, f0, span, rtol, atol, n, order):
+def _initial_step(field, args, y0, f0, span, rtol, atol, n, order, magnitudes):
   """Hairer's starting step (one extra evaluation), capped by the span."""
-  zero = jax.tree.map(jnp.zeros_like, y0)
-  d0 = _error_norm(y0, zero, y0, rtol, atol, n)
-  d1 = _error_norm(f0, y0, y0, rtol, atol, n)
+  m0, _ = magnitudes(y0, y0)
+  d0 = _error_norm(m0, m0, m0, rtol, atol, n)
+  d1 = _error_norm(f0, m0, m0, rtol, atol, n)
   h0 = jnp.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / jnp.maximum(d1, 1e-300))
   h0 = jnp.minimum(h0, span)
   y1 = jax.tree.map(lambda a, b: a + h0 * b, y0, f0)
   f1 = field(y1, args)
-  d2 = _error_norm(jax.tree.map(jnp.subtract, f1, f0), y0, y0, rtol, atol, n) / h0
+  d2 = _error_norm(jax.tree.map(jnp.subtract, f1, f0), m0, m0, rtol, atol, n) / h0
   dmax = jnp.maximum(d1, d2)
   h1 = jnp.where(dmax <= 1e-15, jnp.maximum(1e-6, h0 * 1e-3), (0.01 / dmax) ** (1.0 / (order + 1)))
   h = jnp.minimum(100 * h0, h1)
@@ -175,36 +180,28 @@ def _adaptive_loop(step, y0, aux0, h0, save_times, max_steps, normalise, enabled
   def body(s):
     t, y, aux, h_prop, k, ys, acc, rej, err_prev, failed = s
     target = save_times[k]
-    dist = target - t
-    at_save = dist <= 0
-    h = jnp.where(at_save, h_prop, jnp.minimum(h_prop, dist))
+    dist = target - t  # >= 0; a save at the current time takes a null step (h = 0: y1 = y)
+    h = jnp.minimum(h_prop, dist)
     y1, aux1, err, h_used = step(y, aux, h)
     err = jnp.where(jnp.isfinite(err), err, jnp.inf)
-    accept = (err <= 1.0) | at_save
-    hit = at_save | (accept & (h_used >= dist))
-    y_new = jax.tree.map(lambda a, b: jnp.where(at_save, a, b), y, normalise(y1))
-    aux_new = jax.tree.map(lambda a, b: jnp.where(at_save, a, b), aux, aux1)
-    t_new = jnp.where(hit, target, t + h_used)
+    accept = err <= 1.0
+    hit = accept & (h_used >= dist)
     # PI controller: h_next = h_used / fac.
-    err_c = jnp.maximum(err, 1e-10)
-    fac11 = err_c ** _EXPO
+    fac11 = jnp.maximum(err, 1e-10) ** _EXPO
     fac_acc = jnp.clip(fac11 / err_prev ** _BETA / _SAFETY, 1.0 / _MAX_FACTOR, 1.0 / _MIN_FACTOR)
-    fac_rej = jnp.minimum(1.0 / _MIN_FACTOR, jnp.maximum(1.0, fac11 / _SAFETY))
-    h_next = jnp.where(accept, h_used / fac_acc, h_used / fac_rej)
-    # A step cut short to land on a save time does not shrink the next proposal.
+    fac_rej = jnp.minimum(1.0 / _MIN_FACTOR, fac11 / _SAFETY)
+    h_next = h_used / jnp.where(accept, fac_acc, fac_rej)
+    # A step cut short (to land on a save time, or by the solver) does not shrink the next one.
     h_next = jnp.where(accept & (h_used < h_prop), jnp.maximum(h_next, h_prop), h_next)
-    h_next = jnp.where(at_save, h_prop, h_next)
-    ys = jax.tree.map(
-        lambda buf, v: buf.at[k].set(jnp.where(hit, v, buf[k])), ys, y_new)
-    take = accept & ~at_save
-    y_out = jax.tree.map(lambda a, b: jnp.where(take, b, a), y, y_new)
-    aux_out = jax.tree.map(lambda a, b: jnp.where(take, b, a), aux, aux_new)
+    y_next = jax.tree.map(lambda a, b: jnp.where(accept, b, a), y, normalise(y1))
+    aux_next = jax.tree.map(lambda a, b: jnp.where(accept, b, a), aux, aux1)
+    ys = jax.tree.map(lambda buf, v: buf.at[k].set(jnp.where(hit, v, buf[k])), ys, y_next)
     underflow = t + h_next <= t  # the next step would not move the time
-    failed = failed | (~accept & underflow) | ~jnp.isfinite(h_next) | (h_next <= 0)
-    return (jnp.where(take | at_save, t_new, t), y_out, aux_out, h_next,
-            k + hit.astype(k.dtype), ys, acc + take.astype(acc.dtype),
-            rej + (~accept).astype(rej.dtype), jnp.where(take, jnp.maximum(err, 1e-4), err_prev),
-            failed)
+    failed = failed | (~accept & underflow) | ~(h_next > 0) | ~jnp.isfinite(h_next)
+    t_next = jnp.where(hit, target, jnp.where(accept, t + h_used, t))
+    return (t_next, y_next, aux_next, h_next, k + hit.astype(k.dtype), ys,
+            acc + accept.astype(acc.dtype), rej + (~accept).astype(rej.dtype),
+            jnp.where(accept, jnp.maximum(err, 1e-4), err_prev), failed)
 
   init = (jnp.zeros((), dtype), y0, aux0, jnp.asarray(h0, dtype), jnp.zeros((), jnp.int32), nan_ys,
           jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), jnp.asarray(1e-4, dtype),
@@ -248,7 +245,7 @@ def _rodas_tables(dtype):
 
 def dopri5(field: Callable, y0, ts: jax.Array, args=None, *, t0=0.0, rtol: float = 1e-8,
            atol: float = 1e-10, max_steps: int = 1 << 16, n=None, normalise=None,
-           enabled=True) -> Solution:
+           magnitudes=None, enabled=True) -> Solution:
   r"""Explicit Dormand–Prince 5(4) with PI control, saving y at ``ts`` (one while loop).
 
   Args:
@@ -263,6 +260,8 @@ def dopri5(field: Callable, y0, ts: jax.Array, args=None, *, t0=0.0, rtol: float
       can be left out this way.
     normalise: y -> y applied after every accepted step (a gauge fix that ``field`` does not
       see, e.g. shifting softmax logits by a constant); default identity.
+    magnitudes: (y0, y1) -> (|y0|, |y1|) as the tolerance sees them at a step's start and end
+      (default elementwise abs); with ``normalise``, the magnitudes in the problem's own gauge.
     enabled: [] bool; False returns at once (``ok`` False), for batched method selection.
 
   Returns:
@@ -274,12 +273,13 @@ def dopri5(field: Callable, y0, ts: jax.Array, args=None, *, t0=0.0, rtol: float
   ([0.36787944, 0.13533528], True)
   """
   normalise = normalise or (lambda y: y)
+  magnitudes = magnitudes or _abs_pair
   n = sum(a.size for a in jax.tree.leaves(y0)) if n is None else n
   direction, taus, signed = _directed(field, _save_times(ts, y0), t0)
   enabled = jnp.asarray(enabled) & _monotone(taus)
   span = jnp.maximum(jnp.max(taus), jnp.finfo(taus.dtype).tiny)
   f0 = signed(y0, args)
-  h0 = _initial_step(signed, args, y0, f0, span, rtol, atol, n, 4)
+  h0 = _initial_step(signed, args, y0, f0, span, rtol, atol, n, 4, magnitudes)
 
   def step(y, f, h):
     ks = [f]
@@ -288,7 +288,7 @@ def dopri5(field: Callable, y0, ts: jax.Array, args=None, *, t0=0.0, rtol: float
       yi = _lincomb(y, h, _DP_A[i], ks)
       ks.append(signed(yi, args))
     err = jax.tree.map(lambda e: h * e, _combine(_DP_E, ks))
-    return yi, ks[-1], _error_norm(err, y, yi, rtol, atol, n), h
+    return yi, ks[-1], _error_norm(err, *magnitudes(y, yi), rtol, atol, n), h
 
   t, ys, ok, acc, rej = _adaptive_loop(step, y0, f0, h0, taus, max_steps, normalise,
                                        enabled)
@@ -298,7 +298,7 @@ def dopri5(field: Callable, y0, ts: jax.Array, args=None, *, t0=0.0, rtol: float
 
 def rodas5p(field: Callable, linearisation: Linearisation, y0, ts: jax.Array, args=None, *,
             t0=0.0, rtol: float = 1e-8, atol: float = 1e-10, max_steps: int = 1 << 16, n=None,
-            normalise=None, enabled=True) -> Solution:
+            normalise=None, magnitudes=None, enabled=True) -> Solution:
   r"""Linearly implicit Rodas5P (L-stable, order 5(4)), saving y at ``ts`` (one while loop).
 
   Each step evaluates f and the Jacobian J at the step's start, then solves eight linear
@@ -308,7 +308,8 @@ def rodas5p(field: Callable, linearisation: Linearisation, y0, ts: jax.Array, ar
   Args:
     field: (y, args) -> ẏ; used at the stage points.
     linearisation: :class:`Linearisation` of the same field (e.g. :func:`dense_linearisation`).
-    y0, ts, args, t0, rtol, atol, max_steps, n, normalise, enabled: as :func:`dopri5`, except
+    y0, ts, args, t0, rtol, atol, max_steps, n, normalise, magnitudes, enabled: as
+      :func:`dopri5`, except
       that the integration runs forwards only: ``ts`` must be >= t0 (else ``ok`` is False; run
       the negated field to go backwards).
 
@@ -322,6 +323,7 @@ def rodas5p(field: Callable, linearisation: Linearisation, y0, ts: jax.Array, ar
   (0.540303, True, True)
   """
   normalise = normalise or (lambda y: y)
+  magnitudes = magnitudes or _abs_pair
   n = sum(a.size for a in jax.tree.leaves(y0)) if n is None else n
   taus = _save_times(ts, y0) - t0
   enabled = jnp.asarray(enabled) & _monotone(taus)
@@ -329,7 +331,7 @@ def rodas5p(field: Callable, linearisation: Linearisation, y0, ts: jax.Array, ar
 
   linearise = lambda y: linearisation.linearise(y, args)
   f0, _, _ = linearise(y0)
-  h0 = _initial_step(field, args, y0, f0, span, rtol, atol, n, 4)
+  h0 = _initial_step(field, args, y0, f0, span, rtol, atol, n, 4, magnitudes)
   g = _RODAS_GAMMA
 
   points, couplings = _rodas_tables(taus.dtype)
@@ -353,7 +355,7 @@ def rodas5p(field: Callable, linearisation: Linearisation, y0, ts: jax.Array, ar
     us = jax.lax.fori_loop(1, 8, stage, us)
     y1 = jax.tree.map(lambda a, u: a + jnp.tensordot(points[8], u, axes=1), y, us)
     err = jax.tree.map(lambda u: u[7], us)
-    return y1, (), _error_norm(err, y, y1, rtol, atol, n), h
+    return y1, (), _error_norm(err, *magnitudes(y, y1), rtol, atol, n), h
 
   t, ys, ok, acc, rej = _adaptive_loop(step, y0, (), h0, taus, max_steps, normalise,
                                        enabled)

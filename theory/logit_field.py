@@ -19,8 +19,9 @@ weights) stiff.
 
 :class:`LogitSystem` is the field as the integrators of theory/integrators.py see it: logits in a
 gauge where every row's largest supported logit is 0 (the state is log π up to a per-row constant
-of at most log |Y|, so exp never overflows and tolerances act on log-probabilities), and entries
-off the support held at ``OFF_SUPPORT`` (exp underflows to 0 there, so the hot loop needs no
+of at most log |Y|, so exp never overflows; tolerances still see the logits of the ODE's own
+gauge, where each row's mean over the support is conserved: :meth:`LogitSystem.magnitudes`), and
+entries off the support held at ``OFF_SUPPORT`` (exp underflows to 0 there, so the hot loop needs no
 masks). The reward enters centred per prompt (r − (max r + min r)/2 over S_x, exact by Sterbenz),
 so a large constant offset in r costs no precision.
 
@@ -160,6 +161,20 @@ class LogitSystem:
     peak = jnp.max(masked, axis=-1, keepdims=True)
     peak = jnp.where(jnp.isfinite(peak), peak, 0.0)
     return jnp.where(self.support, theta - peak, OFF_SUPPORT)
+
+  def magnitudes(self, theta0: jax.Array, theta1: jax.Array, mean0: jax.Array):
+    """|θ| at a step's start and end in the ODE's own gauge, for the tolerances.
+
+    The ODE keeps each row's mean over S at ``mean0``; the internal gauge differs from it by a
+    per-row shift, the same at both ends of a step (the field has zero row sums).
+    """
+    shift = mean0 - self.row_mean(theta0)
+    return jnp.abs(theta0 + shift), jnp.abs(theta1 + shift)
+
+  def row_mean(self, theta: jax.Array) -> jax.Array:
+    """[X, 1] mean of θ over each row's support."""
+    count = jnp.maximum(jnp.sum(self.support, axis=-1, keepdims=True), 1)
+    return jnp.sum(jnp.where(self.support, theta, 0.0), axis=-1, keepdims=True) / count
 
   def normalise(self, theta: jax.Array) -> jax.Array:
     """Re-gauges after a step: subtracts each row's largest supported logit."""

@@ -101,8 +101,9 @@ class FlowSolution:
   stiff: jax.Array
 
 
-def solve_logit_system(system: LogitSystem, theta: jax.Array, taus: jax.Array, rate: jax.Array, *,
-                       rtol, atol, max_steps, method) -> tuple[Solution, jax.Array]:
+def solve_logit_system(system: LogitSystem, theta: jax.Array, taus: jax.Array, rate: jax.Array,
+                       mean0: jax.Array, *, rtol, atol, max_steps, method
+                       ) -> tuple[Solution, jax.Array]:
   """Integrates one flow from internal-gauge logits to times ``taus`` (> 0) with the chosen solver.
 
   Args:
@@ -110,6 +111,8 @@ def solve_logit_system(system: LogitSystem, theta: jax.Array, taus: jax.Array, r
     theta: [X, Y] logits in the system's internal gauge (``system.to_internal``).
     taus: [T] increasing save times > 0.
     rate: [] :func:`~.logit_field.stiffness_rate` of the flow.
+    mean0: [X, 1] each row's mean logit over the support in the ODE's own gauge (conserved by
+      the flow): tolerances apply to the logits of that gauge, as for any solver run on the ODE.
     rtol, atol, max_steps: solver settings.
     method: "auto", "explicit" or "implicit" (static).
 
@@ -118,7 +121,8 @@ def solve_logit_system(system: LogitSystem, theta: jax.Array, taus: jax.Array, r
   """
   real = system.support & (system.weight > 0)
   n = jnp.maximum(jnp.sum(real), 1)
-  kw = dict(rtol=rtol, atol=atol, max_steps=max_steps, n=n, normalise=system.normalise)
+  kw = dict(rtol=rtol, atol=atol, max_steps=max_steps, n=n, normalise=system.normalise,
+            magnitudes=lambda th0, th1: system.magnitudes(th0, th1, mean0))
   if method == "explicit":
     stiff = jnp.asarray(False)
   elif method == "implicit":
@@ -215,8 +219,9 @@ def _flow_solution(inst, ts, sft_weight, rl_weight, theta0, *, rtol, atol, max_s
   a, b = jnp.asarray(sft_weight, dtype), jnp.asarray(rl_weight, dtype)
   system = logit_system(inst, a, b)
   taus = jnp.asarray(ts, dtype)
-  sol, stiff = solve_logit_system(system, system.to_internal(theta0), taus, stiffness_rate(inst, a, b),
-                             rtol=rtol, atol=atol, max_steps=max_steps, method=method)
+  sol, stiff = solve_logit_system(system, system.to_internal(theta0), taus,
+                                  stiffness_rate(inst, a, b), system.row_mean(theta0), rtol=rtol,
+                                  atol=atol, max_steps=max_steps, method=method)
   thetas = jax.vmap(lambda th: _restore_gauge(system.support, theta0, th))(sol.ys)
   return FlowSolution(thetas=thetas, ok=sol.ok, t=sol.t, accepted=sol.accepted,
                       rejected=sol.rejected, stiff=stiff)
