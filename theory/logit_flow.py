@@ -27,6 +27,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .instance import Instance
 from .integrators import Linearisation, Solution, dopri5, rodas5p
@@ -121,8 +122,15 @@ def solve_logit_system(system: LogitSystem, theta: jax.Array, taus: jax.Array, r
   """
   real = system.support & (system.weight > 0)
   n = jnp.maximum(jnp.sum(real), 1)
-  kw = dict(rtol=rtol, atol=atol, max_steps=max_steps, n=n, normalise=system.normalise,
-            magnitudes=lambda th0, th1: system.magnitudes(th0, th1, mean0))
+  common = dict(rtol=rtol, atol=atol, max_steps=max_steps, n=n)
+  # Explicit: no re-gauging is needed (T · rate <= EXPLICIT_LIMIT bounds how far any logit can
+  # move, |Δθ| <= T max|f| <= T · rate, so exp cannot overflow), and the ODE's gauge differs from
+  # the internal one by a constant shift.
+  shift = mean0 - system.row_mean(theta)
+  explicit_kw = dict(common, magnitudes=lambda a, b: (jnp.abs(a + shift), jnp.abs(b + shift)))
+  # Implicit: long steps over stiff transients; re-gauge after every step.
+  implicit_kw = dict(common, normalise=system.normalise,
+                     magnitudes=lambda a, b: system.magnitudes(a, b, mean0))
   if method == "explicit":
     stiff = jnp.asarray(False)
   elif method == "implicit":
@@ -131,12 +139,12 @@ def solve_logit_system(system: LogitSystem, theta: jax.Array, taus: jax.Array, r
     stiff = taus[-1] * rate > EXPLICIT_LIMIT
   lin = Linearisation(system.linearise, LogitSystem.solve)
   if method == "explicit":
-    return dopri5(system.field, theta, taus, **kw), stiff
+    return dopri5(system.field, theta, taus, **explicit_kw), stiff
   if method == "implicit":
-    return rodas5p(system.precise_field, lin, theta, taus, **kw), stiff
+    return rodas5p(system.precise_field, lin, theta, taus, **implicit_kw), stiff
   # Both loops are compiled; the one not chosen exits at once (under vmap too).
-  explicit = dopri5(system.field, theta, taus, enabled=~stiff, **kw)
-  implicit = rodas5p(system.precise_field, lin, theta, taus, enabled=stiff, **kw)
+  explicit = dopri5(system.field, theta, taus, enabled=~stiff, **explicit_kw)
+  implicit = rodas5p(system.precise_field, lin, theta, taus, enabled=stiff, **implicit_kw)
   return jax.tree.map(lambda i, e: jnp.where(stiff, i, e), implicit, explicit), stiff
 
 
@@ -157,23 +165,31 @@ def _is_concrete(*trees) -> bool:
   return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(trees))
 
 
-@jax.jit
-def _stiff_phases(inst, spans, sft_weights, rl_weights):
-  rates = jax.vmap(lambda a, b: stiffness_rate(inst, a, b))(sft_weights, rl_weights)
-  return spans * rates > EXPLICIT_LIMIT
+def _host_stiffness_rates(inst: Instance, sft_weights, rl_weights) -> np.ndarray:
+  """:func:`~.logit_field.stiffness_rate` per phase, on the host in NumPy (no dispatch)."""
+  w = np.asarray(inst.prompt_weights)
+  r = np.asarray(inst.reward)
+  support = np.asarray(inst.response_mask) & (np.asarray(inst.reference) > 0)
+  osc = np.where(support.any(axis=-1), np.max(np.where(support, r, -np.inf), axis=-1)
+                 - np.min(np.where(support, r, np.inf), axis=-1), 0.0)
+  beta = float(np.asarray(inst.beta))
+  per_x = w * (np.abs(sft_weights)[:, None] + np.abs(rl_weights)[:, None] * (beta + osc))
+  return np.max(np.where(w > 0, per_x, 0.0), axis=-1)
 
 
 def resolve_method(method: str, inst: Instance, spans, sft_weights, rl_weights) -> str:
   """"auto" made static when the inputs are concrete: only the solver(s) needed get compiled.
+
+  ``spans``, ``sft_weights``, ``rl_weights`` are per phase (length and weights a, b).
 
   Under jit or vmap (traced inputs) it stays "auto" and every solve decides in the graph.
   """
   _check_method(method)
   if method != "auto" or not _is_concrete(inst, spans, sft_weights, rl_weights):
     return method
-  stiff = set(jax.device_get(_stiff_phases(inst, jnp.ravel(jnp.asarray(spans)),
-                                           jnp.ravel(jnp.asarray(sft_weights)),
-                                           jnp.ravel(jnp.asarray(rl_weights)))).tolist())
+  as_row = lambda v: np.ravel(np.asarray(v, np.float64))
+  rates = _host_stiffness_rates(inst, as_row(sft_weights), as_row(rl_weights))
+  stiff = set((as_row(spans) * rates > EXPLICIT_LIMIT).tolist())
   if stiff == {True}:
     return "implicit"
   if stiff == {False}:
@@ -206,8 +222,8 @@ def flow_solution(inst: Instance, ts: jax.Array, sft_weight, rl_weight,
   >>> bool(sol.ok), bool(sol.stiff), int(sol.accepted) < 200
   (True, True, True)
   """
-  ts = jnp.asarray(ts)
-  method = resolve_method(method, inst, ts[-1:], sft_weight, rl_weight)
+  last = np.asarray(ts)[-1:] if _is_concrete(ts) else ts  # only the end of the flow counts
+  method = resolve_method(method, inst, last, sft_weight, rl_weight)
   return _flow_solution(inst, ts, sft_weight, rl_weight, theta0, rtol=rtol, atol=atol,
                         max_steps=max_steps, method=method)
 
