@@ -24,6 +24,7 @@ from hypothesis import given, strategies as st
 from nondecoupling.theory import flows, objectives as obj
 from nondecoupling.theory.instance import make_instance, pad_instance, stack
 from nondecoupling.theory.logit_field import logit_system
+from nondecoupling.theory.logit_flow import _host_stiffness_rates
 from nondecoupling.verify.cli.dynamics import flow_points
 from nondecoupling.verify.compare import flow_row
 
@@ -441,3 +442,17 @@ def test_run_pipeline_defaults_and_exact_end_point():
   exact = flows.sft_then_rl_endpoint(inst)
   want = obj.gibbs_tilt(dataclasses.replace(inst, reference=inst.data))
   assert_close(exact, want)
+
+
+def test_stiffness_rate_by_hand_on_a_padded_instance():
+  """max_x w_x (|a| + |b| (β + osc_x r)) over real prompts and the RL support, by hand; the host
+  copy used to pick the solver before compiling gives the same numbers."""
+  inst = make_instance([0.6, 0.4], [[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]],
+                       [[1.0, -3.0, 50.0], [0.5, -0.5, 0.2]], 2.0,
+                       reference=[[0.5, 0.5, 0.0], [0.3, 0.3, 0.4]])  # r = 50 is off the support
+  padded = pad_instance(inst, 4, 5)
+  by_hand = max(0.6 * (0.5 + 2.0 * (2.0 + 4.0)), 0.4 * (0.5 + 2.0 * (2.0 + 1.0)))
+  for i in (inst, padded):
+    assert float(flows.stiffness_rate(i, 0.5, 2.0)) == pytest.approx(by_hand, rel=1e-15)
+    assert _host_stiffness_rates(i, np.array([0.5]), np.array([2.0]))[0] == pytest.approx(
+        by_hand, rel=1e-15)
