@@ -14,6 +14,11 @@ Defaults (u = 1 / min_x w_x, the flows' time unit; see theory/flows.py):
   ``NAME.FIELD=VALUE`` options): ``recipe_steps`` exact-field ascent steps from ρ with learning
   rate ``recipe_lr`` × u. When a recipe's exact group expectation is infeasible it is trained with
   its unbiased estimator (``SAMPLED_GROUPS`` groups per step) and the row says so.
+
+A flow row also says which solver ran (``solver``: explicit, implicit or both, see
+theory/flows.py) and how many steps it took. A flow that does not reach its end (its step budget
+ran out) gets ``"status": "error: ..."`` saying where it stopped, and null numbers: never numbers
+that look like a result.
 """
 
 from __future__ import annotations
@@ -35,12 +40,15 @@ from ..theory.recipes import (
   train_recipe_sampled,
 )
 
-__all__ = ["compare_rows", "recipe_configs", "DEFAULT_RECIPE_STEPS", "DEFAULT_RECIPE_LR",
-           "SAMPLED_GROUPS"]
+__all__ = ["compare_rows", "flow_row", "flow_status", "recipe_configs",
+           "DEFAULT_RECIPE_STEPS", "DEFAULT_RECIPE_LR", "SAMPLED_GROUPS"]
 
 DEFAULT_RECIPE_STEPS = 200
 DEFAULT_RECIPE_LR = 0.5
 SAMPLED_GROUPS = 512  # groups per step when a recipe's exact field is infeasible
+
+
+_VALUES = ("sft_loss", "reward", "regularized_reward", "regret", "kl_data", "kl_reference")
 
 
 def _row(inst, name, kind, log_pi, seconds):
@@ -101,6 +109,37 @@ def recipe_configs(options=()) -> dict:
   return configs
 
 
+def flow_status(trajectory, schedule, max_steps: int = flows.DEFAULT_MAX_STEPS) -> str:
+  """"ok", or "error: ..." naming the first phase whose solve stopped short and where."""
+  phase_ok = np.asarray(trajectory.phase_ok)
+  if phase_ok.all():
+    return "ok"
+  p = int(np.argmin(phase_ok))
+  solver = "implicit (Rodas5P)" if bool(np.asarray(trajectory.stiff)[p]) else (
+      "explicit (Dormand–Prince 5(4))")
+  return (f"error: the flow did not reach the end of phase {p} with the {solver} solver: it "
+          f"stopped at t = {float(np.asarray(trajectory.reached)[p]):.6g} of "
+          f"{float(np.asarray(schedule.duration)[p]):.6g} after "
+          f"{int(np.asarray(trajectory.steps)[p])} accepted and "
+          f"{int(np.asarray(trajectory.rejected)[p])} rejected steps (budget {max_steps})")
+
+
+def flow_row(inst, name: str, trajectory, schedule, seconds: float,
+             max_steps: int = flows.DEFAULT_MAX_STEPS) -> dict:
+  """The compare row of a pipeline run as a flow (null numbers unless every phase finished)."""
+  status = flow_status(trajectory, schedule, max_steps)
+  if status == "ok":
+    row = _row(inst, name, "flow", trajectory.final_log_pi, seconds)
+  else:
+    row = {"name": name, "kind": "flow", **{k: None for k in _VALUES}, "status": status,
+           "seconds": seconds}
+  stiff = np.asarray(trajectory.stiff)
+  row["solver"] = "implicit" if stiff.all() else ("explicit" if not stiff.any() else
+                                                  "explicit+implicit")
+  row["steps"] = int(np.sum(np.asarray(trajectory.steps)))
+  return row
+
+
 def compare_rows(inst, recipe_steps: int = DEFAULT_RECIPE_STEPS,
                  recipe_lr: float = DEFAULT_RECIPE_LR, progress=None,
                  configs: dict | None = None) -> list[dict]:
@@ -113,8 +152,7 @@ def compare_rows(inst, recipe_steps: int = DEFAULT_RECIPE_STEPS,
   unit = float(flows.time_unit(inst))
   jobs = [("sft_then_rl_exact", "exact", lambda: flows.sft_then_rl_endpoint(inst))]
   for name in flows.PIPELINE_NAMES:
-    jobs.append((name, "flow", lambda name=name: flows.run_pipeline(inst, name,
-                                                                    n_save=2).final_log_pi))
+    jobs.append((name, "flow", lambda name=name: flows.run_pipeline(inst, name, n_save=2)))
   for name in FUSION_RECIPES:
     jobs.append((name, "recipe", lambda name=name: train_recipe(
         inst, name, recipe_steps, recipe_lr * unit, configs[name])[0]))
@@ -123,6 +161,11 @@ def compare_rows(inst, recipe_steps: int = DEFAULT_RECIPE_STEPS,
     if progress:
       progress(name)
     t0 = time.perf_counter()
+    if kind == "flow":
+      trajectory = jax.block_until_ready(job())
+      rows.append(flow_row(inst, name, trajectory, flows.pipeline_schedule(name, inst),
+                           time.perf_counter() - t0))
+      continue
     try:
       log_pi = jax.block_until_ready(job())
     except InfeasibleExactField as e:

@@ -8,7 +8,7 @@ from rich.table import Table
 from ...theory import flows
 from ...theory.frontier import frontier_curve
 from ...theory.objectives import sft_optimum_loss
-from ..compare import compare_rows, recipe_configs
+from ..compare import compare_rows, flow_status, recipe_configs
 from ..errors import InputError
 from ..provenance import provenance
 from .args import parse_lambdas
@@ -54,22 +54,60 @@ def run_frontier(args) -> int:
   return 0
 
 
+def _cosine_note(point: dict, scales) -> str | None:
+  """Why cos∠(∇L, ∇J_β) is null at a point (None when it is reported)."""
+  if point["grad_cosine"] is not None:
+    return None
+  s_l, s_j = scales
+  tau = flows.GRAD_COSINE_RTOL
+  gone = [f"{name} = {norm:.3g} is below {tau:g} x its scale {scale:.3g}"
+          for name, norm, scale in (("|grad L|", point["sft_grad_norm"], s_l),
+                                    ("|grad J_beta|", point["rl_grad_norm"], s_j))
+          if norm is not None and not norm > tau * scale]
+  if not gone:
+    return "the flow did not reach this point"
+  return "undefined: " + " and ".join(gone) + " (within rounding of 0: no direction)"
+
+
 def flow_points(inst, pipeline: str, points: int) -> dict:
-  """The trajectory of one named pipeline (default schedule) as a JSON-ready dict."""
+  """The trajectory of one named pipeline (default schedule) as a JSON-ready dict.
+
+  cos∠(∇L, ∇J_β) is null where a gradient is below ``flows.GRAD_COSINE_RTOL`` times its natural
+  scale (``Trajectory.sft_grad_scale`` / ``rl_grad_scale``), with the reason in
+  ``grad_cosine_undefined``. A
+  flow that stops short has ``converged`` false, an ``error`` and null values from there on.
+  """
   sched = flows.pipeline_schedule(pipeline, inst)
   tr = flows.run_flow(inst, sched, n_save=points)
   cols = {k: np.asarray(getattr(tr, k)) for k in ("times", "phase") + FLOW_FIELDS}
   out = []
   for i in range(cols["times"].shape[0]):
     p = {"time": float(cols["times"][i]), "phase": int(cols["phase"][i])}
-    p.update({k: float(cols[k][i]) for k in FLOW_FIELDS})
+    p.update({k: _finite_or_none(cols[k][i]) for k in FLOW_FIELDS})
     out.append(p)
-  return {"pipeline": pipeline, "time_unit": float(flows.time_unit(inst)), "converged": bool(tr.ok),
-          "schedule": {"sft_weight": np.asarray(sched.sft_weight).tolist(),
-                       "rl_weight": np.asarray(sched.rl_weight).tolist(),
-                       "duration": np.asarray(sched.duration).tolist(),
-                       "reset_reference": np.asarray(sched.reset_reference).tolist()},
-          "points": out}
+  scales = zip(np.asarray(tr.sft_grad_scale).tolist(), np.asarray(tr.rl_grad_scale).tolist())
+  for p, sc in zip(out, scales):
+    note = _cosine_note(p, sc)
+    if note is not None:
+      p["grad_cosine_undefined"] = note
+  status = flow_status(tr, sched)
+  res = {"pipeline": pipeline, "time_unit": float(flows.time_unit(inst)),
+         "converged": bool(tr.ok),
+         "solver": ["implicit" if s else "explicit" for s in np.asarray(tr.stiff).tolist()],
+         "steps": np.asarray(tr.steps).tolist(),
+         "schedule": {"sft_weight": np.asarray(sched.sft_weight).tolist(),
+                      "rl_weight": np.asarray(sched.rl_weight).tolist(),
+                      "duration": np.asarray(sched.duration).tolist(),
+                      "reset_reference": np.asarray(sched.reset_reference).tolist()},
+         "points": out}
+  if status != "ok":
+    res["error"] = status
+  return res
+
+
+def _finite_or_none(v) -> float | None:
+  v = float(v)
+  return v if np.isfinite(v) else None
 
 
 def run_compare(args) -> int:

@@ -145,9 +145,10 @@ def _add_dynamics(sub) -> None:
 
   p = sub.add_parser(
       "flow", help="print the trajectory of one pipeline's gradient flows",
-      description="Integrates one pipeline (default schedule, see `compare --help`) with "
-                  "diffrax and prints time, phase, L, J, J_β, KL to d and to ρ, gradient norms "
-                  "and cos∠(∇L, ∇J_β).")
+      description="Integrates one pipeline (default schedule, see `compare --help`) with an "
+                  "adaptive solver (explicit, or Rosenbrock where the flow is stiff) and prints "
+                  "time, phase, L, J, J_β, KL to d and to ρ, gradient norms and cos∠(∇L, ∇J_β) "
+                  "(null where a gradient is within rounding of 0).")
   p.add_argument("file", help="instance JSON file")
   p.add_argument("--pipeline", required=True, choices=PIPELINES, help="pipeline name")
   p.add_argument("--points", type=positive_int, default=8,
