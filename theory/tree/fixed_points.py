@@ -1,0 +1,245 @@
+r"""G4: the fixed points of the per-token KL constructs with the exact policy gradient of J.
+
+With Q^π(s, a) = E_π[r | s·a] and V^π(s) = Σ_a π(a|s) Q^π(s, a), the expected ascent fields are
+(per prompt; P_π(s) the reach, F_s = diag π(·|s) − π(·|s)π(·|s)ᵀ, k1 = log π/ρ, K the subtree KL):
+
+- ``k1_reward`` (k1 in the reward):  P_π(s) F_s (Q^π(s,·) − β(k1(s,·) + K(s·)))  = ∇J_β;
+- ``k2_loss``  (k2 in the loss):    P_π(s) F_s (Q^π(s,·) − β k1(s,·));
+- ``k3_loss``  (k3 in the loss):    P_π(s) (F_s Q^π(s,·) − β(π(·|s) − ρ(·|s))).
+
+Their zeros (P_π(s) > 0 on every node of a softmax policy), THEORY.md G4:
+
+- k1 in the reward: the Gibbs tilt π*_β (G1, :mod:`.bellman`);
+- k2 in the loss: π(a|s) ∝ ρ(a|s) e^{Q^π(s,a)/β} (a tilt by expected reward, not by soft value);
+- k3 in the loss: π(a|s) = βρ(a|s) / (β + V^π(s) − Q^π(s,a)) (at depth 1: π_i = βρ_i/(β + J − r_i)).
+
+Q^π(s, ·) depends only on the policy below s, so iterating each closed form converges in one
+bottom-up sweep (backward induction, :func:`closed_form_fixed_point`). At a node of the k3 form,
+with δ_a = max Q − Q_a ≥ 0 and u = β + V − max Q, u solves Σ_a βρ_a/(u + δ_a) = 1, a decreasing
+function of u with the root in [βρ(argmax), β]: bisection in log u, then log π_a = log β + log ρ_a −
+log(u + δ_a) (no cancellation). :func:`flow_to_fixed_point` finds the same points by flowing the
+field divided by the reach (same zeros) to stationarity with Euler steps.
+
+References: THEORY.md G4 (this project's); verl/tunix KL placements (research/fusion-methods.md
+addendum); this project's D4 for the frontier regret (:func:`fixed_point_report`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from .._numerics import NEG_INF, masked_dot, masked_max
+from ..frontier import decoupling_regret
+from ..objectives import fisher_matvec
+from .atomic import leaf_instance, leaf_policy
+from .bellman import optimal_policy
+from .instance import TreeInstance, support
+from .objectives import (
+  expect,
+  kl,
+  kl_subtrees,
+  log_ratios,
+  regularized_reward,
+  reward,
+  reward_to_go,
+  sft_excess,
+  sft_loss,
+)
+from .policy import (
+  Levels,
+  gather_rows,
+  initial_logits,
+  log_reach,
+  node_log_softmax,
+  policy_log_probs,
+  reference_log_probs,
+)
+
+__all__ = ["CONSTRUCTS", "K3_ROOT_STEPS", "local_ascent", "ascent_field",
+           "closed_form_fixed_point", "flow_to_fixed_point", "FlowResult", "fixed_point_report",
+           "stationarity_residual"]
+
+CONSTRUCTS = ("k1_reward", "k2_loss", "k3_loss")
+K3_ROOT_STEPS = 80  # bisection in log u over a range ≤ 745 nats: below 1e-20 relative
+
+
+def _check(construct: str) -> None:
+  if construct not in CONSTRUCTS:
+    raise ValueError(f"construct is {construct!r}, expected one of {', '.join(CONSTRUCTS)}")
+
+
+def local_ascent(tree: TreeInstance, log_pi: Levels, construct: str) -> Levels:
+  """The ascent field of a construct divided by the reach P_π(s), per level (0 off the support)."""
+  _check(construct)
+  q, _ = reward_to_go(tree, log_pi)
+  if construct == "k1_reward":
+    qk, _ = kl_subtrees(tree, log_pi)
+    v = tuple(a - tree.beta * b for a, b in zip(q, qk))
+  elif construct == "k2_loss":
+    v = tuple(a - tree.beta * b for a, b in zip(q, log_ratios(tree, log_pi)))
+  else:
+    v = q
+  out = []
+  for lv, lp, vt in zip(tree.levels, log_pi, v):
+    pi = jnp.exp(lp)
+    g = fisher_matvec(pi, jnp.where(support(lv), vt, 0.0))
+    if construct == "k3_loss":
+      g = g - tree.beta * (pi - lv.reference)
+    out.append(jnp.where(support(lv), g, 0.0))
+  return tuple(out)
+
+
+def ascent_field(tree: TreeInstance, log_pi: Levels, construct: str) -> Levels:
+  """The expected ascent field of a construct, per prompt: P_π(s) × :func:`local_ascent`."""
+  reach = log_reach(tree, log_pi)
+  return tuple(jnp.exp(r)[..., None] * g
+               for r, g in zip(reach, local_ascent(tree, log_pi, construct)))
+
+
+def stationarity_residual(tree: TreeInstance, log_pi: Levels, construct: str) -> jax.Array:
+  """[] max over real prompts, nodes and slots of |local ascent| (0 at a fixed point)."""
+  real = tree.prompt_weights > 0
+  worst = [jnp.max(jnp.where(real[..., None, None], jnp.abs(g), 0.0))
+           for g in local_ascent(tree, log_pi, construct)]
+  return jnp.max(jnp.stack(worst))
+
+
+def _k3_rows(q: jax.Array, log_rho: jax.Array, sup: jax.Array, beta) -> jax.Array:
+  """log π of the k3 fixed point at every row given Q (bisection in log u, see module doc)."""
+  top = masked_max(q, sup)
+  any_slot = jnp.any(sup, axis=-1)
+  top = jnp.where(any_slot, top, 0.0)
+  delta = jnp.where(sup, top[..., None] - q, 0.0)
+  rho = jnp.exp(log_rho)
+  rho_top = jnp.sum(jnp.where(sup & (delta == 0), rho, 0.0), axis=-1)
+  log_beta = jnp.log(beta)
+
+  def excess(log_u):  # log Σ βρ/(u + δ) (decreasing in u; 0 at the root)
+    terms = jnp.where(sup, log_beta + log_rho - jnp.log(jnp.exp(log_u)[..., None] + delta),
+                      NEG_INF)
+    return jax.nn.logsumexp(jnp.where(any_slot[..., None], terms, 0.0), axis=-1)
+
+  def bisect(_, lo_hi):
+    lo, hi = lo_hi
+    mid = 0.5 * (lo + hi)
+    above = excess(mid) > 0  # the sum is still > 1: the root is right of mid
+    return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
+
+  lo = log_beta + jnp.log(jnp.where(any_slot, rho_top, 1.0))
+  hi = jnp.broadcast_to(log_beta, lo.shape)
+  lo, hi = jax.lax.fori_loop(0, K3_ROOT_STEPS, bisect, (lo, hi))
+  u = jnp.exp(0.5 * (lo + hi))
+  logits = jnp.where(sup, log_beta + log_rho - jnp.log(u[..., None] + delta), NEG_INF)
+  return node_log_softmax(logits, sup)  # renormalise the last rounding
+
+
+def closed_form_fixed_point(tree: TreeInstance, construct: str) -> Levels:
+  r"""log π of a construct's fixed point per level, by backward induction on its closed form.
+
+  >>> import jax.numpy as jnp
+  >>> from nondecoupling.theory.instance import make_instance
+  >>> from nondecoupling.theory.tree.atomic import tree_from_atomic
+  >>> tree = tree_from_atomic(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0))
+  >>> pi = jnp.exp(closed_form_fixed_point(tree, "k3_loss")[0][0, 0])
+  >>> [round(float(v), 6) for v in pi]  # β ρ_i / (β + J − r_i): (1 − √½, √½)
+  [0.292893, 0.707107]
+  """
+  _check(construct)
+  if construct == "k1_reward":
+    return optimal_policy(tree)
+  log_rho = reference_log_probs(tree)
+  n = len(tree.levels)
+  out = [None] * n
+  below = None
+  for t in reversed(range(n)):
+    lv = tree.levels[t]
+    sup = support(lv)
+    q = jnp.where(lv.leaf, lv.reward, 0.0)
+    if below is not None:
+      q = jnp.where(lv.internal, gather_rows(below, lv.child), q)
+    q = jnp.where(sup, q, 0.0)
+    if construct == "k2_loss":
+      lp = node_log_softmax(log_rho[t] + q / tree.beta, sup)
+    else:
+      lp = _k3_rows(q, log_rho[t], sup, tree.beta)
+    out[t] = lp
+    below = jnp.where(lv.node, masked_dot(jnp.exp(lp), q), 0.0)
+  return tuple(out)
+
+
+class FlowResult(NamedTuple):
+  """The end of a flow to stationarity: log-policy, final residual, Euler steps taken."""
+
+  log_pi: Levels
+  residual: jax.Array
+  steps: jax.Array
+
+
+def flow_to_fixed_point(tree: TreeInstance, construct: str, theta0: Levels | None = None,
+                        tol: float = 1e-11, max_steps: int = 200_000,
+                        step: jax.Array | None = None) -> FlowResult:
+  r"""Flows θ̇_s = (ascent field)_s / P_π(s) from θ₀ (default log ρ) until it is stationary.
+
+  Dividing by the reach keeps the zeros of the field and makes deep, rarely reached nodes move as
+  fast as the root. Euler steps of size η = 1/(β + max|r|) (the field's Lipschitz scale) until the
+  largest |local ascent| is below ``tol`` or ``max_steps`` is reached (``residual`` tells which).
+
+  Args:
+    tree: an unbatched tree.
+    construct: one of :data:`CONSTRUCTS`.
+    theta0: start logits (default log ρ).
+    tol: stop when max |local ascent| < tol.
+    max_steps: step budget.
+    step: the Euler step (default 1/(β + max|r|)).
+
+  Returns:
+    A :class:`FlowResult`.
+  """
+  _check(construct)
+  theta0 = initial_logits(tree) if theta0 is None else theta0
+  if step is None:
+    r_max = jnp.max(jnp.stack([jnp.max(jnp.where(lv.leaf, jnp.abs(lv.reward), 0.0))
+                               for lv in tree.levels]))
+    step = 1.0 / (tree.beta + r_max)
+
+  real = (tree.prompt_weights > 0)[..., None, None]
+
+  def ascent(theta):
+    g = local_ascent(tree, policy_log_probs(tree, theta), construct)
+    return g, jnp.max(jnp.stack([jnp.max(jnp.where(real, jnp.abs(a), 0.0)) for a in g]))
+
+  def cond(state):
+    _, _, res, i = state
+    return (res >= tol) & (i < max_steps)
+
+  def body(state):
+    theta, g, _, i = state
+    theta = tuple(th + step * gt for th, gt in zip(theta, g))
+    return (theta, *ascent(theta), i + 1)
+
+  theta, _, res, steps = jax.lax.while_loop(cond, body, (theta0, *ascent(theta0), jnp.asarray(0)))
+  return FlowResult(policy_log_probs(tree, theta), res, steps)
+
+
+def fixed_point_report(tree: TreeInstance, log_pi: Levels) -> dict:
+  """SFT loss, SFT excess, reward, J_β, frontier regret and E_w KL(π‖π*_β) of a tree policy.
+
+  The regret is this project's D4 on the leaf set (every leaf distribution is a tree policy).
+
+  Returns:
+    dict of [] arrays: ``sft_loss``, ``sft_excess``, ``reward``, ``regularized_reward``,
+    ``regret``, ``kl_to_optimum``, ``kl_to_reference``.
+  """
+  inst = leaf_instance(tree)
+  return {
+      "sft_loss": sft_loss(tree, log_pi),
+      "sft_excess": sft_excess(tree, log_pi),
+      "reward": reward(tree, log_pi),
+      "regularized_reward": regularized_reward(tree, log_pi),
+      "regret": decoupling_regret(inst, leaf_policy(tree, log_pi)),
+      "kl_to_optimum": expect(tree, kl(tree, log_pi, optimal_policy(tree))),
+      "kl_to_reference": expect(tree, kl(tree, log_pi)),
+  }
