@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Mapping, Sequence
 
-import jax.numpy as jnp
 import numpy as np
 
 from .instance import WEIGHT_TOL, Bucket, TreeError, TreeInstance, TreeLevel, pad_tree
@@ -135,7 +134,7 @@ def _walk(p: PromptTree):
 
 
 def build_tree(prompts: Sequence[PromptTree], prompt_weights, beta, bucket: Bucket | None = None,
-               dtype=jnp.float64) -> tuple[TreeInstance, list[NodeIndex]]:
+               dtype=np.float64) -> tuple[TreeInstance, list[NodeIndex]]:
   """The padded level arrays of a list of prompt trees.
 
   Args:
@@ -146,8 +145,9 @@ def build_tree(prompts: Sequence[PromptTree], prompt_weights, beta, bucket: Buck
     dtype: float dtype of the numbers.
 
   Returns:
-    (tree, index): the unvalidated :class:`TreeInstance` (call ``validate_tree`` on user input)
-    and, per prompt, the map prefix -> (level, row) of its internal nodes.
+    (tree, index): the unvalidated :class:`TreeInstance` (call ``validate_tree`` on user input;
+    its arrays are NumPy arrays, which JAX takes as they are) and, per prompt, the map prefix ->
+    (level, row) of its internal nodes.
 
   Raises:
     TreeError: a reachable node without a valid row, a data response off the tree (not a
@@ -202,10 +202,10 @@ def build_tree(prompts: Sequence[PromptTree], prompt_weights, beta, bucket: Buck
     if abs(total - 1.0) > WEIGHT_TOL:
       raise TreeError(f"data of prompt {x} sums to {total:.10g}, expected 1")
     indices.append(index)
-  levels = tuple(TreeLevel(**{name: jnp.asarray(a, dtype if a.dtype == np.float64 else None)
+  levels = tuple(TreeLevel(**{name: a.astype(dtype) if a.dtype == np.float64 else a
                               for name, a in lv.items()}) for lv in arrays)
-  tree = TreeInstance(prompt_weights=jnp.asarray(prompt_weights, dtype),
-                      beta=jnp.asarray(beta, dtype), levels=levels)
+  tree = TreeInstance(prompt_weights=np.asarray(prompt_weights, dtype),
+                      beta=np.asarray(beta, dtype), levels=levels)
   if bucket is not None:
     tree = pad_tree(tree, bucket)
   return tree, indices

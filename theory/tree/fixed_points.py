@@ -31,7 +31,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .._numerics import NEG_INF, masked_dot, masked_max
+from .._numerics import NEG_INF, masked_dot, masked_max, safe_log
 from ..frontier import decoupling_regret
 from ..objectives import fisher_matvec
 from .atomic import leaf_instance, leaf_policy
@@ -58,7 +58,7 @@ from .policy import (
   reference_log_probs,
 )
 
-__all__ = ["CONSTRUCTS", "K3_ROOT_STEPS", "local_ascent", "ascent_field",
+__all__ = ["CONSTRUCTS", "K3_ROOT_STEPS", "local_ascent", "natural_direction", "ascent_field",
            "closed_form_fixed_point", "flow_to_fixed_point", "FlowResult", "fixed_point_report",
            "stationarity_residual"]
 
@@ -71,17 +71,19 @@ def _check(construct: str) -> None:
     raise ValueError(f"construct is {construct!r}, expected one of {', '.join(CONSTRUCTS)}")
 
 
-def local_ascent(tree: TreeInstance, log_pi: Levels, construct: str) -> Levels:
-  """The ascent field of a construct divided by the reach P_π(s), per level (0 off the support)."""
+def _slot_values(tree: TreeInstance, log_pi: Levels, construct: str) -> Levels:
+  """v(s, ·) with field P F v: Q − β(k1 + K(s·)), Q − β k1, or Q (k3, whose field adds −β(π − ρ))."""
   _check(construct)
   q, _ = reward_to_go(tree, log_pi)
   if construct == "k1_reward":
     qk, _ = kl_subtrees(tree, log_pi)
-    v = tuple(a - tree.beta * b for a, b in zip(q, qk))
-  elif construct == "k2_loss":
-    v = tuple(a - tree.beta * b for a, b in zip(q, log_ratios(tree, log_pi)))
-  else:
-    v = q
+    return tuple(a - tree.beta * b for a, b in zip(q, qk))
+  if construct == "k2_loss":
+    return tuple(a - tree.beta * b for a, b in zip(q, log_ratios(tree, log_pi)))
+  return q
+
+
+def _local(tree: TreeInstance, log_pi: Levels, construct: str, v: Levels) -> Levels:
   out = []
   for lv, lp, vt in zip(tree.levels, log_pi, v):
     pi = jnp.exp(lp)
@@ -90,6 +92,33 @@ def local_ascent(tree: TreeInstance, log_pi: Levels, construct: str) -> Levels:
       g = g - tree.beta * (pi - lv.reference)
     out.append(jnp.where(support(lv), g, 0.0))
   return tuple(out)
+
+
+def _natural(tree: TreeInstance, log_pi: Levels, construct: str, v: Levels) -> Levels:
+  out = []
+  for lv, lp, vt in zip(tree.levels, log_pi, v):
+    sup = support(lv)
+    vt = jnp.where(sup, vt, 0.0)
+    d = vt - masked_dot(jnp.exp(lp), vt, keepdims=True)
+    if construct == "k3_loss":
+      ratio = jnp.exp(jnp.where(sup, safe_log(lv.reference) - jnp.where(sup, lp, 0.0), 0.0))
+      d = d - tree.beta * (1.0 - ratio)
+    out.append(jnp.where(sup, d, 0.0))
+  return tuple(out)
+
+
+def local_ascent(tree: TreeInstance, log_pi: Levels, construct: str) -> Levels:
+  """The ascent field of a construct divided by the reach P_π(s), per level (0 off the support)."""
+  return _local(tree, log_pi, construct, _slot_values(tree, log_pi, construct))
+
+
+def natural_direction(tree: TreeInstance, log_pi: Levels, construct: str) -> Levels:
+  r"""F_s^+ (local ascent): v − π·v (k3: Q − π·Q − β(1 − ρ/π)), the natural-gradient direction.
+
+  F_s (g/π) = g for every g with Σ_a g_a = 0, so the direction is the local ascent divided by π
+  slot-wise, written without the division.
+  """
+  return _natural(tree, log_pi, construct, _slot_values(tree, log_pi, construct))
 
 
 def ascent_field(tree: TreeInstance, log_pi: Levels, construct: str) -> Levels:
@@ -179,13 +208,22 @@ class FlowResult(NamedTuple):
 
 
 def flow_to_fixed_point(tree: TreeInstance, construct: str, theta0: Levels | None = None,
-                        tol: float = 1e-11, max_steps: int = 200_000,
-                        step: jax.Array | None = None) -> FlowResult:
-  r"""Flows θ̇_s = (ascent field)_s / P_π(s) from θ₀ (default log ρ) until it is stationary.
+                        tol: float = 1e-11, max_steps: int = 100_000,
+                        geometry: str = "natural", step: jax.Array | None = None) -> FlowResult:
+  r"""Flows the logits along a construct's field from θ₀ (default log ρ) until it is stationary.
 
-  Dividing by the reach keeps the zeros of the field and makes deep, rarely reached nodes move as
-  fast as the root. Euler steps of size η = 1/(β + max|r|) (the field's Lipschitz scale) until the
-  largest |local ascent| is below ``tol`` or ``max_steps`` is reached (``residual`` tells which).
+  Two geometries with the same stationary points (P_π(s) > 0 and F_s is invertible on the
+  tangent space of a full-support row):
+
+  - ``"euclidean"``: θ̇_s = (field)_s / P_π(s), gradient ascent in logits with each node's reach
+    divided out; Euler steps η = 1/(β + max|r|). Slow where π(·|s) is peaked (the rate is
+    about β min_a π(a|s)).
+  - ``"natural"``: θ̇_s = F_s^+ (field)_s / P_π(s) (:func:`natural_direction`), the natural
+    policy gradient flow; Euler steps η = 1/(2β) for the tilts (k1, k2: the error of a node
+    halves every step once its subtree has converged) and 1/(2(β + 2 max|r|)) for k3.
+
+  Stops when the largest |local ascent| over real prompts is below ``tol`` or after
+  ``max_steps`` (``residual`` tells which).
 
   Args:
     tree: an unbatched tree.
@@ -193,23 +231,35 @@ def flow_to_fixed_point(tree: TreeInstance, construct: str, theta0: Levels | Non
     theta0: start logits (default log ρ).
     tol: stop when max |local ascent| < tol.
     max_steps: step budget.
-    step: the Euler step (default 1/(β + max|r|)).
+    geometry: ``"natural"`` or ``"euclidean"``.
+    step: the Euler step (default as above).
 
   Returns:
     A :class:`FlowResult`.
   """
   _check(construct)
+  if geometry not in ("natural", "euclidean"):
+    raise ValueError(f"geometry is {geometry!r}, expected 'natural' or 'euclidean'")
   theta0 = initial_logits(tree) if theta0 is None else theta0
   if step is None:
     r_max = jnp.max(jnp.stack([jnp.max(jnp.where(lv.leaf, jnp.abs(lv.reward), 0.0))
                                for lv in tree.levels]))
-    step = 1.0 / (tree.beta + r_max)
-
+    if geometry == "euclidean":
+      step = 1.0 / (tree.beta + r_max)
+    elif construct == "k3_loss":
+      step = 0.5 / (tree.beta + 2.0 * r_max)
+    else:
+      step = 0.5 / tree.beta
   real = (tree.prompt_weights > 0)[..., None, None]
 
   def ascent(theta):
-    g = local_ascent(tree, policy_log_probs(tree, theta), construct)
-    return g, jnp.max(jnp.stack([jnp.max(jnp.where(real, jnp.abs(a), 0.0)) for a in g]))
+    log_pi = policy_log_probs(tree, theta)
+    v = _slot_values(tree, log_pi, construct)
+    g = _local(tree, log_pi, construct, v)
+    res = jnp.max(jnp.stack([jnp.max(jnp.where(real, jnp.abs(a), 0.0)) for a in g]))
+    if geometry == "natural":
+      g = _natural(tree, log_pi, construct, v)
+    return g, res
 
   def cond(state):
     _, _, res, i = state

@@ -276,14 +276,14 @@ def _pad_level(lv: TreeLevel, n_x: int, k: int, n: int, first: bool) -> TreeLeve
     out["leaf"][x0:, 0, 0] = True
     out["reference"][x0:, 0, 0] = 1.0
     out["data"][x0:, 0, 0] = 1.0
-  return TreeLevel(**{name: jnp.asarray(a) for name, a in out.items()})
+  return TreeLevel(**out)
 
 
 def _empty_level(n_x: int, k: int, n: int, like: TreeLevel) -> TreeLevel:
   dtype = np.asarray(like.reference).dtype
-  z = lambda shape, dt: jnp.zeros(shape, dt)
-  return TreeLevel(node=z((n_x, n), bool), parent=z((n_x, n), jnp.int32),
-                   token=z((n_x, n), jnp.int32), child=z((n_x, n, k), jnp.int32),
+  z = lambda shape, dt: np.zeros(shape, dt)
+  return TreeLevel(node=z((n_x, n), bool), parent=z((n_x, n), np.int32),
+                   token=z((n_x, n), np.int32), child=z((n_x, n, k), np.int32),
                    internal=z((n_x, n, k), bool), leaf=z((n_x, n, k), bool),
                    reference=z((n_x, n, k), dtype), data=z((n_x, n, k), dtype),
                    reward=z((n_x, n, k), dtype))
@@ -291,6 +291,8 @@ def _empty_level(n_x: int, k: int, n: int, like: TreeLevel) -> TreeLevel:
 
 def pad_tree(tree: TreeInstance, bucket: Bucket) -> TreeInstance:
   """Pads an unbatched tree to a bucket (more prompts, slots, rows or levels; see module doc).
+
+  Works in NumPy (the padded arrays are NumPy arrays).
 
   >>> import jax.numpy as jnp
   >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
@@ -307,7 +309,7 @@ def pad_tree(tree: TreeInstance, bucket: Bucket) -> TreeInstance:
   levels += [_empty_level(n_x, k, n, tree.levels[0]) for n in bucket.nodes[tree.depth:]]
   w = np.zeros(n_x, np.asarray(tree.prompt_weights).dtype)
   w[: tree.prompt_weights.shape[0]] = np.asarray(tree.prompt_weights)
-  return TreeInstance(prompt_weights=jnp.asarray(w), beta=tree.beta, levels=tuple(levels))
+  return TreeInstance(prompt_weights=w, beta=tree.beta, levels=tuple(levels))
 
 
 def stack_trees(trees: list[TreeInstance]) -> TreeInstance:
