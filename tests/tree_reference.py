@@ -114,11 +114,24 @@ def kl(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def log_partition_mp(p: Prompt, beta: float, digits: int = 50) -> float:
-  """log Σ_y ρ(y) e^{r(y)/β} in mpmath at ``digits`` significant digits."""
+  """log Σ_y ρ(y) e^{r(y)/β} in mpmath at ``digits`` significant digits.
+
+  The exponent r/β is rounded to float64 first: that rounding (up to 6e-11 absolute at the
+  domain's edge |r|/β = 1e6) is the input's, as THEORY.md's domain states, not the engine's.
+  """
   with mpmath.workdps(digits):
-    z = mpmath.fsum(mpmath.mpf(float(r)) * mpmath.exp(mpmath.mpf(float(v)) / mpmath.mpf(beta))
+    z = mpmath.fsum(mpmath.mpf(float(r)) * mpmath.exp(mpmath.mpf(float(v) / float(beta)))
                     for r, v in zip(p.rho, p.reward))
     return float(mpmath.log(z))
+
+
+def log_gibbs_mp(p: Prompt, beta: float, digits: int = 50) -> list:
+  """log π*_β(y) = log ρ(y) + r(y)/β − log Z in mpmath (r/β rounded to float64 first)."""
+  with mpmath.workdps(digits):
+    q = [mpmath.log(mpmath.mpf(float(r))) + mpmath.mpf(float(v) / float(beta))
+         for r, v in zip(p.rho, p.reward)]
+    log_z = mpmath.log(mpmath.fsum(mpmath.exp(v) for v in q))
+    return [float(v - log_z) for v in q]
 
 
 def gibbs(p: Prompt, beta: float) -> np.ndarray:
@@ -133,6 +146,8 @@ def score_grad(p: Prompt, rows: dict, weight: np.ndarray) -> dict:
   pi = seq_probs(p, rows)
   out = {s: np.zeros(p.k) for s in p.support}
   for y, py, wy in zip(p.leaves, pi, weight):
+    if py == 0.0:  # underflow at the domain's edge: the term is 0 (w is finite there)
+      continue
     for t in range(len(y)):
       s = y[:t]
       e = np.zeros(p.k)
@@ -146,6 +161,8 @@ def token_loss_grad(p: Prompt, rows: dict, slope) -> dict:
   pi = seq_probs(p, rows)
   out = {s: np.zeros(p.k) for s in p.support}
   for y, py in zip(p.leaves, pi):
+    if py == 0.0:  # underflow at the domain's edge: π c(π) → 0 there
+      continue
     for t in range(len(y)):
       s, a = y[:t], y[t]
       e = np.zeros(p.k)

@@ -27,6 +27,12 @@ Modules:
   atomic        the atomic case as depth-1 trees and back; the leaf set of any tree as an atomic
                 Instance (parts A–F on the leaves)
 
+G5 (length normalisation in group policy gradients) is left to the recipes built on this package:
+a group estimator's exact field is Σ_y π(y) E[w_i | y_i = y] ∇log π(y) with w the per-sequence
+weight (advantage × length normaliser), i.e. :func:`.fields.reinforce_field` with a leaf weight;
+the group's distribution is enumerated on the flat leaf axis of :func:`.atomic.leaf_instance`
+(leaf probabilities, rewards and :func:`.policy.leaf_lengths` are all there).
+
 References: THEORY.md part G (this project's statements); research/fusion-methods.md Rule 4 and the
 addendum on verl's KL estimators.
 """

@@ -16,8 +16,9 @@ Their zeros (P_π(s) > 0 on every node of a softmax policy), THEORY.md G4:
 Q^π(s, ·) depends only on the policy below s, so iterating each closed form converges in one
 bottom-up sweep (backward induction, :func:`closed_form_fixed_point`). At a node of the k3 form,
 with δ_a = max Q − Q_a ≥ 0 and u = β + V − max Q, u solves Σ_a βρ_a/(u + δ_a) = 1, a decreasing
-function of u with the root in [βρ(argmax), β]: bisection in log u, then log π_a = log β + log ρ_a −
-log(u + δ_a) (no cancellation). :func:`flow_to_fixed_point` finds the same points by flowing the
+function of u with the root in [βρ(argmax), β]: Newton's method on log Σ βρ_a/(u + δ_a) in log u,
+kept inside the bracket by bisection, then log π_a = log β + log ρ_a − log(u + δ_a) (no
+cancellation). :func:`flow_to_fixed_point` finds the same points by flowing the
 field divided by the reach (same zeros) to stationarity with Euler steps.
 
 References: THEORY.md G4 (this project's); verl/tunix KL placements (research/fusion-methods.md
@@ -58,12 +59,13 @@ from .policy import (
   reference_log_probs,
 )
 
-__all__ = ["CONSTRUCTS", "K3_ROOT_STEPS", "local_ascent", "natural_direction", "ascent_field",
+__all__ = ["CONSTRUCTS", "K3_ROOT_STEPS", "K3_ROOT_TOL", "local_ascent", "natural_direction", "ascent_field",
            "closed_form_fixed_point", "flow_to_fixed_point", "FlowResult", "fixed_point_report",
            "stationarity_residual"]
 
 CONSTRUCTS = ("k1_reward", "k2_loss", "k3_loss")
-K3_ROOT_STEPS = 80  # bisection in log u over a range ≤ 745 nats: below 1e-20 relative
+K3_ROOT_STEPS = 200  # safeguarded Newton steps at most (bisection alone needs < 80 for 1e-20)
+K3_ROOT_TOL = 1e-15  # a row is done when Newton would move log u by less than this (relative)
 
 
 def _check(construct: str) -> None:
@@ -137,31 +139,40 @@ def stationarity_residual(tree: TreeInstance, log_pi: Levels, construct: str) ->
 
 
 def _k3_rows(q: jax.Array, log_rho: jax.Array, sup: jax.Array, beta) -> jax.Array:
-  """log π of the k3 fixed point at every row given Q (bisection in log u, see module doc)."""
+  """log π of the k3 fixed point at every row given Q (safeguarded Newton in log u, module doc)."""
   top = masked_max(q, sup)
   any_slot = jnp.any(sup, axis=-1)
   top = jnp.where(any_slot, top, 0.0)
   delta = jnp.where(sup, top[..., None] - q, 0.0)
-  rho = jnp.exp(log_rho)
-  rho_top = jnp.sum(jnp.where(sup & (delta == 0), rho, 0.0), axis=-1)
+  rho_top = jnp.sum(jnp.where(sup & (delta == 0), jnp.exp(log_rho), 0.0), axis=-1)
   log_beta = jnp.log(beta)
 
-  def excess(log_u):  # log Σ βρ/(u + δ) (decreasing in u; 0 at the root)
-    terms = jnp.where(sup, log_beta + log_rho - jnp.log(jnp.exp(log_u)[..., None] + delta),
-                      NEG_INF)
-    return jax.nn.logsumexp(jnp.where(any_slot[..., None], terms, 0.0), axis=-1)
+  def excess(z):
+    """h(z) = log Σ βρ/(e^z + δ) (decreasing; 0 at the root) and h'(z)."""
+    log_den = jnp.log(jnp.exp(z)[..., None] + delta)
+    terms = jnp.where(sup, log_beta + log_rho - log_den, NEG_INF)
+    h = jax.nn.logsumexp(jnp.where(any_slot[..., None], terms, 0.0), axis=-1)
+    weights = jnp.where(sup, jnp.exp(terms - h[..., None]), 0.0)
+    slope = -jnp.sum(weights * jnp.exp(z[..., None] - log_den), axis=-1)
+    return jnp.where(any_slot, h, 0.0), jnp.where(any_slot, slope, -1.0)
 
-  def bisect(_, lo_hi):
-    lo, hi = lo_hi
-    mid = 0.5 * (lo + hi)
-    above = excess(mid) > 0  # the sum is still > 1: the root is right of mid
-    return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
+  def cond(state):
+    _, _, _, _, moved, i = state
+    return moved & (i < K3_ROOT_STEPS)
+
+  def body(state):
+    lo, hi, z, (h, slope), _, i = state
+    lo, hi = jnp.where(h > 0, z, lo), jnp.where(h > 0, hi, z)
+    newton = z - h / slope
+    done = jnp.abs(newton - z) <= K3_ROOT_TOL * jnp.maximum(1.0, jnp.abs(z))
+    new = jnp.where(done, z, jnp.where((newton > lo) & (newton < hi), newton, 0.5 * (lo + hi)))
+    return lo, hi, new, excess(new), jnp.any(~done), i + 1
 
   lo = log_beta + jnp.log(jnp.where(any_slot, rho_top, 1.0))
   hi = jnp.broadcast_to(log_beta, lo.shape)
-  lo, hi = jax.lax.fori_loop(0, K3_ROOT_STEPS, bisect, (lo, hi))
-  u = jnp.exp(0.5 * (lo + hi))
-  logits = jnp.where(sup, log_beta + log_rho - jnp.log(u[..., None] + delta), NEG_INF)
+  init = (lo, hi, hi, excess(hi), jnp.asarray(True), jnp.asarray(0))
+  _, _, z, _, _, _ = jax.lax.while_loop(cond, body, init)
+  logits = jnp.where(sup, log_beta + log_rho - jnp.log(jnp.exp(z)[..., None] + delta), NEG_INF)
   return node_log_softmax(logits, sup)  # renormalise the last rounding
 
 
