@@ -48,7 +48,7 @@ def _engine_functions():
           kl.k3_loss_field(tree, policy.policy_log_probs(tree, theta))),
       "k2 fixed point (G4, closed form)": lambda tree, theta: fixed_points.closed_form_fixed_point(
           tree, "k2_loss"),
-      "k3 fixed point (G4, bisection)": lambda tree, theta: fixed_points.closed_form_fixed_point(
+      "k3 fixed point (G4, Newton)": lambda tree, theta: fixed_points.closed_form_fixed_point(
           tree, "k3_loss"),
   }
 

@@ -273,7 +273,7 @@ FLOW_BUCKET = Bucket(prompts=2, vocab=4, nodes=(1, 3, 6))
 
 @pytest.mark.parametrize("construct,geometry", [
     ("k1_reward", "natural"), ("k2_loss", "natural"), ("k3_loss", "natural"),
-    ("k2_loss", "euclidean"), ("k3_loss", "euclidean")])
+    ("k3_loss", "euclidean")])
 def test_flow_reaches_the_closed_form(construct, geometry):
   """G4: both flows stop at the closed-form fixed point (four random trees of depth ≤ 3)."""
   trees = random_trees(np.random.default_rng(7), 4, FLOW_BUCKET, beta_range=(0.3, 3.0))
