@@ -1,0 +1,271 @@
+"""Random tree families (NumPy, seeded, vectorised over trees) and Hypothesis strategies of trees.
+
+Random trees (:func:`random_trees`): per tree a vocabulary of k ∈ [2, 8] tokens (EOS is token 0),
+a depth T ∈ [1, 6] and 1–3 prompts; each node keeps each non-EOS token with a probability drawn
+per tree, and EOS with probability 0.9 (a node always has a child); the reference gives EOS a
+probability drawn per node (ragged EOS) and shares the rest over the other children. Data: a random
+non-empty set of leaves with random masses. Everything is generated level by level for all trees at
+once and padded to one bucket (:data:`TREE_BUCKET`), so a statement compiles once; children beyond
+a level's bucket are dropped (the cap keeps trees of depth 6 small). Families differ in rewards and
+β:
+
+  uniform     r ∈ U[−1, 1], β log-uniform in [0.1, 10]
+  verifier    r ∈ {0, 1} (about 30% correct), β in [0.05, 5]
+  length      r = c₀ − c|y| (a length penalty), depth ≥ 2, β in [0.1, 10]
+  small_beta  r ∈ U[−1, 1], β in [0.01, 0.1] (sharp tilts, |r|/β up to 100)
+  large_beta  r ∈ U[−1, 1], β in [10, 1000]
+  dense       every token kept (complete trees up to the bucket), r ∈ U[−1, 1], β in [0.1, 10]
+
+:func:`complete_tree` builds the complete tree (every token at every node) of a given k and T, the
+benchmark's shape. :func:`tree_strategy` draws small trees as tree-file objects (see
+:mod:`.tree_io`), with every reward rule and both reference forms, for property tests and searches.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax.numpy as jnp
+import numpy as np
+from hypothesis import strategies as st
+
+from ..theory.tree.instance import Bucket, TreeInstance, TreeLevel, index_tree
+
+__all__ = ["TREE_BUCKET", "SMALL_BUCKET", "TREE_FAMILIES", "EOS", "random_trees", "sample_trees",
+           "probe_logits", "complete_tree", "tree_strategy", "TOKENS"]
+
+TREE_BUCKET = Bucket(prompts=3, vocab=8, nodes=(1, 7, 16, 24, 24, 24))
+SMALL_BUCKET = Bucket(prompts=2, vocab=4, nodes=(1, 3, 9))  # what tree_strategy() draws fits
+EOS = 0
+TOKENS = ("<eos>", "a", "b", "c", "d", "e", "f", "g")
+
+
+def _structure(rng, k, depth, keep, bucket: Bucket, eos_absent):
+  """Per level: dicts of numpy arrays [n, X, N(, k)] of a random tree structure and reference."""
+  n, k_max, sizes, n_x = k.shape[0], bucket.vocab, bucket.nodes, bucket.prompts
+  n_levels = len(sizes)
+  slot = np.arange(k_max)
+  in_vocab = (slot[None, :] < k[:, None])[:, None, None, :]
+  node = np.zeros((n, n_x, sizes[0]), bool)
+  node[:, :, 0] = True
+  parent = np.zeros((n, n_x, sizes[0]), np.int32)
+  token = np.zeros((n, n_x, sizes[0]), np.int32)
+  levels = []
+  for t, size in enumerate(sizes):
+    shape = (n, n_x, size, k_max)
+    other = (rng.uniform(size=shape) < keep[:, None, None, None]) & (slot != EOS)
+    eos_here = rng.uniform(size=shape[:3]) >= eos_absent
+    exists = node[..., None] & in_vocab & (other | ((slot == EOS) & eos_here[..., None]))
+    last = ((t == depth - 1) | (t == n_levels - 1))[:, None, None, None]
+    cand = exists & (slot != EOS) & ~last
+    internal = np.zeros(shape, bool)
+    child = np.zeros(shape, np.int32)
+    nxt = {}
+    if t + 1 < n_levels:
+      cap = sizes[t + 1]
+      flat = cand.reshape(n, n_x, -1)
+      rank = np.cumsum(flat, axis=-1) - 1
+      kept = flat & (rank < cap)
+      exists &= ~(flat & ~kept).reshape(shape)  # dropped: beyond the next level's bucket
+      internal = kept.reshape(shape)
+      child = np.where(internal, rank.reshape(shape), 0).astype(np.int32)
+      b, x, f = np.nonzero(kept)
+      nxt["node"] = np.arange(cap)[None, None, :] < kept.sum(-1)[..., None]
+      nxt["parent"] = np.zeros((n, n_x, cap), np.int32)
+      nxt["token"] = np.zeros((n, n_x, cap), np.int32)
+      nxt["parent"][b, x, rank[b, x, f]] = f // k_max
+      nxt["token"][b, x, rank[b, x, f]] = f % k_max
+    exists[..., EOS] |= node & ~exists.any(-1)  # every node needs a child
+    leaf = exists & ~internal
+    u = np.where(exists & (slot != EOS), rng.uniform(0.05, 1.0, size=shape), 0.0)
+    has_other = u.sum(-1) > 0
+    p_eos = np.where(exists[..., EOS], np.where(has_other, rng.uniform(0.05, 0.8, shape[:3]),
+                                                1.0), 0.0)
+    ref = (1.0 - p_eos)[..., None] * u / np.where(has_other, u.sum(-1), 1.0)[..., None]
+    ref[..., EOS] = p_eos
+    levels.append(dict(node=node, parent=parent, token=token, child=child, internal=internal,
+                       leaf=leaf, reference=np.where(exists, ref, 0.0)))
+    if nxt:
+      node, parent, token = nxt["node"], nxt["parent"], nxt["token"]
+  return levels
+
+
+def _data(rng, levels):
+  """A random non-empty set of leaves with random masses per prompt, normalised."""
+  leaf = np.concatenate([lv["leaf"].reshape(lv["leaf"].shape[:2] + (-1,)) for lv in levels], -1)
+  score = rng.uniform(size=leaf.shape)
+  forced = np.zeros(leaf.shape, bool)
+  pick = np.argmax(np.where(leaf, score, -1.0), axis=-1)
+  np.put_along_axis(forced, pick[..., None], True, axis=-1)
+  mass = np.where(leaf & ((rng.uniform(size=leaf.shape) < 0.5) | forced),
+                  rng.uniform(0.1, 1.0, size=leaf.shape), 0.0)
+  mass /= mass.sum(-1, keepdims=True)
+  out, start = [], 0
+  for lv in levels:
+    size = lv["leaf"][0, 0].size
+    out.append(mass[..., start:start + size].reshape(lv["leaf"].shape))
+    start += size
+  return out
+
+
+def random_trees(rng, n: int, bucket: Bucket = TREE_BUCKET, rewards: str = "uniform",
+                 beta_range=(0.1, 10.0), keep_range=(0.3, 0.9), k=None, depth=None,
+                 prompts=None, eos_absent: float = 0.1) -> TreeInstance:
+  """n random trees padded to ``bucket``, as one batched TreeInstance [n, X, ...].
+
+  Args:
+    rng: numpy Generator.
+    n: number of trees.
+    bucket: the padded shape (vocabulary, prompts, rows per level).
+    rewards: "uniform", "verifier" or "length" (see the module docstring).
+    beta_range: β log-uniform in this range.
+    keep_range: per tree, the probability of keeping each non-EOS token at a node.
+    k, depth, prompts: [n] int arrays fixing vocabulary sizes, depths, prompt counts (default:
+      uniform in [2, bucket.vocab], [1, levels], [1, bucket.prompts]).
+    eos_absent: probability that a node has no EOS child.
+  """
+  n_levels = len(bucket.nodes)
+  k = rng.integers(2, bucket.vocab + 1, n) if k is None else np.asarray(k)
+  depth = rng.integers(1, n_levels + 1, n) if depth is None else np.asarray(depth)
+  prompts = rng.integers(1, bucket.prompts + 1, n) if prompts is None else np.asarray(prompts)
+  keep = rng.uniform(*keep_range, n)
+  levels = _structure(rng, k, depth, keep, bucket, eos_absent)
+  data = _data(rng, levels)
+  beta = np.exp(rng.uniform(np.log(beta_range[0]), np.log(beta_range[1]), n))
+  base, slope = rng.uniform(0.0, 1.0, n), rng.uniform(0.05, 0.3, n)
+  out = []
+  for t, (lv, d) in enumerate(zip(levels, data)):
+    shape = lv["leaf"].shape
+    if rewards == "uniform":
+      r = rng.uniform(-1.0, 1.0, shape)
+    elif rewards == "verifier":
+      r = (rng.uniform(size=shape) < 0.3).astype(float)
+    elif rewards == "length":
+      r = np.broadcast_to((base - slope * (t + 1))[:, None, None, None], shape)
+    else:
+      raise ValueError(f"rewards is {rewards!r}, expected uniform, verifier or length")
+    f = lambda a: jnp.asarray(a, jnp.float64)
+    i = lambda a: jnp.asarray(a, jnp.int32)
+    out.append(TreeLevel(node=jnp.asarray(lv["node"]), parent=i(lv["parent"]),
+                         token=i(lv["token"]), child=i(lv["child"]),
+                         internal=jnp.asarray(lv["internal"]), leaf=jnp.asarray(lv["leaf"]),
+                         reference=f(lv["reference"]), data=f(d),
+                         reward=f(np.where(lv["leaf"], r, 0.0))))
+  w = rng.uniform(0.1, 1.0, (n, bucket.prompts)) * (np.arange(bucket.prompts) < prompts[:, None])
+  w /= w.sum(-1, keepdims=True)
+  return TreeInstance(prompt_weights=jnp.asarray(w), beta=jnp.asarray(beta), levels=tuple(out))
+
+
+TREE_FAMILIES: dict[str, Callable] = {
+    "uniform": lambda rng, n, b: random_trees(rng, n, b),
+    "verifier": lambda rng, n, b: random_trees(rng, n, b, "verifier", (0.05, 5.0)),
+    "length": lambda rng, n, b: random_trees(rng, n, b, "length",
+                                             depth=rng.integers(2, len(b.nodes) + 1, n)),
+    "small_beta": lambda rng, n, b: random_trees(rng, n, b, beta_range=(0.01, 0.1)),
+    "large_beta": lambda rng, n, b: random_trees(rng, n, b, beta_range=(10.0, 1000.0)),
+    "dense": lambda rng, n, b: random_trees(rng, n, b, keep_range=(1.0, 1.0), eos_absent=0.0),
+}
+
+
+def probe_logits(rng, trees: TreeInstance, scale: float = 2.0) -> tuple:
+  """Per-level probe logits N(0, scale²) of the trees' shapes (entries off the support inert)."""
+  return tuple(jnp.asarray(rng.normal(0.0, scale, lv.reference.shape)) for lv in trees.levels)
+
+
+def sample_trees(n_total: int, seed: int, bucket: Bucket = TREE_BUCKET) -> list:
+  """n_total trees split evenly over the families: [(family, trees, probe logits), ...]."""
+  names = list(TREE_FAMILIES)
+  per = [n_total // len(names) + (i < n_total % len(names)) for i in range(len(names))]
+  out = []
+  for name, m in zip(names, per):
+    if m > 0:
+      rng = np.random.default_rng([seed, names.index(name)])
+      trees = TREE_FAMILIES[name](rng, m, bucket)
+      out.append((name, trees, probe_logits(rng, trees)))
+  return out
+
+
+def complete_tree(k: int, depth: int, prompts: int, seed: int = 0) -> TreeInstance:
+  """The complete tree (every token at every node, EOS included) of k tokens and depth T.
+
+  Level t has (k − 1)^t internal nodes; rewards U[−1, 1], β = 1, ragged EOS probabilities.
+  """
+  sizes = tuple((k - 1) ** t for t in range(depth))
+  rng = np.random.default_rng(seed)
+  batch = random_trees(rng, 1, Bucket(prompts, k, sizes), keep_range=(1.0, 1.0),
+                       beta_range=(1.0, 1.0), k=[k], depth=[depth], prompts=[prompts],
+                       eos_absent=0.0)
+  return index_tree(batch, 0)
+
+
+def _prompt_strategy(k: int, t_max: int, reward_kinds, tiny: bool):
+  mass = st.floats(0.05, 1.0, allow_nan=False, width=64)
+  if tiny:
+    mass = st.one_of(mass, st.just(1e-6))
+  vocab = list(TOKENS[:k])
+
+  @st.composite
+  def build(draw):
+    rows, leaves, frontier = {}, [], [()]
+    while frontier:
+      s = frontier.pop(0)
+      keep = draw(st.lists(st.booleans(), min_size=k, max_size=k))
+      if not any(keep):
+        keep[draw(st.integers(0, k - 1))] = True
+      m = np.array([draw(mass) if keep[a] else 0.0 for a in range(k)])
+      rows[s] = m / m.sum()
+      for a in np.flatnonzero(m > 0):
+        y = s + (int(a),)
+        (leaves if a == EOS or len(y) == t_max else frontier).append(y)
+    tok = lambda y: [vocab[a] for a in y]
+    if draw(st.booleans()):
+      reference = {"nodes": [{"prefix": tok(s), "probs": {vocab[a]: float(p) for a, p in
+                                                          enumerate(row) if p > 0}}
+                             for s, row in rows.items()]}
+    else:
+      probs = [float(np.prod([rows[y[:i]][y[i]] for i in range(len(y))])) for y in leaves]
+      total = sum(probs)
+      reference = {"sequences": [{"tokens": tok(y), "p": p / total}
+                                 for y, p in zip(leaves, probs)]}
+    picks = draw(st.lists(st.integers(0, len(leaves) - 1), min_size=1, max_size=4))
+    data = [{"tokens": tok(leaves[i]), "weight": draw(st.floats(0.1, 5.0, width=64))}
+            for i in picks]
+    kind = draw(st.sampled_from(reward_kinds))
+    value = st.floats(-2.0, 2.0, allow_nan=False, width=64)
+    if kind == "table":
+      chosen = sorted(set(draw(st.lists(st.integers(0, len(leaves) - 1), max_size=len(leaves)))))
+      reward = {"table": [{"tokens": tok(leaves[i]), "value": draw(value)} for i in chosen],
+                "default": draw(value)}
+    elif kind == "exact_match":
+      reward = {"rule": "exact_match", "correct": draw(value), "incorrect": draw(value)}
+    elif kind == "final_answer":
+      reward = {"rule": "final_answer", "answer": vocab[draw(st.integers(1, k - 1))]}
+    else:
+      reward = {"rule": "length_penalty", "base": draw(value),
+                "per_token": draw(st.floats(0.0, 0.5, width=64))}
+    return {"reference": reference, "data": data, "reward": reward}
+
+  return build()
+
+
+def tree_strategy(max_prompts: int = 2, max_vocab: int = 4, max_length: int = 3,
+                  reward_kinds=("table", "exact_match", "final_answer", "length_penalty"),
+                  beta_range=(0.05, 20.0), tiny: bool = True):
+  """Hypothesis strategy of small valid tree files (dicts as :mod:`.tree_io` reads them).
+
+  The defaults fit :data:`SMALL_BUCKET`. Every prompt shares the vocabulary ``<eos>, a, b, …``
+  (EOS first) and the maximum length; supports, masses (occasionally 1e-6), data, rewards (every
+  rule) and the reference's form (per node or as sequence probabilities) are drawn.
+  """
+  @st.composite
+  def build(draw):
+    k = draw(st.integers(2, max_vocab))
+    t_max = draw(st.integers(1, max_length))
+    n_x = draw(st.integers(1, max_prompts))
+    prompts = [draw(_prompt_strategy(k, t_max, reward_kinds, tiny)) for _ in range(n_x)]
+    w = np.array([draw(st.floats(0.1, 1.0, width=64)) for _ in range(n_x)])
+    beta = draw(st.floats(*beta_range, allow_nan=False, width=64))
+    return {"beta": beta, "vocab": list(TOKENS[:k]), "eos": TOKENS[EOS], "max_length": t_max,
+            "prompt_weights": (w / w.sum()).tolist(), "prompts": prompts}
+
+  return build()
