@@ -93,7 +93,7 @@ def test_verify_checks_hold_on_random_trees(name, monkeypatch):
     assert np.asarray(v.margin).shape == (n,)
     applies = np.asarray(v.applies, bool)
     assert applies.sum() >= (min(n, FLOW_SAMPLE) if "flow" in name else n) // 2
-    assert np.all(holds_mask(stmt, np.asarray(v.margin))[applies])
+    assert np.all(holds_mask(stmt, np.asarray(v.margin), np.asarray(v.slack))[applies])
 
 
 def test_tree_statements_are_well_formed_and_deterministic():

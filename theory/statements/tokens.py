@@ -34,6 +34,10 @@ from ..tree.instance import TreeInstance
 from ..tree.policy import Levels, flat_slots, leaf_lengths, leaf_mask, logits_of, policy_log_probs
 from ..verdict import Verdict, identity
 
+# The rounding bound of every margin here, in margin units (relative residuals): a fixed float64
+# bound until the per-statement bounds of theory/verdict.py are derived for the tree recursions.
+TREE_SLACK = 1e-9
+
 __all__ = [
     "soft_value_is_log_partition", "bellman_policy_is_tilt",
     "token_sum_is_sequence_loss", "token_sum_gradient", "token_mean_optimum",
@@ -57,7 +61,12 @@ def _worst(lhs: jax.Array, rhs: jax.Array, valid: jax.Array, applies=True) -> Ve
   resid = jnp.where(valid, resid, -1.0)
   i = jnp.argmax(resid.reshape(-1))
   pick = lambda a: jnp.broadcast_to(a, valid.shape).reshape(-1)[i]
-  return identity(pick(lhs), pick(rhs), applies)
+  return identity(pick(lhs), pick(rhs), TREE_SLACK * _scale(pick(lhs), pick(rhs)), applies)
+
+
+def _scale(lhs, rhs):
+  """max(1, |lhs|, |rhs|): identity() divides the absolute slack by it."""
+  return jnp.maximum(1.0, jnp.maximum(jnp.abs(lhs), jnp.abs(rhs)))
 
 
 def _max_abs(levels: Levels, tree: TreeInstance) -> jax.Array:
@@ -71,13 +80,13 @@ def _gradients(closed: Levels, auto: Levels, tree: TreeInstance, applies=True) -
   size_auto = _max_abs(auto, tree)
   return Verdict(_max_abs(closed, tree), size_auto,
                  -_max_abs(diff, tree) / jnp.maximum(1.0, size_auto), jnp.asarray(applies),
-                 jnp.full((), jnp.nan))
+                 jnp.full((), jnp.nan), jnp.asarray(TREE_SLACK))
 
 
-def _zero(value: jax.Array, applies=True) -> Verdict:
+def _zero(value: jax.Array, applies=True, slack=TREE_SLACK) -> Verdict:
   """value = 0 for a size (≥ 0): margin −value / max(1, value)."""
   return Verdict(value, jnp.zeros_like(value), -value / jnp.maximum(1.0, value),
-                 jnp.asarray(applies), jnp.full((), jnp.nan))
+                 jnp.asarray(applies), jnp.full((), jnp.nan), jnp.asarray(slack))
 
 
 def is_depth_one(tree: TreeInstance) -> jax.Array:
@@ -120,8 +129,9 @@ def token_sum_is_sequence_loss(tree: TreeInstance, theta: Levels) -> Verdict:
   r"""G2: Σ_s Σ_a D(s·a)(−log π(a|s)) (token sum over edges) = Σ_y d(y)(−log π(y)) (sequences)."""
   log_pi = policy_log_probs(tree, theta)
   inst = leaf_instance(tree)
-  return identity(sft.token_sum_loss(tree, log_pi),
-                  atomic.sft_loss(inst, leaf_policy(tree, log_pi)))
+  lhs = sft.token_sum_loss(tree, log_pi)
+  rhs = atomic.sft_loss(inst, leaf_policy(tree, log_pi))
+  return identity(lhs, rhs, TREE_SLACK * _scale(lhs, rhs))
 
 
 def token_sum_gradient(tree: TreeInstance, theta: Levels) -> Verdict:
@@ -158,7 +168,8 @@ def token_mean_stationary(tree: TreeInstance) -> Verdict:
 
 def token_mean_excess(tree: TreeInstance) -> Verdict:
   r"""G2: L(π_mean) − L(d) (chain rule on the tree) = E_w[E_d log|y| + log E_d(1/|y|)]."""
-  return identity(sft.token_mean_excess(tree), sft.token_mean_excess_closed_form(tree))
+  lhs, rhs = sft.token_mean_excess(tree), sft.token_mean_excess_closed_form(tree)
+  return identity(lhs, rhs, TREE_SLACK * _scale(lhs, rhs))
 
 
 # ----------------------------------------------------------------------------- G3
@@ -243,7 +254,7 @@ def fixed_point_stationary(tree: TreeInstance, construct: str) -> Verdict:
   size = _max_abs(jax.grad(lambda t: _sequence_reward(tree, t))(theta), tree)
   value = _max_abs(field, tree)
   return Verdict(value, jnp.zeros_like(value), -value / jnp.maximum(1.0, size), jnp.asarray(True),
-                 jnp.full((), jnp.nan))
+                 jnp.full((), jnp.nan), jnp.asarray(TREE_SLACK))
 
 
 def k2_fixed_point_is_tilt_at_depth_1(tree: TreeInstance) -> Verdict:
@@ -254,14 +265,15 @@ def k2_fixed_point_is_tilt_at_depth_1(tree: TreeInstance) -> Verdict:
 
 
 def flow_reaches_fixed_point(tree: TreeInstance, construct: str, tol: float = 1e-11,
-                             max_steps: int = 200_000) -> Verdict:
+                             max_steps: int = 200_000, slack: float = 1e-8) -> Verdict:
   r"""G4: flowing the construct's field to stationarity reaches its closed-form fixed point.
 
   lhs = max over leaves |π_flow(y) − π_closed(y)|, rhs = 0; applies only when the flow met
-  ``tol`` within ``max_steps`` (otherwise it is not counted).
+  ``tol`` within ``max_steps`` (otherwise it is not counted). ``slack``: how far in leaf
+  probability a flow stopped at residual ``tol`` may land from the fixed point.
   """
   flow = fixed_points.flow_to_fixed_point(tree, construct, tol=tol, max_steps=max_steps)
   lhs = jnp.exp(leaf_policy(tree, flow.log_pi))
   rhs = jnp.exp(leaf_policy(tree, fixed_points.closed_form_fixed_point(tree, construct)))
   gap = jnp.max(jnp.where(leaf_mask(tree) & _real(tree)[..., None], jnp.abs(lhs - rhs), 0.0))
-  return _zero(gap, applies=flow.residual < tol)
+  return _zero(gap, applies=flow.residual < tol, slack=slack)

@@ -1,0 +1,20 @@
+"""Every recipe on trees, by name.
+
+Each family module exports a dict of :class:`~.base.TreeRecipe`; this module merges them.
+"""
+
+from __future__ import annotations
+
+from .base import TreeRecipe
+
+__all__ = ["TREE_RECIPES", "get_tree_recipe"]
+
+TREE_RECIPES: dict[str, TreeRecipe] = {}
+
+
+def get_tree_recipe(name: str) -> TreeRecipe:
+  """The tree recipe called ``name``; KeyError (naming the known ones) otherwise."""
+  try:
+    return TREE_RECIPES[name]
+  except KeyError:
+    raise KeyError(f"no tree recipe {name!r} (known: {', '.join(sorted(TREE_RECIPES))})") from None
