@@ -195,15 +195,12 @@ def _all_verdicts(inst):
   return [s.fn(inst, probe) for s in STATEMENTS]
 
 
-_all_verdicts_program = stored_jit(_all_verdicts, "verify.checking.all_verdicts")
-
-
 def instance_margins(inst) -> dict:
   """{statement name: {"lhs", "rhs", "margin", "slack", "applies", "holds", ...}} at probe π = d.
 
   A non-finite lhs, rhs or margin of an applicable statement is a failure with a ``message``.
   """
-  verdicts = _all_verdicts_program(inst)
+  verdicts = stored_jit(_all_verdicts)(inst)
   out = {}
   for s, v in zip(STATEMENTS, verdicts):
     m, sl = float(v.margin), float(v.slack)

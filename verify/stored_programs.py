@@ -107,18 +107,30 @@ def _store(path: Path, compiled) -> None:
       pass
 
 
+def _storable(fn: Callable) -> bool:
+  """Only functions defined at module level in this package: their code is in the key's hash (a
+  function defined elsewhere, or a closure, could change without changing its name)."""
+  module, qualname = getattr(fn, "__module__", "") or "", getattr(fn, "__qualname__", "")
+  return module.startswith(f"{theory.__package__.rsplit('.', 1)[0]}.") and "<" not in qualname
+
+
+@functools.lru_cache(maxsize=None)
 def stored_jit(fn: Callable, name: str | None = None) -> Callable:
   """``jax.jit(fn)`` whose compiled programs are kept in :func:`program_dir` between processes.
 
   Args:
-    fn: a function of arrays and pytrees of arrays (positional arguments only).
-    name: the program's name in its key (default: the function's module and qualified name).
+    fn: a function of arrays and pytrees of arrays (positional arguments only), defined at
+      module level in theory/ or verify/ (anything else runs as a plain ``jax.jit``).
+    name: a name for the key that the caller vouches for (then ``fn`` is stored wherever it is
+      defined; the same name must never stand for different code).
 
   Returns:
-    A callable with ``fn``'s results; the first call on a new key compiles and stores, a later
-    process with the same key loads the executable without tracing.
+    A callable with ``fn``'s results (one per function); the first call on a new key compiles
+    and stores, a later process with the same key loads the executable without tracing.
   """
   jitted = jax.jit(fn)
+  if name is None and not _storable(fn):
+    return jitted
   name = name or f"{fn.__module__}.{fn.__qualname__}"
   loaded: dict[str, Any] = {}
 

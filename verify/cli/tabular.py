@@ -139,13 +139,10 @@ def _nonfinite(q: dict) -> str | None:
   return None
 
 
-_check_quantities_program = stored_jit(check_quantities, "theory.quantities.check_quantities")
-
-
 def run_check(args) -> int:
   inst, labels = load_instance(args)
   inst = _as_distributions(inst)
-  q = {k: float(v) for k, v in _check_quantities_program(inst).items()}
+  q = {k: float(v) for k, v in stored_jit(check_quantities)(inst).items()}
   bad = _nonfinite(q)
   if bad:
     print(f"error: {args.file}: {bad}, expected a finite number inside the valid domain (a bug: "
