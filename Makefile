@@ -43,7 +43,7 @@ lint: install-test
 	$(BIN)/ruff check --no-cache $(LINTED)
 
 test: install-test lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 figures: install
 	$(BIN)/nondecoupling figures --out figures/out

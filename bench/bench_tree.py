@@ -4,6 +4,11 @@
     and 19,608 leaves per prompt, batched over 256 prompts in one TreeInstance (vmap-free: the
     prompt axis is part of every array). For each engine function: compile time and run time
     (median of 5 runs after compiling), and time per node (run time / (256 × 2,801)).
+(c) The same complete tree against the obvious NumPy implementation vectorised over sequences
+    (bench/numpy_sequences.py: every leaf's path, log-probabilities summed over positions):
+    L, J, KL(π‖ρ) and log Z from the logits, both sides; the floor is one float64 exp pass over
+    every slot of the tree; and peak memory at several depths (max RSS growth of a fresh process
+    for JAX, the high-water mark reset after compiling, tracemalloc for NumPy) against the number of nodes.
 (b) The worst disagreement with brute force: 300 random trees (every family, depth ≤ 4) whose
     sequences are enumerated in NumPy from the level arrays (an independent walk), comparing
     L, J, KL(π‖ρ) and log Z (relative error) and the leaf probabilities of π and π*_β (absolute).
@@ -88,6 +93,137 @@ def complete_tree_timings():
           "leaves_per_prompt": leaves, "build_s": build, "functions": rows}
 
 
+def _levels_numpy(tree):
+  return [{k: np.asarray(getattr(lv, k)) for k in ("leaf", "internal", "reference", "data",
+                                                   "reward", "child")} for lv in tree.levels]
+
+
+def _exact_engine():
+  from nondecoupling.theory.tree import bellman, objectives as obj, policy
+
+  def exact(tree, theta):
+    lp = policy.policy_log_probs(tree, theta)
+    return {"L": obj.sft_loss(tree, lp), "J": obj.reward(tree, lp), "KL": obj.kl(tree, lp),
+            "log_Z": bellman.log_partition(tree)}
+  return exact
+
+
+def _median_seconds(fn, reps):
+  runs = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    fn()
+    runs.append(time.perf_counter() - t0)
+  return float(np.median(runs))
+
+
+def sequences_vs_engine(depth=DEPTH, prompts=PROMPTS):
+  """(c): the engine against NumPy over sequences on the complete tree, and the exp floor."""
+  import jax
+  import jax.numpy as jnp
+
+  from bench.numpy_sequences import sequence_paths, sequence_quantities
+  from nondecoupling.theory.tree.instance import n_nodes
+  from nondecoupling.verify.tree_families import complete_tree
+
+  tree = jax.device_put(complete_tree(K, depth, prompts))
+  rng = np.random.default_rng(0)
+  theta = tuple(jnp.asarray(rng.normal(0.0, 1.0, lv.reference.shape)) for lv in tree.levels)
+  levels = _levels_numpy(tree)
+  theta_np = [np.asarray(t) for t in theta]
+  w, beta = np.asarray(tree.prompt_weights), float(tree.beta)
+  t0 = time.perf_counter()
+  flat, mask = sequence_paths(levels)
+  paths_s = time.perf_counter() - t0
+  engine = jax.jit(_exact_engine()).lower(tree, theta).compile()
+  ours = jax.tree.map(np.asarray, engine(tree, theta))
+  engine_s = _median_seconds(lambda: jax.block_until_ready(engine(tree, theta)), 5)
+  theirs = sequence_quantities(levels, theta_np, w, beta, flat, mask)
+  numpy_s = _median_seconds(lambda: sequence_quantities(levels, theta_np, w, beta, flat, mask), 3)
+  slots = jnp.concatenate([t.reshape(prompts, -1) for t in theta], axis=1)
+  floor = jax.jit(lambda a: jnp.sum(jnp.exp(a)))
+  jax.block_until_ready(floor(slots))
+  floor_s = _median_seconds(lambda: jax.block_until_ready(floor(slots)), 5)
+  worst = {k: float(np.max(np.abs(ours[k] - theirs[k]) / np.maximum(1.0, np.abs(theirs[k]))))
+           for k in theirs}
+  nodes = int(n_nodes(tree)[0]) * prompts
+  out = {"prompts": prompts, "internal_nodes": nodes, "sequences_per_prompt": len(flat),
+         "slots": int(slots.size), "engine_s": engine_s, "numpy_sequences_s": numpy_s,
+         "numpy_paths_s": paths_s, "speedup": numpy_s / engine_s, "floor_exp_pass_s": floor_s,
+         "engine_ns_per_node": 1e9 * engine_s / nodes,
+         "floor_ns_per_node": 1e9 * floor_s / nodes, "engine_over_floor": engine_s / floor_s,
+         "max_relative_disagreement": worst}
+  print(f"  exact L, J, KL, log Z: engine {1e3 * engine_s:.1f} ms, NumPy over sequences "
+        f"{1e3 * numpy_s:.1f} ms ({out['speedup']:.1f}×); floor (exp pass) {1e3 * floor_s:.2f} ms; "
+        f"{out['engine_ns_per_node']:.1f} ns/node vs {out['floor_ns_per_node']:.2f}", flush=True)
+  return out
+
+
+_MEMORY_CHILD = r"""
+import json, sys, tracemalloc
+import numpy as np
+side, k, depth, prompts = sys.argv[1], *map(int, sys.argv[2:5])
+def rss(field):
+  for line in open("/proc/self/status"):
+    if line.startswith(field + ":"):
+      return int(line.split()[1]) * 1024
+import jax, jax.numpy as jnp
+jax.config.update("jax_enable_x64", True)
+from nondecoupling.verify.tree_families import complete_tree
+from nondecoupling.theory.tree.instance import n_nodes
+from bench.bench_tree import _exact_engine, _levels_numpy
+from bench.numpy_sequences import sequence_paths, sequence_quantities
+tree = complete_tree(k, depth, prompts)
+rng = np.random.default_rng(0)
+theta = [rng.normal(0.0, 1.0, lv.reference.shape) for lv in tree.levels]
+nodes = int(n_nodes(tree)[0]) * prompts
+inputs = sum(np.asarray(a).nbytes for a in jax.tree.leaves(tree)) + sum(t.nbytes for t in theta)
+if side == "jax":
+  tree = jax.device_put(tree); theta = tuple(jnp.asarray(t) for t in theta)
+  compiled = jax.jit(_exact_engine()).lower(tree, theta).compile()
+  # Compiling raised the high-water mark: reset it (Linux) so that only the run is measured.
+  open("/proc/self/clear_refs", "w").write("5")
+  base = rss("VmRSS")
+  jax.block_until_ready(compiled(tree, theta))
+  peak = rss("VmHWM") - base
+else:
+  levels = _levels_numpy(tree)
+  w, beta = np.asarray(tree.prompt_weights), float(tree.beta)
+  tracemalloc.start()
+  flat, mask = sequence_paths(levels)
+  sequence_quantities(levels, theta, w, beta, flat, mask)
+  peak = tracemalloc.get_traced_memory()[1]
+print(json.dumps({"nodes": nodes, "input_bytes": inputs, "peak_bytes": peak}))
+"""
+
+
+def memory_by_size(depths=(2, 3, 4, 5), prompts=64):
+  """Peak memory of one exact evaluation at several depths of the complete k = 8 tree."""
+  import json
+  import subprocess
+  import sys
+  from pathlib import Path
+
+  rows = []
+  for depth in depths:
+    row = {"T": depth}
+    for side in ("jax", "numpy"):
+      proc = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, side, str(K), str(depth),
+                             str(prompts)], capture_output=True, text=True,
+                            cwd=Path(__file__).parents[1])
+      if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-2000:])
+      got = json.loads(proc.stdout.strip().splitlines()[-1])
+      row.update(nodes=got["nodes"], input_bytes=got["input_bytes"])
+      row[f"{side}_peak_bytes"] = got["peak_bytes"]
+      row[f"{side}_bytes_per_node"] = got["peak_bytes"] / got["nodes"]
+    rows.append(row)
+    print(f"  T = {depth}: {row['nodes']} nodes, peak JAX {row['jax_peak_bytes'] / 2**20:.1f} MiB "
+          f"({row['jax_bytes_per_node']:.0f} B/node), NumPy {row['numpy_peak_bytes'] / 2**20:.1f}"
+          f" MiB ({row['numpy_bytes_per_node']:.0f} B/node)", flush=True)
+  return {"prompts": prompts, "k": K, "rows": rows}
+
+
 def _enumerate(levels, x, log_rows):
   """(leaf log-probabilities under the per-level log rows, ρ, d, r) by walking the arrays."""
   out = []
@@ -167,8 +303,11 @@ def brute_force_disagreement(n_trees: int = 300):
 def main(argv=None) -> int:
   print(f"complete tree k = {K}, T = {DEPTH}, {PROMPTS} prompts:", flush=True)
   timings = complete_tree_timings()
+  versus = sequences_vs_engine()
+  memory = memory_by_size()
   agreement = brute_force_disagreement()
-  path = write_result("bench_tree", {"complete_tree": timings, "brute_force": agreement})
+  path = write_result("bench_tree", {"complete_tree": timings, "versus_numpy_sequences": versus,
+                                     "memory_by_size": memory, "brute_force": agreement})
   print(f"wrote {path}")
   return 0
 

@@ -4,6 +4,7 @@
   diffrax/equinox do, so silent float32 or broadcasting bugs fail loudly.
 - Hypothesis: no example database, derandomised, no deadline (jit compile times vary).
 - ``TOL``: the single dtype-keyed tolerance table (neural-tangents style); use ``assert_close``.
+- One persistent compilation cache per test run, shared with xdist workers and CLI subprocesses.
 """
 
 from __future__ import annotations
@@ -14,10 +15,29 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
+
+from nondecoupling.verify.compile_cache import CACHE_ENV, enable_compile_cache  # noqa: E402
+
+# One compilation cache for the whole run: this process, its xdist workers (they inherit the
+# variable, set before they start) and every CLI subprocess a test starts. A fresh directory per
+# run, removed at the end, so a fresh clone's timings include every first compile.
+_OWN_CACHE = CACHE_ENV not in os.environ
+if _OWN_CACHE:
+  os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="nondecoupling-test-cache-")
+enable_compile_cache()
+
+
+def pytest_sessionfinish(session, exitstatus):
+  if _OWN_CACHE and not hasattr(session.config, "workerinput"):
+    shutil.rmtree(os.environ[CACHE_ENV], ignore_errors=True)
+
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")

@@ -29,6 +29,7 @@ from .io import instance_to_dict
 from .registry import STATEMENTS, all_statements
 from .search import search_counterexample
 from .statement import Statement, failure_mask, holds_mask
+from .stored_programs import stored_jit
 from .sweep import evaluate_batch
 
 __all__ = ["StatementReport", "check_statement", "run_verify", "instance_margins"]
@@ -199,7 +200,7 @@ def instance_margins(inst) -> dict:
 
   A non-finite lhs, rhs or margin of an applicable statement is a failure with a ``message``.
   """
-  verdicts = jax.jit(_all_verdicts)(inst)
+  verdicts = stored_jit(_all_verdicts)(inst)
   out = {}
   for s, v in zip(STATEMENTS, verdicts):
     m, sl = float(v.margin), float(v.slack)

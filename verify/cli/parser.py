@@ -65,6 +65,10 @@ def build_parser(version: str = "") -> argparse.ArgumentParser:
                   "(arXiv 2601.07389) on tabular instances and real Qwen3 logits.")
   parser.add_argument("--version", action=_Version, version=f"nondecoupling {version}",
                       help="print the version and the git commit, and exit")
+  parser.add_argument("--no-cache", action="store_true",
+                      help="do not keep or reuse compiled programs on disk (default: kept in "
+                           "$NONDECOUPLING_CACHE_DIR, else $XDG_CACHE_HOME/nondecoupling/jax or "
+                           "~/.cache/nondecoupling/jax)")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
   _add_tabular(sub)
   _add_dynamics(sub)

@@ -20,6 +20,7 @@ from ..errors import InputError
 from ..provenance import provenance
 from ..registry import all_statements
 from ..reports import StagedOutput, check_output_dir, format_number, report_markdown
+from ..stored_programs import stored_jit
 from .console import cell, console, escape, print_json
 from .limits import load_instance, require_verify
 
@@ -141,7 +142,7 @@ def _nonfinite(q: dict) -> str | None:
 def run_check(args) -> int:
   inst, labels = load_instance(args)
   inst = _as_distributions(inst)
-  q = {k: float(v) for k, v in jax.jit(check_quantities)(inst).items()}
+  q = {k: float(v) for k, v in stored_jit(check_quantities)(inst).items()}
   bad = _nonfinite(q)
   if bad:
     print(f"error: {args.file}: {bad}, expected a finite number inside the valid domain (a bug: "

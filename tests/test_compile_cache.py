@@ -1,0 +1,125 @@
+"""The on-disk caches: JAX's persistent cache and whole stored programs (verify/stored_programs).
+
+A stored program must give what a fresh ``jax.jit`` gives, load without tracing in a later
+process, survive a damaged file, and never fail a command when the directory is unusable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nondecoupling.verify import stored_programs
+from nondecoupling.verify.compile_cache import CACHE_ENV, default_cache_dir, enable_compile_cache
+from nondecoupling.verify.stored_programs import stored_jit
+
+INSTANCE = {"beta": 0.7, "prompt_weights": [0.25, 0.75],
+            "data": [[0.5, 0.3, 0.2], [0.1, 0.6, 0.3]],
+            "reward": [[1.0, 0.0, -1.0], [0.5, -0.5, 0.2]],
+            "reference": [[0.4, 0.4, 0.2], [0.3, 0.3, 0.4]]}
+
+
+def _logsumexp_rows(x):
+  return {"lse": jnp.log(jnp.sum(jnp.exp(x), axis=-1)), "max": jnp.max(x)}
+
+
+@pytest.fixture
+def program_dir(tmp_path):
+  before = stored_programs.program_dir()
+  stored_programs.set_program_dir(tmp_path / "programs")
+  yield tmp_path / "programs"
+  stored_programs.set_program_dir(before)
+
+
+def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+  monkeypatch.setenv(CACHE_ENV, str(tmp_path / "mine"))
+  assert default_cache_dir() == tmp_path / "mine"
+  monkeypatch.delenv(CACHE_ENV)
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  assert default_cache_dir() == tmp_path / "xdg" / "nondecoupling" / "jax"
+  monkeypatch.setenv("XDG_CACHE_HOME", "")
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  assert default_cache_dir() == tmp_path / "home" / ".cache" / "nondecoupling" / "jax"
+
+
+def test_an_unusable_directory_turns_the_cache_off_with_one_warning(tmp_path, capsys):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  assert enable_compile_cache(blocker / "cache") is None
+  err = capsys.readouterr().err.splitlines()
+  assert len(err) == 1 and err[0].startswith("warning: compilation cache off: ")
+
+
+def test_a_stored_program_loads_without_tracing_and_agrees_with_numpy(program_dir):
+  x = np.linspace(-3.0, 2.0, 12).reshape(3, 4)
+  traces = []
+
+  def counted(a):
+    traces.append(1)
+    return _logsumexp_rows(a)
+
+  fresh = stored_jit.__wrapped__  # a new wrapper each time, as in a new process
+  first = fresh(counted, "test.lse")(jnp.asarray(x))
+  assert len(traces) == 1 and len(list(program_dir.glob("*.bin"))) == 1
+  # A new wrapper with the same name stands for a later process: it loads, it does not trace.
+  again = fresh(counted, "test.lse")(jnp.asarray(x))
+  assert len(traces) == 1
+  expected = np.log(np.exp(x).sum(axis=-1))
+  for got in (first, again):
+    np.testing.assert_array_equal(np.asarray(got["lse"]), np.asarray(first["lse"]))
+    np.testing.assert_allclose(np.asarray(got["lse"]), expected, rtol=1e-14)
+    assert float(got["max"]) == x.max()
+  # Another shape is another program.
+  fresh(counted, "test.lse")(jnp.asarray(x[:2]))
+  assert len(traces) == 2 and len(list(program_dir.glob("*.bin"))) == 2
+
+
+def test_only_this_packages_module_level_functions_are_stored_by_default(program_dir):
+  x = jnp.asarray(np.arange(4.0))
+  stored_jit(lambda a: jnp.sum(a))(x)
+  stored_jit(_logsumexp_rows)(x)  # defined in the tests: its code is not in the key
+  assert not list(program_dir.glob("*.bin"))
+
+
+def test_a_damaged_program_is_compiled_again(program_dir):
+  x = jnp.asarray(np.arange(6.0).reshape(2, 3))
+  stored_jit.__wrapped__(_logsumexp_rows, "test.damaged")(x)
+  (path,) = program_dir.glob("*.bin")
+  path.write_bytes(b"garbage")
+  out = stored_jit.__wrapped__(_logsumexp_rows, "test.damaged")(x)
+  np.testing.assert_allclose(np.asarray(out["lse"]),
+                             np.log(np.exp(np.arange(6.0).reshape(2, 3)).sum(-1)), rtol=1e-14)
+  assert path.read_bytes() != b"garbage"
+
+
+def _check(tmp_path, cache, *flags):
+  env = dict(os.environ, **{CACHE_ENV: str(cache)})
+  proc = subprocess.run([sys.executable, "-m", "nondecoupling.verify.cli", *flags, "check",
+                         str(tmp_path / "inst.json"), "--json"],
+                        capture_output=True, text=True, env=env, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = json.loads(proc.stdout)
+  out.pop("provenance")
+  return out, proc.stderr
+
+
+def test_check_gives_the_same_numbers_cold_warm_and_without_cache(tmp_path):
+  (tmp_path / "inst.json").write_text(json.dumps(INSTANCE))
+  cache = tmp_path / "cache"
+  cold, _ = _check(tmp_path, cache)
+  assert list((cache / "programs").glob("*.bin")), "nothing was stored"
+  assert list((cache / "xla").iterdir()), "nothing was kept by XLA's cache"
+  warm, _ = _check(tmp_path, cache)
+  # --no-cache never touches the directory: an unusable one gives no warning.
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  plain, err = _check(tmp_path, blocker / "cache", "--no-cache")
+  assert "warning" not in err
+  assert cold == warm == plain
+  assert cold["instance"] == {"prompts": 2, "responses": 3, "beta": 0.7}
