@@ -49,6 +49,7 @@ from ..atomic import leaf_instance, leaf_policy
 from ..fields import weighted
 from ..instance import TreeInstance
 from ..policy import Levels, policy_log_probs
+from ..sampling import sample_leaves
 from .base import TreeRecipe
 from .hints import (
   add_levels,
@@ -66,7 +67,6 @@ from .hints import (
   sample_data,
   scale_levels,
 )
-from ..sampling import sample_leaves
 
 __all__ = ["TreeLUFFYConfig", "tree_luffy_field", "tree_luffy_estimate", "TREE_LUFFY",
            "luffy_scale", "mixed_advantages"]
