@@ -100,7 +100,7 @@ def anchor_weights(tree: TreeInstance, paths, q: jax.Array, cfg: TreeBREADConfig
   succ = (leaf_rewards(tree) > cfg.success_threshold).astype(q.dtype)
   fail = (1.0 - jnp.sum(q * succ[:, None, :], axis=-1)) ** cfg.n_rollouts     # [X, Nn]
   f_path = path_gather(paths, fail)                                            # [X, S, T]
-  t = jnp.arange(paths.node.shape[-1])
+  t = jnp.arange(paths.node.shape[-1])[None, None, :]
   f_anchor = jnp.where((t >= 1) & paths.valid, f_path, 1.0)
   shifted = jnp.concatenate([jnp.ones_like(f_anchor[..., :1]), f_anchor[..., :-1]], axis=-1)
   before = jnp.cumprod(shifted, axis=-1)                                       # Π_{1≤j<l}
@@ -152,10 +152,10 @@ def tree_bread_estimate(tree: TreeInstance, theta: Levels, cfg: TreeBREADConfig,
     demo = sample_data(k_demo, tree, 1)
     length = jnp.take_along_axis(paths.length, demo, axis=1)               # [X, 1]
     nodes = jnp.take_along_axis(paths.node, demo[..., None], axis=1)[:, 0]  # [X, T]
-    start = jnp.where(depth == 0, 0, nodes)                                 # root, anchors
+    start = jnp.where(depth[None, :] == 0, 0, nodes)                                 # root, anchors
     draws = sample_below(k_groups, tree, log_pi, under, start, g_size)     # [X, T, G]
     r = jnp.take_along_axis(rewards, draws.reshape(n_x, -1), axis=1).reshape(draws.shape)
-    ok = jnp.any(r > cfg.success_threshold, axis=-1) & ((depth == 0) | (depth < length))
+    ok = jnp.any(r > cfg.success_threshold, axis=-1) & ((depth[None, :] == 0) | (depth[None, :] < length))
     first = jnp.argmax(ok, axis=-1)                                         # [X]
     used = jnp.any(ok, axis=-1)[:, None]
     chosen = jnp.take_along_axis(draws, first[:, None, None], axis=1)[:, 0]  # [X, G]

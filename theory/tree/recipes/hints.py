@@ -107,16 +107,19 @@ def leaf_paths(tree: TreeInstance) -> Paths:
     n_x, n_t, k = lv.reference.shape
     rows = offsets[t] + jnp.arange(n_t, dtype=jnp.int32)
     depth = jnp.arange(n_levels)
+    d3 = depth[None, None, :]
     if t == 0:
-      anc = jnp.broadcast_to(jnp.where(depth == 0, rows[:, None], 0), (n_x, n_t, n_levels))
+      anc = jnp.broadcast_to(jnp.where(d3 == 0, rows[None, :, None], 0), (n_x, n_t, n_levels))
       tok = jnp.zeros((n_x, n_t, n_levels), jnp.int32)
     else:
-      anc = jnp.where(depth == t, rows[:, None], _take_rows(anc, lv.parent))
-      tok = jnp.where(depth == t - 1, lv.token[..., None], _take_rows(tok, lv.parent))
+      anc = jnp.where(d3 == t, rows[None, :, None], _take_rows(anc, lv.parent))
+      tok = jnp.where(d3 == t - 1, lv.token[..., None], _take_rows(tok, lv.parent))
     anc = anc.astype(jnp.int32)
     tok = tok.astype(jnp.int32)
-    slot_tok = jnp.where(depth == t, jnp.arange(k, dtype=jnp.int32)[:, None], tok[:, :, None, :])
-    is_leaf = lv.leaf[..., None] & (depth <= t)
+    d4 = depth[None, None, None, :]
+    slot_tok = jnp.where(d4 == t, jnp.arange(k, dtype=jnp.int32)[None, None, :, None],
+                         tok[:, :, None, :])
+    is_leaf = lv.leaf[..., None] & (d4 <= t)
     nodes.append(jnp.broadcast_to(anc[:, :, None, :], (n_x, n_t, k, n_levels)))
     tokens.append(slot_tok)
     valid.append(is_leaf)

@@ -156,7 +156,7 @@ def prefix_length_pmf(paths: Paths, cfg: TreePrefixRFTConfig) -> jax.Array:
   m = prefix_ratio_mean(cfg)
   a, b = cfg.concentration * m, cfg.concentration * (1.0 - m)
   length = jnp.maximum(paths.length, 1).astype(jnp.float64)[..., None]
-  j = jnp.arange(paths.node.shape[-1] + 1, dtype=jnp.float64)
+  j = jnp.arange(paths.node.shape[-1] + 1, dtype=jnp.float64)[None, None, :]
   cdf = lambda x: betainc(a, b, jnp.clip(x, 0.0, 1.0))
   pmf = cdf((j + 1.0) / length) - cdf(j / length)
   return jnp.where((j < length) & (paths.length[..., None] > 0), pmf, 0.0)
@@ -165,10 +165,12 @@ def prefix_length_pmf(paths: Paths, cfg: TreePrefixRFTConfig) -> jax.Array:
 def top_entropy_mask(h: jax.Array, prefix: jax.Array, keep: float) -> jax.Array:
   """[..., T] bool: among the tokens t < prefix, the ⌈keep · prefix⌉ of highest entropy h [..., T]
   (ties to the earlier token); ``prefix`` [...] broadcasts against h's leading axes."""
+  lead = (1,) * prefix.ndim
   t = jnp.arange(h.shape[-1])
-  inside = t < prefix[..., None]
+  inside = t.reshape(lead + t.shape) < prefix[..., None]
+  earlier = (t[None, :] < t[:, None]).reshape(lead + (t.size, t.size))
   beats = ((h[..., None, :] > h[..., :, None])
-           | ((h[..., None, :] == h[..., :, None]) & (t[None, :] < t[:, None])))
+           | ((h[..., None, :] == h[..., :, None]) & earlier))
   rank = jnp.sum(beats & inside[..., None, :], axis=-1)
   count = jnp.ceil(keep * prefix.astype(h.dtype) - 1e-9)
   return inside & (rank < count[..., None])

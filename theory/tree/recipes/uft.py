@@ -163,14 +163,14 @@ def hint_length_pmf(paths: Paths, p: float, max_segments: int) -> jax.Array:
   length = paths.length.astype(jnp.float64)
   num = jnp.minimum(float(max_segments), length)
   safe_num = jnp.maximum(num, 1.0)[..., None]
-  l = jnp.arange(max_segments + 1, dtype=jnp.float64)
+  l = jnp.arange(max_segments + 1, dtype=jnp.float64)[None, None, :]
   ok = l <= num[..., None]
   log_c = gammaln(safe_num + 1.0) - gammaln(l + 1.0) - gammaln(jnp.where(ok, safe_num - l, 0.0)
                                                                  + 1.0)
   pmf = jnp.where(ok, jnp.exp(log_c) * jnp.power(p, l)
                   * jnp.power(1.0 - p, jnp.where(ok, safe_num - l, 0.0)), 0.0)
   cut = jnp.round(l * length[..., None] / safe_num)
-  j = jnp.arange(paths.node.shape[-1] + 1, dtype=jnp.float64)
+  j = jnp.arange(paths.node.shape[-1] + 1, dtype=jnp.float64)[None, None, None, :]
   return jnp.sum(jnp.where(cut[..., None] == j, pmf[..., None], 0.0), axis=-2)
 
 
@@ -236,7 +236,7 @@ def tree_uft_estimate(tree: TreeInstance, theta: Levels, cfg: TreeUFTConfig, key
     length = jnp.take_along_axis(paths.length, demo, axis=1)[:, 0]          # [X]
     num = jnp.minimum(cfg.max_segments, length)
     hits = jax.random.uniform(k_hint, (n_x, cfg.max_segments)) < p
-    l = jnp.sum(hits & (jnp.arange(cfg.max_segments) < num[:, None]), axis=1)
+    l = jnp.sum(hits & (jnp.arange(cfg.max_segments)[None, :] < num[:, None]), axis=1)
     h = jnp.round(l * length / jnp.maximum(num, 1)).astype(jnp.int32)      # [X]
     nodes = jnp.take_along_axis(paths.node, demo[..., None], axis=1)[:, 0]  # [X, T]
     start = jnp.take_along_axis(nodes, jnp.minimum(h, t_max - 1)[:, None], axis=1)
