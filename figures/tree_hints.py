@@ -41,12 +41,13 @@ DEFAULT_SETTINGS = (
 
 def example_tree():
   """One prompt, k = 3 tokens (0 = EOS), T = 3: the answer token 2 is rare under ρ (ρ = 0.1 at the
-  root); r = 1 for responses 2·EOS, 2·a·EOS; the demonstration is (2, 1, EOS)."""
+  root); r = 1 for responses 2·EOS, 2·a·EOS; the data are the correct (2, 1, EOS) with mass 0.6
+  and the incorrect (1, 2, EOS) with 0.4, so the frontier is not a single point."""
   ref = {(): [0.3, 0.6, 0.1], (1,): [0.5, 0.3, 0.2], (2,): [0.3, 0.4, 0.3],
          (1, 1): [0.4, 0.3, 0.3], (1, 2): [0.4, 0.3, 0.3], (2, 1): [0.4, 0.3, 0.3],
          (2, 2): [0.4, 0.3, 0.3]}
   reward = lambda y: float(y[0] == 2 and y[-1] == 0)
-  tree, _ = build_tree([PromptTree(3, 0, 3, ref, {(2, 1, 0): 1.0}, reward)], [1.0], 1.0)
+  tree, _ = build_tree([PromptTree(3, 0, 3, ref, {(2, 1, 0): 0.6, (1, 2, 0): 0.4}, reward)], [1.0], 1.0)
   return tree
 
 
@@ -85,7 +86,7 @@ def hints_against_frontier(tree=None, outcomes=None) -> Figure:
   tree = example_tree() if tree is None else tree
   outcomes = hint_outcomes(tree) if outcomes is None else outcomes
   inst = leaf_instance(tree)
-  loss, rew = frontier_curve(inst, jnp.concatenate([jnp.zeros(1), jnp.logspace(-3, 3, 60)]))
+  loss, rew = frontier_curve(inst, jnp.concatenate([jnp.zeros(1), jnp.logspace(-3, 6, 90)]))
   fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
   ax.plot(np.asarray(loss), np.asarray(rew), color="#333333", lw=1.6,
           label="exact frontier (ours, D4)")

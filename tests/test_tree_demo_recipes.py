@@ -22,6 +22,12 @@ import scipy.special
 from conftest import assert_close
 from hypothesis import given, settings, strategies as st
 
+from nondecoupling.figures.tree_hints import (
+  DEFAULT_SETTINGS,
+  example_tree,
+  hint_outcomes,
+  hints_against_frontier,
+)
 from nondecoupling.theory.instance import make_instance
 from nondecoupling.theory.recipes.base import ConfigError
 from nondecoupling.theory.recipes.hpt import HPTConfig
@@ -477,3 +483,14 @@ def test_registry_holds_the_demo_recipes_under_their_names():
   assert {"luffy", "srft", "hpt", "relift", "uft", "prefix_rft", "bread"} <= set(TREE_RECIPES)
   for name, recipe in DEMO_TREE_RECIPES.items():
     assert TREE_RECIPES[name] is recipe and recipe.name == name
+
+
+def test_tree_hints_figure_draws_trained_end_points_against_the_frontier():
+  tree = example_tree()
+  settings_ = tuple((n, p, v[:1], make) for n, p, v, make in DEFAULT_SETTINGS[:1])
+  out = hint_outcomes(tree, settings_, steps=3, lr=0.5)
+  assert len(out) == 1 and all(np.isfinite([o["sft_loss"], o["reward"], o["regret"]])
+                               for o in out)
+  assert out[0]["regret"] >= 0.0
+  fig = hints_against_frontier(tree, out)
+  assert len(fig.axes) == 1 and len(fig.axes[0].lines) == 2
