@@ -489,8 +489,8 @@ def test_tree_hints_figure_draws_trained_end_points_against_the_frontier():
   tree = example_tree()
   settings_ = tuple((n, p, v[:1], make) for n, p, v, make in DEFAULT_SETTINGS[:1])
   out = hint_outcomes(tree, settings_, steps=3, lr=0.5)
-  assert len(out) == 1 and all(np.isfinite([o["sft_loss"], o["reward"], o["regret"]])
-                               for o in out)
+  assert len(out) == 1
+  assert np.all(np.isfinite([out[0]["sft_loss"], out[0]["reward"], out[0]["regret"]]))
   assert out[0]["regret"] >= 0.0
   fig = hints_against_frontier(tree, out)
   assert len(fig.axes) == 1 and len(fig.axes[0].lines) == 2
