@@ -1,0 +1,383 @@
+r"""Prefix and hint machinery on trees: leaf paths, rollouts that start at a node of a demonstration.
+
+Every demonstration recipe on trees (LUFFY, SRFT, HPT, ReLIFT, UFT, Prefix-RFT, BREAD) is a sum of
+per-token terms Σ_{y, t} c(y, t) (e_{y_t} − π(·|y_<t)) at the node y_<t of a leaf y, plus per-node
+terms (entropy, KL) weighted by visits. This module holds the dense path form of the tree used for
+that, and the rollouts that start below a prefix of a demonstration:
+
+- :class:`Paths` (:func:`leaf_paths`): for every slot j of the flat leaf axis
+  (:func:`~..policy.flat_slots`) the flat node id (:func:`flat_nodes`, levels concatenated) and the
+  token at every depth t < |y_j|;
+- :func:`path_pullback`: Σ_{i, t} c_{i,t} ∇ log π(y_{i,t}|y_{i,<t}) for coefficients on paths (of
+  all leaves, for an exact field weighted by probabilities; or of sampled leaves, for an
+  estimator), and :func:`node_pullback` for per-node rows (entropy bonus, k3-KL loss);
+- continuation from a start node s: the conditional leaf law π(y|s) = π(y)/P_π(s) on the leaves
+  below s (:func:`below`, :func:`conditional_leaf_probs`), the expected group advantage of a
+  continuation in a group of G drawn from π(·|s) (:func:`start_group_advantage`, exact, from the
+  atomic group enumerations of :mod:`...recipes.groups` applied row by row to the start nodes), the
+  exact continuation field of a law ω over start nodes (:func:`continuation_coefficients`:
+  c(y, t) = Σ_{d ≤ t} ω(y_<d) π(y|y_<d) W(y_<d, y)), and sampling continuations
+  (:func:`sample_below`).
+
+Every array is dense in (leaves × depth) or (nodes × leaves): meant for small trees (the exact
+fields enumerate every leaf and start node; the tests compare them with brute force).
+
+References: research/fusion-methods.md Rule 4 (hints and prefixes need the step tree), §7–9.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ..._numerics import NEG_INF, safe_log
+from ...instance import Instance
+from ...recipes.groups import (
+  enumerated_advantage,
+  gated_mean_advantage,
+  mean_group_advantage,
+  reward_levels,
+)
+from ..atomic import leaf_instance, leaf_policy
+from ..instance import TreeInstance, support
+from ..policy import Levels, flat_slots, leaf_mask, log_reach
+from ..sampling import pullback
+
+__all__ = ["Paths", "leaf_paths", "flat_nodes", "node_offsets", "path_pullback", "node_pullback",
+           "path_gather", "edge_log_probs", "node_entropies", "below", "conditional_leaf_probs",
+           "start_group_advantage", "continuation_coefficients", "continuation_visits",
+           "sample_below", "sample_data", "leaf_rewards", "levels_for", "path_visits",
+           "scale_levels", "add_levels", "entropy_rows", "entropy_field", "reach_probs",
+           "all_leaves", "leaf_data", "mean_over_calls"]
+
+
+class Paths(NamedTuple):
+  """Every leaf slot's path (flat leaf axis S, depth axis T).
+
+  Attributes:
+    node: [X, S, T] int32 flat node id of y_<t (0 where invalid).
+    token: [X, S, T] int32 the token y_t.
+    valid: [X, S, T] bool, t < |y| on a leaf slot.
+    length: [X, S] int32 |y| (0 off the leaves).
+  """
+
+  node: jax.Array
+  token: jax.Array
+  valid: jax.Array
+  length: jax.Array
+
+
+def node_offsets(tree: TreeInstance) -> list[int]:
+  """Start of each level on the flat node axis (levels concatenated)."""
+  out, start = [], 0
+  for lv in tree.levels:
+    out.append(start)
+    start += int(lv.node.shape[-1])
+  return out
+
+
+def flat_nodes(per_level: Levels) -> jax.Array:
+  """Concatenates per-level node arrays [X, N_t] into [X, Σ_t N_t]."""
+  return jnp.concatenate(list(per_level), axis=-1)
+
+
+def _take_rows(values: jax.Array, idx: jax.Array) -> jax.Array:
+  """values[x, idx[x, i], :] for values [X, M, T], idx [X, N] -> [X, N, T]."""
+  full = jnp.broadcast_to(idx[..., None], idx.shape + values.shape[-1:])
+  return jnp.take_along_axis(values, full, axis=-2)
+
+
+def leaf_paths(tree: TreeInstance) -> Paths:
+  """The path (flat node ids and tokens) of every slot of the flat leaf axis, top-down.
+
+  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+  >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 1.0}, lambda y: 0.0)
+  >>> tree, _ = build_tree([p], [1.0], 1.0)
+  >>> paths = leaf_paths(tree)
+  >>> paths.length.tolist(), paths.node[0, 3].tolist(), paths.token[0, 3].tolist()
+  ([[1, 0, 2, 2]], [0, 1], [1, 1])
+  """
+  n_levels = len(tree.levels)
+  offsets = node_offsets(tree)
+  anc, tok = None, None
+  nodes, tokens, valid, length = [], [], [], []
+  for t, lv in enumerate(tree.levels):
+    n_x, n_t, k = lv.reference.shape
+    rows = offsets[t] + jnp.arange(n_t, dtype=jnp.int32)
+    depth = jnp.arange(n_levels)
+    d3 = depth[None, None, :]
+    if t == 0:
+      anc = jnp.broadcast_to(jnp.where(d3 == 0, rows[None, :, None], 0), (n_x, n_t, n_levels))
+      tok = jnp.zeros((n_x, n_t, n_levels), jnp.int32)
+    else:
+      anc = jnp.where(d3 == t, rows[None, :, None], _take_rows(anc, lv.parent))
+      tok = jnp.where(d3 == t - 1, lv.token[..., None], _take_rows(tok, lv.parent))
+    anc = anc.astype(jnp.int32)
+    tok = tok.astype(jnp.int32)
+    d4 = depth[None, None, None, :]
+    slot_tok = jnp.where(d4 == t, jnp.arange(k, dtype=jnp.int32)[None, None, :, None],
+                         tok[:, :, None, :])
+    is_leaf = lv.leaf[..., None] & (d4 <= t)
+    nodes.append(jnp.broadcast_to(anc[:, :, None, :], (n_x, n_t, k, n_levels)))
+    tokens.append(slot_tok)
+    valid.append(is_leaf)
+    length.append(jnp.where(lv.leaf, t + 1, 0).astype(jnp.int32))
+  cat = lambda arrs: jnp.concatenate([a.reshape(a.shape[0], -1, n_levels) for a in arrs], axis=1)
+  return Paths(node=cat(nodes), token=cat(tokens), valid=cat(valid),
+               length=flat_slots(tuple(length)))
+
+
+def path_gather(paths: Paths, node_values: jax.Array) -> jax.Array:
+  """[X, S, T] node_values[x, y_<t] along every path (0 where invalid); node_values [X, Nn]."""
+  got = jnp.take_along_axis(node_values, paths.node.reshape(paths.node.shape[0], -1), axis=-1)
+  return jnp.where(paths.valid, got.reshape(paths.node.shape), 0.0)
+
+
+def edge_log_probs(tree: TreeInstance, log_pi: Levels, paths: Paths) -> jax.Array:
+  """[X, S, T] log π(y_t | y_<t) along every path (0 where invalid)."""
+  k = tree.vocab_size
+  flat = jnp.concatenate([lp.reshape(lp.shape[0], -1) for lp in log_pi], axis=-1)
+  ids = (paths.node * k + paths.token).reshape(paths.node.shape[0], -1)
+  got = jnp.take_along_axis(flat, ids, axis=-1).reshape(paths.node.shape)
+  return jnp.where(paths.valid, got, 0.0)
+
+
+def node_entropies(tree: TreeInstance, log_pi: Levels) -> jax.Array:
+  """[X, Nn] H(π(·|s)) of every node on the flat node axis (0 on padded rows)."""
+  out = []
+  for lv, lp in zip(tree.levels, log_pi):
+    sup = support(lv)
+    p = jnp.where(sup, jnp.exp(lp), 0.0)
+    out.append(-jnp.sum(jnp.where(sup & (p > 0), p * jnp.where(sup, lp, 0.0), 0.0), axis=-1))
+  return flat_nodes(tuple(out))
+
+
+def _edges_to_levels(tree: TreeInstance, flat: jax.Array) -> Levels:
+  """[X, Nn k] edge values -> per-level [X, N_t, k]."""
+  out, start = [], 0
+  for lv in tree.levels:
+    shape = lv.reference.shape
+    size = shape[-2] * shape[-1]
+    out.append(flat[:, start:start + size].reshape(shape))
+    start += size
+  return tuple(out)
+
+
+def path_pullback(tree: TreeInstance, log_pi: Levels, paths: Paths, idx: jax.Array,
+                  coef: jax.Array) -> Levels:
+  r"""Σ_{i, t} c_{i,t} ∇_θ log π(y_{i,t} | y_{i,<t}) for leaves y_i = idx[:, i] (per level).
+
+  Args:
+    tree: the tree; log_pi: per-level log-policy; paths: :func:`leaf_paths`.
+    idx: [X, M] flat leaf-slot indices (e.g. every leaf, or sampled draws).
+    coef: [X, M, T] coefficient of the token at depth t of y_i (ignored where t ≥ |y_i|).
+
+  Returns:
+    per level [X, N_t, k] the logit gradient.
+  """
+  n_x, m = idx.shape
+  t_max = paths.node.shape[-1]
+  take = lambda a: _take_rows(a, idx)
+  node, token, valid = take(paths.node), take(paths.token), take(paths.valid)
+  k = tree.vocab_size
+  n_edges = sum(int(lv.reference.shape[-2]) for lv in tree.levels) * k
+  ids = (node * k + token).reshape(n_x, m * t_max)
+  vals = jnp.where(valid, coef, 0.0).reshape(n_x, m * t_max)
+  flat = jnp.zeros((n_x, n_edges), vals.dtype).at[jnp.arange(n_x)[:, None], ids].add(vals)
+  return pullback(tree, log_pi, _edges_to_levels(tree, flat))
+
+
+def path_visits(tree: TreeInstance, paths: Paths, idx: jax.Array, weight: jax.Array) -> jax.Array:
+  """[X, Nn] Σ_i weight_{i,t} over the nodes y_{i,<t} the paths of leaves idx pass through.
+
+  Args:
+    idx: [X, M] flat leaf-slot indices; weight: [X, M, T] per depth (ignored where invalid).
+  """
+  n_x, m = idx.shape
+  t_max = paths.node.shape[-1]
+  node = _take_rows(paths.node, idx).reshape(n_x, m * t_max)
+  vals = jnp.where(_take_rows(paths.valid, idx), weight, 0.0).reshape(n_x, m * t_max)
+  n_nodes = sum(int(lv.node.shape[-1]) for lv in tree.levels)
+  return jnp.zeros((n_x, n_nodes), vals.dtype).at[jnp.arange(n_x)[:, None], node].add(vals)
+
+
+def node_pullback(tree: TreeInstance, log_pi: Levels, visits: jax.Array, rows: Levels) -> Levels:
+  r"""Σ_s v(s) Σ_a R(s, a) (e_a − π(·|s)) for node weights v [X, Nn] and per-level rows R.
+
+  With R = −π log π this is Σ_s v(s) ∇H(π(·|s)) (the entropy bonus of the visited nodes); with
+  R = ρ it is Σ_s v(s)(ρ(·|s) − π(·|s)) (ascent of the k3-KL loss, THEORY.md G3).
+  """
+  out, start = [], 0
+  for lv, r in zip(tree.levels, rows):
+    n_t = lv.node.shape[-1]
+    out.append(visits[:, start:start + n_t, None] * jnp.where(support(lv), r, 0.0))
+    start += n_t
+  return pullback(tree, log_pi, tuple(out))
+
+
+def below(tree: TreeInstance, paths: Paths) -> jax.Array:
+  """[X, Nn, S] bool: leaf y lies below (or its path passes through) node s."""
+  n_x, s, t_max = paths.node.shape
+  n_nodes = sum(int(lv.node.shape[-1]) for lv in tree.levels)
+  y = jnp.broadcast_to(jnp.arange(s)[None, :, None], paths.node.shape)
+  hit = jnp.zeros((n_x, n_nodes, s), jnp.int32).at[
+      jnp.arange(n_x)[:, None, None], paths.node, y].add(paths.valid.astype(jnp.int32))
+  return hit > 0
+
+
+def conditional_leaf_probs(tree: TreeInstance, log_pi: Levels, under: jax.Array) -> jax.Array:
+  r"""[X, Nn, S] π(y | s) = π(y)/P_π(s) on the leaves below s (0 elsewhere), in log space."""
+  leaf_lp = leaf_policy(tree, log_pi)
+  reach = flat_nodes(log_reach(tree, log_pi))
+  safe_reach = jnp.where(jnp.isfinite(reach), reach, 0.0)
+  lq = leaf_lp[:, None, :] - safe_reach[:, :, None]
+  return jnp.where(under & jnp.isfinite(reach)[:, :, None], jnp.exp(lq), 0.0)
+
+
+def leaf_rewards(tree: TreeInstance) -> jax.Array:
+  """[X, S] r(x, y) on the flat leaf axis (0 off the leaves)."""
+  return jnp.where(leaf_mask(tree), flat_slots(tuple(lv.reward for lv in tree.levels)), 0.0)
+
+
+def levels_for(tree: TreeInstance, levels: int | None) -> int:
+  """Reward levels per prompt for the group enumerations: ``levels`` or read from a concrete tree
+  (the leaf count when traced)."""
+  if levels is not None:
+    return int(levels)
+  try:
+    return reward_levels(leaf_instance(tree))
+  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    return int(leaf_mask(tree).shape[-1])
+
+
+def start_group_advantage(tree: TreeInstance, q: jax.Array, under: jax.Array, group: int,
+                          use_std: bool, eps: float, threshold: float, gate_low: int,
+                          levels: int | None) -> jax.Array:
+  r"""[X, Nn, S] E[Â 1{K ≥ gate_low} | y] of a continuation y in a group of G drawn from π(·|s).
+
+  Each start node s is a row of an atomic instance on the leaves below it (sampling law
+  q = π(·|s)), and the atomic group expectations of :mod:`...recipes.groups` apply: without std
+  (1 − 1/G)(r(y) − V(s)) (gate_low = 0) or the binomial sum over the others' successes; with std
+  the enumeration of the others' reward levels. K counts successes r > threshold in the group.
+
+  Args:
+    tree: the tree; q: [X, Nn, S] :func:`conditional_leaf_probs`; under: [X, Nn, S] :func:`below`.
+    group: G ≥ 1; use_std, eps: std normalisation; threshold: success means r > threshold.
+    gate_low: the group counts only when K ≥ gate_low (0: always).
+    levels: reward levels (:func:`levels_for`).
+  """
+  n_x, n_nodes, s = q.shape
+  r = jnp.broadcast_to(leaf_rewards(tree)[:, None, :], q.shape).reshape(n_x * n_nodes, s)
+  mask = under.reshape(n_x * n_nodes, s)
+  rows = Instance(prompt_weights=jnp.ones((n_x * n_nodes,), q.dtype),
+                  data=jnp.zeros_like(r), reference=mask.astype(q.dtype), reward=r,
+                  beta=tree.beta, response_mask=mask)
+  q_rows = q.reshape(n_x * n_nodes, s)
+  if use_std:
+    pos, neg = enumerated_advantage(rows, q_rows, group - 1, levels_for(tree, levels), True, eps,
+                                    threshold, gate=(gate_low, group))
+    b = pos - neg
+  elif gate_low > 0:
+    b = gated_mean_advantage(rows, q_rows, group, gate_low, threshold)
+  else:
+    b = mean_group_advantage(rows, q_rows, group)
+  return jnp.where(under, b.reshape(q.shape), 0.0)
+
+
+def continuation_coefficients(paths: Paths, omega: jax.Array, q: jax.Array, adv: jax.Array
+                              ) -> jax.Array:
+  r"""[X, S, T] exact path coefficients of rollouts started by a law ω on nodes.
+
+  .. math:: c(y, t) = \sum_{d \le t} \omega(y_{<d})\, \pi(y \mid y_{<d})\, W(y_{<d}, y)
+
+  so that Σ_y Σ_t c(y, t)(e_{y_t} − π(·|y_<t)) = Σ_s ω(s) E_{y∼π(·|s)}[W(s, y) ∇ log π(y|s)].
+
+  Args:
+    paths: :func:`leaf_paths`; omega: [X, Nn] start weights; q: [X, Nn, S] π(y|s);
+    adv: [X, Nn, S] per-start leaf weight W(s, y) (e.g. :func:`start_group_advantage`).
+  """
+  per_start = jnp.take_along_axis(omega, paths.node.reshape(paths.node.shape[0], -1),
+                                  axis=-1).reshape(paths.node.shape)
+  qa = q * adv                                               # [X, Nn, S]
+  n_x, s, t_max = paths.node.shape
+  y = jnp.broadcast_to(jnp.arange(s)[None, :, None], paths.node.shape)
+  got = qa[jnp.arange(n_x)[:, None, None], paths.node, y]    # [X, S, T]
+  return jnp.cumsum(jnp.where(paths.valid, per_start * got, 0.0), axis=-1)
+
+
+def continuation_visits(tree: TreeInstance, paths: Paths, omega: jax.Array, q: jax.Array
+                        ) -> jax.Array:
+  r"""[X, Nn] Σ_{s ≤ u} ω(s) P_π(u | s): expected visits of node u by rollouts started by ω."""
+  ones = jnp.ones_like(q)
+  mass = continuation_coefficients(paths, omega, q, ones)        # Σ_{d≤t} ω π(y|y_<d)
+  n_x, s = paths.length.shape
+  idx = jnp.broadcast_to(jnp.arange(s)[None, :], (n_x, s))
+  return path_visits(tree, paths, idx, mass)
+
+
+def sample_below(key: jax.Array, tree: TreeInstance, log_pi: Levels, under: jax.Array,
+                 start: jax.Array, n: int) -> jax.Array:
+  """[X, M, n] n leaves drawn from π(·|s) for each start node s = start[x, m] (flat node ids).
+
+  A start node with no leaf below gets draws of index 0 (callers mask them).
+  """
+  leaf_lp = leaf_policy(tree, log_pi)                                  # [X, S]
+  rows = jnp.take_along_axis(under, start[..., None], axis=1)         # [X, M, S]
+  logits = jnp.where(rows, leaf_lp[:, None, :], NEG_INF)
+  logits = jnp.where(jnp.any(rows, axis=-1, keepdims=True), logits, 0.0)
+  draws = jax.random.categorical(key, logits, axis=-1, shape=(n,) + logits.shape[:-1])
+  return jnp.moveaxis(draws, 0, -1)
+
+
+def sample_data(key: jax.Array, tree: TreeInstance, n: int) -> jax.Array:
+  """[X, n] demonstrations y* ∼ d(·|x) as flat leaf-slot indices."""
+  log_d = safe_log(jnp.where(leaf_mask(tree), flat_slots(tuple(lv.data for lv in tree.levels)),
+                             0.0))
+  return jax.random.categorical(key, log_d, axis=-1, shape=(n, log_d.shape[0])).T
+
+
+def scale_levels(c, levels: Levels) -> Levels:
+  """c · field, per level."""
+  return tuple(c * a for a in levels)
+
+
+def add_levels(*fields: Levels) -> Levels:
+  """The sum of per-level fields."""
+  return tuple(sum(parts) for parts in zip(*fields))
+
+
+
+def entropy_rows(tree: TreeInstance, log_pi: Levels) -> Levels:
+  """Per level −π log π (0 off the support): the rows R of ∇H = Σ_a R_a (e_a − π)."""
+  return tuple(jnp.where(support(lv) & jnp.isfinite(lp), -jnp.exp(lp) * lp, 0.0)
+               for lv, lp in zip(tree.levels, log_pi))
+
+
+def entropy_field(tree: TreeInstance, log_pi: Levels, visits: jax.Array) -> Levels:
+  r"""Σ_s v(s) ∇_{θ_s} H(π(·|s)): the entropy bonus of the nodes a response visits (samples held
+  fixed; with v = P_π the expected token-sum bonus of one on-policy response)."""
+  return node_pullback(tree, log_pi, visits, entropy_rows(tree, log_pi))
+
+
+def reach_probs(tree: TreeInstance, log_pi: Levels) -> jax.Array:
+  """[X, Nn] P_π(s) on the flat node axis."""
+  return jnp.exp(flat_nodes(log_reach(tree, log_pi)))
+
+
+def all_leaves(paths: Paths) -> jax.Array:
+  """[X, S] every flat leaf-slot index (for exact fields through :func:`path_pullback`)."""
+  n_x, s = paths.length.shape
+  return jnp.broadcast_to(jnp.arange(s)[None, :], (n_x, s))
+
+
+def leaf_data(tree: TreeInstance) -> jax.Array:
+  """[X, S] d(y|x) on the flat leaf axis."""
+  return jnp.where(leaf_mask(tree), flat_slots(tuple(lv.data for lv in tree.levels)), 0.0)
+
+
+def mean_over_calls(one_call, key: jax.Array, n: int) -> Levels:
+  """The mean of ``one_call(key_i)`` over n independent keys (vmapped)."""
+  out = jax.vmap(one_call)(jax.random.split(key, n))
+  return tuple(jnp.mean(a, axis=0) for a in out)
