@@ -6,10 +6,12 @@ Each family module exports a dict of :class:`~.base.TreeRecipe`; this module mer
 from __future__ import annotations
 
 from .base import TreeRecipe
+from .rl_family import RL_TREE_RECIPES
 
 __all__ = ["TREE_RECIPES", "get_tree_recipe"]
 
 TREE_RECIPES: dict[str, TreeRecipe] = {}
+TREE_RECIPES.update(RL_TREE_RECIPES)
 
 
 def get_tree_recipe(name: str) -> TreeRecipe:
