@@ -16,17 +16,17 @@ import numpy as np
 import pytest
 import tree_reference as ref
 from conftest import assert_close
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from nondecoupling.theory.recipes.base import ConfigError
 from nondecoupling.theory.recipes.groups import InfeasibleExactField
 from nondecoupling.theory.tree import groups
+from nondecoupling.theory.tree.policy import policy_log_probs
 from nondecoupling.theory.tree.recipes.group_rl import (
   GroupRLConfig,
   TreePPOConfig,
   group_rl_field,
 )
-from nondecoupling.theory.tree.policy import policy_log_probs
 from nondecoupling.verify.tree_families import SMALL_BUCKET, tree_strategy
 from nondecoupling.verify.tree_io import tree_from_dict
 
@@ -80,6 +80,7 @@ ON_POLICY = [
 
 @pytest.mark.parametrize("cfg", ON_POLICY, ids=lambda c: f"G{c.group_size}-{c.loss_agg_mode}"
                          f"-{'std' if c.use_std else 'nostd'}")
+@settings(max_examples=12)
 @given(examples())
 def test_exact_group_field_matches_brute_force(cfg, example):
   raw, logits, _ = example
@@ -117,6 +118,7 @@ OFF_POLICY = [
 
 
 @pytest.mark.parametrize("case", OFF_POLICY, ids=lambda c: f"{type(c[0]).__name__}-{c[0].kl_form}")
+@settings(max_examples=12)
 @given(examples(), st.booleans())
 def test_clipped_field_with_kl_matches_brute_force(case, example, on_policy):
   """θ ≠ θ_old: per-token ratio and clip masks, the KL loss aggregated like the policy loss, k1 in
@@ -135,6 +137,7 @@ def test_clipped_field_with_kl_matches_brute_force(case, example, on_policy):
   _compare(raw, tf, field, brute)
 
 
+@settings(max_examples=12)
 @given(examples())
 def test_group_field_is_reinforce_with_leaf_weight_g_h(example):
   """groups.group_field (reinforce_field with G·h) = the brute-force on-policy group field."""
