@@ -74,7 +74,7 @@ def test_estimator_converges_as_one_over_root_n(case):
   cfg = fill_levels(tree, dataclasses.replace(recipe.config, **overrides))
   theta = _theta(tree, 1)
   theta_old = _theta(tree, 2) if off_policy else None
-  exact = recipe.field(tree, theta, cfg, theta_old)
+  exact = jax.jit(recipe.field, static_argnums=2)(tree, theta, cfg, theta_old)
 
   @jax.jit
   def chunk_errors(keys):
@@ -121,11 +121,13 @@ def test_depth_one_agrees_with_atomic_recipes(seed):
       (get_tree_recipe("ppo_clip"), ATOMIC_PPO, {}, {}, True),
   ]
   for tree_recipe, atomic, tree_kw, atomic_kw, off in pairs:
-    cfg = dataclasses.replace(tree_recipe.config, **tree_kw)
+    cfg = fill_levels(tree, dataclasses.replace(tree_recipe.config, **tree_kw))
     old = theta_old if off else theta
-    got = tree_recipe.field(tree, as_tree(theta), cfg, as_tree(old) if off else None)[0][:, 0, :]
+    field = jax.jit(tree_recipe.field, static_argnums=2)
+    got = field(tree, as_tree(theta), cfg, as_tree(old) if off else None)[0][:, 0, :]
     acfg = atomic.prepare(inst, dataclasses.replace(atomic.config, **atomic_kw))
-    want = atomic.field(inst, jnp.asarray(theta), jnp.asarray(old), acfg)
+    want = jax.jit(atomic.field, static_argnums=3)(inst, jnp.asarray(theta), jnp.asarray(old),
+                                                   acfg)
     assert_close(got, want, err_msg=tree_recipe.name)
 
 
