@@ -20,6 +20,7 @@ from hypothesis import given, settings, strategies as st
 
 from nondecoupling.theory.recipes.base import ConfigError
 from nondecoupling.theory.recipes.groups import InfeasibleExactField
+from nondecoupling.theory.statements import lengths
 from nondecoupling.theory.tree import groups
 from nondecoupling.theory.tree.policy import policy_log_probs
 from nondecoupling.theory.tree.recipes.group_rl import (
@@ -27,7 +28,10 @@ from nondecoupling.theory.tree.recipes.group_rl import (
   TreePPOConfig,
   group_rl_field,
 )
+from nondecoupling.verify.families import sample_all
+from nondecoupling.verify.statement import holds_mask
 from nondecoupling.verify.tree_families import SMALL_BUCKET, tree_strategy
+from nondecoupling.verify.tree_group_checks import TREE_GROUP_STATEMENTS
 from nondecoupling.verify.tree_io import tree_from_dict
 
 LEVELS = 7  # at most 7 leaves per prompt with vocabulary 3 and length 2
@@ -208,3 +212,56 @@ def test_ppo_config_errors_are_one_line():
   with pytest.raises(ConfigError) as err:
     TreePPOConfig(clip_low=0.0)
   assert str(err.value) == "TreePPOConfig.clip_low is 0.0, expected a finite number > 0"
+
+
+# ----------------------------------------------------------------------------- G5 statements
+
+@settings(max_examples=20)
+@given(examples(), st.integers(2, 3))
+def test_g5_identities_hold_by_brute_force(example, group_size):
+  """The closed forms the G5 statements assert, in NumPy on both sides: ordered groups against
+  (G−1)/G E_π[(r − J)/|y|^p ∇log π] (p = 0, 1) and the Dr.GRPO constant."""
+  raw, logits, _ = example
+  c = (group_size - 1) / group_size
+  for x, p in enumerate(ref.prompts_of(raw)):
+    rows = ref.softmax_rows(p, logits[x])
+    pi = ref.seq_probs(p, rows)
+    centred = p.reward - np.sum(pi * p.reward)
+    lengths = np.array([len(y) for y in p.leaves], float)
+    kw = dict(group_size=group_size, use_std=False, eps=1e-6, t_max=2.0)
+    for mode, weight in (("seq-mean-token-sum", c * centred),
+                         ("seq-mean-token-mean", c * centred / lengths),
+                         ("seq-mean-token-sum-norm", c * centred / 2.0)):
+      brute = gref.group_field(p, rows, rows, mode=mode, **kw)
+      closed = ref.score_grad(p, rows, weight)
+      for s in brute:
+        assert_close(brute[s], closed[s], err_msg=f"{mode} {s}")
+
+
+@pytest.mark.parametrize("stmt", TREE_GROUP_STATEMENTS, ids=lambda s: s.name.split()[1])
+def test_g5_checks_hold_on_random_trees(stmt):
+  _, inst, _ = sample_all(9, 3)[0]
+  v = stmt.check(inst, jax.random.PRNGKey(0))
+  n = inst.prompt_weights.shape[0]
+  assert np.asarray(v.margin).shape == (n,)
+  applies = np.asarray(v.applies, bool)
+  assert applies.sum() >= n // 3
+  assert np.all(holds_mask(stmt, np.asarray(v.margin), np.asarray(v.slack))[applies])
+  assert np.all(np.asarray(v.slack) > 0) or np.all(np.asarray(v.rhs)[applies] == 0)
+
+
+def test_constant_length_statement_sees_ragged_lengths():
+  """With ragged lengths the statement does not apply, and its sides differ by far more than the
+  slack (so the comparison it makes can fail)."""
+  raw = {"beta": 1.0, "vocab": ["<eos>", "a", "b"], "eos": "<eos>", "max_length": 2,
+         "prompt_weights": [1.0],
+         "prompts": [{"reference": {"sequences": [
+             {"tokens": ["<eos>"], "p": 0.3}, {"tokens": ["a", "<eos>"], "p": 0.2},
+             {"tokens": ["a", "b"], "p": 0.3}, {"tokens": ["b", "<eos>"], "p": 0.2}]},
+             "data": [{"tokens": ["a", "b"]}],
+             "reward": {"rule": "final_answer", "answer": "a"}}]}
+  tree = tree_from_dict(raw, SMALL_BUCKET).tree
+  theta = tuple(jnp.zeros(lv.reference.shape) for lv in tree.levels)
+  v = lengths.constant_length_normalisers_agree(tree, theta)
+  assert not bool(v.applies)
+  assert float(v.margin) < -1e6 * float(v.slack), v
