@@ -172,7 +172,7 @@ def test_multiset_table_against_counting():
 
 
 def test_enumeration_limit_raises_one_line():
-  assert groups.group_multisets(19, 8) <= groups.MAX_GROUP_MULTISETS
+  assert groups.group_multisets(18, 8) <= groups.MAX_GROUP_MULTISETS < groups.group_multisets(19, 8)
   with pytest.raises(groups.InfeasibleGroupEnumeration) as err:
     groups.multiset_table(7, 20)
   assert isinstance(err.value, InfeasibleExactField)

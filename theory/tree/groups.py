@@ -44,9 +44,9 @@ a per-token KL loss aggregated in the same mode receives.
 Cost. With L levels per prompt the enumeration visits C(L + G − 2, G − 1) multisets for each of the
 L own levels: O(L² C(L + G − 2, G − 1)) per prompt, never the leaves' count (that enters only
 through an O(W²) grouping of the W leaf slots into levels). Beyond :data:`MAX_GROUP_MULTISETS`
-multisets :class:`InfeasibleGroupEnumeration` is raised: callers fall back to the sampled
-estimator. Measured (bench/bench_tree_groups.py, 2-core CPU, G = 8, one prompt): see the
-constant's comment.
+multisets (G = 8: at most L = 18 levels) :class:`InfeasibleGroupEnumeration` is raised: callers
+fall back to the sampled estimator. Measured (bench/bench_tree_groups.py, 2-core CPU, G = 8, one
+prompt): see the constant's comment.
 
 References: THEORY.md G5 (this project's); verl ``verl/trainer/ppo/core_algos.py::agg_loss`` and
 ``compute_grpo_outcome_advantage``; research/fusion-methods.md Rule 2 and the token-level addendum.
@@ -76,10 +76,12 @@ __all__ = ["LOSS_AGG_MODES", "MAX_GROUP_MULTISETS", "InfeasibleGroupEnumeration"
 
 LOSS_AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm",
                   "seq-mean-token-sum")
-# Multisets of the others' levels enumerated per own level. At G = 8 this admits L = 19 levels
-# (C(25, 7) = 480,700 multisets), which bench/bench_tree_groups.py measured at about 1 s per
-# prompt (compile excluded) on the 2-core CPU; L = 20 (657,800) is refused.
-MAX_GROUP_MULTISETS = 500_000
+# Multisets of the others' levels enumerated per own level. At G = 8 this admits L = 18 levels
+# (C(24, 7) = 346,104 multisets): bench/bench_tree_groups.py measured 0.71 s per prompt for L = 18
+# and 1.41 s for L = 19 (compile excluded: 16 s and 27 s, the table is a constant) on the 2-core
+# CPU under a load average of 14; L = 19 (480,700) and beyond are refused.
+MAX_GROUP_MULTISETS = 350_000
+_LOG_ZERO = -1e300  # log of an empty level's mass (finite, so that 0 · it = 0)
 
 
 class InfeasibleGroupEnumeration(InfeasibleExactField):
@@ -244,8 +246,10 @@ def _row_levels(r, length, mask, log_p, m: int):
 def _own_moments(own_r, own_len, lvl_r, lvl_len, lvl_log_p, counts, log_coef, group_size: int,
                  share: bool, use_std: bool, eps: float):
   """(E[Â⁺ n], E[Â⁻ n], E[n]) for one own level (n = 1/Σ_j|o_j| if share, else n = 1)."""
-  log_w = log_coef + jnp.sum(jnp.where(counts > 0, counts * lvl_log_p[None, :], 0.0), axis=1)
-  weights = jnp.exp(log_w)
+  # An unused level (mass 0) gets a huge finite negative log-mass: 0 · it = 0 and c · it ≈ −∞
+  # for c ≥ 1, so Π_l p_l^{c_l} is one matrix-vector product (no mask over the constant table).
+  finite_log_p = jnp.where(jnp.isfinite(lvl_log_p), lvl_log_p, _LOG_ZERO)
+  weights = jnp.exp(log_coef + counts @ finite_log_p)
   dv = lvl_r - own_r
   adv = group_advantage(own_r, counts @ dv, counts @ (dv * dv), group_size, use_std, eps)
   norm = 1.0 / (own_len + counts @ lvl_len) if share else jnp.ones_like(adv)
