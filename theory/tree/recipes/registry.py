@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from .base import TreeRecipe
 from .demo_family import DEMO_TREE_RECIPES
+from .rl_family import RL_TREE_RECIPES
 
 __all__ = ["TREE_RECIPES", "get_tree_recipe"]
 
 TREE_RECIPES: dict[str, TreeRecipe] = {}
+TREE_RECIPES.update(RL_TREE_RECIPES)
 TREE_RECIPES.update(DEMO_TREE_RECIPES)
 
 
