@@ -12,7 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from . import dynamics, recipes, theorems  # noqa: E402 - after selecting the Agg backend
+from . import dynamics, recipes, theorems, tree_hints, tree_lengths  # noqa: E402 - after Agg
 from .output import write_figure  # noqa: E402
 
 __all__ = ["all_figures", "write_figure"]
@@ -21,6 +21,6 @@ __all__ = ["all_figures", "write_figure"]
 def all_figures() -> dict:
   """name -> zero-argument callable returning a Figure, over every topic module."""
   out = {}
-  for module in (theorems, dynamics, recipes):
+  for module in (theorems, dynamics, recipes, tree_lengths, tree_hints):
     out.update(module.FIGURES)
   return out
