@@ -36,7 +36,7 @@ from ..theory.tree.recipes.registry import TREE_RECIPES
 from ..theory.tree.recipes.train import train_tree_recipe, train_tree_recipe_sampled
 from .compare import SAMPLED_GROUPS
 
-__all__ = ["ROW_VALUES", "leaf_values", "tree_compare_rows", "tree_recipe_configs",
+__all__ = ["ROW_VALUES", "leaf_values", "path_values", "tree_compare_rows", "tree_recipe_configs",
            "time_unit"]
 
 ROW_VALUES = ("sft_loss", "reward", "regularized_reward", "kl_reference", "kl_data", "regret",
@@ -169,3 +169,8 @@ def tree_compare_rows(tree: TreeInstance, steps: int = 200, lr: float = 0.5, con
     row["config"] = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else None
     rows.append(row)
   return rows
+
+
+def path_values(tree: TreeInstance, thetas) -> dict:
+  """{value: [P]} of :data:`ROW_VALUES` at each recorded logits θ_i (leading axis P)."""
+  return jax.vmap(lambda th: leaf_values(tree, _leaf_of_logits(tree, th)))(thetas)
