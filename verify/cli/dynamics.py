@@ -153,12 +153,6 @@ def run_flow(args) -> int:
   if not isinstance(loaded, tuple):  # a tree file
     return run_tree_flow(args, loaded)
   inst, _ = loaded
-  if args.pipeline is None:
-    raise InputError("--pipeline: is required for an instance file (one of "
-                     f"{', '.join(flows.PIPELINE_NAMES)})")
-  if args.construct is not None or args.recipe is not None:
-    raise InputError("--construct/--recipe: are for tree files; an instance file takes "
-                     "--pipeline")
   res = flow_points(inst, args.pipeline, args.points)
   if args.json:
     print_json({**res, "provenance": provenance()})

@@ -70,6 +70,12 @@ def _estimate(args, inst: Instance, parse: tuple[float, float]) -> budget.Estima
   if args.command == "frontier":
     return budget.frontier_cost(n_x, n_y, parse, len(str(args.lambdas).split(",")))
   if args.command == "flow":
+    if args.pipeline is None:
+      raise InputError("--pipeline: is required for an instance file (one of "
+                       f"{', '.join(flows.PIPELINE_NAMES)})")
+    if getattr(args, "construct", None) is not None or getattr(args, "recipe", None) is not None:
+      raise InputError("--construct/--recipe: are for tree files; an instance file takes "
+                       "--pipeline")
     return budget.flow_cost(n_x, n_y, parse, args.points, _phases(inst, args.pipeline))
   if args.command == "compare":
     multisets, samples = _group_tables(inst)
