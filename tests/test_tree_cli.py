@@ -267,9 +267,10 @@ def test_budget_covers_tree_commands_and_grows_with_the_tree(tmp_path, capsys):
     seconds[name] = float(err.split("needs about ")[1].split(" ")[0])
   assert seconds["big"] > seconds["flat"] > 1.0  # more slots
   assert seconds["small"] > seconds["flat"]  # more levels
-  code, _, err = _run(["flow", small, "--construct", "k1_reward", "--max-memory", "0.001"],
-                      capsys)
-  assert code == 2 and "flow on a tree of" in err and "--max-memory" in err
+  code, _, err = _run(["flow", small, "--construct", "k1_reward", "--max-seconds", "1"], capsys)
+  assert code == 2 and "flow on a tree of" in err and "--max-seconds" in err
+  code, _, err = _run(["frontier", small, "--max-seconds", "1"], capsys)
+  assert code == 2 and "frontier on a tree of" in err and "--max-seconds" in err
 
 
 def test_dispatch_keeps_atomic_files_atomic(tmp_path, capsys):
