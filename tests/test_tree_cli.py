@@ -279,3 +279,39 @@ def test_dispatch_keeps_atomic_files_atomic(tmp_path, capsys):
                "--lambdas", "0"], capsys)
   assert "note" not in res
   assert jax.numpy.isfinite(res["points"][0]["sft_loss"])
+
+
+def test_tree_figures_are_registered_and_draw_the_right_curves():
+  """tree_sft_length: the harmonic mean and G2's excess written out by hand; tree_fixed_points:
+  the k1 curve is the Gibbs tilt of the leaves (NumPy), k2 departs from it at depth 3."""
+  import matplotlib.pyplot as plt
+
+  from nondecoupling.figures import tree_fixed_points, tree_sft_length
+  from nondecoupling.theory.tree.atomic import leaf_instance
+  from nondecoupling.verify.cli.figures import figure_builders
+
+  assert {"tree_fixed_points", "tree_sft_length"} <= set(figure_builders())
+  fig = tree_sft_length.length_bias(center=4, max_length=8)
+  s = np.arange(4)
+  short, long_ = 4.0 - s, 4.0 + s
+  d_line, mean_line = (line.get_ydata() for line in fig.axes[0].lines)
+  assert_close(np.asarray(d_line, float), np.full(4, 4.0))
+  assert_close(np.asarray(mean_line, float), 1.0 / (0.5 / short + 0.5 / long_))
+  excess = 0.5 * np.log(short) + 0.5 * np.log(long_) + np.log(0.5 / short + 0.5 / long_)
+  assert_close(np.asarray(fig.axes[1].lines[0].get_ydata(), float), excess)
+  plt.close(fig)
+
+  betas = np.array([0.1, 1.0])
+  fig = tree_fixed_points.fixed_points_against_beta(betas=betas)
+  inst = leaf_instance(tree_fixed_points.example_tree())
+  m = np.asarray(inst.response_mask)[0]
+  rho, r = np.asarray(inst.reference)[0][m], np.asarray(inst.reward)[0][m]
+  reward_axis = fig.axes[1]
+  k1, k2, _ = (np.asarray(line.get_ydata(), float) for line in reward_axis.lines)
+  for i, beta in enumerate(betas):
+    tilt = rho * np.exp(r / beta)
+    assert_close(k1[i], float(tilt @ r / tilt.sum()))
+  regret = [np.asarray(line.get_ydata(), float) for line in fig.axes[3].lines]
+  assert all(np.all(v >= 0) for v in regret)
+  assert abs(fig.axes[0].lines[1].get_ydata()[0] - fig.axes[0].lines[0].get_ydata()[0]) > 1e-3
+  plt.close(fig)
