@@ -91,25 +91,28 @@ VERIFY_SEARCH_PER_STATEMENT = (0.0, 2.7)  # when the search runs (--search-examp
 VERIFY_PER_SEARCH_EXAMPLE = (0.0, 0.02)  # per example and statement
 
 # Tree commands (token level): cost = a fixed part (compiling the level recursions, which grows
-# with the number of levels T) plus a part per slot (X · Σ_t N_t · k padded slots: every array of
-# a level is [X, N_t, k]) and, for ascent steps, per slot and step. Measured with /usr/bin/time on
-# examples/tree_*.json (12-60 slots) and complete trees (verify.tree_families.complete_tree:
-# k = 8, T = 5, 4681 nodes x 8 slots; k = 4, T = 8, 21845 x 4), see the README's table.
-TREE_CHECK_BASE = (0.45 * GB, 40.0)
+# with the number of levels T) plus a part per padded slot (X · Σ_t N_t · k: every array of a
+# level is [X, N_t, k]) and, for ascent steps, per slot and step. Measured (CPU s, peak RSS) with
+# /usr/bin/time: check of examples/tree_table.json (T = 3, 72 slots): 77.5 s, 0.90 GB; compare of
+# it: 24.1 s, 0.41 GB; compare of a complete tree (k = 6, T = 4, 2 prompts, 1872 slots): 31.2 s,
+# 0.48 GB (no tree recipes registered: each adds its trainer's compile, TREE_COMPARE_PER_RECIPE,
+# not yet measured). flow and frontier: not measured; set from the same parts (one trainer and
+# the path values; the atomic frontier's constants on the leaf set).
+TREE_CHECK_BASE = (0.6 * GB, 57.0)
 TREE_CHECK_PER_LEVEL = (0.0, 6.0)
-TREE_CHECK_PER_SLOT = (4000.0, 2e-4)
+TREE_CHECK_PER_SLOT = (35e3, 4e-3)
 TREE_FRONTIER_BASE = (0.1 * GB, 6.0)
 TREE_FRONTIER_PER_SLOT = (200.0, 0.0)
 TREE_FRONTIER_PER_SLOT_LAMBDA = (0.0, 3e-7)
 TREE_FLOW_BASE = (0.2 * GB, 15.0)
-TREE_FLOW_PER_LEVEL = (0.0, 2.0)
-TREE_FLOW_PER_SLOT = (600.0, 0.0)
+TREE_FLOW_PER_LEVEL = (0.0, 3.0)
+TREE_FLOW_PER_SLOT = (35e3, 2e-3)
 TREE_FLOW_PER_SLOT_STEP = (0.0, 1e-7)
 TREE_FLOW_PER_SLOT_POINT = (200.0, 1e-5)
-TREE_COMPARE_BASE = (0.4 * GB, 45.0)
-TREE_COMPARE_PER_LEVEL = (0.0, 6.0)
-TREE_COMPARE_PER_SLOT = (4000.0, 2e-4)
-TREE_COMPARE_PER_RECIPE = (0.05 * GB, 15.0)  # compiling one recipe's trainer
+TREE_COMPARE_BASE = (0.12 * GB, 12.0)
+TREE_COMPARE_PER_LEVEL = (0.0, 3.0)
+TREE_COMPARE_PER_SLOT = (35e3, 2.2e-3)
+TREE_COMPARE_PER_RECIPE = (0.05 * GB, 15.0)  # compiling one recipe's trainer (a guess)
 TREE_COMPARE_PER_SLOT_STEP = (0.0, 1e-6)  # per recipe
 
 # bridge: float32 forward FLOPs per CPU second (the Qwen3 forward of bench/bench_forward.py ran at
