@@ -94,13 +94,13 @@ VERIFY_PER_SEARCH_EXAMPLE = (0.0, 0.02)  # per example and statement
 # with the number of levels T) plus a part per padded slot (X · Σ_t N_t · k: every array of a
 # level is [X, N_t, k]) and, for ascent steps, per slot and step. Measured (CPU s, peak RSS) with
 # /usr/bin/time: check of examples/tree_table.json (T = 3, 72 slots): 77.5 s, 0.90 GB; compare of
-# it: 24.1 s, 0.41 GB; compare of a complete tree (k = 6, T = 4, 2 prompts, 1872 slots): 31.2 s,
-# 0.48 GB (no tree recipes registered: each adds its trainer's compile, TREE_COMPARE_PER_RECIPE,
+# it: 24.1 s, 0.41 GB; of a complete tree (k = 6, T = 4, 2 prompts, 1872 slots): check 112.8 s,
+# 1.18 GB, compare 31.2 s, 0.48 GB (no tree recipes registered: each adds its trainer's compile, TREE_COMPARE_PER_RECIPE,
 # not yet measured). flow and frontier: not measured; set from the same parts (one trainer and
 # the path values; the atomic frontier's constants on the leaf set).
 TREE_CHECK_BASE = (0.6 * GB, 57.0)
-TREE_CHECK_PER_LEVEL = (0.0, 6.0)
-TREE_CHECK_PER_SLOT = (35e3, 4e-3)
+TREE_CHECK_PER_LEVEL = (0.0, 10.0)
+TREE_CHECK_PER_SLOT = (150e3, 7e-3)
 TREE_FRONTIER_BASE = (0.1 * GB, 6.0)
 TREE_FRONTIER_PER_SLOT = (200.0, 0.0)
 TREE_FRONTIER_PER_SLOT_LAMBDA = (0.0, 3e-7)
