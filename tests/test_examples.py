@@ -47,3 +47,9 @@ def test_compare_recipes_script():
 def test_score_with_checkpoint_script(tmp_path):
   out = _run("score_with_checkpoint.py", cwd=tmp_path)
   assert out.count("log p(") == 2
+
+
+def test_check_tree_script():
+  out = _run("check_tree.py", str(EXAMPLES / "tree_exact_match.json"))
+  assert all(c in out for c in ("k1_reward", "k2_loss", "k3_loss", "regret", "G2"))
+  assert "KL to pi* 0.000e+00" in out.splitlines()[2]  # k1 in the reward ends at the tilt

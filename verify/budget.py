@@ -27,7 +27,8 @@ from .errors import InputError
 
 __all__ = ["Estimate", "Limits", "DEFAULT_MAX_SECONDS", "GB", "available_memory",
            "require", "parse_cost", "check_cost", "frontier_cost", "flow_cost", "compare_cost",
-           "verify_cost", "qwen3_params", "qwen3_token_flops", "bridge_cost"]
+           "verify_cost", "TreeShape", "tree_check_cost", "tree_frontier_cost", "tree_flow_cost",
+           "tree_compare_cost", "qwen3_params", "qwen3_token_flops", "bridge_cost"]
 
 GB = 1e9
 DEFAULT_MAX_SECONDS = 3600.0
@@ -88,6 +89,31 @@ VERIFY_PER_INSTANCE = (20e3, 0.0)
 VERIFY_PER_INSTANCE_STATEMENT = (0.0, 1.5e-4)
 VERIFY_SEARCH_PER_STATEMENT = (0.0, 2.7)  # when the search runs (--search-examples > 0)
 VERIFY_PER_SEARCH_EXAMPLE = (0.0, 0.02)  # per example and statement
+
+# Tree commands (token level): cost = a fixed part (compiling the level recursions, which grows
+# with the number of levels T) plus a part per padded slot (X · Σ_t N_t · k: every array of a
+# level is [X, N_t, k]) and, for ascent steps, per slot and step. Measured (CPU s, peak RSS) with
+# /usr/bin/time: check of examples/tree_table.json (T = 3, 72 slots): 77.5 s, 0.90 GB; compare of
+# it: 24.1 s, 0.41 GB; of a complete tree (k = 6, T = 4, 2 prompts, 1872 slots): check 112.8 s,
+# 1.18 GB, compare 31.2 s, 0.48 GB (no tree recipes registered: each adds its trainer's compile, TREE_COMPARE_PER_RECIPE,
+# not yet measured). flow and frontier: not measured; set from the same parts (one trainer and
+# the path values; the atomic frontier's constants on the leaf set).
+TREE_CHECK_BASE = (0.6 * GB, 57.0)
+TREE_CHECK_PER_LEVEL = (0.0, 10.0)
+TREE_CHECK_PER_SLOT = (150e3, 7e-3)
+TREE_FRONTIER_BASE = (0.1 * GB, 6.0)
+TREE_FRONTIER_PER_SLOT = (200.0, 0.0)
+TREE_FRONTIER_PER_SLOT_LAMBDA = (0.0, 3e-7)
+TREE_FLOW_BASE = (0.2 * GB, 15.0)
+TREE_FLOW_PER_LEVEL = (0.0, 3.0)
+TREE_FLOW_PER_SLOT = (35e3, 2e-3)
+TREE_FLOW_PER_SLOT_STEP = (0.0, 1e-7)
+TREE_FLOW_PER_SLOT_POINT = (200.0, 1e-5)
+TREE_COMPARE_BASE = (0.12 * GB, 12.0)
+TREE_COMPARE_PER_LEVEL = (0.0, 3.0)
+TREE_COMPARE_PER_SLOT = (35e3, 2.2e-3)
+TREE_COMPARE_PER_RECIPE = (0.05 * GB, 15.0)  # compiling one recipe's trainer (a guess)
+TREE_COMPARE_PER_SLOT_STEP = (0.0, 1e-6)  # per recipe
 
 # bridge: float32 forward FLOPs per CPU second (the Qwen3 forward of bench/bench_forward.py ran at
 # 146.6 GFLOP/s on the 2 idle cores (README) and at 6.6 GFLOP/s wall under load 12 today; small
@@ -245,6 +271,55 @@ def verify_cost(instances: int, search_examples: int, statements: int) -> Estima
                (VERIFY_PER_SEARCH_EXAMPLE, search_examples * statements))
   return Estimate(f"verify on {instances} instances and {search_examples} search examples × "
                   f"{statements} statements", STARTUP_BYTES + b, STARTUP_S + s)
+
+
+@dataclasses.dataclass(frozen=True)
+class TreeShape:
+  """The size of a tree instance: levels T and padded slots X · Σ_t N_t · k."""
+
+  levels: int
+  slots: int
+
+  @classmethod
+  def of(cls, tree) -> TreeShape:
+    """The shape of an unbatched :class:`~nondecoupling.theory.tree.instance.TreeInstance`."""
+    return cls(len(tree.levels), int(sum(math.prod(lv.reference.shape) for lv in tree.levels)))
+
+
+def _tree_what(command: str, shape: TreeShape) -> str:
+  return f"{command} on a tree of {shape.slots} slots over {shape.levels} levels"
+
+
+def tree_check_cost(shape: TreeShape, parse: tuple[float, float]) -> Estimate:
+  """`check` of a tree: quantities, fixed points and the G1–G4 margins (flows included)."""
+  return _with_parse(_tree_what("check", shape), parse, _cost(
+      (TREE_CHECK_BASE, 1), (TREE_CHECK_PER_LEVEL, shape.levels),
+      (TREE_CHECK_PER_SLOT, shape.slots)))
+
+
+def tree_frontier_cost(shape: TreeShape, parse: tuple[float, float], n_lambdas: int) -> Estimate:
+  """`frontier` of a tree (on its leaf set: one response per slot)."""
+  return _with_parse(_tree_what("frontier", shape), parse, _cost(
+      (TREE_FRONTIER_BASE, 1), (TREE_FRONTIER_PER_SLOT, shape.slots),
+      (TREE_FRONTIER_PER_SLOT_LAMBDA, shape.slots * n_lambdas)))
+
+
+def tree_flow_cost(shape: TreeShape, parse: tuple[float, float], steps: int,
+                   points: int) -> Estimate:
+  """`flow` of a tree: ``steps`` exact-field steps, ``points`` recorded points."""
+  return _with_parse(_tree_what("flow", shape), parse, _cost(
+      (TREE_FLOW_BASE, 1), (TREE_FLOW_PER_LEVEL, shape.levels),
+      (TREE_FLOW_PER_SLOT, shape.slots), (TREE_FLOW_PER_SLOT_STEP, shape.slots * steps),
+      (TREE_FLOW_PER_SLOT_POINT, shape.slots * points)))
+
+
+def tree_compare_cost(shape: TreeShape, parse: tuple[float, float], recipe_steps: int,
+                      recipes: int) -> Estimate:
+  """`compare` of a tree: the exact rows and fixed points, and ``recipes`` trained recipes."""
+  return _with_parse(_tree_what("compare", shape), parse, _cost(
+      (TREE_COMPARE_BASE, 1), (TREE_COMPARE_PER_LEVEL, shape.levels),
+      (TREE_COMPARE_PER_SLOT, shape.slots), (TREE_COMPARE_PER_RECIPE, recipes),
+      (TREE_COMPARE_PER_SLOT_STEP, shape.slots * recipe_steps * recipes)))
 
 
 def qwen3_params(vocab: int, hidden: int, intermediate: int, layers: int, heads: int,

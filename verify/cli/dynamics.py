@@ -13,7 +13,8 @@ from ..errors import InputError
 from ..provenance import provenance
 from .args import parse_lambdas
 from .console import cell, console, escape, print_json
-from .limits import load_instance
+from .limits import load_input
+from .tree_commands import run_tree_compare, run_tree_flow, run_tree_frontier
 
 __all__ = ["run_frontier", "run_compare", "run_flow", "frontier_points", "flow_points",
            "FLOW_FIELDS"]
@@ -45,7 +46,10 @@ def _print_table(path: str, points: list[dict], inst) -> None:
 
 def run_frontier(args) -> int:
   lambdas = parse_lambdas(args.lambdas)
-  inst, _ = load_instance(args)
+  loaded = load_input(args)
+  if not isinstance(loaded, tuple):  # a tree file: its leaf set
+    return run_tree_frontier(args, loaded, lambdas, frontier_points)
+  inst, _ = loaded
   points = frontier_points(inst, lambdas)
   if args.json:
     print_json({"points": points, "provenance": provenance()}, indent=2)
@@ -113,8 +117,11 @@ def _finite_or_none(v) -> float | None:
 def run_compare(args) -> int:
   if args.recipe_steps > 100_000:
     raise InputError(f"--recipe-steps is {args.recipe_steps}, expected at most 100000")
+  loaded = load_input(args)
+  if not isinstance(loaded, tuple):  # a tree file
+    return run_tree_compare(args, loaded)
+  inst, _ = loaded
   configs = recipe_configs(args.recipe_option)
-  inst, _ = load_instance(args)
   with console(stderr=True).status("compare") as status:
     rows = compare_rows(inst, args.recipe_steps, args.recipe_lr,
                         progress=lambda n: status.update(f"compare: {n}"), configs=configs)
@@ -140,7 +147,12 @@ def run_compare(args) -> int:
 def run_flow(args) -> int:
   if args.points > 10_000:
     raise InputError(f"--points is {args.points}, expected at most 10000")
-  inst, _ = load_instance(args)
+  if args.steps > 1_000_000:
+    raise InputError(f"--steps is {args.steps}, expected at most 1000000")
+  loaded = load_input(args)
+  if not isinstance(loaded, tuple):  # a tree file
+    return run_tree_flow(args, loaded)
+  inst, _ = loaded
   res = flow_points(inst, args.pipeline, args.points)
   if args.json:
     print_json({**res, "provenance": provenance()})

@@ -9,19 +9,30 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
 
 from ...theory import flows
-from ...theory.instance import Instance
+from ...theory.instance import Instance, InstanceError
 from ...theory.objectives import rl_support
 from ...theory.recipes.groups import MAX_GROUP_ENUMERATION
+from ...theory.tree.recipes.registry import TREE_RECIPES
 from .. import budget
 from ..compare import SAMPLED_GROUPS
-from ..io import DEFAULT_MAX_BYTES, parse_instance, read_bounded
+from ..errors import InputError
+from ..io import (
+  DEFAULT_MAX_BYTES,
+  instance_from_dict,
+  parse_instance,
+  parse_json_strict,
+  read_bounded,
+)
+from ..tree_io import TreeFile, tree_from_dict
 
-__all__ = ["limits", "load_instance", "require_verify", "reward_levels", "GROUP_SIZE"]
+__all__ = ["limits", "load_instance", "load_input", "is_tree_object", "require_verify",
+           "reward_levels", "GROUP_SIZE"]
 
 GROUP_SIZE = 8  # the published group size of the GRPO-style recipes (grpo, hpt, luffy, relift)
 
@@ -59,11 +70,78 @@ def _estimate(args, inst: Instance, parse: tuple[float, float]) -> budget.Estima
   if args.command == "frontier":
     return budget.frontier_cost(n_x, n_y, parse, len(str(args.lambdas).split(",")))
   if args.command == "flow":
+    if args.pipeline is None:
+      raise InputError("--pipeline: is required for an instance file (one of "
+                       f"{', '.join(flows.PIPELINE_NAMES)})")
+    if getattr(args, "construct", None) is not None or getattr(args, "recipe", None) is not None:
+      raise InputError("--construct/--recipe: are for tree files; an instance file takes "
+                       "--pipeline")
     return budget.flow_cost(n_x, n_y, parse, args.points, _phases(inst, args.pipeline))
   if args.command == "compare":
     multisets, samples = _group_tables(inst)
     return budget.compare_cost(n_x, n_y, parse, args.recipe_steps, multisets, samples)
   raise ValueError(f"no estimate for {args.command!r}")
+
+
+def is_tree_object(obj) -> bool:
+  """Whether a parsed input file is in the tree format (the one place commands dispatch on it).
+
+  A tree file (verify/tree_io.py) has no top-level ``data`` and either prompts that are objects
+  or a top-level ``vocab`` / ``eos`` / ``max_length``; an atomic file's ``prompts`` are labels.
+  """
+  if not isinstance(obj, dict) or "data" in obj:
+    return False
+  prompts = obj.get("prompts")
+  return (isinstance(prompts, list) and any(isinstance(p, dict) for p in prompts)) or any(
+      k in obj for k in ("vocab", "eos", "max_length"))
+
+
+def _tree_estimate(args, tf: TreeFile, parse: tuple[float, float]) -> budget.Estimate:
+  shape = budget.TreeShape.of(tf.tree)
+  if args.command == "check":
+    return budget.tree_check_cost(shape, parse)
+  if args.command == "frontier":
+    return budget.tree_frontier_cost(shape, parse, len(str(args.lambdas).split(",")))
+  if args.command == "flow":
+    return budget.tree_flow_cost(shape, parse, args.steps, args.points)
+  if args.command == "compare":
+    return budget.tree_compare_cost(shape, parse, args.recipe_steps, len(TREE_RECIPES))
+  raise ValueError(f"no estimate for {args.command!r}")
+
+
+def load_input(args) -> tuple[Instance, dict] | TreeFile:
+  """Reads ``args.file`` (atomic instance or tree file) within the limits.
+
+  Returns:
+    (instance, labels) for an atomic file, a :class:`~..tree_io.TreeFile` for a tree file
+    (``--allow-large`` lifts the tree format's size caps).
+
+  Raises:
+    InputError: the file (not a regular file, too big, invalid) or the estimate over a limit.
+  """
+  lim = limits(args)
+  raw = read_bounded(args.file, DEFAULT_MAX_BYTES if args.max_bytes is None else args.max_bytes)
+  parse = budget.parse_cost(len(raw), raw.count(b",") + 1)
+  budget.require(budget.Estimate(f"reading {args.file} ({len(raw)} bytes)", *parse),
+                 dataclasses.replace(lim, seconds=math.inf))
+  obj = parse_json_strict(raw, args.file)
+  if not is_tree_object(obj):
+    del raw
+    try:
+      inst, labels = instance_from_dict(obj)
+    except (InputError, InstanceError) as e:
+      raise type(e)(f"{args.file}: {e}") from None
+    budget.require(_estimate(args, inst, parse), lim)
+    return inst, labels
+  tree_obj = json.loads(raw.decode("utf-8"))  # integers stay integers (max_length)
+  if getattr(args, "allow_large", False):
+    tree_obj["allow_large"] = True
+  try:
+    tf = tree_from_dict(tree_obj)
+  except InputError as e:
+    raise InputError(f"{args.file}: {e}") from None
+  budget.require(_tree_estimate(args, tf, parse), lim)
+  return tf
 
 
 def load_instance(args) -> tuple[Instance, dict]:

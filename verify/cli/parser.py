@@ -18,6 +18,8 @@ DEFAULT_LAMBDAS = "0,0.1,0.3,1,3,10"
 PIPELINES = ("sft_then_rl", "rl_then_sft", "alternating", "joint")
 DEFAULT_RECIPE_STEPS = 200
 DEFAULT_RECIPE_LR = 0.5
+DEFAULT_TREE_STEPS = 2000
+TREE_CONSTRUCTS = ("k1_reward", "k2_loss", "k3_loss")  # theory.tree.fixed_points.CONSTRUCTS
 
 
 def _input_limit(p) -> None:
@@ -32,6 +34,15 @@ def _resource_limits(p) -> None:
   p.add_argument("--max-seconds", type=positive_float, default=None, metavar="S",
                  help="refuse to start when the estimated run time exceeds S seconds (default "
                       "3600)")
+
+
+def _tree_input(p) -> None:
+  p.add_argument("--allow-large", action="store_true",
+                 help="tree files: allow vocabularies over 64 tokens and lengths over 12")
+
+
+TREE_FILE_NOTE = (" FILE may also be a tree file (token level, THEORY.md part G; the format of "
+                  "verify/tree_io.py): the command then runs on its leaf set and nodes.")
 
 
 class _Version(argparse.Action):
@@ -99,9 +110,13 @@ def _add_tabular(sub) -> None:
   p = sub.add_parser("check", help="every quantity and statement margin for one instance file",
                      description="Reads an instance file and prints every quantity (SFT losses, "
                                  "C₁, rewards, the RL value, bounds, β_c) and the margin of every "
-                                 "statement (π₂ = d for RL-then-SFT).")
-  p.add_argument("file", help="instance JSON file")
+                                 "statement (π₂ = d for RL-then-SFT). For a tree file: the "
+                                 "token-level quantities (L, J, J_β, KL, C₁ on the leaf set, soft "
+                                 "value, token-mean SFT excess, the G4 fixed points) and the "
+                                 "G1-G4 margins." + TREE_FILE_NOTE)
+  p.add_argument("file", help="instance or tree JSON file")
   p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+  _tree_input(p)
   _input_limit(p)
   _resource_limits(p)
   p.set_defaults(handler="tabular:run_check")
@@ -114,11 +129,14 @@ def _add_dynamics(sub) -> None:
       description="For each λ ≥ 0, the SFT loss and reward of π_λ = argmin L(π) − λ J(π) over "
                   "tabular policies (exact per-prompt solution, including mass moved to a "
                   "better response outside the data's support). This project's result D4, "
-                  "not the paper's.")
-  p.add_argument("file", metavar="FILE", help="instance JSON file")
+                  "not the paper's." + TREE_FILE_NOTE + " Every leaf distribution is an "
+                  "autoregressive policy, so the frontier over leaf distributions is the "
+                  "frontier over token-level policies.")
+  p.add_argument("file", metavar="FILE", help="instance or tree JSON file")
   p.add_argument("--lambdas", default=DEFAULT_LAMBDAS,
                  help=f"comma-separated λ ≥ 0 (default {DEFAULT_LAMBDAS})")
   p.add_argument("--json", action="store_true", help='print {"points": [...]} as JSON')
+  _tree_input(p)
   _input_limit(p)
   _resource_limits(p)
   p.set_defaults(handler="dynamics:run_frontier")
@@ -131,8 +149,11 @@ def _add_dynamics(sub) -> None:
                   "u over 10u, joint λ=1 over 10u; recipes: --recipe-steps exact-field steps "
                   "with learning rate --recipe-lr × u; --recipe-option overrides a published "
                   "default) and prints SFT loss, reward, regularised reward and decoupling "
-                  "regret (this project's D4).")
-  p.add_argument("file", help="instance JSON file")
+                  "regret (this project's D4)." + TREE_FILE_NOTE + " Tree rows: the SFT "
+                  "optima (d, token-mean), SFT-then-RL exact, the k1/k2/k3 fixed points and "
+                  "every tree recipe (--recipe-steps exact-field steps), each with its "
+                  "expected length.")
+  p.add_argument("file", help="instance or tree JSON file")
   p.add_argument("--json", action="store_true", help="print JSON on stdout")
   p.add_argument("--recipe-steps", type=positive_int, default=DEFAULT_RECIPE_STEPS,
                  help=f"outer steps per recipe (default {DEFAULT_RECIPE_STEPS})")
@@ -143,6 +164,7 @@ def _add_dynamics(sub) -> None:
                       "luffy.shaping_gamma=none, grpo.kl_form=k3_loss_unclamped, "
                       "relift.buffer_order=oldest_first); values: a number, true/false, none or "
                       "a word; each option's rule is checked")
+  _tree_input(p)
   _input_limit(p)
   _resource_limits(p)
   p.set_defaults(handler="dynamics:run_compare")
@@ -152,11 +174,25 @@ def _add_dynamics(sub) -> None:
       description="Integrates one pipeline (default schedule, see `compare --help`) with an "
                   "adaptive solver (explicit, or Rosenbrock where the flow is stiff) and prints "
                   "time, phase, L, J, J_β, KL to d and to ρ, gradient norms and cos∠(∇L, ∇J_β) "
-                  "(null where a gradient is within rounding of 0).")
-  p.add_argument("file", help="instance JSON file")
-  p.add_argument("--pipeline", required=True, choices=PIPELINES, help="pipeline name")
+                  "(null where a gradient is within rounding of 0)." + TREE_FILE_NOTE +
+                  " For a tree, --construct or --recipe: --steps exact-field ascent steps "
+                  "from ρ (learning rate --lr × u, u = 1/min prompt weight), printing L, J, "
+                  "J_β, KL to ρ and d, regret and the expected length at --points points.")
+  p.add_argument("file", help="instance or tree JSON file")
+  p.add_argument("--pipeline", choices=PIPELINES, default=None,
+                 help="pipeline name (atomic instances; required there)")
+  p.add_argument("--construct", choices=TREE_CONSTRUCTS, default=None,
+                 help="tree files: the KL construct to ascend (k1 in the reward, k2/k3 in the "
+                      "loss)")
+  p.add_argument("--recipe", default=None, help="tree files: a tree recipe to ascend")
+  p.add_argument("--steps", type=positive_int, default=DEFAULT_TREE_STEPS,
+                 help=f"tree files: ascent steps (default {DEFAULT_TREE_STEPS}; rounded up to "
+                      "a multiple of --points)")
+  p.add_argument("--lr", type=positive_float, default=DEFAULT_RECIPE_LR,
+                 help=f"tree files: learning rate in units of u (default {DEFAULT_RECIPE_LR})")
   p.add_argument("--points", type=positive_int, default=8,
-                 help="saved points per phase (default 8)")
+                 help="saved points per phase, or in all for a tree (default 8)")
+  _tree_input(p)
   p.add_argument("--json", action="store_true", help="print JSON on stdout")
   _input_limit(p)
   _resource_limits(p)

@@ -22,7 +22,8 @@ from ..registry import all_statements
 from ..reports import StagedOutput, check_output_dir, format_number, report_markdown
 from ..stored_programs import stored_jit
 from .console import cell, console, escape, print_json
-from .limits import load_instance, require_verify
+from .limits import load_input, require_verify
+from .tree_commands import run_tree_check
 
 __all__ = ["run_verify", "run_check"]
 
@@ -140,7 +141,10 @@ def _nonfinite(q: dict) -> str | None:
 
 
 def run_check(args) -> int:
-  inst, labels = load_instance(args)
+  loaded = load_input(args)
+  if not isinstance(loaded, tuple):  # a tree file
+    return run_tree_check(args, loaded)
+  inst, labels = loaded
   inst = _as_distributions(inst)
   q = {k: float(v) for k, v in stored_jit(check_quantities)(inst).items()}
   bad = _nonfinite(q)
