@@ -12,7 +12,15 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from . import dynamics, recipes, theorems, tree_hints, tree_lengths  # noqa: E402 - after Agg
+from . import (  # noqa: E402 - after selecting the Agg backend
+  dynamics,
+  recipes,
+  theorems,
+  tree_fixed_points,
+  tree_hints,
+  tree_lengths,
+  tree_sft_length,
+)
 from .output import write_figure  # noqa: E402
 
 __all__ = ["all_figures", "write_figure"]
@@ -21,6 +29,7 @@ __all__ = ["all_figures", "write_figure"]
 def all_figures() -> dict:
   """name -> zero-argument callable returning a Figure, over every topic module."""
   out = {}
-  for module in (theorems, dynamics, recipes, tree_lengths, tree_hints):
+  for module in (theorems, dynamics, recipes, tree_fixed_points, tree_sft_length, tree_lengths,
+                 tree_hints):
     out.update(module.FIGURES)
   return out

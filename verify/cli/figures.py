@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.progress import track
 
-from ...figures import all_figures, tree_fixed_points, tree_sft_length, write_figure
+from ...figures import all_figures, write_figure
 from ...figures.bridge import RESULT_FIGURES
 from ..bridge.demo import run_demo
 from ..errors import InputError
@@ -31,8 +31,6 @@ def demo_result() -> dict:
 def figure_builders() -> dict:
   """name -> zero-argument callable returning a Figure, for every figure the command writes."""
   builders = dict(all_figures())
-  builders.update(tree_fixed_points.FIGURES)  # the token level (THEORY.md part G)
-  builders.update(tree_sft_length.FIGURES)
   for name, draw in RESULT_FIGURES.items():
     builders[f"bridge_{name}"] = functools.partial(lambda d: d(demo_result()), draw)
   return builders
