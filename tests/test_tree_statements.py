@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
+from nondecoupling.theory import objectives as atomic_objectives
 from nondecoupling.theory.statements import tokens
+from nondecoupling.theory.tree import kl as tree_kl, sft as tree_sft
 from nondecoupling.theory.tree.instance import Bucket, index_tree
 from nondecoupling.verify import tree_checks
 from nondecoupling.verify.families import sample_all
@@ -32,7 +34,7 @@ WITH_PROBE = ("token_sum_is_sequence_loss", "token_sum_gradient", "k1_reward_is_
 WITHOUT = ("soft_value_is_log_partition", "bellman_policy_is_tilt", "token_mean_optimum",
            "token_mean_stationary", "token_mean_excess", "k2_fixed_point_is_tilt_at_depth_1")
 CONSTRUCTS = ("k1_reward", "k2_loss", "k3_loss")
-TOL = 1e-9  # the registry's relative residual of float64 identities
+VIOLATION = 1e-10  # a real error of this size must fail the statement (beyond its slack)
 CHECK_TEST_BUCKET = Bucket(prompts=2, vocab=4, nodes=(1, 3, 4, 4))
 
 
@@ -56,7 +58,8 @@ def test_every_statement_holds_on_hypothesis_trees(raw, seed):
   tree = tree_from_dict(raw, SMALL_BUCKET).tree
   for name, v in ALL(tree, _theta(tree, seed)).items():
     if bool(v.applies):
-      assert float(v.margin) >= -TOL, (name, v)
+      assert float(v.margin) >= -float(v.slack), (name, v)
+      assert 0.0 <= float(v.slack) < VIOLATION / 4, (name, v)  # computed, and tight enough
 
 
 def test_depth_one_statements_see_the_difference_at_depth_two():
@@ -74,7 +77,7 @@ def test_depth_one_statements_see_the_difference_at_depth_two():
   out = ALL(tree, _theta(tree, 0))
   for name in ("k2_is_kl_gradient_at_depth_1", "k2_fixed_point_is_tilt_at_depth_1"):
     assert not bool(out[name].applies)
-    assert float(out[name].margin) < -1e3 * TOL, out[name]
+    assert float(out[name].margin) < -1e3 * VIOLATION, out[name]
   assert not bool(tokens.is_depth_one(tree))
 
 
@@ -112,3 +115,55 @@ def test_tree_statements_are_well_formed_and_deterministic():
   assert not np.array_equal(np.asarray(a.beta), np.asarray(c.beta))
   first = index_tree(a, 0)
   assert first.vocab_size == TREE_BUCKET.vocab and first.depth == len(TREE_BUCKET.nodes)
+
+
+def _one_tree():
+  raw = {"beta": 0.7, "vocab": ["<eos>", "a", "b", "c"], "eos": "<eos>", "max_length": 3,
+         "prompt_weights": [0.4, 0.6],
+         "prompts": [{"reference": {"sequences": [
+             {"tokens": ["<eos>"], "p": 0.2}, {"tokens": ["a", "<eos>"], "p": 0.2},
+             {"tokens": ["a", "b", "c"], "p": 0.3}, {"tokens": ["b", "a", "<eos>"], "p": 0.3}]},
+             "data": [{"tokens": ["a", "b", "c"]}, {"tokens": ["<eos>"]}],
+             "reward": {"rule": "final_answer", "answer": "c"}},
+             {"reference": {"sequences": [{"tokens": ["c", "<eos>"], "p": 0.5},
+                                          {"tokens": ["b", "b", "b"], "p": 0.5}]},
+              "data": [{"tokens": ["b", "b", "b"]}],
+              "reward": {"rule": "length_penalty", "base": 1.0, "per_token": 0.2}}]}
+  tree = tree_from_dict(raw, SMALL_BUCKET).tree
+  return tree, _theta(tree, 7)
+
+
+def _bump_first(a):
+  """a with VIOLATION added to its first finite entry of the last prompt (one term)."""
+  flat = a.reshape(-1)
+  i = jnp.argmax(jnp.isfinite(flat) & (flat != 0))
+  return flat.at[i].add(VIOLATION).reshape(a.shape)
+
+
+PERTURB = [  # (statement, module, function of one side, needs θ)
+    ("soft_value_is_log_partition", atomic_objectives, "log_partition", False),
+    ("bellman_policy_is_tilt", atomic_objectives, "gibbs_tilt", False),
+    ("token_sum_is_sequence_loss", tree_sft, "token_sum_loss", True),
+    ("k1_reward_is_kl_gradient", tree_kl, "reward_kl_field", True),
+    ("k3_value_is_kl", tree_kl, "expected_token_sum", True),
+]
+
+
+@pytest.mark.parametrize("name, module, side, with_theta", PERTURB)
+def test_a_violation_of_1e_10_in_one_term_fails(name, module, side, with_theta, monkeypatch):
+  """The computed slacks are tight enough: moving one term of one side by 1e-10 is caught,
+  while the unperturbed statement holds."""
+  tree, theta = _one_tree()
+  fn = getattr(tokens, name)
+  args = (tree, theta) if with_theta else (tree,)
+  clean = fn(*args)
+  assert float(clean.margin) >= -float(clean.slack)
+  original = getattr(module, side)
+
+  def bumped(*a, **k):
+    out = original(*a, **k)
+    return tuple(_bump_first(o) for o in out) if isinstance(out, tuple) else _bump_first(out)
+
+  monkeypatch.setattr(module, side, bumped)
+  v = fn(*args)
+  assert float(v.margin) < -float(v.slack), (name, v)

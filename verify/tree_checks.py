@@ -24,13 +24,12 @@ import numpy as np
 from ..theory.statements import tokens
 from ..theory.tree.instance import TreeInstance
 from ..theory.verdict import Verdict
-from .statement import Statement
+from .statement import Statement, holds_mask
 from .tree_families import TREE_BUCKET, sample_trees
 
 __all__ = ["TREE_STATEMENTS", "FLOW_SAMPLE", "FLOW_STEPS", "CHECK_BUCKET", "trees_for_batch",
-           "evaluate_trees"]
+           "evaluate_trees", "tree_margins", "looks_like_tree_file"]
 
-FLOW_TOL = 1e-8       # a flow stopped at residual 1e-11 lands this close in leaf probability
 FLOW_SAMPLE = 16
 FLOW_STEPS = 5_000
 FLOW_RESIDUAL = 1e-11
@@ -75,9 +74,13 @@ def _checker(fn, with_probe: bool):
   return check
 
 
+def _flow_fn(construct: str):
+  return functools.partial(tokens.flow_reaches_fixed_point, construct=construct,
+                           tol=FLOW_RESIDUAL, max_steps=FLOW_STEPS)
+
+
 def _flow_checker(construct: str):
-  fn = functools.partial(tokens.flow_reaches_fixed_point, construct=construct,
-                         tol=FLOW_RESIDUAL, max_steps=FLOW_STEPS, slack=FLOW_TOL)
+  fn = _flow_fn(construct)
 
   def check(batch, key) -> Verdict:
     trees, probes = trees_for_batch(batch, key)
@@ -92,7 +95,12 @@ def _flow_checker(construct: str):
   return check
 
 
+_UNBATCHED: dict = {}
+
+
 def _s(name, title, fn, with_probe, check=None):
+  if fn is not None:
+    _UNBATCHED[name] = fn if with_probe else (lambda tree, theta: fn(tree))
   return Statement(name=name, title=title, source="ours", expected="holds", kind="identity",
                    fn=None, uses_probe=with_probe,
                    check=check or _checker(fn, with_probe))
@@ -139,10 +147,48 @@ TREE_STATEMENTS: tuple[Statement, ...] = (
        _stationary("k3_loss"), False),
     _s("G4 k2_fixed_point_is_tilt_at_depth_1", "depth 1: the k2 fixed point is the Gibbs tilt",
        tokens.k2_fixed_point_is_tilt_at_depth_1, False),
-    _s("G4 k1_reward_flow", "the k1-in-reward flow stops at π*_β", None, False,
+    _s("G4 k1_reward_flow", "the k1-in-reward flow stops at π*_β", _flow_fn("k1_reward"), False,
        _flow_checker("k1_reward")),
-    _s("G4 k2_loss_flow", "the k2-in-loss flow stops at its closed form", None, False,
-       _flow_checker("k2_loss")),
-    _s("G4 k3_loss_flow", "the k3-in-loss flow stops at its closed form", None, False,
-       _flow_checker("k3_loss")),
+    _s("G4 k2_loss_flow", "the k2-in-loss flow stops at its closed form", _flow_fn("k2_loss"),
+       False, _flow_checker("k2_loss")),
+    _s("G4 k3_loss_flow", "the k3-in-loss flow stops at its closed form", _flow_fn("k3_loss"),
+       False, _flow_checker("k3_loss")),
 )
+
+
+def _unbatched(stmt: Statement):
+  """The unbatched ``fn(tree, θ)`` of a tree statement (flows included)."""
+  return _UNBATCHED[stmt.name]
+
+
+def _all_tree_verdicts(tree: TreeInstance, theta: tuple) -> list:
+  return [_unbatched(s)(tree, theta) for s in TREE_STATEMENTS]
+
+
+def tree_margins(tree: TreeInstance, seed: int = 0) -> dict:
+  """{statement: {"lhs", "rhs", "margin", "slack", "applies", "holds", ...}} of G1–G4 on one tree.
+
+  Statements on a policy use probe logits N(0, 1) (seeded); a non-finite value of an applicable
+  statement is a failure with a ``message``.
+  """
+  rng = np.random.default_rng(seed)
+  theta = tuple(jnp.asarray(rng.normal(0.0, 1.0, lv.reference.shape)) for lv in tree.levels)
+  verdicts = jax.jit(_all_tree_verdicts)(tree, theta)
+  out = {}
+  for s, v in zip(TREE_STATEMENTS, verdicts):
+    m, sl, applies = float(v.margin), float(v.slack), bool(v.applies)
+    row = {"lhs": float(v.lhs), "rhs": float(v.rhs), "margin": m, "slack": sl,
+           "applies": applies, "holds": None, "source": s.source, "expected": s.expected}
+    if applies:
+      row["holds"] = bool(holds_mask(s, np.asarray(m), np.asarray(sl)))
+      bad = [k for k in ("lhs", "rhs", "margin", "slack") if not np.isfinite(row[k])]
+      if bad:
+        row["holds"] = False
+        row["message"] = f"non-finite {', '.join(f'{k} = {row[k]}' for k in bad)}"
+    out[s.name] = row
+  return out
+
+
+def looks_like_tree_file(obj) -> bool:
+  """Whether a parsed JSON object is a tree file (a ``prompts`` list, no atomic ``data``)."""
+  return isinstance(obj, dict) and isinstance(obj.get("prompts"), list) and "data" not in obj

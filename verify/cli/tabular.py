@@ -20,6 +20,8 @@ from ..errors import InputError
 from ..provenance import provenance
 from ..registry import all_statements
 from ..reports import StagedOutput, check_output_dir, format_number, report_markdown
+from ..tree_checks import looks_like_tree_file, tree_margins
+from ..tree_io import read_tree
 from .console import cell, console, escape, print_json
 from .limits import load_instance, require_verify
 
@@ -138,7 +140,43 @@ def _nonfinite(q: dict) -> str | None:
   return None
 
 
+def _tree_file(path) -> dict | None:
+  """The parsed object when ``path`` is a regular, readable tree file (else None: the instance
+  reader then reports what is wrong)."""
+  p = Path(path)
+  try:
+    if not p.is_file() or p.stat().st_size > 256 * 2**20:
+      return None
+    obj = json.loads(p.read_text(encoding="utf-8"))
+  except (OSError, UnicodeDecodeError, ValueError):
+    return None
+  return obj if looks_like_tree_file(obj) else None
+
+
+def _run_check_tree(args) -> int:
+  """`check` on a tree file: G1–G4 (THEORY.md part G) with margins and slacks."""
+  tree = read_tree(args.file).tree
+  margins = tree_margins(tree)
+  if args.json:
+    print_json({"tree": {"beta": float(tree.beta), "depth": tree.depth},
+                "statements": margins, "provenance": provenance()}, indent=2)
+  else:
+    t = Table(title=escape(f"{args.file}: token tree, T = {tree.depth}, β = {float(tree.beta):g} "
+                           "(holds: margin ≥ −slack, the rounding bound)"))
+    for col in ("statement", "lhs", "rhs", "margin", "slack", "result"):
+      t.add_column(col, justify="right" if col in ("lhs", "rhs", "margin", "slack") else "left")
+    for name, m in margins.items():
+      result = ("n/a (hypothesis not met)" if not m["applies"] else
+                "[green]holds[/]" if m["holds"] else "[bold red]fails[/]")
+      t.add_row(escape(name), *(escape(cell(m[k], ".6g")) for k in ("lhs", "rhs", "margin",
+                                                                      "slack")), result)
+    console().print(t)
+  return 0 if all(m["holds"] is not False for m in margins.values()) else 1
+
+
 def run_check(args) -> int:
+  if _tree_file(args.file) is not None:
+    return _run_check_tree(args)
   inst, labels = load_instance(args)
   inst = _as_distributions(inst)
   q = {k: float(v) for k, v in jax.jit(check_quantities)(inst).items()}
