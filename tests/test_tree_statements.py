@@ -165,3 +165,16 @@ def test_a_violation_of_1e_10_in_one_term_fails(name, module, side, with_theta, 
   monkeypatch.setattr(module, side, bumped)
   v = fn(*args)
   assert float(v.margin) < -float(v.slack), (name, v)
+
+
+def test_every_exact_statement_holds_on_the_swept_trees():
+  """One sweep batch (every tree family, domain_beta included): each exact statement holds beyond
+  its slack on every tree, and its slacks are small enough to see a 1e-10 error on most."""
+  _, inst, _ = _batches()[0]
+  for stmt in TREE_STATEMENTS:
+    if stmt.name not in SEARCHABLE_TREE_STATEMENTS:
+      continue
+    v = stmt.check(inst, jax.random.PRNGKey(0))
+    applies = np.asarray(v.applies, bool)
+    assert np.all(holds_mask(stmt, np.asarray(v.margin), np.asarray(v.slack))[applies]), stmt.name
+    assert np.median(np.asarray(v.slack)[applies]) < VIOLATION / 4, stmt.name
