@@ -27,10 +27,11 @@ from ..theory.objectives import safe_log
 from .families import BUCKET, sample_all
 from .io import instance_to_dict
 from .registry import STATEMENTS, all_statements
-from .search import search_counterexample
+from .search import search_counterexample, search_tree_counterexample
 from .statement import Statement, failure_mask, holds_mask
 from .stored_programs import stored_jit
 from .sweep import evaluate_batch
+from .tree_checks import TREE_NAMES
 
 __all__ = ["StatementReport", "check_statement", "run_verify", "instance_margins"]
 
@@ -121,6 +122,10 @@ def check_statement(stmt: Statement, batches, search_examples: int, seed: int) -
     a = np.broadcast_to(np.asarray(out.applies, bool), m.shape)
     sl = np.broadcast_to(np.asarray(out.slack, np.float64), m.shape)
     bad = a & failure_mask(stmt, m, sl)
+    if first_failure is None and bad.any() and stmt.name in TREE_NAMES:
+      i = int(np.argmax(bad))  # a random tree: reproducible from the seed, family and index
+      first_failure = (fam, None, i, float(m[i]), float(np.asarray(out.lhs)[i]),
+                       float(np.asarray(out.rhs)[i]), float(sl[i]))
     if first_failure is None and bad.any():
       i = int(np.argmax(bad))
       first_failure = (fam, index(inst, i), index(probe, i), float(m[i]), float(
@@ -141,11 +146,21 @@ def check_statement(stmt: Statement, batches, search_examples: int, seed: int) -
   tight = _tightness(ratio, a & ok) if stmt.kind == "bound" else None
 
   found = None
+  tree = stmt.name in TREE_NAMES
   if stmt.fn is not None and search_examples > 0:
     found = search_counterexample(stmt, max_examples=search_examples, seed=seed)
+  elif tree and search_examples > 0:
+    found = search_tree_counterexample(stmt, max_examples=search_examples, seed=seed)
   counterexample, cx_source = None, None
-  if found is not None:
+  if found is not None and tree:
+    counterexample, cx_source = dict(found), "hypothesis"
+  elif found is not None:
     counterexample, cx_source = _counterexample_from_search(found), "hypothesis"
+  elif first_failure is not None and tree:
+    fam, _, i, mi, li, ri, si = first_failure
+    counterexample = {"random_tree": {"family": fam, "index": i, "seed": seed}, "lhs": li,
+                      "rhs": ri, "margin": mi, "slack": si}
+    cx_source = "sweep"
   elif first_failure is not None:
     fam, inst_i, probe_i, mi, li, ri, si = first_failure
     counterexample = {"instance": _raw_from_instance(inst_i), "lhs": li, "rhs": ri, "margin": mi,
@@ -159,7 +174,7 @@ def check_statement(stmt: Statement, batches, search_examples: int, seed: int) -
       failures=failures, worst_margin=worst, worst_margin_in_slacks=_worst_in_slacks(m, sl, a),
       nonfinite=int(np.sum(a & ~np.isfinite(m))),
       message=_message(stmt, m, a, np.concatenate(fams)), tightness=tight,
-      search_examples=search_examples if stmt.fn is not None else 0,
+      search_examples=search_examples if stmt.fn is not None or tree else 0,
       search_found=found is not None, counterexample=counterexample,
       counterexample_source=cx_source, seconds=time.perf_counter() - t0)
 

@@ -26,8 +26,10 @@ from .strategies import (
   pad_raw,
   probe_strategy_for,
 )
+from .tree_checks import SEARCHABLE_TREE_STATEMENTS, evaluate_tree_file
+from .tree_families import tree_strategy
 
-__all__ = ["search_counterexample", "evaluate_raw"]
+__all__ = ["search_counterexample", "evaluate_raw", "search_tree_counterexample"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -45,6 +47,42 @@ def _compiled(fn):
 def evaluate_raw(stmt: Statement, raw: dict, theta=None):
   """Verdict of a statement on one raw instance (+ probe logits), padded to SEARCH_SHAPE."""
   return _compiled(stmt.fn)(*pad_raw(raw, theta))
+
+
+def _settings(max_examples: int):
+  return settings(max_examples=max_examples, database=None, deadline=None, derandomize=False,
+                  suppress_health_check=list(HealthCheck), phases=[Phase.generate, Phase.shrink])
+
+
+def search_tree_counterexample(stmt: Statement, max_examples: int = 200,
+                               seed: int = 0) -> dict | None:
+  """Searches for a (shrunk) tree on which a token-level statement (G1–G4) fails.
+
+  Draws small tree files from :func:`.tree_families.tree_strategy` (every reward rule, both
+  reference forms) and a probe seed; every exact tree statement is evaluated at once per example
+  (:func:`.tree_checks.evaluate_tree_file`, one compile for all). Flow statements are not searched
+  (None).
+
+  Returns:
+    None when nothing was found, else {"tree": tree-file object, "probe_seed", "lhs", "rhs",
+    "margin", "slack"}.
+  """
+  drawn = st.tuples(tree_strategy(), st.integers(0, 2**32 - 1))
+
+  def fails(example) -> bool:
+    v = evaluate_tree_file(stmt.name, *example)
+    return v is not None and bool(v.applies) and not bool(
+        holds_mask(stmt, np.asarray(v.margin), np.asarray(v.slack)))
+
+  if stmt.name not in SEARCHABLE_TREE_STATEMENTS:
+    return None
+  try:
+    raw, probe_seed = find(drawn, fails, settings=_settings(max_examples), random=Random(seed))
+  except NoSuchExample:
+    return None
+  v = evaluate_tree_file(stmt.name, raw, probe_seed)
+  return {"tree": raw, "probe_seed": int(probe_seed), "lhs": float(v.lhs), "rhs": float(v.rhs),
+          "margin": float(v.margin), "slack": float(v.slack)}
 
 
 def search_counterexample(stmt: Statement, max_examples: int = 200, seed: int = 0,
@@ -74,11 +112,8 @@ def search_counterexample(stmt: Statement, max_examples: int = 200, seed: int = 
     v = evaluate_raw(stmt, raw, theta)
     return bool(v.applies) and not bool(holds_mask(stmt, np.asarray(v.margin), np.asarray(v.slack)))
 
-  config = settings(max_examples=max_examples, database=None, deadline=None, derandomize=False,
-                    suppress_health_check=list(HealthCheck),
-                    phases=[Phase.generate, Phase.shrink])
   try:
-    raw, theta = find(drawn, fails, settings=config, random=Random(seed))
+    raw, theta = find(drawn, fails, settings=_settings(max_examples), random=Random(seed))
   except NoSuchExample:
     return None
   v = evaluate_raw(stmt, raw, theta)

@@ -2,19 +2,27 @@
 
 :data:`TREE_STATEMENTS` is a tuple of :class:`~.statement.Statement` with batched ``check``
 functions, like :data:`~.registry.FLOW_STATEMENTS`: ``check(batch, key)`` receives the sweep's
-atomic batch (only its size is used) and the key, draws as many random trees from
-:mod:`.tree_families` (every family in equal parts, one bucket, deterministic in the key and the
-batch), evaluates the statement with jit + vmap (one compile per statement) and returns a
-:class:`~nondecoupling.theory.verdict.Verdict` of [B] arrays. Statements on a policy use probe
-logits N(0, 2²) drawn with the trees. The flow statements (G4) integrate a flow per tree, so they
-run on the first ``FLOW_SAMPLE`` trees of each batch (natural-gradient geometry) and report the
-others, and trees whose flow did not become stationary within ``FLOW_STEPS`` Euler steps (the k3
-flow is stiff for small β), as not applying.
+atomic batch (only its size is used) and the key, draws :func:`tree_count` random trees from
+:mod:`.tree_families` (``TREE_CHUNK`` × 1–``MAX_CHUNKS``; every family in equal parts, one
+bucket, deterministic in the key and the batch) and returns a
+:class:`~nondecoupling.theory.verdict.Verdict` of arrays over those trees. Every exact statement
+is evaluated at once, in one jit + vmap over chunks of ``TREE_CHUNK`` trees sharded over the
+devices (one compile for all of them), and the result is cached for the other statements' checks.
+Statements on a policy use probe logits N(0, 2²) drawn with the trees. The flow statements (G4)
+integrate a flow per tree, so they run on ``FLOW_SAMPLE`` trees spread over the batch's families
+(natural-gradient geometry); a tree whose flow did not become stationary within ``FLOW_STEPS``
+Euler steps (the k3 flow is stiff for small β), or whose first-order distance bound
+(:mod:`nondecoupling.theory.tree.stopping`) is not small, does not count.
+
+The search (:func:`evaluate_tree_file`) evaluates the exact statements on small tree files the
+same way, all at once, cached per (tree, probe seed). :func:`tree_margins` is what ``check``
+reports for a tree file.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import zlib
 
 import jax
@@ -24,16 +32,20 @@ import numpy as np
 from ..theory.statements import tokens
 from ..theory.tree.instance import TreeInstance
 from ..theory.verdict import Verdict
-from .statement import Statement
-from .tree_families import TREE_BUCKET, sample_trees
+from .statement import Statement, holds_mask
+from .sweep import shard_batch
+from .tree_families import SMALL_BUCKET, TREE_BUCKET, sample_trees
+from .tree_io import tree_from_dict
 
-__all__ = ["TREE_STATEMENTS", "FLOW_SAMPLE", "FLOW_STEPS", "CHECK_BUCKET", "trees_for_batch",
-           "evaluate_trees"]
+__all__ = ["TREE_STATEMENTS", "TREE_NAMES", "FLOW_SAMPLE", "FLOW_STEPS", "CHECK_BUCKET", "TREE_CHUNK",
+           "MAX_CHUNKS", "trees_for_batch", "tree_count", "evaluate_trees", "tree_margins",
+           "looks_like_tree_file", "evaluate_tree_file", "SEARCHABLE_TREE_STATEMENTS"]
 
-FLOW_TOL = 1e-8       # a flow stopped at residual 1e-11 lands this close in leaf probability
 FLOW_SAMPLE = 16
 FLOW_STEPS = 5_000
 FLOW_RESIDUAL = 1e-11
+TREE_CHUNK = 128  # trees per compiled call (one shape: every statement compiles once)
+MAX_CHUNKS = 3    # chunks per sweep batch: 6 families × 3 × 128 = 2304 trees in the default run
 
 
 CHECK_BUCKET = TREE_BUCKET  # the bucket every check draws its trees in
@@ -48,12 +60,20 @@ def _trees(n: int, seed: int, bucket) -> tuple[TreeInstance, tuple]:
   return trees, probes
 
 
+def tree_count(n_batch: int) -> int:
+  """Trees drawn for a sweep batch of n instances: TREE_CHUNK × clip(⌈n / TREE_CHUNK⌉, 1, MAX)."""
+  return TREE_CHUNK * min(MAX_CHUNKS, max(1, -(-int(n_batch) // TREE_CHUNK)))
+
+
+def _digest(batch, key) -> int:
+  return int(zlib.crc32(np.asarray(jax.random.key_data(key)).tobytes()
+                        + np.asarray(batch.beta, np.float64).tobytes()))
+
+
 def trees_for_batch(batch, key) -> tuple[TreeInstance, tuple]:
-  """As many random trees (and probe logits) as the batch has instances, deterministic in both."""
+  """:func:`tree_count` random trees (and probe logits) for a batch, deterministic in both."""
   n = int(np.asarray(batch.prompt_weights).shape[0])
-  digest = zlib.crc32(np.asarray(jax.random.key_data(key)).tobytes()
-                      + np.asarray(batch.beta, np.float64).tobytes())
-  return _trees(n, int(digest), CHECK_BUCKET)
+  return _trees(tree_count(n), _digest(batch, key), CHECK_BUCKET)
 
 
 @functools.lru_cache(maxsize=None)
@@ -68,34 +88,66 @@ def evaluate_trees(fn, trees: TreeInstance, probes: tuple, with_probe: bool) -> 
   return _compiled(fn, with_probe)(trees, probes)
 
 
-def _checker(fn, with_probe: bool):
+def _exact_verdicts(tree: TreeInstance, theta: tuple) -> Verdict:
+  """Every exact (non-flow) tree statement at once: a Verdict of [S] arrays (one compile)."""
+  vs = [_UNBATCHED[name](tree, theta) for name in _EXACT]
+  return Verdict(*(jnp.stack([jnp.asarray(getattr(v, f), jnp.float64) for v in vs])
+                   for f in Verdict._fields))
+
+
+_ALL_EXACT = jax.jit(jax.vmap(_exact_verdicts))
+
+
+@functools.lru_cache(maxsize=16)
+def _sweep_verdicts(n_trees: int, digest: int, bucket) -> dict:
+  """{name: Verdict of numpy [n_trees]} of every exact statement, in chunks sharded over devices."""
+  trees, probes = _trees(n_trees, digest, bucket)
+  parts = []
+  for lo in range(0, n_trees, TREE_CHUNK):
+    chunk = jax.tree.map(lambda a: a[lo:lo + TREE_CHUNK], (trees, probes))
+    placed, n = shard_batch(chunk)
+    out = _ALL_EXACT(*placed)
+    parts.append([np.asarray(a)[:n] for a in out])
+  cols = [np.concatenate([p[i] for p in parts]) for i in range(len(Verdict._fields))]
+  return {name: Verdict(*(c[:, j] for c in cols)) for j, name in enumerate(_EXACT)}
+
+
+def _checker(name: str):
   def check(batch, key) -> Verdict:
-    trees, probes = trees_for_batch(batch, key)
-    return evaluate_trees(fn, trees, probes, with_probe)
+    n = int(np.asarray(batch.prompt_weights).shape[0])
+    v = _sweep_verdicts(tree_count(n), _digest(batch, key), CHECK_BUCKET)[name]
+    return v._replace(applies=v.applies.astype(bool))
   return check
 
 
+def _flow_fn(construct: str):
+  return functools.partial(tokens.flow_reaches_fixed_point, construct=construct,
+                           tol=FLOW_RESIDUAL, max_steps=FLOW_STEPS)
+
+
 def _flow_checker(construct: str):
-  fn = functools.partial(tokens.flow_reaches_fixed_point, construct=construct,
-                         tol=FLOW_RESIDUAL, max_steps=FLOW_STEPS, slack=FLOW_TOL)
+  fn = _flow_fn(construct)
 
   def check(batch, key) -> Verdict:
     trees, probes = trees_for_batch(batch, key)
     n = trees.prompt_weights.shape[0]
-    k = min(n, FLOW_SAMPLE)
-    head = jax.tree.map(lambda a: a[:k], (trees, probes))
+    pick = np.unique(np.linspace(0, n - 1, min(n, FLOW_SAMPLE)).astype(int))  # every family
+    head = jax.tree.map(lambda a: a[pick], (trees, probes))
     v = evaluate_trees(fn, *head, with_probe=False)
-    pad = lambda a, fill: jnp.concatenate([a, jnp.full((n - k,), fill, jnp.asarray(a).dtype)])
-    return Verdict(pad(v.lhs, jnp.nan), pad(v.rhs, jnp.nan), pad(v.margin, jnp.nan),
-                   pad(jnp.asarray(v.applies, bool), False), pad(v.ratio, jnp.nan),
-                   pad(jnp.broadcast_to(v.slack, v.margin.shape), 0.0))
+    return Verdict(*(np.asarray(a) for a in v))._replace(applies=np.asarray(v.applies, bool))
   return check
 
 
+_UNBATCHED: dict = {}  # name -> unbatched fn(tree, θ)
+_EXACT: list = []      # names of the exact statements, in order (evaluated together)
+
+
 def _s(name, title, fn, with_probe, check=None):
+  _UNBATCHED[name] = fn if with_probe else (lambda tree, theta: fn(tree))
+  if check is None:
+    _EXACT.append(name)
   return Statement(name=name, title=title, source="ours", expected="holds", kind="identity",
-                   fn=None, uses_probe=with_probe,
-                   check=check or _checker(fn, with_probe))
+                   fn=None, uses_probe=with_probe, check=check or _checker(name))
 
 
 def _stationary(construct):
@@ -139,10 +191,71 @@ TREE_STATEMENTS: tuple[Statement, ...] = (
        _stationary("k3_loss"), False),
     _s("G4 k2_fixed_point_is_tilt_at_depth_1", "depth 1: the k2 fixed point is the Gibbs tilt",
        tokens.k2_fixed_point_is_tilt_at_depth_1, False),
-    _s("G4 k1_reward_flow", "the k1-in-reward flow stops at π*_β", None, False,
+    _s("G4 k1_reward_flow", "the k1-in-reward flow stops at π*_β", _flow_fn("k1_reward"), False,
        _flow_checker("k1_reward")),
-    _s("G4 k2_loss_flow", "the k2-in-loss flow stops at its closed form", None, False,
-       _flow_checker("k2_loss")),
-    _s("G4 k3_loss_flow", "the k3-in-loss flow stops at its closed form", None, False,
-       _flow_checker("k3_loss")),
+    _s("G4 k2_loss_flow", "the k2-in-loss flow stops at its closed form", _flow_fn("k2_loss"),
+       False, _flow_checker("k2_loss")),
+    _s("G4 k3_loss_flow", "the k3-in-loss flow stops at its closed form", _flow_fn("k3_loss"),
+       False, _flow_checker("k3_loss")),
 )
+
+
+TREE_NAMES = frozenset(s.name for s in TREE_STATEMENTS)
+SEARCHABLE_TREE_STATEMENTS = frozenset(_EXACT)  # the flows are not searched
+
+
+def _all_tree_verdicts(tree: TreeInstance, theta: tuple) -> list:
+  return [_UNBATCHED[s.name](tree, theta) for s in TREE_STATEMENTS]
+
+
+_ALL_SMALL = jax.jit(_exact_verdicts)
+
+
+@functools.lru_cache(maxsize=4096)
+def _small_verdicts(text: str, seed: int):
+  raw = json.loads(text)
+  tree = tree_from_dict(raw, SMALL_BUCKET).tree
+  rng = np.random.default_rng(seed)
+  theta = tuple(jnp.asarray(rng.normal(0.0, 2.0, lv.reference.shape)) for lv in tree.levels)
+  return Verdict(*(np.asarray(a) for a in _ALL_SMALL(tree, theta)))
+
+
+def evaluate_tree_file(name: str, raw: dict, seed: int) -> Verdict | None:
+  """Verdict of the exact tree statement ``name`` on a tree-file object (padded to
+  :data:`~.tree_families.SMALL_BUCKET`, probe logits N(0, 2²) from ``seed``); None for the flow
+  statements. Every exact statement is evaluated at once and cached per (object, seed), so the
+  searches of all statements share one compile and their evaluations."""
+  if name not in _EXACT:
+    return None
+  v = _small_verdicts(json.dumps(raw, sort_keys=True), int(seed))
+  j = _EXACT.index(name)
+  return Verdict(*(a[j] for a in v))._replace(applies=bool(v.applies[j]))
+
+
+def tree_margins(tree: TreeInstance, seed: int = 0) -> dict:
+  """{statement: {"lhs", "rhs", "margin", "slack", "applies", "holds", ...}} of G1–G4 on one tree.
+
+  Statements on a policy use probe logits N(0, 1) (seeded); a non-finite value of an applicable
+  statement is a failure with a ``message``.
+  """
+  rng = np.random.default_rng(seed)
+  theta = tuple(jnp.asarray(rng.normal(0.0, 1.0, lv.reference.shape)) for lv in tree.levels)
+  verdicts = jax.jit(_all_tree_verdicts)(tree, theta)
+  out = {}
+  for s, v in zip(TREE_STATEMENTS, verdicts):
+    m, sl, applies = float(v.margin), float(v.slack), bool(v.applies)
+    row = {"lhs": float(v.lhs), "rhs": float(v.rhs), "margin": m, "slack": sl,
+           "applies": applies, "holds": None, "source": s.source, "expected": s.expected}
+    if applies:
+      row["holds"] = bool(holds_mask(s, np.asarray(m), np.asarray(sl)))
+      bad = [k for k in ("lhs", "rhs", "margin", "slack") if not np.isfinite(row[k])]
+      if bad:
+        row["holds"] = False
+        row["message"] = f"non-finite {', '.join(f'{k} = {row[k]}' for k in bad)}"
+    out[s.name] = row
+  return out
+
+
+def looks_like_tree_file(obj) -> bool:
+  """Whether a parsed JSON object is a tree file (a ``prompts`` list, no atomic ``data``)."""
+  return isinstance(obj, dict) and isinstance(obj.get("prompts"), list) and "data" not in obj

@@ -14,6 +14,8 @@ a level's bucket are dropped (the cap keeps trees of depth 6 small). Families di
   length      r = c₀ − c|y| (a length penalty), depth ≥ 2, β in [0.1, 10]
   small_beta  r ∈ U[−1, 1], β in [0.01, 0.1] (sharp tilts, |r|/β up to 100)
   large_beta  r ∈ U[−1, 1], β in [10, 1000]
+  domain_beta r ∈ U[−1, 1], β log-uniform in [1e−4, 1e4] (the valid domain's β range, cut where
+              |r|/β would exceed 1e4: the soft values stay far inside |r|/β ≤ 1e6)
   dense       every token kept (complete trees up to the bucket), r ∈ U[−1, 1], β in [0.1, 10]
 
 :func:`complete_tree` builds the complete tree (every token at every node) of a given k and T, the
@@ -163,6 +165,7 @@ TREE_FAMILIES: dict[str, Callable] = {
                                              depth=rng.integers(2, len(b.nodes) + 1, n)),
     "small_beta": lambda rng, n, b: random_trees(rng, n, b, beta_range=(0.01, 0.1)),
     "large_beta": lambda rng, n, b: random_trees(rng, n, b, beta_range=(10.0, 1000.0)),
+    "domain_beta": lambda rng, n, b: random_trees(rng, n, b, beta_range=(1e-4, 1e4)),
     "dense": lambda rng, n, b: random_trees(rng, n, b, keep_range=(1.0, 1.0), eos_absent=0.0),
 }
 

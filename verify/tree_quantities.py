@@ -7,29 +7,26 @@ a depth-1 tree gives the atomic instance's values. Beside them: the soft Bellman
 token-mean SFT optimum and its excess (G2), expected lengths, and the SFT loss, reward, J_β and
 frontier regret of the three KL-construct fixed points (G4) with their expected length.
 
-Margins (:func:`tree_margins`): every statement of :data:`~.tree_checks.TREE_STATEMENTS` on this
-one tree; statements on a policy are evaluated at θ = the logits of π*_β (the token-level RL
-optimum). A statement holds iff margin ≥ −slack.
+Margins: :func:`~.tree_checks.tree_margins` (re-exported here), every statement of
+:data:`~.tree_checks.TREE_STATEMENTS` on this one tree; statements on a policy are evaluated at
+seeded probe logits N(0, 1). A statement holds iff margin ≥ −slack.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ..theory import objectives as atomic
-from ..theory.statements import tokens
 from ..theory.tree import bellman, fixed_points, objectives as tree_obj, sft
 from ..theory.tree.atomic import leaf_instance
 from ..theory.tree.fields import expected_to_go
 from ..theory.tree.instance import TreeInstance
-from ..theory.tree.policy import Levels, leaf_lengths, logits_of, reference_log_probs
-from .tree_checks import FLOW_RESIDUAL, FLOW_STEPS, FLOW_TOL
+from ..theory.tree.policy import Levels, leaf_lengths, reference_log_probs
+from .tree_checks import tree_margins
 
 __all__ = ["TREE_QUANTITY_DOCS", "FIXED_POINT_FIELDS", "tree_quantities", "tree_margins",
            "expected_length", "tree_shape"]
@@ -56,7 +53,6 @@ TREE_QUANTITY_DOCS = {
 }
 FIXED_POINT_FIELDS = ("sft_loss", "reward", "regularized_reward", "regret", "kl_to_optimum",
                       "expected_length")
-_PROBE = "logits of π*_β"
 
 
 def expected_length(tree: TreeInstance, log_pi: Levels) -> jax.Array:
@@ -120,67 +116,6 @@ def tree_quantities(tree: TreeInstance) -> tuple[dict, dict]:
   q, fixed = _quantities(tree)
   return ({k: float(q[k]) for k in TREE_QUANTITY_DOCS},
           {c: {k: float(v) for k, v in row.items()} for c, row in fixed.items()})
-
-
-def _statements() -> tuple:
-  """(name, fn(tree, θ)) for every token-level statement, names as in TREE_STATEMENTS."""
-  probe = lambda f: f
-  plain = lambda f: (lambda tree, theta: f(tree))
-  stat = lambda c: plain(functools.partial(tokens.fixed_point_stationary, construct=c))
-  flow = lambda c: plain(functools.partial(tokens.flow_reaches_fixed_point, construct=c,
-                                           tol=FLOW_RESIDUAL, max_steps=FLOW_STEPS,
-                                           slack=FLOW_TOL))
-  return (
-      ("G1 soft_value_is_log_partition", plain(tokens.soft_value_is_log_partition)),
-      ("G1 bellman_policy_is_tilt", plain(tokens.bellman_policy_is_tilt)),
-      ("G2 token_sum_is_sequence_loss", probe(tokens.token_sum_is_sequence_loss)),
-      ("G2 token_sum_gradient", probe(tokens.token_sum_gradient)),
-      ("G2 token_mean_optimum", plain(tokens.token_mean_optimum)),
-      ("G2 token_mean_stationary", plain(tokens.token_mean_stationary)),
-      ("G2 token_mean_excess", plain(tokens.token_mean_excess)),
-      ("G3 k1_reward_is_kl_gradient", probe(tokens.k1_reward_is_kl_gradient)),
-      ("G3 k1_loss_has_no_gradient", probe(tokens.k1_loss_has_no_gradient)),
-      ("G3 k2_loss_is_node_kl_gradient", probe(tokens.k2_loss_is_node_kl_gradient)),
-      ("G3 k2_misses_later_reach_terms", probe(tokens.k2_misses_later_reach_terms)),
-      ("G3 k2_is_kl_gradient_at_depth_1", probe(tokens.k2_is_kl_gradient_at_depth_1)),
-      ("G3 k3_loss_is_forward_kl", probe(tokens.k3_loss_is_forward_kl)),
-      ("G3 k3_clamped_loss_field", probe(tokens.k3_clamped_loss_field)),
-      ("G3 k3_value_is_kl", probe(tokens.k3_value_is_kl)),
-      ("G4 k1_reward_fixed_point", stat("k1_reward")),
-      ("G4 k2_loss_fixed_point", stat("k2_loss")),
-      ("G4 k3_loss_fixed_point", stat("k3_loss")),
-      ("G4 k2_fixed_point_is_tilt_at_depth_1", plain(tokens.k2_fixed_point_is_tilt_at_depth_1)),
-      ("G4 k1_reward_flow", flow("k1_reward")),
-      ("G4 k2_loss_flow", flow("k2_loss")),
-      ("G4 k3_loss_flow", flow("k3_loss")),
-  )
-
-
-STATEMENTS = _statements()
-
-
-@jax.jit
-def _verdicts(tree: TreeInstance):
-  theta = logits_of(tree, bellman.optimal_policy(tree))
-  return tuple(fn(tree, theta) for _, fn in STATEMENTS)
-
-
-def tree_margins(tree: TreeInstance) -> dict:
-  """{statement: {"lhs", "rhs", "margin", "slack", "applies", "holds", "source", "expected",
-  "probe"}}; a non-finite side of an applicable statement is a failure with a ``message``."""
-  out = {}
-  for (name, _), v in zip(STATEMENTS, _verdicts(tree)):
-    m, sl, applies = float(v.margin), float(v.slack), bool(v.applies)
-    row = {"lhs": float(v.lhs), "rhs": float(v.rhs), "margin": m, "slack": sl,
-           "applies": applies, "holds": None, "source": "ours", "expected": "holds",
-           "probe": _PROBE}
-    if applies:
-      bad = [k for k in ("lhs", "rhs", "margin", "slack") if not math.isfinite(row[k])]
-      row["holds"] = not bad and m >= -sl
-      if bad:
-        row["message"] = f"non-finite {', '.join(f'{k} = {row[k]}' for k in bad)}"
-    out[name] = row
-  return out
 
 
 def tree_shape(tree: TreeInstance) -> dict:

@@ -23,13 +23,21 @@ from ..bridge.demo import DEMO_NOTICE, run_demo
 from ..bridge.experiment import ExperimentSettings, run_model_experiment
 from ..bridge.extract import extract_file
 from ..bridge.scoring import score_candidates
+from ..bridge.tree_extract import extract_tree
 from ..provenance import provenance
-from ..reports import StagedOutput, check_output_dir, check_output_file, scratch_dir
+from ..reports import (
+  StagedOutput,
+  atomic_write_json,
+  check_output_dir,
+  check_output_file,
+  scratch_dir,
+)
 from .bridge_limits import cola_prompts, require_bridge
 from .console import console, escape, print_json
 from .limits import limits
 
-__all__ = ["run_score", "run_extract", "run_experiment", "run_demo_command", "write_experiment"]
+__all__ = ["run_score", "run_extract", "run_extract_tree", "run_experiment", "run_demo_command",
+           "write_experiment"]
 
 
 class _Progress:
@@ -105,6 +113,24 @@ def _print_extract(obj) -> None:
   console().print(t)
   console().print("C₁ = 0: the reward is +1 on every gold label, so Theorem 3.1 predicts no "
                   "SFT-loss rise from exact RL after exact SFT.")
+
+
+def run_extract_tree(args) -> int:
+  """`bridge extract-tree`: the top-k token tree of a prompt as a tree file (or on stdout)."""
+  if args.out is not None:
+    check_output_file(args.out)
+  require_bridge(args, args.model, [args.prompt], ["x"], args.chat, jax.local_device_count())
+  weights, tok = load_model(args.model, args.dtype)
+  obj = extract_tree(weights, tok, args.prompt, args.top_k, args.depth, args.reward,
+                     beta=args.beta, demo=args.demo, answer=args.answer, correct=args.correct,
+                     incorrect=args.incorrect, base=args.base, per_token=args.per_token,
+                     chat=args.chat, allow_large=args.allow_large,
+                     batch_size=max(args.batch_size, 1))
+  if args.out is None:
+    print_json(obj)
+  else:
+    atomic_write_json(args.out, obj)
+  return 0
 
 
 def _settings(args):

@@ -298,6 +298,35 @@ def _add_bridge(sub) -> None:
   _resource_limits(q)
   q.set_defaults(handler="bridge:run_experiment")
 
+  q = bsub.add_parser("extract-tree", help="a token tree (top-k per node) from a prompt -> tree file",
+                      description="At each node the model's top-k next tokens plus one <other> "
+                                  "token that ends the sequence (the remaining mass), "
+                                  "renormalised, as the reference; the top-k children are "
+                                  "expanded to depth D (one batched forward per level). SFT data "
+                                  "= --demo (or the greedy path); reward = a named rule. Writes a "
+                                  "tree file for `check` (G1-G4 on real logits).")
+  _model_args(q)
+  q.add_argument("--prompt", required=True, help="prompt text")
+  q.add_argument("--top-k", type=positive_int, required=True, help="tokens kept per node (k)")
+  q.add_argument("--depth", type=positive_int, required=True, help="maximum response length D")
+  q.add_argument("--reward", required=True, choices=("exact_match", "final_answer",
+                                                      "length_penalty"),
+                 help="reward rule (exact_match needs --demo, final_answer --answer)")
+  q.add_argument("--demo", default=None, help="demonstration text (SFT data; default greedy)")
+  q.add_argument("--answer", default=None, help="final_answer: the answer (one token)")
+  q.add_argument("--correct", type=float, default=1.0, help="reward when right (default 1)")
+  q.add_argument("--incorrect", type=float, default=0.0, help="reward when wrong (default 0)")
+  q.add_argument("--base", type=float, default=0.0, help="length_penalty: base (default 0)")
+  q.add_argument("--per-token", type=float, default=0.1,
+                 help="length_penalty: per-token cost (default 0.1)")
+  q.add_argument("--beta", type=positive_float, default=1.0, help="KL coefficient (default 1)")
+  q.add_argument("--chat", action="store_true", help="render the prompt as a ChatML user turn")
+  q.add_argument("--allow-large", action="store_true",
+                 help="allow over 64 distinct tokens or depth over 12")
+  q.add_argument("--out", default=None, help="tree JSON file to write (default: stdout)")
+  _resource_limits(q)
+  q.set_defaults(handler="bridge:run_extract_tree")
+
   q = bsub.add_parser("demo", help="score, extract and experiment on a small random Qwen3",
                       description="Builds a small random Qwen3 deterministically (no network, no "
                                   "torch) and runs score, extract and experiment on the built-in "

@@ -1,0 +1,113 @@
+"""`bridge extract-tree`: a token tree from real (random-weight) Qwen3 logits, checked against
+transformers' Qwen3ForCausalLM (the independent reference), then G1–G4 on it with `check`.
+
+The checkpoint is a tiny random transformers model (tests/test_bridge_forward.py builds it) with a
+word-level tokenizer. Reference rows are float32 probabilities: TOL[float32].
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+if os.environ.get("CI", "").lower() == "true":
+  import torch  # noqa: F401  (in CI a missing reference is a failure, not a skip)
+else:
+  torch = pytest.importorskip("torch")
+  pytest.importorskip("transformers")
+
+from conftest import TOL  # noqa: E402
+from test_bridge_forward import make_hf_checkpoint  # noqa: E402
+
+from nondecoupling.verify.bridge.tokenizer import build_word_tokenizer, encode  # noqa: E402
+from nondecoupling.verify.cli import main  # noqa: E402
+
+WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran", "is", "it", "yes", "no", "?", "."]
+PROMPT = "is the cat on the mat ?"
+TOP_K, DEPTH = 3, 3
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+  d = tmp_path_factory.mktemp("hf_tree")
+  tok = build_word_tokenizer(WORDS, d / "tokenizer.json")
+  n = tok.get_vocab_size(with_added_tokens=True)
+  hf = make_hf_checkpoint(d, vocab=-(-n // 8) * 8, hidden=32, heads=4, kv_heads=2, head_dim=8,
+                          seed=3)
+  return d, tok, hf
+
+
+def run(argv, capsys):
+  rc = main([str(a) for a in argv])
+  out, err = capsys.readouterr()
+  return rc, out, err
+
+
+def _hf_row(hf, ids, k):
+  """(top-k ids, [k + 1] renormalised top-k probabilities and the rest) from transformers."""
+  with torch.no_grad():
+    logits = hf(torch.tensor([ids])).logits[0, -1].double().numpy()
+  p = np.exp(logits - logits.max())
+  p /= p.sum()
+  top = np.argsort(-p, kind="stable")[:k]
+  row = np.append(p[top], p.sum() - p[top].sum())
+  return top, row / row.sum()
+
+
+def test_extract_tree_matches_transformers_and_check_holds(model, tmp_path, capsys):
+  d, tok, hf = model
+  out = tmp_path / "tree.json"
+  rc, stdout, err = run(["bridge", "extract-tree", "--model", d, "--prompt", PROMPT, "--top-k",
+                         TOP_K, "--depth", DEPTH, "--reward", "exact_match", "--demo", "yes .",
+                         "--beta", "0.5", "--out", out], capsys)
+  assert rc == 0, err
+  obj = json.loads(out.read_text())
+  assert obj["eos"] == obj["vocab"][0] and obj["max_length"] == DEPTH
+  nodes = obj["prompts"][0]["reference"]["nodes"]
+  assert len(nodes) == sum(TOP_K ** t for t in range(DEPTH))  # every top-k prefix expanded
+  rtol, atol = TOL[np.dtype(np.float32)]
+  ids_of = {tok.id_to_token(i): i for i in range(tok.get_vocab_size(with_added_tokens=True))}
+  prompt = encode(tok, PROMPT)
+  for node in nodes:
+    prefix = [ids_of[t] for t in node["prefix"]]
+    top, row = _hf_row(hf, prompt + prefix, TOP_K)
+    names = [tok.id_to_token(int(i)) for i in top] + [obj["eos"]]
+    got = np.array([node["probs"].get(n, 0.0) for n in names])
+    np.testing.assert_allclose(got, row, rtol=rtol, atol=atol, err_msg=str(node["prefix"]))
+    assert set(node["probs"]) == set(names)
+  rc, stdout, err = run(["check", out, "--json"], capsys)
+  assert rc == 0, err
+  statements = json.loads(stdout)["statements"]
+  assert {name.split()[0] for name in statements} == {"G1", "G2", "G3", "G4"}
+  exact = [m for name, m in statements.items() if "flow" not in name]
+  assert all(m["holds"] for m in exact if m["applies"]), statements
+  assert sum(m["applies"] for m in exact) >= 15
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--top-k", "64"], "--top-k 64"),
+    (["--depth", "13"], "--depth 13"),
+    (["--reward", "exact_match"], "needs --demo"),
+    (["--reward", "final_answer", "--answer", "the cat"], "must be one token"),
+])
+def test_extract_tree_bad_input_is_one_line(argv, fragment, model, tmp_path, capsys):
+  d, _, _ = model
+  base = {"--model": str(d), "--prompt": PROMPT, "--top-k": "2", "--depth": "2",
+          "--reward": "length_penalty", "--out": str(tmp_path / "t.json")}
+  for flag, value in zip(argv[::2], argv[1::2]):
+    base[flag] = value
+  rc, out, err = run(["bridge", "extract-tree", *[x for kv in base.items() for x in kv]], capsys)
+  assert rc == 2 and out == "", err
+  lines = err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err
+  assert not (tmp_path / "t.json").exists()
+
+
+def test_extract_tree_missing_model_is_one_line(tmp_path, capsys):
+  rc, out, err = run(["bridge", "extract-tree", "--model", tmp_path / "absent", "--prompt", "x",
+                      "--top-k", "2", "--depth", "2", "--reward", "length_penalty"], capsys)
+  assert rc == 2 and out == ""
+  assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
