@@ -32,6 +32,7 @@ from .statement import Statement, failure_mask, holds_mask
 from .stored_programs import stored_jit
 from .sweep import evaluate_batch
 from .tree_checks import TREE_NAMES
+from .tree_group_checks import TREE_GROUP_STATEMENTS
 
 __all__ = ["StatementReport", "check_statement", "run_verify", "instance_margins"]
 
@@ -68,6 +69,9 @@ class StatementReport:
     out["as_expected"] = self.as_expected
     return out
 
+
+# Statements checked on random trees (reported by family, index and seed, not by instance).
+_TOKEN_LEVEL = TREE_NAMES | frozenset(s.name for s in TREE_GROUP_STATEMENTS)
 
 def _tightness(ratio: np.ndarray, ok: np.ndarray) -> float | None:
   """max over instances of the bound's used fraction (1 = the bound is attained)."""
@@ -122,7 +126,7 @@ def check_statement(stmt: Statement, batches, search_examples: int, seed: int) -
     a = np.broadcast_to(np.asarray(out.applies, bool), m.shape)
     sl = np.broadcast_to(np.asarray(out.slack, np.float64), m.shape)
     bad = a & failure_mask(stmt, m, sl)
-    if first_failure is None and bad.any() and stmt.name in TREE_NAMES:
+    if first_failure is None and bad.any() and stmt.name in _TOKEN_LEVEL:
       i = int(np.argmax(bad))  # a random tree: reproducible from the seed, family and index
       first_failure = (fam, None, i, float(m[i]), float(np.asarray(out.lhs)[i]),
                        float(np.asarray(out.rhs)[i]), float(sl[i]))
@@ -146,7 +150,7 @@ def check_statement(stmt: Statement, batches, search_examples: int, seed: int) -
   tight = _tightness(ratio, a & ok) if stmt.kind == "bound" else None
 
   found = None
-  tree = stmt.name in TREE_NAMES
+  tree = stmt.name in _TOKEN_LEVEL
   if stmt.fn is not None and search_examples > 0:
     found = search_counterexample(stmt, max_examples=search_examples, seed=seed)
   elif tree and search_examples > 0:

@@ -27,6 +27,7 @@ from ..theory.statements.identities import clip_logits
 from . import flow_checks
 from .statement import Statement
 from .tree_checks import TREE_STATEMENTS
+from .tree_group_checks import TREE_GROUP_STATEMENTS
 
 __all__ = ["STATEMENTS", "FLOW_STATEMENTS", "all_statements", "statement_by_name",
            "policy_from_logits"]
@@ -148,8 +149,9 @@ FLOW_STATEMENTS: tuple[Statement, ...] = (
 
 def all_statements() -> tuple[Statement, ...]:
   """Every statement: the exact ones, those on flows (D2 on flows, D5-D7), then the token level
-  (G1–G4 on random trees, :mod:`.tree_checks`)."""
-  return STATEMENTS + FLOW_STATEMENTS + TREE_STATEMENTS
+  (G1–G4 on random trees, :mod:`.tree_checks`; G5 on small group trees,
+  :mod:`.tree_group_checks`)."""
+  return STATEMENTS + FLOW_STATEMENTS + TREE_STATEMENTS + TREE_GROUP_STATEMENTS
 
 
 def statement_by_name(name: str) -> Statement:
