@@ -246,9 +246,10 @@ def index(batch: Instance, i: Any) -> Instance:
 def with_reference(instance: Instance, reference: jax.Array) -> Instance:
   """The instance with reference policy ``reference`` [X, Y] (e.g. the policy a phase starts from).
 
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> with_reference(inst, jnp.asarray([[0.2, 0.8]])).reference.tolist()
-  [[0.2, 0.8]]
+  Examples:
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> with_reference(inst, jnp.asarray([[0.2, 0.8]])).reference.tolist()
+    [[0.2, 0.8]]
   """
   return dataclasses.replace(instance, reference=jnp.asarray(reference, instance.data.dtype))
 
@@ -259,8 +260,9 @@ def rl_stage_after_sft(instance: Instance) -> Instance:
   This is the setting of Theorem 3.1 (arXiv 2601.07389): exact SFT reaches π = d, then RL is
   regularised towards it.
 
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.9, 0.1]])
-  >>> rl_stage_after_sft(inst).reference.tolist()
-  [[0.5, 0.5]]
+  Examples:
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.9, 0.1]])
+    >>> rl_stage_after_sft(inst).reference.tolist()
+    [[0.5, 0.5]]
   """
   return dataclasses.replace(instance, reference=instance.data)

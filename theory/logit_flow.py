@@ -67,10 +67,11 @@ def integrate(field, y0, ts, args, *, t0=0.0, rtol=1e-8, atol=1e-10, max_steps=D
     (ys with a leading [T] axis, NaN at saves not reached; ok: [] bool, True when the solver
     reached ts[-1]).
 
-  >>> import jax.numpy as jnp
-  >>> ys, ok = integrate(lambda y, a: a * y, jnp.ones(1), jnp.array([1.0]), -1.0)
-  >>> round(float(ys[0, 0]), 8), bool(ok)
-  (0.36787944, True)
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> ys, ok = integrate(lambda y, a: a * y, jnp.ones(1), jnp.array([1.0]), -1.0)
+    >>> round(float(ys[0, 0]), 8), bool(ok)
+    (0.36787944, True)
   """
   kw = dict(t0=t0, rtol=rtol, atol=atol, max_steps=max_steps)
   if linearisation is None:
@@ -215,12 +216,13 @@ def flow_solution(inst: Instance, ts: jax.Array, sft_weight, rl_weight,
   Returns:
     :class:`FlowSolution`.
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1e6)  # stiff: β = 1e6
-  >>> sol = flow_solution(inst, jnp.array([10.0]), 0.0, 1.0)
-  >>> bool(sol.ok), bool(sol.stiff), int(sol.accepted) < 200
-  (True, True, True)
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1e6)  # stiff: β = 1e6
+    >>> sol = flow_solution(inst, jnp.array([10.0]), 0.0, 1.0)
+    >>> bool(sol.ok), bool(sol.stiff), int(sol.accepted) < 200
+    (True, True, True)
   """
   last = np.asarray(ts)[-1:] if _is_concrete(ts) else ts  # only the end of the flow counts
   method = resolve_method(method, inst, last, sft_weight, rl_weight)
@@ -258,13 +260,14 @@ def flow(inst: Instance, ts: jax.Array, sft_weight, rl_weight, theta0: jax.Array
   Returns:
     (thetas [T, X, Y], ok []).
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> from nondecoupling.theory.objectives import policy_log_probs
-  >>> th, ok = flow(inst, jnp.array([200.0]), 0.0, 1.0)
-  >>> round(float(jnp.exp(policy_log_probs(inst, th[-1]))[0, 1]), 4)  # → π*_β
-  0.7311
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> from nondecoupling.theory.objectives import policy_log_probs
+    >>> th, ok = flow(inst, jnp.array([200.0]), 0.0, 1.0)
+    >>> round(float(jnp.exp(policy_log_probs(inst, th[-1]))[0, 1]), 4)  # → π*_β
+    0.7311
   """
   sol = flow_solution(inst, ts, sft_weight, rl_weight, theta0, rtol=rtol, atol=atol,
                       max_steps=max_steps, method=method)

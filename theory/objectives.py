@@ -98,10 +98,11 @@ def kl_rows(log_p: jax.Array, log_q: jax.Array) -> jax.Array:
   Returns:
     [X] per-prompt KL divergences (nats).
 
-  >>> import jax.numpy as jnp
-  >>> p, q = jnp.log(jnp.array([[0.5, 0.5]])), jnp.log(jnp.array([[0.5 + 1e-9, 0.5 - 1e-9]]))
-  >>> f"{float(kl_rows(p, q)[0]):.4e}"  # 2 (1e-9)²: the literal sum would give rounding noise
-  '2.0000e-18'
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> p, q = jnp.log(jnp.array([[0.5, 0.5]])), jnp.log(jnp.array([[0.5 + 1e-9, 0.5 - 1e-9]]))
+    >>> f"{float(kl_rows(p, q)[0]):.4e}"  # 2 (1e-9)²: the literal sum would give rounding noise
+    '2.0000e-18'
   """
   p = jnp.exp(log_p)
   pos = p > 0
@@ -124,11 +125,12 @@ def sft_loss(inst: Instance, log_pi: jax.Array) -> jax.Array:
   Returns:
     [] the loss in nats (+inf if π misses part of supp d).
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> round(float(sft_loss(inst, jnp.log(inst.data))), 6)  # = log 2
-  0.693147
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> round(float(sft_loss(inst, jnp.log(inst.data))), 6)  # = log 2
+    0.693147
 
   References: arXiv 2601.07389, Lemma 1 (expectation form).
   """
@@ -169,10 +171,11 @@ def gibbs(inst: Instance) -> Tilt:
 def log_partition(inst: Instance, t: Tilt | None = None) -> jax.Array:
   r"""[X] log Z_β(x) = log sum_y ρ(y|x) exp(r(x,y)/β) = E_ρ r/β + K_x (no overflow for tiny β).
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> round(float(log_partition(inst)[0]), 6)  # log((1 + e)/2)
-  0.620115
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> round(float(log_partition(inst)[0]), 6)  # log((1 + e)/2)
+    0.620115
   """
   t = gibbs(inst) if t is None else t
   return t.mean / inst.beta + (t.gap + t.shift)
@@ -194,11 +197,12 @@ def gibbs_tilt(inst: Instance, t: Tilt | None = None) -> jax.Array:
   Returns:
     [X, Y] log-probabilities (-inf where ρ = 0).
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> import jax.numpy as jnp
-  >>> [round(float(v), 4) for v in jnp.exp(gibbs_tilt(inst))[0]]
-  [0.2689, 0.7311]
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> import jax.numpy as jnp
+    >>> [round(float(v), 4) for v in jnp.exp(gibbs_tilt(inst))[0]]
+    [0.2689, 0.7311]
 
   References: arXiv 2601.07389 Eq. (8); Peng et al. 2019 (AWR).
   """
@@ -213,10 +217,11 @@ def kl_to_gibbs(inst: Instance, log_p: jax.Array, t: Tilt | None = None) -> jax.
   p = ρ = d on a near tie, or p and π* both concentrated on one response at small β, it keeps
   full relative precision (B2: the RL gap is β times this).
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> tie = make_instance([1.0], [[0.5, 0.5]], [[0.3, 0.30000001]], 1.0)
-  >>> f"{float(kl_to_gibbs(tie, safe_log(tie.data))[0]):.10e}"  # log cosh(5e-9)
-  '1.2499999987e-17'
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> tie = make_instance([1.0], [[0.5, 0.5]], [[0.3, 0.30000001]], 1.0)
+    >>> f"{float(kl_to_gibbs(tie, safe_log(tie.data))[0]):.10e}"  # log cosh(5e-9)
+    '1.2499999987e-17'
   """
   p = jnp.exp(log_p)
   pos = p > 0
@@ -257,13 +262,14 @@ def c1(inst: Instance, t: Tilt | None = None) -> jax.Array:
   K_x − (E_d r − E_ρ r)/β (:func:`c1_rows`), so that log Z_β and E_d r/β never cancel: near ties
   (r equal on supp d up to 1e-8) keep full relative precision.
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> round(float(c1(inst)), 6)  # log((1 + e)/2) − 1/2
-  0.120115
-  >>> tie = make_instance([1.0], [[0.5, 0.5]], [[0.3, 0.30000001]], 1.0)
-  >>> f"{float(c1(tie)):.6e}"  # log cosh(5e-9) = 1.25e-17, not 0
-  '1.250000e-17'
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> round(float(c1(inst)), 6)  # log((1 + e)/2) − 1/2
+    0.120115
+    >>> tie = make_instance([1.0], [[0.5, 0.5]], [[0.3, 0.30000001]], 1.0)
+    >>> f"{float(c1(tie)):.6e}"  # log cosh(5e-9) = 1.25e-17, not 0
+    '1.250000e-17'
 
   References: arXiv 2601.07389, Theorem 3.1 (Eq. 13).
   """

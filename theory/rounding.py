@@ -39,9 +39,10 @@ def entries(inst: Instance) -> int:
 def abs_log(log_p: jax.Array) -> jax.Array:
   """|log p| where finite, 0 elsewhere (the error scale of a log-probability computed as log p).
 
-  >>> import jax.numpy as jnp
-  >>> abs_log(jnp.array([-2.0, -jnp.inf])).tolist()
-  [2.0, 0.0]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> abs_log(jnp.array([-2.0, -jnp.inf])).tolist()
+    [2.0, 0.0]
   """
   return jnp.where(jnp.isfinite(log_p), jnp.abs(jnp.where(jnp.isfinite(log_p), log_p, 0.0)), 0.0)
 

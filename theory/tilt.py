@@ -95,13 +95,14 @@ def tilt(p: jax.Array, r: jax.Array, beta: jax.Array) -> Tilt:
   Returns:
     :class:`Tilt`.
 
-  >>> import jax.numpy as jnp
-  >>> t = tilt(jnp.array([0.5, 0.5]), jnp.array([0.3, 0.30000001]), jnp.asarray(1.0))
-  >>> f"{float(t.gap):.6e}"  # log cosh(5e-9)
-  '1.250000e-17'
-  >>> g = tilt(jnp.array([0.25, 0.75]), jnp.array([1.0, -1.0]), jnp.asarray(0.02))
-  >>> f"{float(-g.log_top):.6e}"  # −log π(y*) = log(1 + 3 e^{−100})
-  '1.116029e-43'
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> t = tilt(jnp.array([0.5, 0.5]), jnp.array([0.3, 0.30000001]), jnp.asarray(1.0))
+    >>> f"{float(t.gap):.6e}"  # log cosh(5e-9)
+    '1.250000e-17'
+    >>> g = tilt(jnp.array([0.25, 0.75]), jnp.array([1.0, -1.0]), jnp.asarray(0.02))
+    >>> f"{float(-g.log_top):.6e}"  # −log π(y*) = log(1 + 3 e^{−100})
+    '1.116023e-43'
   """
   pos = p > 0
   mean, dev = centre(p, r)

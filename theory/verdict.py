@@ -106,9 +106,10 @@ def gamma_for(n: int, dtype) -> float:
 def sqrt_error(x, err):
   r"""Error bound of √x when x has absolute error ``err``: min(√err, err / (2√x)) (x ≥ 0).
 
-  >>> import jax.numpy as jnp
-  >>> float(sqrt_error(jnp.asarray(0.0), jnp.asarray(1e-16)))
-  1e-08
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> float(sqrt_error(jnp.asarray(0.0), jnp.asarray(1e-16)))
+    1e-08
   """
   x = jnp.maximum(x, 0.0)
   pos = x > 0
@@ -128,9 +129,10 @@ def rounding_slack(scale, n: int, extra=0.0, resolved=None) -> jax.Array:
   Returns:
     [] the absolute rounding bound.
 
-  >>> import jax.numpy as jnp
-  >>> f"{float(rounding_slack(jnp.asarray(2.0), 12)):.3e}"  # (12 + 64) u × 2
-  '1.688e-14'
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> f"{float(rounding_slack(jnp.asarray(2.0), 12)):.3e}"  # (12 + 64) u × 2
+    '1.688e-14'
   """
   scale = jnp.asarray(scale)
   big_n = n + OPS
@@ -184,9 +186,10 @@ def fails(margin, slack, strict: bool = False):
 
   NaN margins are failures too (a number was expected).
 
-  >>> import numpy as np
-  >>> fails(np.array([-1e-17, -1e-3, 0.0, np.nan]), np.array([1e-16, 1e-16, 0.0, 1.0]), True)
-  array([False,  True,  True,  True])
+  Examples:
+    >>> import numpy as np
+    >>> fails(np.array([-1e-17, -1e-3, 0.0, np.nan]), np.array([1e-16, 1e-16, 0.0, 1.0]), True)
+    array([False,  True,  True,  True])
   """
   bad = (margin <= -slack) if strict else (margin < -slack)
   return bad | (margin != margin)

@@ -38,10 +38,11 @@ def joint_tv_rows(inst: Instance) -> jax.Array:
   """[X] TV(d_x, π*_x) = ½ Σ_y |(d − ρ) − ρ(e^u − 1)|, u = log(π*/ρ) (exact when d ≈ π*; at a
   dominant response (d − 1) + (1 − π*) when that is more precise: :func:`~..tilt.tilt_tv_rows`).
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> tie = make_instance([1.0], [[0.5, 0.5]], [[0.3, 0.30000001]], 1.0)
-  >>> f"{float(joint_tv_rows(tie)[0]):.6e}"  # ½ tanh(5e-9)
-  '2.500000e-09'
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> tie = make_instance([1.0], [[0.5, 0.5]], [[0.3, 0.30000001]], 1.0)
+    >>> f"{float(joint_tv_rows(tie)[0]):.6e}"  # ½ tanh(5e-9)
+    '2.500000e-09'
   """
   return tilt_tv_rows(inst.reference, gibbs(inst), inst.data)
 

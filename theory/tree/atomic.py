@@ -39,11 +39,12 @@ __all__ = ["tree_from_atomic", "leaf_instance", "leaf_policy", "policy_from_leav
 def tree_from_atomic(inst: Instance) -> TreeInstance:
   """The depth-1 tree of an atomic instance (one level, one root, k = |Y| leaf slots).
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5, 0.0]], [[0.0, 1.0, 2.0]], 1.0,
-  ...                      reference=[[0.25, 0.75, 0.0]])
-  >>> tree_from_atomic(inst).levels[0].leaf.tolist()
-  [[[True, True, False]]]
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5, 0.0]], [[0.0, 1.0, 2.0]], 1.0,
+    ...                      reference=[[0.25, 0.75, 0.0]])
+    >>> tree_from_atomic(inst).levels[0].leaf.tolist()
+    [[[True, True, False]]]
   """
   sup = rl_support(inst)
   n_x = inst.data.shape[0]
@@ -62,12 +63,13 @@ def leaf_instance(tree: TreeInstance) -> Instance:
 
   ρ(y) is the product of the reference conditionals along y (exp of its log-space sum).
 
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 1.0}, lambda y: 0.0)
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> inst = leaf_instance(tree)
-  >>> inst.reference.tolist(), inst.response_mask.tolist()
-  ([[0.5, 0.0, 0.25, 0.25]], [[True, False, True, True]])
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 1.0}, lambda y: 0.0)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> inst = leaf_instance(tree)
+    >>> inst.reference.tolist(), inst.response_mask.tolist()
+    ([[0.5, 0.0, 0.25, 0.25]], [[True, False, True, True]])
   """
   mask = leaf_mask(tree)
   log_rho = flat_slots(leaf_log_probs(tree, reference_log_probs(tree)))

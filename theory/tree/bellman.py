@@ -38,13 +38,14 @@ def soft_bellman(tree: TreeInstance) -> tuple[Levels, Levels]:
   Returns:
     (soft values divided by β, −∞ on padded rows; log-policy π*, −∞ off the support).
 
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 1.0},
-  ...                lambda y: 1.0 if y == (1, 1) else 0.0)
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> u, _ = soft_bellman(tree)
-  >>> round(float(u[0][0, 0]), 6)  # log(1/2 + 1/4 + e/4)
-  0.357374
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 1.0},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> u, _ = soft_bellman(tree)
+    >>> round(float(u[0][0, 0]), 6)  # log(1/2 + 1/4 + e/4)
+    0.357374
   """
   log_rho = reference_log_probs(tree)
   n = len(tree.levels)

@@ -46,15 +46,16 @@ def expected_to_go(tree: TreeInstance, log_pi: Levels, leaf_value: Levels,
   Returns:
     (Q per level [X, N_t, k], 0 off the support; V per level [X, N_t]).
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> from nondecoupling.theory.tree.policy import reference_log_probs
-  >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.25, 0.75]}, {(0,): 1.0},
-  ...                lambda y: float(len(y)))  # r = |y|
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> q, v = expected_to_go(tree, reference_log_probs(tree), [lv.reward for lv in tree.levels])
-  >>> float(v[0][0, 0])  # E|y| = 0.5 * 1 + 0.5 * 2
-  1.5
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import reference_log_probs
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.25, 0.75]}, {(0,): 1.0},
+    ...                lambda y: float(len(y)))  # r = |y|
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> q, v = expected_to_go(tree, reference_log_probs(tree), [lv.reward for lv in tree.levels])
+    >>> float(v[0][0, 0])  # E|y| = 0.5 * 1 + 0.5 * 2
+    1.5
   """
   n = len(tree.levels)
   q_out, v_out = [None] * n, [None] * n

@@ -179,13 +179,14 @@ def _k3_rows(q: jax.Array, log_rho: jax.Array, sup: jax.Array, beta) -> jax.Arra
 def closed_form_fixed_point(tree: TreeInstance, construct: str) -> Levels:
   r"""log π of a construct's fixed point per level, by backward induction on its closed form.
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> from nondecoupling.theory.tree.atomic import tree_from_atomic
-  >>> tree = tree_from_atomic(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0))
-  >>> pi = jnp.exp(closed_form_fixed_point(tree, "k3_loss")[0][0, 0])
-  >>> [round(float(v), 6) for v in pi]  # β ρ_i / (β + J − r_i): (1 − √½, √½)
-  [0.292893, 0.707107]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> from nondecoupling.theory.tree.atomic import tree_from_atomic
+    >>> tree = tree_from_atomic(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0))
+    >>> pi = jnp.exp(closed_form_fixed_point(tree, "k3_loss")[0][0, 0])
+    >>> [round(float(v), 6) for v in pi]  # β ρ_i / (β + J − r_i): (1 − √½, √½)
+    [0.292893, 0.707107]
   """
   _check(construct)
   if construct == "k1_reward":

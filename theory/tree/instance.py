@@ -294,12 +294,13 @@ def pad_tree(tree: TreeInstance, bucket: Bucket) -> TreeInstance:
 
   Works in NumPy (the padded arrays are NumPy arrays).
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> tree_bucket(pad_tree(tree, Bucket(2, 3, (1, 4))))
-  Bucket(prompts=2, vocab=3, nodes=(1, 4))
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> tree_bucket(pad_tree(tree, Bucket(2, 3, (1, 4))))
+    Bucket(prompts=2, vocab=3, nodes=(1, 4))
   """
   n_x, k = bucket.prompts, bucket.vocab
   if len(bucket.nodes) < tree.depth:

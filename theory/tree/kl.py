@@ -57,12 +57,13 @@ def _check(estimator: str) -> None:
 def token_kl(k1: jax.Array, estimator: str) -> jax.Array:
   r"""The per-token value of an estimator at log-ratio k1 = log π(a|s) − log ρ(a|s).
 
-  >>> import jax.numpy as jnp
-  >>> k1 = jnp.array([-1.0, 0.0, 2.0])
-  >>> [round(float(v), 6) for v in token_kl(k1, "k3")]  # e^{−k1} − 1 + k1
-  [0.718282, 0.0, 1.135335]
-  >>> float(token_kl(jnp.array(-30.0), "k3_clamped"))  # clamped to 10
-  10.0
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> k1 = jnp.array([-1.0, 0.0, 2.0])
+    >>> [round(float(v), 6) for v in token_kl(k1, "k3")]  # e^{−k1} − 1 + k1
+    [0.718282, 0.0, 1.135335]
+    >>> float(token_kl(jnp.array(-30.0), "k3_clamped"))  # clamped to 10
+    10.0
   """
   _check(estimator)
   if estimator == "k1":
@@ -78,9 +79,10 @@ def token_kl(k1: jax.Array, estimator: str) -> jax.Array:
 def token_kl_slope(k1: jax.Array, estimator: str) -> jax.Array:
   r"""c = ∂k/∂log π(a|s) at fixed sample: k1 → 1, k2 → k1, k3 → 1 − e^{−k1}, clamped k3 → masked.
 
-  >>> import jax.numpy as jnp
-  >>> [round(float(v), 6) for v in token_kl_slope(jnp.array([0.5, -25.0]), "k3_clamped")]
-  [0.393469, 0.0]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> [round(float(v), 6) for v in token_kl_slope(jnp.array([0.5, -25.0]), "k3_clamped")]
+    [0.393469, 0.0]
   """
   _check(estimator)
   if estimator == "k1":

@@ -54,12 +54,13 @@ def _leaf_sum(tree: TreeInstance, per_level: Levels) -> jax.Array:
 def sft_loss(tree: TreeInstance, log_pi: Levels) -> jax.Array:
   r"""L(π) = E_w[Σ_y d(y|x)(−log π(y|x))] over the leaves (+∞ if π misses part of supp d).
 
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> from nondecoupling.theory.tree.policy import reference_log_probs
-  >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(1, 0): 1.0}, lambda y: 0.0)
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> round(float(sft_loss(tree, reference_log_probs(tree))), 6)  # −log 1/4
-  1.386294
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import reference_log_probs
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(1, 0): 1.0}, lambda y: 0.0)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> round(float(sft_loss(tree, reference_log_probs(tree))), 6)  # −log 1/4
+    1.386294
 
   References: arXiv 2601.07389, Lemma 1 (expectation form).
   """
@@ -122,14 +123,15 @@ def kl_subtrees(tree: TreeInstance, log_pi: Levels) -> tuple[Levels, Levels]:
 def kl(tree: TreeInstance, log_pi: Levels, log_q: Levels | None = None) -> jax.Array:
   r"""[X] KL(π_x‖q_x) = Σ_s P_π(s) KL(π(·|s)‖q(·|s)) (chain rule; q defaults to ρ).
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> from nondecoupling.theory.tree.policy import reference_log_probs
-  >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 1.0}, lambda y: 0.0)
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> pi = tuple(jnp.log(jnp.array([[[0.5, 0.5]]])) for _ in range(2))
-  >>> float(kl(tree, pi)[0])
-  0.0
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import reference_log_probs
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 1.0}, lambda y: 0.0)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> pi = tuple(jnp.log(jnp.array([[[0.5, 0.5]]])) for _ in range(2))
+    >>> float(kl(tree, pi)[0])
+    0.0
   """
   log_q = reference_log_probs(tree) if log_q is None else log_q
   reach = log_reach(tree, log_pi)

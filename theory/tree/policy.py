@@ -34,9 +34,10 @@ Levels = tuple  # one array per level
 def gather_rows(values: jax.Array, idx: jax.Array) -> jax.Array:
   """values[..., idx] along the row axis: values [X, M], idx [X, ...] -> [X, ...].
 
-  >>> import jax.numpy as jnp
-  >>> gather_rows(jnp.array([[10., 20., 30.]]), jnp.array([[[2, 0]]])).tolist()
-  [[[30.0, 10.0]]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> gather_rows(jnp.array([[10., 20., 30.]]), jnp.array([[[2, 0]]])).tolist()
+    [[[30.0, 10.0]]]
   """
   lead = idx.shape[: values.ndim - 1]
   flat = idx.reshape(lead + (-1,))
@@ -57,10 +58,11 @@ def node_log_softmax(theta: jax.Array, sup: jax.Array) -> jax.Array:
   Returns:
     [..., N, k] log-probabilities.
 
-  >>> import jax.numpy as jnp
-  >>> lp = node_log_softmax(jnp.zeros((2, 3)), jnp.array([[True, True, False], [False] * 3]))
-  >>> jnp.exp(lp).tolist()
-  [[0.5, 0.5, 0.0], [0.0, 0.0, 0.0]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> lp = node_log_softmax(jnp.zeros((2, 3)), jnp.array([[True, True, False], [False] * 3]))
+    >>> jnp.exp(lp).tolist()
+    [[0.5, 0.5, 0.0], [0.0, 0.0, 0.0]]
   """
   any_slot = jnp.any(sup, axis=-1, keepdims=True)
   masked = jnp.where(sup, theta, NEG_INF)
@@ -107,9 +109,10 @@ def log_reach(tree: TreeInstance, log_pi: Levels) -> Levels:
 def gather_slots(values: jax.Array, row: jax.Array, slot: jax.Array) -> jax.Array:
   """values[..., row, slot]: entries of [X, M, k] at (row, slot) [X, N] -> [X, N].
 
-  >>> import jax.numpy as jnp
-  >>> gather_slots(jnp.arange(6.).reshape(1, 3, 2), jnp.array([[2, 0]]), jnp.array([[1, 0]]))
-  Array([[5., 0.]], dtype=float64)
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> gather_slots(jnp.arange(6.).reshape(1, 3, 2), jnp.array([[2, 0]]), jnp.array([[1, 0]]))
+    Array([[5., 0.]], dtype=float64)
   """
   k = values.shape[-1]
   return gather_rows(values.reshape(values.shape[:-2] + (-1,)), row * k + slot)

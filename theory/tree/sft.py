@@ -73,12 +73,13 @@ def _token_loss(tree: TreeInstance, edges: Levels, log_pi: Levels) -> jax.Array:
 def token_sum_loss(tree: TreeInstance, log_pi: Levels) -> jax.Array:
   r"""L_sum(π) = E_w Σ_s Σ_a D(s·a)(−log π(a|s)), the token-sum SFT loss (= L(π), G2).
 
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> from nondecoupling.theory.tree.policy import reference_log_probs
-  >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(1, 0): 1.0}, lambda y: 0.0)
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> round(float(token_sum_loss(tree, reference_log_probs(tree))), 6)  # 2 log 2
-  1.386294
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import reference_log_probs
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(1, 0): 1.0}, lambda y: 0.0)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> round(float(token_sum_loss(tree, reference_log_probs(tree))), 6)  # 2 log 2
+    1.386294
   """
   return _token_loss(tree, edge_masses(tree, tuple(safe_log(lv.data) for lv in tree.levels)),
                      log_pi)
@@ -94,13 +95,14 @@ def token_mean_optimum(tree: TreeInstance) -> Levels:
 
   Rows that d/|y| never reaches take ρ's row (they carry no mass under π_mean).
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 0): 0.5},
-  ...                lambda y: 0.0)
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> [round(float(v), 6) for v in jnp.exp(token_mean_optimum(tree)[0][0, 0])]  # (1/2 : 1/4)
-  [0.666667, 0.333333]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 0): 0.5},
+    ...                lambda y: 0.0)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> [round(float(v), 6) for v in jnp.exp(token_mean_optimum(tree)[0][0, 0])]  # (1/2 : 1/4)
+    [0.666667, 0.333333]
   """
   return conditionals_from_leaf_masses(tree, length_weighted_log_masses(tree))
 
