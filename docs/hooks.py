@@ -57,7 +57,7 @@ def _commands() -> str:
 def _statement_table(statements) -> str:
   rows = ["| statement | formula | source | expected | kind |", "|---|---|---|---|---|"]
   for s in statements:
-    title = s.title.replace("|", "\\|")
+    title = s.title.replace("|", "\\|").replace("*", "\\*")
     rows.append(f"| `{s.name}` | {title} | {s.source} | {s.expected} | {s.kind} |")
   return "\n".join(rows)
 
