@@ -71,12 +71,24 @@ def _schedule(a, b, dur, reset) -> Schedule:
 
 
 def sft_only_schedule(duration) -> Schedule:
-  """One SFT phase."""
+  """One SFT phase.
+
+  Examples:
+    >>> s = sft_only_schedule(2.0)
+    >>> s.sft_weight.tolist(), s.rl_weight.tolist(), s.duration.tolist()
+    ([1.0], [0.0], [2.0])
+  """
   return _schedule([1.0], [0.0], [duration], [False])
 
 
 def rl_only_schedule(duration) -> Schedule:
-  """One RL phase with the instance's reference."""
+  """One RL phase with the instance's reference.
+
+  Examples:
+    >>> s = rl_only_schedule(2.0)
+    >>> s.sft_weight.tolist(), s.rl_weight.tolist(), s.reset_reference.tolist()
+    ([0.0], [1.0], [False])
+  """
   return _schedule([0.0], [1.0], [duration], [False])
 
 
@@ -91,7 +103,13 @@ def sft_then_rl_schedule(t_sft, t_rl) -> Schedule:
 
 
 def rl_then_sft_schedule(t_rl, t_sft) -> Schedule:
-  """RL from ρ (reference ρ) for t_rl, then SFT for t_sft."""
+  """RL from ρ (reference ρ) for t_rl, then SFT for t_sft.
+
+  Examples:
+    >>> s = rl_then_sft_schedule(1.0, 3.0)
+    >>> s.rl_weight.tolist(), s.sft_weight.tolist(), s.duration.tolist()
+    ([1.0, 0.0], [0.0, 1.0], [1.0, 3.0])
+  """
   return _schedule([0.0, 1.0], [1.0, 0.0], [t_rl, t_sft], [False, False])
 
 
@@ -114,7 +132,13 @@ def alternating_schedule(period: float, total: float, start: str = "sft") -> Sch
 
 
 def joint_schedule(duration, lam=1.0) -> Schedule:
-  """One joint phase θ̇ = −∇(L − λJ_β) (reference ρ)."""
+  """One joint phase θ̇ = −∇(L − λJ_β) (reference ρ).
+
+  Examples:
+    >>> s = joint_schedule(2.0, lam=0.5)
+    >>> s.sft_weight.tolist(), s.rl_weight.tolist()  # θ̇ = −∇L + λ∇J_β
+    ([1.0], [0.5])
+  """
   return _schedule([1.0], [lam], [duration], [False])
 
 
