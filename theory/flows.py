@@ -81,7 +81,16 @@ GRAD_COSINE_RTOL = 1e-9
 
 
 def sft_then_rl_endpoint(inst: Instance) -> jax.Array:
-  """log π*_β(d): the exact end point of SFT-then-RL (Gibbs tilt of the data, instance's β)."""
+  """log π*_β(d): the exact end point of SFT-then-RL (Gibbs tilt of the data, instance's β).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> # π*_β(d) = (1, e)/(1 + e)
+    >>> [round(v, 6) for v in jnp.exp(sft_then_rl_endpoint(inst))[0].tolist()]
+    [0.268941, 0.731059]
+  """
   return obj.gibbs_tilt(rl_stage_after_sft(inst))
 
 
@@ -364,6 +373,15 @@ def run_steps(inst: Instance, schedule: Schedule, theta0: jax.Array | None = Non
 
 def run_pipeline(inst: Instance, name: str, *, n_save: int = 16, rtol: float = 1e-8,
                  atol: float = 1e-10, max_steps: int = DEFAULT_MAX_STEPS) -> Trajectory:
-  """Runs the named pipeline (:data:`PIPELINE_NAMES`) with its default schedule as a flow."""
+  """Runs the named pipeline (:data:`PIPELINE_NAMES`) with its default schedule as a flow.
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> tr = run_pipeline(inst, "sft_then_rl", n_save=4)
+    >>> # from log 2 towards log 2 + C₁ = 0.8133
+    >>> round(float(tr.sft_loss[0]), 4), round(float(tr.sft_loss[-1]), 4)
+    (0.6931, 0.79)
+  """
   return run_flow(inst, pipeline_schedule(name, inst), n_save=n_save, rtol=rtol, atol=atol,
                   max_steps=max_steps)

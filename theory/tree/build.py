@@ -104,7 +104,14 @@ def conditionals_from_sequences(table: Mapping[tuple, float], vocab_size: int, e
 
 
 def prefix_of(index: NodeIndex) -> dict:
-  """The inverse of a node index: (level, row) -> prefix."""
+  """The inverse of a node index: (level, row) -> prefix.
+
+  Examples:
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 1.0}, lambda y: 0.0)
+    >>> _, index = build_tree([p], [1.0], 1.0)
+    >>> prefix_of(index[0])  # (level, row) -> prefix
+    {(0, 0): (), (1, 0): (1,)}
+  """
   return {v: s for s, v in index.items()}
 
 

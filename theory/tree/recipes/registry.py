@@ -13,7 +13,15 @@ TREE_RECIPES: dict[str, TreeRecipe] = {}
 
 
 def get_tree_recipe(name: str) -> TreeRecipe:
-  """The tree recipe called ``name``; KeyError (naming the known ones) otherwise."""
+  """The tree recipe called ``name``; KeyError (naming the known ones) otherwise.
+
+  Examples:
+    >>> try:
+    ...   get_tree_recipe("no_such_recipe")
+    ... except KeyError as e:
+    ...   print(str(e).startswith("\"no tree recipe 'no_such_recipe'"))
+    True
+  """
   try:
     return TREE_RECIPES[name]
   except KeyError:
