@@ -19,7 +19,7 @@ def get_tree_recipe(name: str) -> TreeRecipe:
     >>> try:
     ...   get_tree_recipe("no_such_recipe")
     ... except KeyError as e:
-    ...   print(str(e).startswith("\"no tree recipe 'no_such_recipe'"))
+    ...   print("no tree recipe 'no_such_recipe'" in str(e))
     True
   """
   try:
