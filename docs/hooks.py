@@ -2,7 +2,11 @@
 
 - ``<!-- nondecoupling:commands -->`` becomes the ``--help`` of every command;
 - ``<!-- nondecoupling:statements -->`` becomes the table of every statement `verify` checks;
-- ``<!-- nondecoupling:recipes -->`` becomes the table of every recipe and its default config.
+- ``<!-- nondecoupling:tree-statements -->`` becomes the table of the token-level statements
+  (G1–G4, ``verify/tree_checks.py``);
+- ``<!-- nondecoupling:recipes -->`` becomes the table of every recipe and its default config;
+- ``<!-- nondecoupling:tree-recipes -->`` becomes the table of every recipe on trees
+  (``theory/tree/recipes/registry.TREE_RECIPES``), or a line saying none is registered yet.
 """
 
 from __future__ import annotations
@@ -50,14 +54,24 @@ def _commands() -> str:
   return "\n".join(out)
 
 
+def _statement_table(statements) -> str:
+  rows = ["| statement | formula | source | expected | kind |", "|---|---|---|---|---|"]
+  for s in statements:
+    title = s.title.replace("|", "\\|").replace("*", "\\*")
+    rows.append(f"| `{s.name}` | {title} | {s.source} | {s.expected} | {s.kind} |")
+  return "\n".join(rows)
+
+
 def _statements() -> str:
   from nondecoupling.verify.registry import all_statements
 
-  rows = ["| statement | formula | source | expected | kind |", "|---|---|---|---|---|"]
-  for s in all_statements():
-    title = s.title.replace("|", "\\|")
-    rows.append(f"| `{s.name}` | {title} | {s.source} | {s.expected} | {s.kind} |")
-  return "\n".join(rows)
+  return _statement_table(all_statements())
+
+
+def _tree_statements() -> str:
+  from nondecoupling.verify.tree_checks import TREE_STATEMENTS
+
+  return _statement_table(TREE_STATEMENTS)
 
 
 def _recipes() -> str:
@@ -65,17 +79,35 @@ def _recipes() -> str:
 
   rows = ["| recipe | unified form | default config |", "|---|---|---|"]
   for name, r in RECIPES.items():
-    cfg = ", ".join(f"{f.name}={getattr(r.config, f.name)!r}"
-                    for f in dataclasses.fields(r.config))
-    rows.append(f"| `{name}` | {r.summary.replace('|', '/')} | "
-                f"`{type(r.config).__name__}({textwrap.shorten(cfg, 400)})` |")
+    rows.append(f"| `{name}` | {r.summary.replace('|', '/')} | {_config_text(r.config)} |")
+  return "\n".join(rows)
+
+
+def _config_text(config) -> str:
+  cfg = ", ".join(f"{f.name}={getattr(config, f.name)!r}" for f in dataclasses.fields(config))
+  return f"`{type(config).__name__}({textwrap.shorten(cfg, 400)})`"
+
+
+def _tree_recipes() -> str:
+  from nondecoupling.theory.tree.recipes.registry import TREE_RECIPES
+
+  if not TREE_RECIPES:
+    return ("*No recipe is registered on trees in this build yet: the table fills in from "
+            "`TREE_RECIPES` as recipe modules are added.*")
+  rows = ["| recipe | at the token level | published source | default config |",
+          "|---|---|---|---|"]
+  for name, r in TREE_RECIPES.items():
+    rows.append(f"| `{name}` | {r.summary.replace('|', '/')} | {r.reference.replace('|', '/')} | "
+                f"{_config_text(r.config)} |")
   return "\n".join(rows)
 
 
 _BLOCKS = {
     "<!-- nondecoupling:commands -->": _commands,
     "<!-- nondecoupling:statements -->": _statements,
+    "<!-- nondecoupling:tree-statements -->": _tree_statements,
     "<!-- nondecoupling:recipes -->": _recipes,
+    "<!-- nondecoupling:tree-recipes -->": _tree_recipes,
 }
 
 

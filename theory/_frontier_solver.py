@@ -126,12 +126,13 @@ def solve_prompt(prompt: PromptGeometry, ell: jax.Array) -> PromptSolution:
   Returns:
     The prompt's :class:`PromptSolution`.
 
-  >>> import jax.numpy as jnp
-  >>> prompt = prompt_geometry(jnp.array([0.5, 0.5]), jnp.array([0.0, 1.0]),
-  ...                          jnp.array([True, True]))
-  >>> sol = solve_prompt(prompt, jnp.asarray(1000.0))  # λ = e^1000 is not a float; ℓ is
-  >>> [round(float(v), 6) for v in sol.log_pi]  # log(½ / (½ + λ)) = log ½ − 1000, log(½ / ½)
-  [-1000.693147, 0.0]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> prompt = prompt_geometry(jnp.array([0.5, 0.5]), jnp.array([0.0, 1.0]),
+    ...                          jnp.array([True, True]))
+    >>> sol = solve_prompt(prompt, jnp.asarray(1000.0))  # λ = e^1000 is not a float; ℓ is
+    >>> [round(float(v), 6) for v in sol.log_pi]  # log(½ / (½ + λ)) = log ½ − 1000, log(½ / ½)
+    [-1000.693147, 0.0]
   """
   log_c = ell + prompt.log_delta  # log(λ δ): -inf at the best of S, may exceed 709 (c = +inf)
   c = jnp.exp(log_c)

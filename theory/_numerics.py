@@ -24,9 +24,10 @@ def check_rank(name: str, x: jax.Array, rank: int) -> None:
 def safe_log(p: jax.Array) -> jax.Array:
   r"""log p with log 0 = −∞ and no NaN gradient at 0.
 
-  >>> import jax.numpy as jnp
-  >>> safe_log(jnp.array([1.0, 0.0])).tolist()
-  [0.0, -inf]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> safe_log(jnp.array([1.0, 0.0])).tolist()
+    [0.0, -inf]
   """
   pos = p > 0
   return jnp.where(pos, jnp.log(jnp.where(pos, p, 1.0)), NEG_INF)
@@ -35,9 +36,10 @@ def safe_log(p: jax.Array) -> jax.Array:
 def plogq(p: jax.Array, log_q: jax.Array) -> jax.Array:
   r"""Elementwise p · log q with 0 · log 0 = 0 (and 0 · anything = 0).
 
-  >>> import jax.numpy as jnp
-  >>> plogq(jnp.array([0.0, 0.5]), jnp.array([-jnp.inf, 0.0])).tolist()
-  [0.0, 0.0]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> plogq(jnp.array([0.0, 0.5]), jnp.array([-jnp.inf, 0.0])).tolist()
+    [0.0, 0.0]
   """
   pos = p > 0
   return jnp.where(pos, p * jnp.where(pos, log_q, 0.0), 0.0)
@@ -46,9 +48,10 @@ def plogq(p: jax.Array, log_q: jax.Array) -> jax.Array:
 def masked_dot(p: jax.Array, f: jax.Array, axis: int = -1, keepdims: bool = False) -> jax.Array:
   r"""Σ_y p(y) f(y) along ``axis`` with 0 · anything = 0 (an expectation under p).
 
-  >>> import jax.numpy as jnp
-  >>> float(masked_dot(jnp.array([0.5, 0.5, 0.0]), jnp.array([1.0, 3.0, jnp.inf])))
-  2.0
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> float(masked_dot(jnp.array([0.5, 0.5, 0.0]), jnp.array([1.0, 3.0, jnp.inf])))
+    2.0
   """
   pos = p > 0
   return jnp.sum(jnp.where(pos, p * jnp.where(pos, f, 0.0), 0.0), axis=axis, keepdims=keepdims)
@@ -57,9 +60,10 @@ def masked_dot(p: jax.Array, f: jax.Array, axis: int = -1, keepdims: bool = Fals
 def masked_max(x: jax.Array, mask: jax.Array, axis: int = -1) -> jax.Array:
   """max of ``x`` over the entries where ``mask`` is True (−∞ if none).
 
-  >>> import jax.numpy as jnp
-  >>> float(masked_max(jnp.array([3.0, 1.0]), jnp.array([False, True])))
-  1.0
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> float(masked_max(jnp.array([3.0, 1.0]), jnp.array([False, True])))
+    1.0
   """
   return jnp.max(jnp.where(mask, x, NEG_INF), axis=axis)
 
@@ -67,9 +71,10 @@ def masked_max(x: jax.Array, mask: jax.Array, axis: int = -1) -> jax.Array:
 def masked_min(x: jax.Array, mask: jax.Array, axis: int = -1) -> jax.Array:
   """min of ``x`` over the entries where ``mask`` is True (+∞ if none).
 
-  >>> import jax.numpy as jnp
-  >>> float(masked_min(jnp.array([3.0, 1.0]), jnp.array([True, False])))
-  3.0
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> float(masked_min(jnp.array([3.0, 1.0]), jnp.array([True, False])))
+    3.0
   """
   return jnp.min(jnp.where(mask, x, jnp.inf), axis=axis)
 
@@ -77,9 +82,10 @@ def masked_min(x: jax.Array, mask: jax.Array, axis: int = -1) -> jax.Array:
 def expm1_minus_x(x: jax.Array) -> jax.Array:
   r"""e^x − 1 − x without cancellation (a series for |x| < 0.1), ≥ 0 for every x.
 
-  >>> import jax.numpy as jnp
-  >>> f"{float(expm1_minus_x(jnp.asarray(1e-9))):.6e}"  # x²/2
-  '5.000000e-19'
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> f"{float(expm1_minus_x(jnp.asarray(1e-9))):.6e}"  # x²/2
+    '5.000000e-19'
   """
   small = jnp.abs(x) < 0.1
   xs = jnp.where(small, x, 0.0)
@@ -102,10 +108,11 @@ def centre(p: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
   Returns:
     (mean [...], centred [..., Y]).
 
-  >>> import jax.numpy as jnp
-  >>> mean, c = centre(jnp.array([0.5, 0.5, 0.0]), jnp.array([0.3, 0.30000001, 9.0]))
-  >>> f"{float(mean):.10f}", [f"{v:.3e}" for v in c.tolist()]
-  ('0.3000000050', ['-5.000e-09', '5.000e-09', '0.000e+00'])
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> mean, c = centre(jnp.array([0.5, 0.5, 0.0]), jnp.array([0.3, 0.30000001, 9.0]))
+    >>> f"{float(mean):.10f}", [f"{v:.3e}" for v in c.tolist()]
+    ('0.3000000050', ['-5.000e-09', '5.000e-09', '0.000e+00'])
   """
   pos = p > 0
   m1 = masked_dot(p, x, keepdims=True)
@@ -128,9 +135,10 @@ def kl_from_log_ratio(p: jax.Array, log_ratio: jax.Array, q_outside: jax.Array) 
   Returns:
     [...] KL(p‖q) (+∞ where q = 0 somewhere on supp p).
 
-  >>> import jax.numpy as jnp
-  >>> f"{float(kl_from_log_ratio(jnp.array([0.5, 0.5]), jnp.array([1e-9, -1e-9]), jnp.zeros(2))):.4e}"
-  '5.0000e-19'
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> f"{float(kl_from_log_ratio(jnp.array([0.5, 0.5]), jnp.array([1e-9, -1e-9]), jnp.zeros(2))):.4e}"
+    '5.0000e-19'
   """
   pos = p > 0
   inside = jnp.where(pos, p * expm1_minus_x(jnp.where(pos, log_ratio, 0.0)), 0.0)

@@ -81,7 +81,16 @@ GRAD_COSINE_RTOL = 1e-9
 
 
 def sft_then_rl_endpoint(inst: Instance) -> jax.Array:
-  """log π*_β(d): the exact end point of SFT-then-RL (Gibbs tilt of the data, instance's β)."""
+  """log π*_β(d): the exact end point of SFT-then-RL (Gibbs tilt of the data, instance's β).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> # π*_β(d) = (1, e)/(1 + e)
+    >>> [round(v, 6) for v in jnp.exp(sft_then_rl_endpoint(inst))[0].tolist()]
+    [0.268941, 0.731059]
+  """
   return obj.gibbs_tilt(rl_stage_after_sft(inst))
 
 
@@ -149,10 +158,11 @@ def gradient_scales(inst: Instance, rl_reference: jax.Array):
   Returns:
     (s_L [], s_J []).
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 2.0]], 1.0)
-  >>> [round(float(v), 4) for v in gradient_scales(inst, inst.reference)]  # 1, 2 + 1·(1 + log 2)
-  [1.0, 3.6931]
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 2.0]], 1.0)
+    >>> [round(float(v), 4) for v in gradient_scales(inst, inst.reference)]  # 1, 2 + 1·(1 + log 2)
+    [1.0, 3.6931]
   """
   support = inst.response_mask & (rl_reference > 0)
   w = inst.prompt_weights
@@ -192,12 +202,13 @@ def trajectory_metrics(inst: Instance, log_pis: jax.Array, rl_references: jax.Ar
   s_L = (Σ_x w_x²)^½ and s_J = s_L (max |r| + β (1 + max |log ρ|)) over the RL support: the
   gradients' rounding errors are ~1e-16 of these scales, so a smaller gradient has no direction.
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> m = trajectory_metrics(inst, jnp.log(inst.data)[None])  # at π = d: ∇L = 0
-  >>> float(m["sft_grad_norm"][0]), bool(jnp.isnan(m["grad_cosine"][0]))
-  (0.0, True)
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> m = trajectory_metrics(inst, jnp.log(inst.data)[None])  # at π = d: ∇L = 0
+    >>> float(m["sft_grad_norm"][0]), bool(jnp.isnan(m["grad_cosine"][0]))
+    (0.0, True)
   """
   if rl_references is None:
     rl_references = jnp.broadcast_to(inst.reference, log_pis.shape)
@@ -257,12 +268,13 @@ def run_flow(inst: Instance, schedule: Schedule, theta0: jax.Array | None = None
   Returns:
     :class:`Trajectory` with T = 1 + P · n_save points.
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> from nondecoupling.theory.schedules import sft_then_rl_schedule
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.9, 0.1]])
-  >>> tr = run_flow(inst, sft_then_rl_schedule(40.0, 60.0), n_save=2)
-  >>> bool(tr.ok), [round(float(v), 4) for v in jnp.exp(tr.final_log_pi[0])]  # ≈ π*_β(d)
-  (True, [0.2689, 0.7311])
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> from nondecoupling.theory.schedules import sft_then_rl_schedule
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.9, 0.1]])
+    >>> tr = run_flow(inst, sft_then_rl_schedule(40.0, 60.0), n_save=2)
+    >>> bool(tr.ok), [round(float(v), 4) for v in jnp.exp(tr.final_log_pi[0])]  # ≈ π*_β(d)
+    (True, [0.2689, 0.7311])
   """
   method = resolve_method(method, inst, schedule.duration, schedule.sft_weight,
                            schedule.rl_weight)
@@ -316,12 +328,13 @@ def run_steps(inst: Instance, schedule: Schedule, theta0: jax.Array | None = Non
   Returns:
     :class:`Trajectory` (``times`` are step counts; ``phase_ok`` says the iterates stayed finite).
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> from nondecoupling.theory.schedules import sft_only_schedule
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.9, 0.1]])
-  >>> tr = run_steps(inst, sft_only_schedule(50), learning_rate=2.0, n_save=1)
-  >>> [round(float(v), 4) for v in jnp.exp(tr.final_log_pi[0])]  # SGD on L → d
-  [0.5, 0.5]
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> from nondecoupling.theory.schedules import sft_only_schedule
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.9, 0.1]])
+    >>> tr = run_steps(inst, sft_only_schedule(50), learning_rate=2.0, n_save=1)
+    >>> [round(float(v), 4) for v in jnp.exp(tr.final_log_pi[0])]  # SGD on L → d
+    [0.5, 0.5]
   """
   theta0 = initial_logits(inst) if theta0 is None else theta0
   dtype = theta0.dtype
@@ -360,6 +373,15 @@ def run_steps(inst: Instance, schedule: Schedule, theta0: jax.Array | None = Non
 
 def run_pipeline(inst: Instance, name: str, *, n_save: int = 16, rtol: float = 1e-8,
                  atol: float = 1e-10, max_steps: int = DEFAULT_MAX_STEPS) -> Trajectory:
-  """Runs the named pipeline (:data:`PIPELINE_NAMES`) with its default schedule as a flow."""
+  """Runs the named pipeline (:data:`PIPELINE_NAMES`) with its default schedule as a flow.
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> tr = run_pipeline(inst, "sft_then_rl", n_save=4)
+    >>> # from log 2 towards log 2 + C₁ = 0.8133
+    >>> round(float(tr.sft_loss[0]), 4), round(float(tr.sft_loss[-1]), 4)
+    (0.6931, 0.79)
+  """
   return run_flow(inst, pipeline_schedule(name, inst), n_save=n_save, rtol=rtol, atol=atol,
                   max_steps=max_steps)

@@ -89,11 +89,12 @@ def frontier_row(data: jax.Array, reward: jax.Array, allowed: jax.Array,
   Returns:
     [Y] log π_λ(·|x), -inf where π_λ has no mass.
 
-  >>> import jax.numpy as jnp
-  >>> row = frontier_row(jnp.array([0.5, 0.5, 0.0]), jnp.array([0.0, 1.0, 3.0]),
-  ...                    jnp.array([True, True, True]), 1.0)
-  >>> [round(float(p), 4) for p in jnp.exp(row)]  # 0.5/3, 0.5/2 and the rest on r = 3
-  [0.1667, 0.25, 0.5833]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> row = frontier_row(jnp.array([0.5, 0.5, 0.0]), jnp.array([0.0, 1.0, 3.0]),
+    ...                    jnp.array([True, True, True]), 1.0)
+    >>> [round(float(p), 4) for p in jnp.exp(row)]  # 0.5/3, 0.5/2 and the rest on r = 3
+    [0.1667, 0.25, 0.5833]
 
   References: this project's THEORY.md D4.
   """
@@ -116,11 +117,12 @@ def frontier_policy(inst: Instance, lam, allowed: jax.Array | None = None) -> ja
   Returns:
     [X, Y] log π_λ (-inf where no mass).
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> import jax.numpy as jnp
-  >>> [round(float(v), 4) for v in jnp.exp(frontier_policy(inst, 0.0))[0]]
-  [0.5, 0.5]
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> import jax.numpy as jnp
+    >>> [round(float(v), 4) for v in jnp.exp(frontier_policy(inst, 0.0))[0]]
+    [0.5, 0.5]
 
   References: this project's THEORY.md D4.
   """
@@ -142,10 +144,11 @@ def frontier_point(inst: Instance, lam, allowed: jax.Array | None = None):
   Returns:
     (sft_loss [], reward []).
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> [round(float(v), 6) for v in frontier_point(inst, 0.0)]  # (log 2, 1/2)
-  [0.693147, 0.5]
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> [round(float(v), 6) for v in frontier_point(inst, 0.0)]  # (log 2, 1/2)
+    [0.693147, 0.5]
   """
   log_pi = frontier_policy(inst, lam, allowed)
   return obj.sft_loss(inst, log_pi), obj.reward(inst, log_pi)
@@ -170,11 +173,12 @@ def frontier_curve(inst: Instance, lambdas, allowed: jax.Array | None = None):
   Returns:
     (sft_loss [K], reward [K]); L increases and J increases with λ.
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> loss, rew = frontier_curve(inst, [0.0, 1e300])
-  >>> [round(float(v), 3) for v in loss], [float(v) for v in rew]  # L ≈ ½ log(2λ) at λ = 1e300
-  ([0.693, 345.734], [0.5, 1.0])
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> loss, rew = frontier_curve(inst, [0.0, 1e300])
+    >>> [round(float(v), 3) for v in loss], [float(v) for v in rew]  # L ≈ ½ log(2λ) at λ = 1e300
+    ([0.693, 345.734], [0.5, 1.0])
 
   References: this project's THEORY.md D4.
   """
@@ -193,10 +197,11 @@ def max_reward(inst: Instance, allowed: jax.Array | None = None) -> jax.Array:
   Returns:
     [] J_max.
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([0.5, 0.5], [[0.5, 0.5], [1.0, 0.0]], [[0.0, 1.0], [2.0, 3.0]], 1.0)
-  >>> float(max_reward(inst))
-  2.0
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([0.5, 0.5], [[0.5, 0.5], [1.0, 0.0]], [[0.0, 1.0], [2.0, 3.0]], 1.0)
+    >>> float(max_reward(inst))
+    2.0
   """
   best = jnp.max(jnp.where(allowed_responses(inst, allowed), inst.reward, NEG_INF), -1)
   return obj.expect(inst, best)
@@ -223,11 +228,12 @@ def reward_deficit(inst: Instance, log_pi: jax.Array, allowed: jax.Array | None 
   Returns:
     [] J_max − J(π) ≥ 0.
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> f"{float(reward_deficit(inst, jnp.array([[-40.0, 0.0]]))):.6e}"  # e^-40, J rounds to 1
-  '4.248354e-18'
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> f"{float(reward_deficit(inst, jnp.array([[-40.0, 0.0]]))):.6e}"  # e^-40, J rounds to 1
+    '4.248354e-18'
   """
   allowed = allowed_responses(inst, allowed)
   r_max = jnp.max(jnp.where(allowed, inst.reward, NEG_INF), axis=-1, keepdims=True)
@@ -251,11 +257,12 @@ def log_reward_deficit(inst: Instance, log_pi: jax.Array,
   Returns:
     [] the log deficit (-inf when π puts all its mass on best responses).
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> float(log_reward_deficit(inst, jnp.array([[-1000.0, 0.0]])))
-  -1000.0
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> float(log_reward_deficit(inst, jnp.array([[-1000.0, 0.0]])))
+    -1000.0
   """
   terms = jnp.where(allowed_responses(inst, allowed), log_pi + _log_gaps(inst, allowed), NEG_INF)
   per_prompt = jax.nn.logsumexp(terms, axis=-1)
@@ -281,11 +288,12 @@ def frontier_at_log_deficit(inst: Instance, log_deficit, allowed: jax.Array | No
   Returns:
     (log_lam [], min_sft_loss []).
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> log_lam, loss = frontier_at_log_deficit(inst, -1000.0)  # λ ≈ e^1000 / 2
-  >>> round(float(log_lam), 6), round(float(loss), 6)  # π_λ ≈ (e^-1000, 1): L = 1000 / 2
-  (999.306853, 500.0)
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> log_lam, loss = frontier_at_log_deficit(inst, -1000.0)  # λ ≈ e^1000 / 2
+    >>> round(float(log_lam), 6), round(float(loss), 6)  # π_λ ≈ (e^-1000, 1): L = 1000 / 2
+    (999.306853, 500.0)
 
   References: this project's THEORY.md D4.
   """
@@ -322,11 +330,12 @@ def frontier_at_reward(inst: Instance, reward_target, allowed: jax.Array | None 
   Returns:
     (lam [], min_sft_loss []).
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> lam, loss = frontier_at_reward(inst, 0.75)  # π_λ = (1/4, 3/4): ν = 2, λ = 4/3
-  >>> round(float(lam), 6), round(float(loss), 6)
-  (1.333333, 0.836988)
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> lam, loss = frontier_at_reward(inst, 0.75)  # π_λ = (1/4, 3/4): ν = 2, λ = 4/3
+    >>> round(float(lam), 6), round(float(loss), 6)
+    (1.333333, 0.836988)
 
   References: this project's THEORY.md D4.
   """
@@ -360,10 +369,11 @@ def decoupling_regret(inst: Instance, log_pi: jax.Array,
   Returns:
     [] regret in nats (+inf if π misses part of supp d).
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.3, 0.2]], [[1.0, 0.0, -1.0]], 1e-3)
-  >>> round(float(decoupling_regret(inst, rl_path_policy(inst, 1e-3))), 6)  # ≈ 0.2/β
-  199.605958
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.3, 0.2]], [[1.0, 0.0, -1.0]], 1e-3)
+    >>> round(float(decoupling_regret(inst, rl_path_policy(inst, 1e-3))), 6)  # ≈ 0.2/β
+    199.605958
 
   References: this project's THEORY.md D4.
   """
@@ -394,10 +404,11 @@ def rl_path_instance(inst: Instance, beta) -> Instance:
   Returns:
     The instance with ρ = d and the given β (π*_β of it is :func:`rl_path_policy`).
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.9, 0.1]])
-  >>> rl_path_instance(inst, 0.5).reference.tolist(), float(rl_path_instance(inst, 0.5).beta)
-  ([[0.5, 0.5]], 0.5)
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.9, 0.1]])
+    >>> rl_path_instance(inst, 0.5).reference.tolist(), float(rl_path_instance(inst, 0.5).beta)
+    ([[0.5, 0.5]], 0.5)
   """
   return dataclasses.replace(rl_stage_after_sft(inst), beta=jnp.asarray(beta, inst.data.dtype))
 
@@ -419,13 +430,14 @@ def rl_path_policy(inst: Instance, beta) -> jax.Array:
   Returns:
     [X, Y] log π*_β(d) (-inf off supp d).
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> [round(float(v), 4) for v in jnp.exp(rl_path_policy(inst, 1.0))[0]]
-  [0.2689, 0.7311]
-  >>> float(rl_path_policy(inst, 1e-6)[0, 0])  # −1/β, exactly
-  -1000000.0
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> [round(float(v), 4) for v in jnp.exp(rl_path_policy(inst, 1.0))[0]]
+    [0.2689, 0.7311]
+    >>> float(rl_path_policy(inst, 1e-6)[0, 0])  # −1/β, exactly
+    -1000000.0
 
   References: arXiv 2601.07389 Eq. (8) with ρ = d; this project's THEORY.md D4.
   """
@@ -451,10 +463,11 @@ def rl_path(inst: Instance, betas) -> jax.Array:
   Returns:
     [K, X, Y] log-probabilities (:func:`rl_path_policy` for each β).
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> rl_path(inst, [1.0, 2.0]).shape
-  (2, 1, 2)
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> rl_path(inst, [1.0, 2.0]).shape
+    (2, 1, 2)
   """
   betas = jnp.atleast_1d(jnp.asarray(betas, inst.data.dtype))
   return jax.vmap(lambda b: rl_path_policy(inst, b))(betas)
@@ -478,11 +491,12 @@ def rl_path_curve(inst: Instance, betas):
   Returns:
     (sft_loss [K], reward [K]).
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> loss, rew = rl_path_curve(inst, [1e-3])
-  >>> round(float(loss[0]), 6), float(rew[0])  # L ≈ 1/(2β), J = 1 to rounding
-  (500.0, 1.0)
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> loss, rew = rl_path_curve(inst, [1e-3])
+    >>> round(float(loss[0]), 6), float(rew[0])  # L ≈ 1/(2β), J = 1 to rounding
+    (500.0, 1.0)
   """
   betas = jnp.atleast_1d(jnp.asarray(betas, inst.data.dtype))
   return _rl_curve(inst, betas)
@@ -505,10 +519,11 @@ def rl_path_regret(inst: Instance, betas) -> jax.Array:
   Returns:
     [K] regrets in nats (:func:`decoupling_regret` of :func:`rl_path_policy`).
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> [abs(round(float(v), 9)) for v in rl_path_regret(inst, [1e-6, 1.0, 1e6])]  # 1 prompt, 2 y
-  [0.0, 0.0, 0.0]
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> [abs(round(float(v), 9)) for v in rl_path_regret(inst, [1e-6, 1.0, 1e6])]  # 1 prompt, 2 y
+    [0.0, 0.0, 0.0]
   """
   betas = jnp.atleast_1d(jnp.asarray(betas, inst.data.dtype))
   return _rl_regret(inst, betas)

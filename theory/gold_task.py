@@ -72,6 +72,12 @@ def gold_label_task(key, n_prompts: int = 160, dim: int = 40, n_responses: int =
   elsewhere), so r is constant on supp d: C₁ = 0 in tabular form (Theorem 3.1 predicts no SFT-loss
   increase). ``family``: "gaussian", "low_rank" (rank dim/4) or "clustered" (8 clusters), or
   "one_hot" (tabular: features are the identity; the hidden rule uses Gaussian features).
+
+  Examples:
+    >>> import jax
+    >>> task = gold_label_task(jax.random.PRNGKey(0), n_prompts=8, dim=4)
+    >>> task.features.shape, int(task.train.sum()), task.inst.data.sum(axis=1).tolist() == [1.0] * 8
+    ((8, 4), 4, True)
   """
   kf, kw, kn, kl, ks = jax.random.split(key, 5)
   gauss = gaussian_features(kf, n_prompts, dim)
@@ -168,6 +174,13 @@ def run_pipeline(task: GoldTask, pipeline: str, **kwargs) -> dict:
   Returns:
     dict with one history per phase (``sft``, ``rl``: step; sft_loss / reward /
     regularized_reward on ``train`` and ``held_out``) and the base levels.
+
+  Examples:
+    >>> import jax
+    >>> task = gold_label_task(jax.random.PRNGKey(0), n_prompts=8, dim=4)
+    >>> res = run_pipeline(task, "sft_then_rl", sft_steps=2, rl_steps=2)
+    >>> sorted(res)
+    ['base_sft_loss_held_out', 'base_sft_loss_train', 'rl', 'sft']
   """
   if pipeline == "sft_then_rl":
     return _sft_then_rl(task, **kwargs)

@@ -90,6 +90,11 @@ def make_instance(prompt_weights, data, reward, beta, reference=None, response_m
 
   Returns:
     An unvalidated :class:`Instance` (call :func:`validate` on user input).
+
+  Examples:
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> inst.shape, float(inst.beta), inst.reference.tolist()  # the reference defaults to the data
+    ((1, 2), 1.0, [[0.5, 0.5]])
   """
   if dtype is None:
     dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
@@ -128,6 +133,15 @@ def validate(instance: Instance, tol: float = WEIGHT_TOL) -> Instance:
 
   Raises:
     InstanceError: with a one-line message naming the field and the rule.
+
+  Examples:
+    >>> # valid: returned as is
+    >>> inst = validate(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0))
+    >>> try:
+    ...   validate(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1e-7))
+    ... except InstanceError as e:
+    ...   print(e)
+    beta is 1e-07, outside the valid domain [1e-06, 1e+06]
   """
   w = np.asarray(instance.prompt_weights, np.float64)
   d = np.asarray(instance.data, np.float64)
@@ -193,6 +207,12 @@ def pad_instance(instance: Instance, n_prompts: int, n_responses: int) -> Instan
 
   Padded prompts get a uniform data/reference row over the real responses so that every row
   is still a distribution; their weight is 0, so no expectation over prompts sees them.
+
+  Examples:
+    >>> inst = pad_instance(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0), 2, 3)
+    >>> # a weight-0 prompt, a masked response
+    >>> inst.prompt_weights.tolist(), inst.response_mask.tolist()
+    ([1.0, 0.0], [[True, True, False], [True, True, False]])
   """
   n_x, n_y = instance.shape
   if n_prompts < n_x or n_responses < n_y:
@@ -219,7 +239,13 @@ def pad_instance(instance: Instance, n_prompts: int, n_responses: int) -> Instan
 
 
 def unpad_instance(instance: Instance) -> Instance:
-  """Drops weight-0 prompts and responses masked out on every prompt (inverse of padding)."""
+  """Drops weight-0 prompts and responses masked out on every prompt (inverse of padding).
+
+  Examples:
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> unpad_instance(pad_instance(inst, 2, 3)).shape
+    (1, 2)
+  """
   keep_x = np.asarray(instance.prompt_weights) > 0
   keep_y = np.asarray(instance.response_mask).any(axis=0)
   sel = lambda a: jnp.asarray(np.asarray(a)[keep_x][:, keep_y])
@@ -234,21 +260,36 @@ def unpad_instance(instance: Instance) -> Instance:
 
 
 def stack(instances: list[Instance]) -> Instance:
-  """Stacks same-shape instances into one batched instance (leading axis)."""
+  """Stacks same-shape instances into one batched instance (leading axis).
+
+  Examples:
+    >>> a = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> b = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 2.0)
+    >>> stack([a, b]).beta.tolist()  # one batched instance: [B] betas, [B, X, Y] arrays
+    [1.0, 2.0]
+  """
   return jax.tree.map(lambda *xs: jnp.stack(xs), *instances)
 
 
 def index(batch: Instance, i: Any) -> Instance:
-  """The i-th instance of a batch."""
+  """The i-th instance of a batch.
+
+  Examples:
+    >>> a = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> b = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 2.0)
+    >>> float(index(stack([a, b]), 1).beta)
+    2.0
+  """
   return jax.tree.map(lambda a: a[i], batch)
 
 
 def with_reference(instance: Instance, reference: jax.Array) -> Instance:
   """The instance with reference policy ``reference`` [X, Y] (e.g. the policy a phase starts from).
 
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> with_reference(inst, jnp.asarray([[0.2, 0.8]])).reference.tolist()
-  [[0.2, 0.8]]
+  Examples:
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> with_reference(inst, jnp.asarray([[0.2, 0.8]])).reference.tolist()
+    [[0.2, 0.8]]
   """
   return dataclasses.replace(instance, reference=jnp.asarray(reference, instance.data.dtype))
 
@@ -259,8 +300,9 @@ def rl_stage_after_sft(instance: Instance) -> Instance:
   This is the setting of Theorem 3.1 (arXiv 2601.07389): exact SFT reaches π = d, then RL is
   regularised towards it.
 
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.9, 0.1]])
-  >>> rl_stage_after_sft(inst).reference.tolist()
-  [[0.5, 0.5]]
+  Examples:
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.9, 0.1]])
+    >>> rl_stage_after_sft(inst).reference.tolist()
+    [[0.5, 0.5]]
   """
   return dataclasses.replace(instance, reference=instance.data)

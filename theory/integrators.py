@@ -267,10 +267,11 @@ def dopri5(field: Callable, y0, ts: jax.Array, args=None, *, t0=0.0, rtol: float
   Returns:
     :class:`Solution` with ``ys`` [T, ...].
 
-  >>> import jax.numpy as jnp
-  >>> sol = dopri5(lambda y, a: -y, jnp.ones(1), jnp.array([1.0, 2.0]))
-  >>> [round(float(v), 8) for v in sol.ys[:, 0]], bool(sol.ok)  # e^{-1}, e^{-2}
-  ([0.36787944, 0.13533528], True)
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> sol = dopri5(lambda y, a: -y, jnp.ones(1), jnp.array([1.0, 2.0]))
+    >>> [round(float(v), 8) for v in sol.ys[:, 0]], bool(sol.ok)  # e^{-1}, e^{-2}
+    ([0.36787944, 0.13533528], True)
   """
   normalise = normalise or (lambda y: y)
   magnitudes = magnitudes or _abs_pair
@@ -316,11 +317,12 @@ def rodas5p(field: Callable, linearisation: Linearisation, y0, ts: jax.Array, ar
   Returns:
     :class:`Solution`.
 
-  >>> import jax.numpy as jnp
-  >>> f = lambda y, a: jnp.array([-1e6 * (y[0] - jnp.cos(y[1])), 1.0])  # stiff: λ = −1e6
-  >>> sol = rodas5p(f, dense_linearisation(f), jnp.array([0.0, 0.0]), jnp.array([1.0]))
-  >>> round(float(sol.ys[0, 0]), 6), bool(sol.ok), int(sol.accepted) < 100  # y₀ ≈ cos(t)
-  (0.540303, True, True)
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> f = lambda y, a: jnp.array([-1e6 * (y[0] - jnp.cos(y[1])), 1.0])  # stiff: λ = −1e6
+    >>> sol = rodas5p(f, dense_linearisation(f), jnp.array([0.0, 0.0]), jnp.array([1.0]))
+    >>> round(float(sol.ys[0, 0]), 6), bool(sol.ok), int(sol.accepted) < 100  # y₀ ≈ cos(t)
+    (0.540303, True, True)
   """
   normalise = normalise or (lambda y: y)
   magnitudes = magnitudes or _abs_pair
@@ -368,11 +370,12 @@ def dense_linearisation(field: Callable) -> Linearisation:
   For small states only; structured fields should provide their own (see
   theory/logit_field.py, which solves the tabular flows' systems in O(|X||Y|)).
 
-  >>> import jax.numpy as jnp
-  >>> lin = dense_linearisation(lambda y, a: -2.0 * y)
-  >>> f, jac, hg_max = lin.linearise(jnp.ones(2), None)
-  >>> [float(v) for v in lin.solve(jac, 0.5, jnp.ones(2))]  # (I + 0.5·2 I)⁻¹ 1
-  [0.5, 0.5]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> lin = dense_linearisation(lambda y, a: -2.0 * y)
+    >>> f, jac, hg_max = lin.linearise(jnp.ones(2), None)
+    >>> [float(v) for v in lin.solve(jac, 0.5, jnp.ones(2))]  # (I + 0.5·2 I)⁻¹ 1
+    [0.5, 0.5]
   """
 
   def linearise(y, args):

@@ -63,11 +63,12 @@ def vector_field(inst: Instance, theta: jax.Array, sft_weight, rl_weight,
   Returns:
     [X, Y] time derivative of the logits (0 off the RL support).
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> [round(float(v), 4) for v in vector_field(inst, jnp.zeros((1, 2)), 0.0, 1.0)[0]]
-  [-0.25, 0.25]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> [round(float(v), 4) for v in vector_field(inst, jnp.zeros((1, 2)), 0.0, 1.0)[0]]
+    [-0.25, 0.25]
   """
   support = obj.rl_support(inst)
   theta = jnp.where(support, theta, -jnp.inf)
@@ -98,10 +99,11 @@ def stiffness_rate(inst: Instance, sft_weight, rl_weight) -> jax.Array:
   An explicit solver with a bounded stability region needs O(T · rate) steps to reach time T;
   :mod:`.flows` switches to the implicit solver when T · rate is large.
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([0.5, 0.5], [[0.5, 0.5]] * 2, [[0.0, 1.0], [0.0, 3.0]], 1e6)
-  >>> float(stiffness_rate(inst, 0.0, 1.0))  # 0.5 · (1e6 + 3)
-  500001.5
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([0.5, 0.5], [[0.5, 0.5]] * 2, [[0.0, 1.0], [0.0, 3.0]], 1e6)
+    >>> float(stiffness_rate(inst, 0.0, 1.0))  # 0.5 · (1e6 + 3)
+    500001.5
   """
   w = inst.prompt_weights
   per_x = w * (jnp.abs(sft_weight) + jnp.abs(rl_weight) * (inst.beta + _reward_oscillation(inst)))
@@ -114,10 +116,11 @@ def natural_time(inst: Instance) -> jax.Array:
   The Jacobian of ∇J_β in logits is bounded by w_x(β + osc r) per prompt (up to a constant), so
   an explicit solver needs O(T / natural_time) steps to reach time T.
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> float(natural_time(inst))
-  0.5
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> float(natural_time(inst))
+    0.5
   """
   osc = jnp.max(jnp.where(inst.prompt_weights > 0, _reward_oscillation(inst), 0.0))
   return 1.0 / (jnp.max(inst.prompt_weights) * (inst.beta + osc))
@@ -257,13 +260,14 @@ class LogitSystem:
 def logit_system(inst: Instance, sft_weight, rl_weight) -> LogitSystem:
   """The :class:`LogitSystem` of θ̇ = −a∇L + b∇J_β(·; inst.reference).
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> system = logit_system(inst, 0.0, 1.0)
-  >>> theta = system.to_internal(jnp.zeros((1, 2)))
-  >>> [round(float(v), 4) for v in system.field(theta)[0]]  # = vector_field at θ = 0
-  [-0.25, 0.25]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> system = logit_system(inst, 0.0, 1.0)
+    >>> theta = system.to_internal(jnp.zeros((1, 2)))
+    >>> [round(float(v), 4) for v in system.field(theta)[0]]  # = vector_field at θ = 0
+    [-0.25, 0.25]
   """
   dtype = inst.reward.dtype
   a = jnp.asarray(sft_weight, dtype)

@@ -67,10 +67,11 @@ def integrate(field, y0, ts, args, *, t0=0.0, rtol=1e-8, atol=1e-10, max_steps=D
     (ys with a leading [T] axis, NaN at saves not reached; ok: [] bool, True when the solver
     reached ts[-1]).
 
-  >>> import jax.numpy as jnp
-  >>> ys, ok = integrate(lambda y, a: a * y, jnp.ones(1), jnp.array([1.0]), -1.0)
-  >>> round(float(ys[0, 0]), 8), bool(ok)
-  (0.36787944, True)
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> ys, ok = integrate(lambda y, a: a * y, jnp.ones(1), jnp.array([1.0]), -1.0)
+    >>> round(float(ys[0, 0]), 8), bool(ok)
+    (0.36787944, True)
   """
   kw = dict(t0=t0, rtol=rtol, atol=atol, max_steps=max_steps)
   if linearisation is None:
@@ -119,6 +120,20 @@ def solve_logit_system(system: LogitSystem, theta: jax.Array, taus: jax.Array, r
 
   Returns:
     (:class:`~.integrators.Solution` in the internal gauge, stiff: [] bool).
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> from nondecoupling.theory.logit_field import logit_system, stiffness_rate
+    >>> from nondecoupling.theory.objectives import initial_logits
+    >>> inst = make_instance([1.0], [[0.25, 0.75]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
+    >>> system, theta0 = logit_system(inst, 1.0, 0.0), initial_logits(inst)  # the SFT flow
+    >>> sol, stiff = solve_logit_system(system, system.to_internal(theta0), jnp.array([50.0]),
+    ...                                 stiffness_rate(inst, 1.0, 0.0), system.row_mean(theta0),
+    ...                                 rtol=1e-8, atol=1e-10, max_steps=4096, method="auto")
+    >>> bool(sol.ok), bool(stiff)
+    (True, False)
   """
   real = system.support & (system.weight > 0)
   n = jnp.maximum(jnp.sum(real), 1)
@@ -183,6 +198,14 @@ def resolve_method(method: str, inst: Instance, spans, sft_weights, rl_weights) 
   ``spans``, ``sft_weights``, ``rl_weights`` are per phase (length and weights a, b).
 
   Under jit or vmap (traced inputs) it stays "auto" and every solve decides in the graph.
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> resolve_method("auto", inst, [10.0], [0.0], [1.0])  # a mild RL flow: the explicit solver
+    'explicit'
+    >>> resolve_method("auto", make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1e6), [10.0], [0.0], [1.0])
+    'implicit'
   """
   _check_method(method)
   if method != "auto" or not _is_concrete(inst, spans, sft_weights, rl_weights):
@@ -215,12 +238,13 @@ def flow_solution(inst: Instance, ts: jax.Array, sft_weight, rl_weight,
   Returns:
     :class:`FlowSolution`.
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1e6)  # stiff: β = 1e6
-  >>> sol = flow_solution(inst, jnp.array([10.0]), 0.0, 1.0)
-  >>> bool(sol.ok), bool(sol.stiff), int(sol.accepted) < 200
-  (True, True, True)
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1e6)  # stiff: β = 1e6
+    >>> sol = flow_solution(inst, jnp.array([10.0]), 0.0, 1.0)
+    >>> bool(sol.ok), bool(sol.stiff), int(sol.accepted) < 200
+    (True, True, True)
   """
   last = np.asarray(ts)[-1:] if _is_concrete(ts) else ts  # only the end of the flow counts
   method = resolve_method(method, inst, last, sft_weight, rl_weight)
@@ -258,13 +282,14 @@ def flow(inst: Instance, ts: jax.Array, sft_weight, rl_weight, theta0: jax.Array
   Returns:
     (thetas [T, X, Y], ok []).
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> from nondecoupling.theory.objectives import policy_log_probs
-  >>> th, ok = flow(inst, jnp.array([200.0]), 0.0, 1.0)
-  >>> round(float(jnp.exp(policy_log_probs(inst, th[-1]))[0, 1]), 4)  # → π*_β
-  0.7311
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> from nondecoupling.theory.objectives import policy_log_probs
+    >>> th, ok = flow(inst, jnp.array([200.0]), 0.0, 1.0)
+    >>> round(float(jnp.exp(policy_log_probs(inst, th[-1]))[0, 1]), 4)  # → π*_β
+    0.7311
   """
   sol = flow_solution(inst, ts, sft_weight, rl_weight, theta0, rtol=rtol, atol=atol,
                       max_steps=max_steps, method=method)
@@ -272,10 +297,31 @@ def flow(inst: Instance, ts: jax.Array, sft_weight, rl_weight, theta0: jax.Array
 
 
 def sft_flow(inst, ts, theta0=None, **kw):
-  """SFT flow θ̇ = −∇L (see :func:`flow`)."""
+  """SFT flow θ̇ = −∇L (see :func:`flow`).
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.25, 0.75]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
+    >>> thetas, ok = sft_flow(inst, jnp.array([50.0]))
+    >>> bool(ok), [round(v, 4) for v in jax.nn.softmax(thetas[-1, 0]).tolist()]  # SFT reaches d
+    (True, [0.25, 0.75])
+  """
   return flow(inst, ts, 1.0, 0.0, theta0, **kw)
 
 
 def rl_flow(inst, ts, theta0=None, **kw):
-  """RL flow θ̇ = ∇J_β(·; inst.reference) (see :func:`flow`)."""
+  """RL flow θ̇ = ∇J_β(·; inst.reference) (see :func:`flow`).
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> thetas, ok = rl_flow(inst, jnp.array([50.0]))
+    >>> # RL reaches (1, e)/(1 + e)
+    >>> bool(ok), [round(v, 4) for v in jax.nn.softmax(thetas[-1, 0]).tolist()]
+    (True, [0.2689, 0.7311])
+  """
   return flow(inst, ts, 0.0, 1.0, theta0, **kw)

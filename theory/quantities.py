@@ -73,6 +73,12 @@ def prompt_terms(d: jax.Array, rho: jax.Array, r: jax.Array, beta: jax.Array) ->
 
   Returns:
     dict name -> [] term; the quantity is sum_x w_x^k term_x (k = 1, or 2/3 for D2's forms).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> t = prompt_terms(jnp.array([0.5, 0.5]), jnp.array([0.5, 0.5]), jnp.array([0.0, 1.0]), jnp.asarray(1.0))
+    >>> round(float(t["c1"]), 6)  # this prompt's C₁: log((1 + e)/2) − ½
+    0.120115
   """
   log_rho, log_d = safe_log(rho), safe_log(d)
   support, reach = d > 0, rho > 0
@@ -132,6 +138,12 @@ def check_quantities(inst: Instance, chunk: int = CHUNK) -> dict[str, jax.Array]
 
   Returns:
     dict name -> [] array, names as in ``QUANTITY_DOCS``.
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> q = check_quantities(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0))
+    >>> round(float(q["c1"]), 6)  # log((1 + e)/2) − ½
+    0.120115
   """
   w = inst.prompt_weights
   terms = _map_prompts(lambda d, rho, r: prompt_terms(d, rho, r, inst.beta), inst, chunk)

@@ -31,7 +31,13 @@ __all__ = ["entries", "abs_log", "TiltScale", "tilt_scale", "gibbs_scale", "kl_s
 
 
 def entries(inst: Instance) -> int:
-  """|X| |Y| of an (unbatched) instance: the number of terms its sums run over (static)."""
+  """|X| |Y| of an (unbatched) instance: the number of terms its sums run over (static).
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> entries(make_instance([0.5, 0.5], [[1.0, 0.0, 0.0]] * 2, [[0.0, 1.0, 2.0]] * 2, 1.0))
+    6
+  """
   n_x, n_y = inst.data.shape[-2:]
   return int(n_x) * int(n_y)
 
@@ -39,9 +45,10 @@ def entries(inst: Instance) -> int:
 def abs_log(log_p: jax.Array) -> jax.Array:
   """|log p| where finite, 0 elsewhere (the error scale of a log-probability computed as log p).
 
-  >>> import jax.numpy as jnp
-  >>> abs_log(jnp.array([-2.0, -jnp.inf])).tolist()
-  [2.0, 0.0]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> abs_log(jnp.array([-2.0, -jnp.inf])).tolist()
+    [2.0, 0.0]
   """
   return jnp.where(jnp.isfinite(log_p), jnp.abs(jnp.where(jnp.isfinite(log_p), log_p, 0.0)), 0.0)
 
@@ -65,7 +72,16 @@ class TiltScale(NamedTuple):
 
 
 def tilt_scale(p: jax.Array, r: jax.Array, beta: jax.Array, t: Tilt) -> TiltScale:
-  """The error scales of the :class:`~.tilt.Tilt` ``t`` of ``p`` by r/β (module docstring)."""
+  """The error scales of the :class:`~.tilt.Tilt` ``t`` of ``p`` by r/β (module docstring).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tilt import tilt
+    >>> p, r = jnp.array([0.5, 0.5]), jnp.array([0.0, 1.0])
+    >>> s = tilt_scale(p, r, jnp.asarray(1.0), tilt(p, r, 1.0))
+    >>> round(float(s.gap), 6)  # K + Σ|π − p||c| = 0.1201145 + 2 · 0.2310586 · ½
+    0.351173
+  """
   pos = p > 0
   log_pi = log_tilt(p, t)
   pi = jnp.where(pos, jnp.exp(log_pi), 0.0)
@@ -89,7 +105,14 @@ def tilt_scale(p: jax.Array, r: jax.Array, beta: jax.Array, t: Tilt) -> TiltScal
 
 
 def gibbs_scale(inst: Instance, t: Tilt | None = None) -> TiltScale:
-  """Error scales of the Gibbs tilt π*_β of ρ (:func:`~.objectives.gibbs`, ``gibbs_tilt``)."""
+  """Error scales of the Gibbs tilt π*_β of ρ (:func:`~.objectives.gibbs`, ``gibbs_tilt``).
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> s = gibbs_scale(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0))
+    >>> [round(v, 6) for v in s.pi[0].tolist()], round(float(s.gap[0]), 6)  # π*_β, and S_K as above
+    ([0.268941, 0.731059], 0.351173)
+  """
   r = jnp.where(inst.response_mask, inst.reward, 0.0)
   return tilt_scale(inst.reference, r, inst.beta, gibbs(inst) if t is None else t)
 
@@ -101,6 +124,17 @@ def kl_scale(log_p: jax.Array, log_q: jax.Array, p_scale: jax.Array,
   Σ_{p>0} [p φ(v) + p (|e^v − 1| + u E) E] + Σ_{p=0} q (1 + S_q), v = log(q/p), E = S_p + S_q:
   the value, the conditioning of φ (φ'(v) = e^v − 1; the u E term covers a v rounded to 0, where
   φ(δv) ≈ δv²/2) and the relative error of q = e^{log q} off supp p.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> log_p = jnp.log(jnp.array([[0.5, 0.5]]))
+    >>> # identical exact inputs
+    >>> kl_scale(log_p, log_p, jnp.zeros((1, 2)), jnp.zeros((1, 2))).tolist()
+    [0.0]
+    >>> log_q = jnp.log(jnp.array([[0.25, 0.75]]))
+    >>> # = KL(p‖q) here
+    >>> round(float(kl_scale(log_p, log_q, jnp.zeros((1, 2)), jnp.zeros((1, 2)))[0]), 6)
+    0.143841
   """
   p = jnp.exp(log_p)
   pos = p > 0
@@ -122,6 +156,16 @@ def kl_to_gibbs_scale(inst: Instance, log_p: jax.Array, ts: TiltScale | None = N
   As :func:`kl_scale`, with log(π*/p) of the error scale of the form
   :func:`~.tilt.log_ratio_to` takes: |log ρ| + |log p| (0 where log p = log ρ: identical inputs
   have identical logs) + S_u, or |log p| + S_top at the dominant entry.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> from nondecoupling.theory.objectives import kl_to_gibbs
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> log_p = jnp.log(inst.data)
+    >>> # Σ p φ(v) = the KL itself
+    >>> bool(kl_to_gibbs_scale(inst, log_p)[0] >= kl_to_gibbs(inst, log_p)[0])
+    True
   """
   t = gibbs(inst) if t is None else t
   ts = gibbs_scale(inst, t) if ts is None else ts
@@ -143,13 +187,28 @@ def kl_to_gibbs_scale(inst: Instance, log_p: jax.Array, ts: TiltScale | None = N
 
 
 def cross_entropy_scale(p: jax.Array, log_q: jax.Array, q_scale: jax.Array) -> jax.Array:
-  """[X] error scale of −Σ p log q: Σ_{p>0} p (|log q| + S_q)."""
+  """[X] error scale of −Σ p log q: Σ_{p>0} p (|log q| + S_q).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> p = jnp.array([[0.5, 0.5]])
+    >>> # Σ p |log q| = log 2
+    >>> cross_entropy_scale(p, jnp.log(p), jnp.zeros((1, 2))).round(6).tolist()
+    [0.693147]
+  """
   pos = p > 0
   return jnp.sum(jnp.where(pos, p * (abs_log(log_q) + q_scale), 0.0), axis=-1)
 
 
 def c1_scale(inst: Instance, ts: TiltScale | None = None) -> jax.Array:
-  """[X] error scale of :func:`~.objectives.c1_rows`: S_K + Σ_y |d − ρ| |r| / β."""
+  """[X] error scale of :func:`~.objectives.c1_rows`: S_K + Σ_y |d − ρ| |r| / β.
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> round(float(c1_scale(inst)[0]), 6)  # S_K only: ρ = d, so Σ|d − ρ||r|/β = 0
+    0.351173
+  """
   ts = gibbs_scale(inst) if ts is None else ts
   r = jnp.where(inst.response_mask, inst.reward, 0.0)
   return ts.gap + jnp.sum(jnp.abs(inst.data - inst.reference) * jnp.abs(r), axis=-1) / inst.beta

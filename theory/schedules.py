@@ -33,9 +33,10 @@ PIPELINE_NAMES = ("sft_then_rl", "rl_then_sft", "alternating", "joint")
 def time_unit(inst: Instance) -> jax.Array:
   """u = 1 / min_x w_x over real (weight > 0) prompts: the pipelines' unit of time.
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> float(time_unit(make_instance([0.25, 0.75], [[0.5, 0.5]] * 2, [[0.0, 1.0]] * 2, 1.0)))
-  4.0
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> float(time_unit(make_instance([0.25, 0.75], [[0.5, 0.5]] * 2, [[0.0, 1.0]] * 2, 1.0)))
+    4.0
   """
   w = inst.prompt_weights
   return 1.0 / jnp.min(jnp.where(w > 0, w, jnp.inf))
@@ -70,26 +71,45 @@ def _schedule(a, b, dur, reset) -> Schedule:
 
 
 def sft_only_schedule(duration) -> Schedule:
-  """One SFT phase."""
+  """One SFT phase.
+
+  Examples:
+    >>> s = sft_only_schedule(2.0)
+    >>> s.sft_weight.tolist(), s.rl_weight.tolist(), s.duration.tolist()
+    ([1.0], [0.0], [2.0])
+  """
   return _schedule([1.0], [0.0], [duration], [False])
 
 
 def rl_only_schedule(duration) -> Schedule:
-  """One RL phase with the instance's reference."""
+  """One RL phase with the instance's reference.
+
+  Examples:
+    >>> s = rl_only_schedule(2.0)
+    >>> s.sft_weight.tolist(), s.rl_weight.tolist(), s.reset_reference.tolist()
+    ([0.0], [1.0], [False])
+  """
   return _schedule([0.0], [1.0], [duration], [False])
 
 
 def sft_then_rl_schedule(t_sft, t_rl) -> Schedule:
   """SFT from ρ for t_sft, then RL for t_rl with the reference reset to the SFT end policy.
 
-  >>> sft_then_rl_schedule(2.0, 3.0).reset_reference.tolist()
-  [False, True]
+  Examples:
+    >>> sft_then_rl_schedule(2.0, 3.0).reset_reference.tolist()
+    [False, True]
   """
   return _schedule([1.0, 0.0], [0.0, 1.0], [t_sft, t_rl], [False, True])
 
 
 def rl_then_sft_schedule(t_rl, t_sft) -> Schedule:
-  """RL from ρ (reference ρ) for t_rl, then SFT for t_sft."""
+  """RL from ρ (reference ρ) for t_rl, then SFT for t_sft.
+
+  Examples:
+    >>> s = rl_then_sft_schedule(1.0, 3.0)
+    >>> s.rl_weight.tolist(), s.sft_weight.tolist(), s.duration.tolist()
+    ([1.0, 0.0], [0.0, 1.0], [1.0, 3.0])
+  """
   return _schedule([0.0, 1.0], [1.0, 0.0], [t_rl, t_sft], [False, False])
 
 
@@ -98,8 +118,9 @@ def alternating_schedule(period: float, total: float, start: str = "sft") -> Sch
 
   The number of phases, ceil(total / period), is static (it fixes the compiled shape).
 
-  >>> alternating_schedule(2.0, 5.0).duration.tolist()
-  [2.0, 2.0, 1.0]
+  Examples:
+    >>> alternating_schedule(2.0, 5.0).duration.tolist()
+    [2.0, 2.0, 1.0]
   """
   if period <= 0 or total <= 0:
     raise ValueError(f"period and total must be > 0, got {period} and {total}")
@@ -111,7 +132,13 @@ def alternating_schedule(period: float, total: float, start: str = "sft") -> Sch
 
 
 def joint_schedule(duration, lam=1.0) -> Schedule:
-  """One joint phase θ̇ = −∇(L − λJ_β) (reference ρ)."""
+  """One joint phase θ̇ = −∇(L − λJ_β) (reference ρ).
+
+  Examples:
+    >>> s = joint_schedule(2.0, lam=0.5)
+    >>> s.sft_weight.tolist(), s.rl_weight.tolist()  # θ̇ = −∇L + λ∇J_β
+    ([1.0], [0.5])
+  """
   return _schedule([1.0], [lam], [duration], [False])
 
 
@@ -121,10 +148,11 @@ def pipeline_schedule(name: str, inst: Instance) -> Schedule:
   sft_then_rl: SFT 5u then RL 5u; rl_then_sft: RL 5u then SFT 5u; alternating: period u over
   10u starting with SFT; joint: 10u with λ = 1.
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([0.5, 0.5], [[0.5, 0.5]] * 2, [[0.0, 1.0]] * 2, 1.0)
-  >>> pipeline_schedule("sft_then_rl", inst).duration.tolist()
-  [10.0, 10.0]
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([0.5, 0.5], [[0.5, 0.5]] * 2, [[0.0, 1.0]] * 2, 1.0)
+    >>> pipeline_schedule("sft_then_rl", inst).duration.tolist()
+    [10.0, 10.0]
   """
   u = float(time_unit(inst))
   if name == "sft_then_rl":

@@ -95,13 +95,14 @@ def tilt(p: jax.Array, r: jax.Array, beta: jax.Array) -> Tilt:
   Returns:
     :class:`Tilt`.
 
-  >>> import jax.numpy as jnp
-  >>> t = tilt(jnp.array([0.5, 0.5]), jnp.array([0.3, 0.30000001]), jnp.asarray(1.0))
-  >>> f"{float(t.gap):.6e}"  # log cosh(5e-9)
-  '1.250000e-17'
-  >>> g = tilt(jnp.array([0.25, 0.75]), jnp.array([1.0, -1.0]), jnp.asarray(0.02))
-  >>> f"{float(-g.log_top):.6e}"  # −log π(y*) = log(1 + 3 e^{−100})
-  '1.116023e-43'
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> t = tilt(jnp.array([0.5, 0.5]), jnp.array([0.3, 0.30000001]), jnp.asarray(1.0))
+    >>> f"{float(t.gap):.6e}"  # log cosh(5e-9)
+    '1.250000e-17'
+    >>> g = tilt(jnp.array([0.25, 0.75]), jnp.array([1.0, -1.0]), jnp.asarray(0.02))
+    >>> f"{float(-g.log_top):.6e}"  # −log π(y*) = log(1 + 3 e^{−100})
+    '1.116023e-43'
   """
   pos = p > 0
   mean, dev = centre(p, r)
@@ -131,7 +132,15 @@ def tilt(p: jax.Array, r: jax.Array, beta: jax.Array) -> Tilt:
 
 
 def log_tilt(p: jax.Array, t: Tilt) -> jax.Array:
-  """[..., Y] log π: log π(y*) at the dominant entry, log p + log(π/p) elsewhere (−∞ off supp p)."""
+  """[..., Y] log π: log π(y*) at the dominant entry, log p + log(π/p) elsewhere (−∞ off supp p).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> p = jnp.array([0.5, 0.5])
+    >>> pi = jnp.exp(log_tilt(p, tilt(p, jnp.array([0.0, 1.0]), 1.0)))
+    >>> [round(v, 6) for v in pi.tolist()]  # (1, e)/(1 + e)
+    [0.268941, 0.731059]
+  """
   pos = p > 0
   return jnp.where(t.is_top, t.log_top[..., None],
                    jnp.where(pos, safe_log(p) + jnp.where(pos, t.log_ratio, 0.0), NEG_INF))
@@ -142,6 +151,14 @@ def log_ratio_to(p: jax.Array, t: Tilt, log_q: jax.Array) -> jax.Array:
 
   (log p − log q) + log(π/p) — exact when q = p or q ≈ p — or, at the dominant entry,
   log π(y*) − log q(y*) (exact when π and q are both concentrated there). −∞ where p = 0 < q.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> p = jnp.array([0.5, 0.5])
+    >>> t = tilt(p, jnp.array([0.0, 1.0]), 1.0)
+    >>> # log(π/p) = log(2/(1 + e)), log(2e/(1 + e))
+    >>> log_ratio_to(p, t, jnp.log(p)).round(6).tolist()
+    [-0.620115, 0.379885]
   """
   pos = p > 0
   log_p = safe_log(p)
@@ -160,6 +177,12 @@ def tilt_c1_rows(p: jax.Array, t: Tilt, d: jax.Array, r: jax.Array, beta) -> jax
 
   K − Σ_y (d − p) r/β (near ties, p ≈ d: nothing cancels) or Σ_y d log(p/π) (domination:
   log π(y*) is exact there); the form with the smaller rounding-error estimate is returned.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> p, r = jnp.array([0.5, 0.5]), jnp.array([0.0, 1.0])
+    >>> round(float(tilt_c1_rows(p, tilt(p, r, 1.0), p, r, 1.0)), 6)  # log((1 + e)/2) − ½
+    0.120115
   """
   both = (d > 0) | (p > 0)
   gain = jnp.sum(jnp.where(both, (d - p) * r, 0.0), axis=-1)
@@ -175,7 +198,14 @@ def tilt_c1_rows(p: jax.Array, t: Tilt, d: jax.Array, r: jax.Array, beta) -> jax
 
 def tilt_tv_rows(p: jax.Array, t: Tilt, q: jax.Array) -> jax.Array:
   r"""[...] TV(q, π) = ½ Σ_y |q − π| with q − π = (q − p) − p (e^{log(π/p)} − 1), or at the
-  dominant entry (q − 1) + (1 − π(y*)) = (q − 1) − expm1(log π(y*)) when that is more precise."""
+  dominant entry (q − 1) + (1 − π(y*)) = (q − 1) − expm1(log π(y*)) when that is more precise.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> p = jnp.array([0.5, 0.5])
+    >>> round(float(tilt_tv_rows(p, tilt(p, jnp.array([0.0, 1.0]), 1.0), p)), 6)  # e/(1 + e) − ½
+    0.231059
+  """
   pos = p > 0
   u = jnp.where(pos, t.log_ratio, 0.0)
   em = jnp.expm1(u)

@@ -99,16 +99,23 @@ class Verdict(NamedTuple):
 
 
 def gamma_for(n: int, dtype) -> float:
-  """γ_N with N = n + ``OPS``: the relative rounding bound of a sum over n entries."""
+  """γ_N with N = n + ``OPS``: the relative rounding bound of a sum over n entries.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> f"{gamma_for(36, jnp.float64):.4e}"  # (36 + 64) u / (1 − 100 u), u = 2⁻⁵³
+    '1.1102e-14'
+  """
   return gamma(n + OPS, dtype)
 
 
 def sqrt_error(x, err):
   r"""Error bound of √x when x has absolute error ``err``: min(√err, err / (2√x)) (x ≥ 0).
 
-  >>> import jax.numpy as jnp
-  >>> float(sqrt_error(jnp.asarray(0.0), jnp.asarray(1e-16)))
-  1e-08
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> float(sqrt_error(jnp.asarray(0.0), jnp.asarray(1e-16)))
+    1e-08
   """
   x = jnp.maximum(x, 0.0)
   pos = x > 0
@@ -128,9 +135,10 @@ def rounding_slack(scale, n: int, extra=0.0, resolved=None) -> jax.Array:
   Returns:
     [] the absolute rounding bound.
 
-  >>> import jax.numpy as jnp
-  >>> f"{float(rounding_slack(jnp.asarray(2.0), 12)):.3e}"  # (12 + 64) u × 2
-  '1.688e-14'
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> f"{float(rounding_slack(jnp.asarray(2.0), 12)):.3e}"  # (12 + 64) u × 2
+    '1.688e-14'
   """
   scale = jnp.asarray(scale)
   big_n = n + OPS
@@ -154,7 +162,13 @@ def _applies(applies, like):
 
 
 def identity(lhs, rhs, slack, applies=True) -> Verdict:
-  """lhs = rhs; margin = −|lhs − rhs| / s, s = max(1, |lhs|, |rhs|); slack (absolute) / s too."""
+  """lhs = rhs; margin = −|lhs − rhs| / s, s = max(1, |lhs|, |rhs|); slack (absolute) / s too.
+
+  Examples:
+    >>> v = identity(2.0, 2.0 + 4e-16, 1e-15)
+    >>> float(v.margin), bool(holds(v.margin, v.slack))  # residual 4e-16 / 2, inside the slack
+    (-2.2204460492503126e-16, True)
+  """
   scale = jnp.maximum(1.0, jnp.maximum(jnp.abs(lhs), jnp.abs(rhs)))
   resid = jnp.where(lhs == rhs, 0.0, jnp.abs(lhs - rhs))  # inf == inf is exact agreement
   return Verdict(lhs, rhs, -resid / scale, _applies(applies, lhs), _nan_like(lhs),
@@ -162,19 +176,37 @@ def identity(lhs, rhs, slack, applies=True) -> Verdict:
 
 
 def at_most(lhs, rhs, slack, applies=True, base=0.0) -> Verdict:
-  """lhs <= rhs; margin = rhs − lhs; ratio = (lhs − base)/(rhs − base) (the bound's use)."""
+  """lhs <= rhs; margin = rhs − lhs; ratio = (lhs − base)/(rhs − base) (the bound's use).
+
+  Examples:
+    >>> v = at_most(1.0, 4.0, 0.0)
+    >>> float(v.margin), float(v.ratio)  # rhs − lhs; a quarter of the bound is used
+    (3.0, 0.25)
+  """
   return Verdict(lhs, rhs, rhs - lhs, _applies(applies, lhs), _ratio(lhs - base, rhs - base),
                  jnp.asarray(slack))
 
 
 def at_least(lhs, rhs, slack, applies=True, base=0.0) -> Verdict:
-  """lhs >= rhs; margin = lhs − rhs; ratio = (rhs − base)/(lhs − base)."""
+  """lhs >= rhs; margin = lhs − rhs; ratio = (rhs − base)/(lhs − base).
+
+  Examples:
+    >>> v = at_least(3.0, 1.0, 0.0)
+    >>> float(v.margin), float(v.ratio)  # lhs − rhs; rhs / lhs
+    (2.0, 0.3333333333333333)
+  """
   return Verdict(lhs, rhs, lhs - rhs, _applies(applies, lhs), _ratio(rhs - base, lhs - base),
                  jnp.asarray(slack))
 
 
 def positive(value, slack, applies=True) -> Verdict:
-  """value > 0 (a strict statement); margin = value."""
+  """value > 0 (a strict statement); margin = value.
+
+  Examples:
+    >>> v = positive(0.0, 0.0)  # exactly 0 with no rounding: a strict claim fails
+    >>> bool(fails(v.margin, v.slack, strict=True))
+    True
+  """
   return Verdict(value, jnp.zeros_like(value), value, _applies(applies, value), _nan_like(value),
                  jnp.asarray(slack))
 
@@ -184,14 +216,21 @@ def fails(margin, slack, strict: bool = False):
 
   NaN margins are failures too (a number was expected).
 
-  >>> import numpy as np
-  >>> fails(np.array([-1e-17, -1e-3, 0.0, np.nan]), np.array([1e-16, 1e-16, 0.0, 1.0]), True)
-  array([False,  True,  True,  True])
+  Examples:
+    >>> import numpy as np
+    >>> fails(np.array([-1e-17, -1e-3, 0.0, np.nan]), np.array([1e-16, 1e-16, 0.0, 1.0]), True)
+    array([False,  True,  True,  True])
   """
   bad = (margin <= -slack) if strict else (margin < -slack)
   return bad | (margin != margin)
 
 
 def holds(margin, slack, strict: bool = False):
-  """Elementwise: not :func:`fails`."""
+  """Elementwise: not :func:`fails`.
+
+  Examples:
+    >>> import numpy as np
+    >>> holds(np.array([-1e-17, -1e-3]), np.array([1e-16, 1e-16])).tolist()  # rounding, a failure
+    [True, False]
+  """
   return ~fails(margin, slack, strict)

@@ -35,10 +35,11 @@ def group_advantage(own, dev_sum, dev_sq, n: int, use_std: bool, eps: float):
   Returns:
     [...] Â.
 
-  >>> float(group_advantage(1.0, -1.0, 1.0, 2, False, 1e-6))  # rewards {1, 0}: 1 − 1/2
-  0.5
-  >>> float(group_advantage(1.0, 0.0, 0.0, 1, False, 1e-6))  # a group of one: Â = r
-  1.0
+  Examples:
+    >>> float(group_advantage(1.0, -1.0, 1.0, 2, False, 1e-6))  # rewards {1, 0}: 1 − 1/2
+    0.5
+    >>> float(group_advantage(1.0, 0.0, 0.0, 1, False, 1e-6))  # a group of one: Â = r
+    1.0
   """
   if n < 1:
     raise ValueError(f"a group needs at least one sample, got {n}")

@@ -26,8 +26,9 @@ def group_scale(aggregation: str, n: int) -> float:
   Returns:
     n or 1.
 
-  >>> group_scale("group_sum", 8), group_scale("group_mean", 8)
-  (8.0, 1.0)
+  Examples:
+    >>> group_scale("group_sum", 8), group_scale("group_mean", 8)
+    (8.0, 1.0)
   """
   if aggregation not in RL_AGGREGATIONS:
     raise ValueError(f"aggregation is {aggregation!r}, expected one of {RL_AGGREGATIONS}")

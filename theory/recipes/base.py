@@ -41,8 +41,9 @@ class ConfigError(ValueError):
 def no_state(inst: Instance, theta: jax.Array, cfg: Any) -> jax.Array:
   """The state of a stateless recipe (an empty array).
 
-  >>> no_state(None, None, None).shape
-  (0,)
+  Examples:
+    >>> no_state(None, None, None).shape
+    (0,)
   """
   del inst, theta, cfg
   return jnp.zeros((0,))
@@ -51,8 +52,9 @@ def no_state(inst: Instance, theta: jax.Array, cfg: Any) -> jax.Array:
 def no_update(inst: Instance, theta_old: jax.Array, theta: jax.Array, state, lr, cfg):
   """The update of a stateless recipe: the logits and the state pass through.
 
-  >>> no_update(None, None, 1.0, "state", 0.1, None)
-  (1.0, 'state')
+  Examples:
+    >>> no_update(None, None, 1.0, "state", 0.1, None)
+    (1.0, 'state')
   """
   del inst, theta_old, lr, cfg
   return theta, state
@@ -61,8 +63,9 @@ def no_update(inst: Instance, theta_old: jax.Array, theta: jax.Array, state, lr,
 def one_inner_step(cfg: Any) -> int:
   """Inner steps per rollout batch of a recipe without PPO-style reuse: 1.
 
-  >>> one_inner_step(None)
-  1
+  Examples:
+    >>> one_inner_step(None)
+    1
   """
   del cfg
   return 1
@@ -71,8 +74,9 @@ def one_inner_step(cfg: Any) -> int:
 def keep_config(inst: Instance, cfg: Any) -> Any:
   """The ``prepare`` hook of a recipe whose config needs nothing from the instance.
 
-  >>> keep_config(None, "cfg")
-  'cfg'
+  Examples:
+    >>> keep_config(None, "cfg")
+    'cfg'
   """
   del inst
   return cfg
@@ -116,11 +120,12 @@ class Recipe:
 def policy(inst: Instance, theta: jax.Array):
   """(log π, π) of the tabular softmax policy π = softmax(θ_x) over the RL support.
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> policy(inst, jnp.zeros((1, 2)))[1].tolist()
-  [[0.5, 0.5]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> policy(inst, jnp.zeros((1, 2)))[1].tolist()
+    [[0.5, 0.5]]
   """
   log_pi = policy_log_probs(inst, theta)
   return log_pi, jnp.exp(log_pi)
@@ -129,10 +134,11 @@ def policy(inst: Instance, theta: jax.Array):
 def finish(inst: Instance, g: jax.Array) -> jax.Array:
   """w_x g_x on the RL support, 0 off it: weights a per-prompt direction by its prompt weight.
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([0.25, 0.75], [[0.5, 0.5], [1.0, 0.0]], [[0.0, 1.0], [0.0, 1.0]], 1.0)
-  >>> finish(inst, jnp.ones((2, 2))).tolist()  # response 1 of prompt 1 is off the support
-  [[0.25, 0.25], [0.75, 0.0]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([0.25, 0.75], [[0.5, 0.5], [1.0, 0.0]], [[0.0, 1.0], [0.0, 1.0]], 1.0)
+    >>> finish(inst, jnp.ones((2, 2))).tolist()  # response 1 of prompt 1 is off the support
+    [[0.25, 0.25], [0.75, 0.0]]
   """
   return jnp.where(rl_support(inst), inst.prompt_weights[:, None] * g, 0.0)

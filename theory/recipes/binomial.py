@@ -36,8 +36,9 @@ def binom_pmf(n: int, p: jax.Array) -> jax.Array:
   Returns:
     [..., n + 1] probabilities.
 
-  >>> [round(float(v), 6) for v in binom_pmf(2, 0.5)]
-  [0.25, 0.5, 0.25]
+  Examples:
+    >>> [round(float(v), 6) for v in binom_pmf(2, 0.5)]
+    [0.25, 0.5, 0.25]
   """
   if n < 0:
     raise ValueError(f"binom_pmf needs n >= 0, got {n}")
@@ -85,10 +86,11 @@ def binomial_group_coefficient(p, group_size: int, use_std: bool = False, eps: f
   Returns:
     [...] c(p).
 
-  >>> round(float(binomial_group_coefficient(0.3, 4)), 6)  # 1 − 1/G
-  0.75
-  >>> round(float(binomial_group_coefficient(0.3, 1)), 6)  # a group of one: Â = r
-  1.0
+  Examples:
+    >>> round(float(binomial_group_coefficient(0.3, 4)), 6)  # 1 − 1/G
+    0.75
+    >>> round(float(binomial_group_coefficient(0.3, 1)), 6)  # a group of one: Â = r
+    1.0
 
   References: fusion-methods.md Rule 2 (derived, checked by enumeration).
   """
@@ -119,8 +121,9 @@ def binomial_off_advantage(p, group_size: int, off_reward: float = 1.0, use_std:
   Returns:
     [...] E[A_off].
 
-  >>> round(float(binomial_off_advantage(0.2, 7)), 6)  # 7 (1 − 0.2)/8
-  0.7
+  Examples:
+    >>> round(float(binomial_off_advantage(0.2, 7)), 6)  # 7 (1 − 0.2)/8
+    0.7
   """
   if group_size < 0:
     raise ValueError(f"group_size must be >= 0, got {group_size}")
@@ -145,8 +148,9 @@ def binomial_gate_probability(p, n: int, low: int, high: int):
   Returns:
     [...] probability.
 
-  >>> round(float(binomial_gate_probability(0.5, 2, 0, 0)), 6)
-  0.25
+  Examples:
+    >>> round(float(binomial_gate_probability(0.5, 2, 0, 0)), 6)
+    0.25
   """
   pmf = binom_pmf(n, p)
   k = np.arange(n + 1).reshape((1,) * (pmf.ndim - 1) + (n + 1,))

@@ -28,8 +28,9 @@ BUFFER_ORDERS = ("newest_first", "oldest_first")
 def buffer_init(slots: int, n_prompts: int, dtype) -> jax.Array:
   """An empty buffer: [slots, X] zeros (row k holds the expected items of the step k steps ago).
 
-  >>> buffer_init(3, 2, "float64").shape
-  (3, 2)
+  Examples:
+    >>> buffer_init(3, 2, "float64").shape
+    (3, 2)
   """
   return jnp.zeros((slots, n_prompts), dtype)
 
@@ -37,9 +38,10 @@ def buffer_init(slots: int, n_prompts: int, dtype) -> jax.Array:
 def buffer_push(buf: jax.Array, inflow: jax.Array) -> jax.Array:
   """Puts a step's inflow [X] in row 0 and ages every slot by one; the two oldest merge when full.
 
-  >>> import jax.numpy as jnp
-  >>> buffer_push(jnp.array([[1.0], [2.0]]), jnp.array([5.0])).tolist()
-  [[5.0], [3.0]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> buffer_push(jnp.array([[1.0], [2.0]]), jnp.array([5.0])).tolist()
+    [[5.0], [3.0]]
   """
   if buf.shape[0] == 1:
     return buf + inflow[None]
@@ -61,11 +63,12 @@ def buffer_take(buf: jax.Array, size: float, order: str = "newest_first"):
   Returns:
     (taken [X] items per prompt (0 when the buffer holds fewer than S), new buffer, fired []).
 
-  >>> import jax.numpy as jnp
-  >>> buf = jnp.array([[1.0, 1.0], [3.0, 0.0]])    # newest: 2 items, then 3
-  >>> taken, rest, fired = buffer_take(buf, 3.0)
-  >>> taken.tolist(), rest.tolist(), bool(fired)
-  ([2.0, 1.0], [[0.0, 0.0], [2.0, 0.0]], True)
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> buf = jnp.array([[1.0, 1.0], [3.0, 0.0]])    # newest: 2 items, then 3
+    >>> taken, rest, fired = buffer_take(buf, 3.0)
+    >>> taken.tolist(), rest.tolist(), bool(fired)
+    ([2.0, 1.0], [[0.0, 0.0], [2.0, 0.0]], True)
   """
   if order not in BUFFER_ORDERS:
     raise ValueError(f"buffer order is {order!r}, expected one of {BUFFER_ORDERS}")

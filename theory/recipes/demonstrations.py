@@ -27,9 +27,10 @@ __all__ = ["demo_apply", "shaping_weight", "mixed_on_advantage", "mixed_off_adva
 def demo_apply(pi: jax.Array, u: jax.Array) -> jax.Array:
   r"""Σ_y u(y) (e_y − π) = u − (Σ_y u) π per row (the field of per-response weights u).
 
-  >>> import jax.numpy as jnp
-  >>> demo_apply(jnp.array([[0.5, 0.5]]), jnp.array([[1.0, 0.0]])).tolist()  # SFT on y* = 0
-  [[0.5, -0.5]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> demo_apply(jnp.array([[0.5, 0.5]]), jnp.array([[1.0, 0.0]])).tolist()  # SFT on y* = 0
+    [[0.5, -0.5]]
   """
   return u - jnp.sum(u, axis=-1, keepdims=True) * pi
 
@@ -40,11 +41,12 @@ def shaping_weight(pi: jax.Array, gamma: float | None) -> jax.Array:
   f(π) = π/(π + γ) (LUFFY's policy shaping) gives φ = γ π/(π + γ)²; ``gamma=None`` is no reshape
   (f = π, behaviour probability 1) and gives φ = π.
 
-  >>> import jax.numpy as jnp
-  >>> shaping_weight(jnp.array([0.1, 0.5]), 0.1).tolist()
-  [0.25, 0.1388888888888889]
-  >>> shaping_weight(jnp.array([0.1, 0.5]), None).tolist()
-  [0.1, 0.5]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> shaping_weight(jnp.array([0.1, 0.5]), 0.1).tolist()
+    [0.25, 0.1388888888888889]
+    >>> shaping_weight(jnp.array([0.1, 0.5]), None).tolist()
+    [0.1, 0.5]
   """
   if gamma is None:
     return pi
@@ -57,11 +59,12 @@ def mixed_on_advantage(inst, pi_old, n_on: int, use_std: bool, eps: float,
 
   Without std: r(y) − (r(y) + (n_on − 1) V_old + E_d r)/(n_on + 1); with std, by enumeration.
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
-  >>> mixed_on_advantage(inst, jnp.array([[0.5, 0.5]]), 1, False, 1e-6, None).tolist()
-  [[-0.5, 0.0]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
+    >>> mixed_on_advantage(inst, jnp.array([[0.5, 0.5]]), 1, False, 1e-6, None).tolist()
+    [[-0.5, 0.0]]
   """
   if use_std:
     m = resolve_levels(inst, levels)
@@ -78,11 +81,12 @@ def mixed_off_advantage(inst, pi_old, n_on: int, use_std: bool, eps: float,
 
   Without std: r(y*) − (r(y*) + n_on V_old)/(n_on + 1); with std, by enumeration.
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
-  >>> mixed_off_advantage(inst, jnp.array([[0.5, 0.5]]), 1, False, 1e-6, None).tolist()
-  [[-0.25, 0.25]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
+    >>> mixed_off_advantage(inst, jnp.array([[0.5, 0.5]]), 1, False, 1e-6, None).tolist()
+    [[-0.25, 0.25]]
   """
   if use_std:
     pos, neg = mixed_off_advantage_parts(inst, pi_old, n_on, use_std, eps, levels)
@@ -94,12 +98,13 @@ def mixed_off_advantage_parts(inst, pi_old, n_on: int, use_std: bool, eps: float
                               levels: int | None):
   r"""(E[Â_off⁺ | y*], E[Â_off⁻ | y*]), each [X, Y], by enumeration (what a clip mask needs).
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
-  >>> pos, neg = mixed_off_advantage_parts(inst, jnp.array([[0.5, 0.5]]), 1, False, 1e-6, None)
-  >>> pos.tolist(), neg.tolist()
-  ([[0.0, 0.25]], [[0.25, 0.0]])
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
+    >>> pos, neg = mixed_off_advantage_parts(inst, jnp.array([[0.5, 0.5]]), 1, False, 1e-6, None)
+    >>> pos.tolist(), neg.tolist()
+    ([[0.0, 0.25]], [[0.25, 0.0]])
   """
   m = resolve_levels(inst, levels)
   return enumerated_off_advantage(inst, pi_old, n_on, m, use_std, eps)
@@ -112,11 +117,12 @@ def mixed_group_sample(r: jax.Array, idx: jax.Array, demo: jax.Array, use_std: b
   Args:
     r: [Y] rewards of the prompt; idx: [n_on] on-policy draws; demo: [] the demonstration.
 
-  >>> import jax.numpy as jnp
-  >>> on, off = mixed_group_sample(jnp.array([0.0, 1.0]), jnp.array([0]), jnp.array(1),
-  ...                              False, 1e-6)
-  >>> on.tolist(), float(off)
-  ([-0.5], 0.5)
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> on, off = mixed_group_sample(jnp.array([0.0, 1.0]), jnp.array([0]), jnp.array(1),
+    ...                              False, 1e-6)
+    >>> on.tolist(), float(off)
+    ([-0.5], 0.5)
   """
   rewards = jnp.concatenate([r[idx], r[demo][None]])
   adv = sample_group_advantage(rewards, use_std, eps)

@@ -48,9 +48,10 @@ class InfeasibleExactField(ValueError):
 def success(inst: Instance, threshold: float) -> jax.Array:
   """[X, Y] bool: r > threshold on the RL support (the verifier's "correct").
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> success(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0), 0.0).tolist()
-  [[False, True]]
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> success(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0), 0.0).tolist()
+    [[False, True]]
   """
   return (inst.reward > threshold) & rl_support(inst)
 
@@ -63,9 +64,10 @@ def compositions(total: int, parts: int) -> tuple[np.ndarray, np.ndarray]:
   Returns:
     (counts [K, parts] float64, log_coef [K]) with K = C(total + parts − 1, parts − 1).
 
-  >>> counts, log_coef = compositions(2, 2)
-  >>> counts.tolist(), [round(float(v), 6) for v in np.exp(log_coef)]
-  ([[0.0, 2.0], [1.0, 1.0], [2.0, 0.0]], [1.0, 2.0, 1.0])
+  Examples:
+    >>> counts, log_coef = compositions(2, 2)
+    >>> counts.tolist(), [round(float(v), 6) for v in np.exp(log_coef)]
+    ([[0.0, 2.0], [1.0, 1.0], [2.0, 0.0]], [1.0, 2.0, 1.0])
   """
   if parts < 1 or total < 0:
     raise ValueError(f"compositions need parts >= 1 and total >= 0, got {parts}, {total}")
@@ -82,9 +84,10 @@ def compositions(total: int, parts: int) -> tuple[np.ndarray, np.ndarray]:
 def reward_levels(inst: Instance) -> int:
   """The largest number of distinct rewards on the RL support of one prompt (concrete input).
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> reward_levels(make_instance([1.0], [[0.5, 0.5, 0.0]], [[0.0, 1.0, 1.0]], 1.0))
-  2
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> reward_levels(make_instance([1.0], [[0.5, 0.5, 0.0]], [[0.0, 1.0, 1.0]], 1.0))
+    2
   """
   r = np.asarray(inst.reward)
   s = np.asarray(rl_support(inst))
@@ -96,9 +99,10 @@ def reward_levels(inst: Instance) -> int:
 def resolve_levels(inst: Instance, levels: int | None) -> int:
   """``levels`` if given, else :func:`reward_levels` (or the row width when ``inst`` is traced).
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> resolve_levels(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0), None)
-  2
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> resolve_levels(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0), None)
+    2
   """
   if levels is not None:
     return int(levels)
@@ -111,8 +115,9 @@ def resolve_levels(inst: Instance, levels: int | None) -> int:
 def level_table(total: int, parts: int):
   """(counts, log_coef) of :func:`compositions` as arrays, refused beyond MAX_GROUP_ENUMERATION.
 
-  >>> level_table(3, 2)[0].shape
-  (4, 2)
+  Examples:
+    >>> level_table(3, 2)[0].shape
+    (4, 2)
   """
   size = math.comb(total + parts - 1, parts - 1)
   if size > MAX_GROUP_ENUMERATION:
@@ -180,12 +185,13 @@ def enumerated_advantage(inst, pi_old, n_others: int, m: int, use_std: bool, eps
   Returns:
     (pos, neg), each [X, Y] (0 off the RL support).
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> pos, neg = enumerated_advantage(inst, jnp.array([[0.5, 0.5]]), 1, 2, False, 1e-6, 0.0)
-  >>> (pos - neg).tolist()  # r − E[mean of 2] = (1 − 1/2)(r − 1/2)
-  [[-0.25, 0.25]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> pos, neg = enumerated_advantage(inst, jnp.array([[0.5, 0.5]]), 1, 2, False, 1e-6, 0.0)
+    >>> (pos - neg).tolist()  # r − E[mean of 2] = (1 − 1/2)(r − 1/2)
+    [[-0.25, 0.25]]
   """
   table = level_table(n_others, m)
   support = rl_support(inst)
@@ -224,12 +230,13 @@ def enumerated_off_advantage(inst, pi_old, n_on: int, m: int, use_std: bool, eps
   Returns:
     (pos, neg), each [X, Y] (every response as a possible demonstration).
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
-  >>> pos, neg = enumerated_off_advantage(inst, jnp.array([[0.5, 0.5]]), 1, 2, False, 1e-6)
-  >>> (pos - neg).tolist()  # r* − E[mean of 2]
-  [[-0.25, 0.25]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
+    >>> pos, neg = enumerated_off_advantage(inst, jnp.array([[0.5, 0.5]]), 1, 2, False, 1e-6)
+    >>> (pos - neg).tolist()  # r* − E[mean of 2]
+    [[-0.25, 0.25]]
   """
   table = level_table(n_on, m)
   support = rl_support(inst)
@@ -250,9 +257,10 @@ def enumerated_off_advantage(inst, pi_old, n_on: int, m: int, use_std: bool, eps
 def value(pi: jax.Array, r: jax.Array) -> jax.Array:
   """[X, 1] V = E_π r per prompt (kept as a column for broadcasting).
 
-  >>> import jax.numpy as jnp
-  >>> value(jnp.array([[0.25, 0.75]]), jnp.array([[0.0, 1.0]])).tolist()
-  [[0.75]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> value(jnp.array([[0.25, 0.75]]), jnp.array([[0.0, 1.0]])).tolist()
+    [[0.75]]
   """
   return masked_dot(pi, r, keepdims=True)
 
@@ -264,13 +272,14 @@ def mean_group_advantage(inst: Instance, pi_old: jax.Array, n: int) -> jax.Array
 
   and r(y) for a group of one (verl: mean 0). E_{y∼π}[Â ∇log π(y)] = F_π of this.
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> mean_group_advantage(inst, jnp.array([[0.5, 0.5]]), 4).tolist()
-  [[-0.375, 0.375]]
-  >>> mean_group_advantage(inst, jnp.array([[0.5, 0.5]]), 1).tolist()
-  [[0.0, 1.0]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> mean_group_advantage(inst, jnp.array([[0.5, 0.5]]), 4).tolist()
+    [[-0.375, 0.375]]
+    >>> mean_group_advantage(inst, jnp.array([[0.5, 0.5]]), 1).tolist()
+    [[0.0, 1.0]]
   """
   if n < 1:
     raise ValueError(f"a group needs at least one sample, got {n}")
@@ -285,11 +294,12 @@ def sample_group_advantage(rewards: jax.Array, use_std: bool, eps: float) -> jax
   Computed from deviations r_j − r_i, as in the exact enumeration; a group of one gets Â = r
   (verl: mean 0, std 1).
 
-  >>> import jax.numpy as jnp
-  >>> sample_group_advantage(jnp.array([1.0, 0.0]), False, 1e-6).tolist()
-  [0.5, -0.5]
-  >>> sample_group_advantage(jnp.array([0.7]), False, 1e-6).tolist()
-  [0.7]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> sample_group_advantage(jnp.array([1.0, 0.0]), False, 1e-6).tolist()
+    [0.5, -0.5]
+    >>> sample_group_advantage(jnp.array([0.7]), False, 1e-6).tolist()
+    [0.7]
   """
   n = rewards.shape[-1]
   diff = rewards[None, :] - rewards[:, None]       # [i, j] = r_j − r_i
@@ -303,10 +313,11 @@ def clip_weight(a_pos, a_neg, ratio, clip_low, clip_high):
   1_stable = 0 iff (Â > 0, ratio > 1 + ε_hi) or (Â < 0, ratio < 1 − ε_lo): there the clipped
   surrogate min(ratio Â, clip(ratio) Â) is constant in θ (fusion-methods.md Rule 3).
 
-  >>> import jax.numpy as jnp
-  >>> clip_weight(jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0]), jnp.array([1.5, 0.5]),
-  ...             0.2, 0.2).tolist()
-  [0.0, 0.0]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> clip_weight(jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0]), jnp.array([1.5, 0.5]),
+    ...             0.2, 0.2).tolist()
+    [0.0, 0.0]
   """
   return (jnp.where(ratio > 1.0 + clip_high, 0.0, a_pos)
           - jnp.where(ratio < 1.0 - clip_low, 0.0, a_neg))
@@ -315,11 +326,12 @@ def clip_weight(a_pos, a_neg, ratio, clip_low, clip_high):
 def success_stats(inst: Instance, pi_old: jax.Array, threshold: float):
   """p = π_old(Y⁺), V⁺ = E[r | success], V⁻ = E[r | failure] per prompt ([X] each), and Y⁺.
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> float(success_stats(inst, jnp.array([[0.25, 0.75]]), 0.0)[0][0])
-  0.75
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> float(success_stats(inst, jnp.array([[0.25, 0.75]]), 0.0)[0][0])
+    0.75
   """
   succ = success(inst, threshold)
   p = jnp.sum(jnp.where(succ, pi_old, 0.0), axis=-1)
@@ -340,11 +352,12 @@ def gated_mean_advantage(inst: Instance, pi_old: jax.Array, n: int, gate_low: in
   (given j successes among the n − 1 others, their reward sum has mean jV⁺ + (n − 1 − j)V⁻;
   s(y) = 1 for a success). A group of one has Â = r(y).
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> gated_mean_advantage(inst, jnp.array([[0.5, 0.5]]), 2, 0, 0.0).tolist()
-  [[-0.25, 0.25]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> gated_mean_advantage(inst, jnp.array([[0.5, 0.5]]), 2, 0, 0.0).tolist()
+    [[-0.25, 0.25]]
   """
   p, v_pos, v_neg, succ = success_stats(inst, pi_old, threshold)
   j = jnp.arange(n, dtype=pi_old.dtype)                           # others' successes 0..n-1
@@ -364,11 +377,12 @@ def fill_reward_levels(inst: Instance, cfg):
   ``inst`` when unset (the level count fixes the compiled enumeration's shape), and refused when
   set below the instance's (the enumeration would drop reward levels).
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> from nondecoupling.theory.recipes import GroupPGConfig
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> fill_reward_levels(inst, GroupPGConfig()).reward_levels
-  2
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> from nondecoupling.theory.recipes import GroupPGConfig
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> fill_reward_levels(inst, GroupPGConfig()).reward_levels
+    2
   """
   try:
     levels = reward_levels(inst)

@@ -102,12 +102,13 @@ def group_pg_field(inst, theta, theta_old, cfg: GroupPGConfig):
   Returns:
     [X, Y] ascent direction (0 off the RL support).
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> cfg = GroupPGConfig(group_size=4, use_std=False, kl_form="none")
-  >>> group_pg_field(inst, jnp.zeros((1, 2)), jnp.zeros((1, 2)), cfg).tolist()  # (3/4) F_π r
-  [[-0.1875, 0.1875]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> cfg = GroupPGConfig(group_size=4, use_std=False, kl_form="none")
+    >>> group_pg_field(inst, jnp.zeros((1, 2)), jnp.zeros((1, 2)), cfg).tolist()  # (3/4) F_π r
+    [[-0.1875, 0.1875]]
   """
   log_pi, pi = policy(inst, theta)
   log_old, pi_old = policy(inst, theta_old)
@@ -135,14 +136,15 @@ def group_pg_estimate(inst, theta, theta_old, cfg: GroupPGConfig, draws: Draws):
   .. math:: \hat g_x = \frac{1}{G}\sum_i 1_{stable,i}\, \hat A_i\, \frac{\pi(y_i)}{\pi_{old}(y_i)}
             (e_{y_i} - \pi) - c_{KL}\, \widehat{\nabla KL} + c_H \nabla H
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> from nondecoupling.theory.recipes.sampling import Draws
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> draws = Draws(on=jnp.array([[0, 1]]), demo=jnp.array([0]))
-  >>> cfg = GroupPGConfig(group_size=2, use_std=False, kl_form="none")
-  >>> group_pg_estimate(inst, jnp.zeros((1, 2)), jnp.zeros((1, 2)), cfg, draws).tolist()
-  [[-0.25, 0.25]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> from nondecoupling.theory.recipes.sampling import Draws
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> draws = Draws(on=jnp.array([[0, 1]]), demo=jnp.array([0]))
+    >>> cfg = GroupPGConfig(group_size=2, use_std=False, kl_form="none")
+    >>> group_pg_estimate(inst, jnp.zeros((1, 2)), jnp.zeros((1, 2)), cfg, draws).tolist()
+    [[-0.25, 0.25]]
   """
   log_pi, pi = policy(inst, theta)
   _, pi_old = policy(inst, theta_old)

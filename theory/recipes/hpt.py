@@ -90,12 +90,13 @@ class HPTConfig:
 def hpt_field(inst, theta, theta_old, cfg: HPTConfig):
   r"""Exact expected ascent field of HPT: gated SFT plus gated group RL (see the module formula).
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
-  >>> cfg = HPTConfig(n_rollouts=1, entropy_coef=0.0)
-  >>> hpt_field(inst, jnp.zeros((1, 2)), jnp.zeros((1, 2)), cfg).tolist()
-  [[-0.5, 0.5]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
+    >>> cfg = HPTConfig(n_rollouts=1, entropy_coef=0.0)
+    >>> hpt_field(inst, jnp.zeros((1, 2)), jnp.zeros((1, 2)), cfg).tolist()
+    [[-0.5, 0.5]]
   """
   log_pi, pi = policy(inst, theta)
   _, pi_old = policy(inst, theta_old)
@@ -121,14 +122,15 @@ def hpt_estimate(inst, theta, theta_old, cfg: HPTConfig, draws: Draws):
   .. math:: c_{rl}\, a \cdot \frac{1}{n} \sum_i \hat A_i \frac{\pi(y_i)}{\pi_{old}(y_i)}
             (e_{y_i} - \pi)
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> from nondecoupling.theory.recipes.sampling import Draws
-  >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
-  >>> cfg = HPTConfig(n_rollouts=1, entropy_coef=0.0)
-  >>> hpt_estimate(inst, jnp.zeros((1, 2)), jnp.zeros((1, 2)), cfg,
-  ...              Draws(on=jnp.array([[0]]), demo=jnp.array([1]))).tolist()  # K = 0: SFT
-  [[-0.5, 0.5]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> from nondecoupling.theory.recipes.sampling import Draws
+    >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
+    >>> cfg = HPTConfig(n_rollouts=1, entropy_coef=0.0)
+    >>> hpt_estimate(inst, jnp.zeros((1, 2)), jnp.zeros((1, 2)), cfg,
+    ...              Draws(on=jnp.array([[0]]), demo=jnp.array([1]))).tolist()  # K = 0: SFT
+    [[-0.5, 0.5]]
   """
   log_pi, pi = policy(inst, theta)
   _, pi_old = policy(inst, theta_old)

@@ -47,10 +47,11 @@ def k3_unclamped_mask(log_pi: jax.Array, log_ref: jax.Array) -> jax.Array:
   Returns:
     [...] bool.
 
-  >>> import jax.numpy as jnp
-  >>> k3_unclamped_mask(jnp.log(jnp.array([0.5, 0.01, 0.5])),
-  ...                   jnp.log(jnp.array([0.5, 0.5, 1e-6]))).tolist()
-  [True, False, False]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> k3_unclamped_mask(jnp.log(jnp.array([0.5, 0.01, 0.5])),
+    ...                   jnp.log(jnp.array([0.5, 0.5, 1e-6]))).tolist()
+    [True, False, False]
   """
   kl = log_ref - log_pi
   inside = (kl >= -KL_LOG_RATIO_CLAMP) & (kl <= KL_LOG_RATIO_CLAMP)
@@ -91,10 +92,11 @@ def kl_k3_loss_grad(pi: jax.Array, pi_old: jax.Array, ref: jax.Array,
   Returns:
     [X, Y] expected gradient of the loss.
 
-  >>> import jax.numpy as jnp
-  >>> pi, ref = jnp.array([[0.5, 0.5]]), jnp.array([[0.25, 0.75]])
-  >>> kl_k3_loss_grad(pi, pi, ref).tolist()  # π − ρ
-  [[0.25, -0.25]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> pi, ref = jnp.array([[0.5, 0.5]]), jnp.array([[0.25, 0.75]])
+    >>> kl_k3_loss_grad(pi, pi, ref).tolist()  # π − ρ
+    [[0.25, -0.25]]
 
   References: verl ``core_algos.py::kl_penalty`` (``low_var_kl``); Tang & Munos, arXiv 2506.09477.
   """
@@ -112,10 +114,11 @@ def kl_reverse_grad(pi: jax.Array, log_pi: jax.Array, ref: jax.Array) -> jax.Arr
   Returns:
     [X, Y] gradient (descent direction).
 
-  >>> import jax.numpy as jnp
-  >>> pi = jnp.array([[0.5, 0.5]])
-  >>> kl_reverse_grad(pi, jnp.log(pi), jnp.array([[0.5, 0.5]])).tolist()
-  [[0.0, 0.0]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> pi = jnp.array([[0.5, 0.5]])
+    >>> kl_reverse_grad(pi, jnp.log(pi), jnp.array([[0.5, 0.5]])).tolist()
+    [[0.0, 0.0]]
   """
   return fisher_matvec(pi, jnp.where(pi > 0, log_pi - safe_log(ref), 0.0))
 
@@ -124,10 +127,11 @@ def kl_field(pi: jax.Array, log_pi: jax.Array, pi_old: jax.Array, ref: jax.Array
              form: str) -> jax.Array:
   """The expected KL gradient of one of :data:`KL_FORMS` (a descent direction, [X, Y]).
 
-  >>> import jax.numpy as jnp
-  >>> pi, ref = jnp.array([[0.5, 0.5]]), jnp.array([[0.25, 0.75]])
-  >>> kl_field(pi, jnp.log(pi), pi, ref, "k3_loss_unclamped").tolist()
-  [[0.25, -0.25]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> pi, ref = jnp.array([[0.5, 0.5]]), jnp.array([[0.25, 0.75]])
+    >>> kl_field(pi, jnp.log(pi), pi, ref, "k3_loss_unclamped").tolist()
+    [[0.25, -0.25]]
   """
   if form in ("k3_loss", "k3_loss_unclamped"):
     return kl_k3_loss_grad(pi, pi_old, ref, log_pi, clamp=form == "k3_loss")
@@ -144,11 +148,12 @@ def kl_estimate_row(p: jax.Array, lp: jax.Array, p_old: jax.Array, ref: jax.Arra
 
   k3 forms: m(y)(1 − ρ(y)/π(y))(e_y − π) per sample; reverse: (π/π_old)(log π − log ρ)(e_y − π).
 
-  >>> import jax.numpy as jnp
-  >>> p = jnp.array([0.5, 0.5])
-  >>> kl_estimate_row(p, jnp.log(p), p, jnp.array([0.25, 0.75]), jnp.array([0]),
-  ...                 "k3_loss").tolist()
-  [0.25, -0.25]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> p = jnp.array([0.5, 0.5])
+    >>> kl_estimate_row(p, jnp.log(p), p, jnp.array([0.25, 0.75]), jnp.array([0]),
+    ...                 "k3_loss").tolist()
+    [0.25, -0.25]
   """
   grad_log = score(p, idx)
   if form in ("k3_loss", "k3_loss_unclamped"):

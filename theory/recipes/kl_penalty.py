@@ -43,12 +43,13 @@ class KLConfig:
 def kl_penalty_field(inst, theta, theta_old, cfg: KLConfig):
   r"""Exact ascent field −coef · w_x ∇KL (samples from π_old for the k3 forms).
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.25, 0.75]])
-  >>> kl_penalty_field(inst, jnp.zeros((1, 2)), jnp.zeros((1, 2)),
-  ...                  KLConfig(form="k3_loss_unclamped")).tolist()  # −(π − ρ)
-  [[-0.25, 0.25]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.25, 0.75]])
+    >>> kl_penalty_field(inst, jnp.zeros((1, 2)), jnp.zeros((1, 2)),
+    ...                  KLConfig(form="k3_loss_unclamped")).tolist()  # −(π − ρ)
+    [[-0.25, 0.25]]
   """
   log_pi, pi = policy(inst, theta)
   _, pi_old = policy(inst, theta_old)
@@ -58,14 +59,15 @@ def kl_penalty_field(inst, theta, theta_old, cfg: KLConfig):
 def kl_penalty_estimate(inst, theta, theta_old, cfg: KLConfig, draws: Draws):
   r"""The sampled KL loss gradient (negated) on draws.on ∼ π_old, averaged per prompt.
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> from nondecoupling.theory.recipes.sampling import Draws
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.25, 0.75]])
-  >>> draws = Draws(on=jnp.array([[1]]), demo=jnp.array([0]))
-  >>> kl_penalty_estimate(inst, jnp.zeros((1, 2)), jnp.zeros((1, 2)),
-  ...                     KLConfig(form="k3_loss_unclamped"), draws).tolist()
-  [[-0.25, 0.25]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> from nondecoupling.theory.recipes.sampling import Draws
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.25, 0.75]])
+    >>> draws = Draws(on=jnp.array([[1]]), demo=jnp.array([0]))
+    >>> kl_penalty_estimate(inst, jnp.zeros((1, 2)), jnp.zeros((1, 2)),
+    ...                     KLConfig(form="k3_loss_unclamped"), draws).tolist()
+    [[-0.25, 0.25]]
   """
   log_pi, pi = policy(inst, theta)
   _, pi_old = policy(inst, theta_old)

@@ -85,12 +85,13 @@ class LUFFYConfig:
 def luffy_field(inst, theta, theta_old, cfg: LUFFYConfig):
   r"""Exact expected ascent field of LUFFY (see the module formula).
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
-  >>> cfg = LUFFYConfig(n_on=1, shaping_gamma=None, entropy_coef=0.0)
-  >>> luffy_field(inst, jnp.zeros((1, 2)), jnp.zeros((1, 2)), cfg).tolist()
-  [[-0.1875, 0.1875]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
+    >>> cfg = LUFFYConfig(n_on=1, shaping_gamma=None, entropy_coef=0.0)
+    >>> luffy_field(inst, jnp.zeros((1, 2)), jnp.zeros((1, 2)), cfg).tolist()
+    [[-0.1875, 0.1875]]
   """
   log_pi, pi = policy(inst, theta)
   _, pi_old = policy(inst, theta_old)
@@ -109,14 +110,15 @@ def luffy_estimate(inst, theta, theta_old, cfg: LUFFYConfig, draws: Draws):
   .. math:: a\Big[\sum_i \hat A_i \frac{\pi(y_i)}{\pi_{old}(y_i)} (e_{y_i} - \pi)
             + \hat A_{off}\, f'(\pi(y^*))\pi(y^*)\,(e_{y^*} - \pi)\Big] + c_H \nabla H
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> from nondecoupling.theory.recipes.sampling import Draws
-  >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
-  >>> cfg = LUFFYConfig(n_on=1, shaping_gamma=None, entropy_coef=0.0)
-  >>> luffy_estimate(inst, jnp.zeros((1, 2)), jnp.zeros((1, 2)), cfg,
-  ...                Draws(on=jnp.array([[0]]), demo=jnp.array([1]))).tolist()
-  [[-0.375, 0.375]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> from nondecoupling.theory.recipes.sampling import Draws
+    >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
+    >>> cfg = LUFFYConfig(n_on=1, shaping_gamma=None, entropy_coef=0.0)
+    >>> luffy_estimate(inst, jnp.zeros((1, 2)), jnp.zeros((1, 2)), cfg,
+    ...                Draws(on=jnp.array([[0]]), demo=jnp.array([1]))).tolist()
+    [[-0.375, 0.375]]
   """
   log_pi, pi = policy(inst, theta)
   _, pi_old = policy(inst, theta_old)

@@ -34,8 +34,9 @@ def require_int(cfg: Any, name: str, low: int, high: int | None = None,
                 optional: bool = False) -> None:
   """Field ``name`` is a whole number in [low, high] (None allowed when ``optional``).
 
-  >>> from nondecoupling.theory.recipes import GroupPGConfig
-  >>> require_int(GroupPGConfig(group_size=3), "group_size", 1)  # passes silently
+  Examples:
+    >>> from nondecoupling.theory.recipes import GroupPGConfig
+    >>> require_int(GroupPGConfig(group_size=3), "group_size", 1)  # passes silently
   """
   v = getattr(cfg, name)
   if optional and v is None:
@@ -50,11 +51,12 @@ def require_int(cfg: Any, name: str, low: int, high: int | None = None,
 def require_positive(cfg: Any, name: str, optional: bool = False) -> None:
   """Field ``name`` is a finite number > 0 (None allowed when ``optional``).
 
-  >>> from nondecoupling.theory.recipes import GroupPGConfig
-  >>> GroupPGConfig(clip_low=0.0)
-  Traceback (most recent call last):
-  ...
-  nondecoupling...ConfigError: GroupPGConfig.clip_low is 0.0, expected a finite number > 0
+  Examples:
+    >>> from nondecoupling.theory.recipes import GroupPGConfig
+    >>> GroupPGConfig(clip_low=0.0)
+    Traceback (most recent call last):
+    ...
+    nondecoupling...ConfigError: GroupPGConfig.clip_low is 0.0, expected a finite number > 0
   """
   v = getattr(cfg, name)
   if optional and v is None:
@@ -66,11 +68,12 @@ def require_positive(cfg: Any, name: str, optional: bool = False) -> None:
 def require_finite(cfg: Any, name: str) -> None:
   """Field ``name`` is a finite number (a coefficient: any sign).
 
-  >>> from nondecoupling.theory.recipes import SFTConfig
-  >>> SFTConfig(coef=float("inf"))
-  Traceback (most recent call last):
-  ...
-  nondecoupling...ConfigError: SFTConfig.coef is inf, expected a finite number
+  Examples:
+    >>> from nondecoupling.theory.recipes import SFTConfig
+    >>> SFTConfig(coef=float("inf"))
+    Traceback (most recent call last):
+    ...
+    nondecoupling...ConfigError: SFTConfig.coef is inf, expected a finite number
   """
   v = getattr(cfg, name)
   if not (_is_real(v) and math.isfinite(v)):
@@ -80,11 +83,12 @@ def require_finite(cfg: Any, name: str) -> None:
 def require_non_negative(cfg: Any, name: str) -> None:
   """Field ``name`` is a finite number >= 0.
 
-  >>> from nondecoupling.theory.recipes import ReLIFTConfig
-  >>> ReLIFTConfig(sft_lr_ratio=-1.0)
-  Traceback (most recent call last):
-  ...
-  nondecoupling...ConfigError: ReLIFTConfig.sft_lr_ratio is -1.0, expected a finite number >= 0
+  Examples:
+    >>> from nondecoupling.theory.recipes import ReLIFTConfig
+    >>> ReLIFTConfig(sft_lr_ratio=-1.0)
+    Traceback (most recent call last):
+    ...
+    nondecoupling...ConfigError: ReLIFTConfig.sft_lr_ratio is -1.0, expected a finite number >= 0
   """
   v = getattr(cfg, name)
   if not (_is_real(v) and math.isfinite(v) and v >= 0):
@@ -94,11 +98,12 @@ def require_non_negative(cfg: Any, name: str) -> None:
 def require_bool(cfg: Any, name: str) -> None:
   """Field ``name`` is True or False.
 
-  >>> from nondecoupling.theory.recipes import GroupPGConfig
-  >>> GroupPGConfig(use_std=1)
-  Traceback (most recent call last):
-  ...
-  nondecoupling...ConfigError: GroupPGConfig.use_std is 1, expected True or False
+  Examples:
+    >>> from nondecoupling.theory.recipes import GroupPGConfig
+    >>> GroupPGConfig(use_std=1)
+    Traceback (most recent call last):
+    ...
+    nondecoupling...ConfigError: GroupPGConfig.use_std is 1, expected True or False
   """
   if not isinstance(getattr(cfg, name), bool):
     _fail(cfg, name, "True or False")
@@ -107,11 +112,12 @@ def require_bool(cfg: Any, name: str) -> None:
 def require_choice(cfg: Any, name: str, choices: tuple) -> None:
   """Field ``name`` is one of ``choices``.
 
-  >>> from nondecoupling.theory.recipes import GroupPGConfig
-  >>> GroupPGConfig(kl_form="k4")
-  Traceback (most recent call last):
-  ...
-  nondecoupling...ConfigError: GroupPGConfig.kl_form is 'k4', expected one of k3_loss, ...
+  Examples:
+    >>> from nondecoupling.theory.recipes import GroupPGConfig
+    >>> GroupPGConfig(kl_form="k4")
+    Traceback (most recent call last):
+    ...
+    nondecoupling...ConfigError: GroupPGConfig.kl_form is 'k4', expected one of k3_loss, ...
   """
   if getattr(cfg, name) not in choices:
     _fail(cfg, name, "one of " + ", ".join(str(c) for c in choices))
@@ -148,9 +154,10 @@ def parse_option(cfg: Any, field: str, text: str) -> Any:
   word. Raises ConfigError naming the field when it is unknown or the text does not parse (the
   field's rule is checked when a config is built with the value).
 
-  >>> from nondecoupling.theory.recipes import LUFFYConfig
-  >>> parse_option(LUFFYConfig(), "shaping_gamma", "none") is None
-  True
+  Examples:
+    >>> from nondecoupling.theory.recipes import LUFFYConfig
+    >>> parse_option(LUFFYConfig(), "shaping_gamma", "none") is None
+    True
   """
   fields = {f.name: f for f in dataclasses.fields(cfg)}
   name = type(cfg).__name__
@@ -172,8 +179,9 @@ def set_option(cfg: Any, field: str, text: str) -> Any:
   Returns:
     The new config.
 
-  >>> from nondecoupling.theory.recipes import LUFFYConfig
-  >>> set_option(LUFFYConfig(), "n_on", "3").n_on
-  3
+  Examples:
+    >>> from nondecoupling.theory.recipes import LUFFYConfig
+    >>> set_option(LUFFYConfig(), "n_on", "3").n_on
+    3
   """
   return dataclasses.replace(cfg, **{field: parse_option(cfg, field, text)})

@@ -48,11 +48,12 @@ class PPOClipConfig:
 def ppo_field(inst, theta, theta_old, cfg: PPOClipConfig):
   r"""Exact PPO-clip field: w_x F_π b with b = clip_weight(Â⁺, Â⁻, π/π_old), Â = r − V_old.
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> ppo_field(inst, jnp.zeros((1, 2)), jnp.zeros((1, 2)), PPOClipConfig()).tolist()
-  [[-0.25, 0.25]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> ppo_field(inst, jnp.zeros((1, 2)), jnp.zeros((1, 2)), PPOClipConfig()).tolist()
+    [[-0.25, 0.25]]
   """
   log_pi, pi = policy(inst, theta)
   log_old, pi_old = policy(inst, theta_old)
@@ -67,13 +68,14 @@ def ppo_field(inst, theta, theta_old, cfg: PPOClipConfig):
 def ppo_estimate(inst, theta, theta_old, cfg: PPOClipConfig, draws: Draws):
   r"""Sampled PPO-clip gradient: mean over y_i ∼ π_old of 1_stable Â_i (π/π_old)(y_i)(e_{y_i} − π).
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> from nondecoupling.theory.recipes.sampling import Draws
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> ppo_estimate(inst, jnp.zeros((1, 2)), jnp.zeros((1, 2)), PPOClipConfig(),
-  ...              Draws(on=jnp.array([[1]]), demo=jnp.array([0]))).tolist()
-  [[-0.25, 0.25]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> from nondecoupling.theory.recipes.sampling import Draws
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> ppo_estimate(inst, jnp.zeros((1, 2)), jnp.zeros((1, 2)), PPOClipConfig(),
+    ...              Draws(on=jnp.array([[1]]), demo=jnp.array([0]))).tolist()
+    [[-0.25, 0.25]]
   """
   log_pi, pi = policy(inst, theta)
   _, pi_old = policy(inst, theta_old)

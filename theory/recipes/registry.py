@@ -38,8 +38,9 @@ FUSION_RECIPES = ("grpo", "dr_grpo", "hpt", "luffy", "srft", "relift")
 def get_recipe(name: str) -> Recipe:
   """The recipe registered under ``name`` (ConfigError naming the known ones otherwise).
 
-  >>> get_recipe("grpo").config.group_size
-  8
+  Examples:
+    >>> get_recipe("grpo").config.group_size
+    8
   """
   if name not in RECIPES:
     raise ConfigError(f"recipe {name!r} is not known (known: {', '.join(sorted(RECIPES))})")
@@ -51,8 +52,9 @@ def resolve_config(recipe: Recipe, config, inst: Instance | None = None):
 
   A config of another recipe's type is refused (ConfigError).
 
-  >>> resolve_config(get_recipe("dr_grpo"), None).use_std
-  False
+  Examples:
+    >>> resolve_config(get_recipe("dr_grpo"), None).use_std
+    False
   """
   cfg = recipe.config if config is None else config
   if type(cfg) is not type(recipe.config):
@@ -87,11 +89,12 @@ def recipe_field(inst: Instance, name: str, theta: jax.Array, theta_old: jax.Arr
   Returns:
     [X, Y] ascent direction (0 off the RL support), prompt weights included.
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> recipe_field(inst, "reinforce", jnp.zeros((1, 2))).tolist()  # F_π r
-  [[-0.25, 0.25]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> recipe_field(inst, "reinforce", jnp.zeros((1, 2))).tolist()  # F_π r
+    [[-0.25, 0.25]]
   """
   recipe = get_recipe(name)
   cfg = resolve_config(recipe, config, inst)
@@ -110,12 +113,13 @@ def recipe_estimate(inst: Instance, name: str, theta: jax.Array, draws: Draws,
   Returns:
     [X, Y] one estimate of the field.
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
-  >>> draws = Draws(on=jnp.zeros((1, 1), int), demo=jnp.array([1]))
-  >>> recipe_estimate(inst, "sft", jnp.zeros((1, 2)), draws).tolist()  # e_{y*} − π
-  [[-0.5, 0.5]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
+    >>> draws = Draws(on=jnp.zeros((1, 1), int), demo=jnp.array([1]))
+    >>> recipe_estimate(inst, "sft", jnp.zeros((1, 2)), draws).tolist()  # e_{y*} − π
+    [[-0.5, 0.5]]
   """
   recipe = get_recipe(name)
   cfg = resolve_config(recipe, config)
@@ -129,11 +133,12 @@ def recipe_sample(key: jax.Array, inst: Instance, name: str, theta: jax.Array,
 
   Its expectation over ``key`` equals :func:`recipe_field` (tested).
 
-  >>> import jax, jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
-  >>> recipe_sample(jax.random.PRNGKey(0), inst, "sft", jnp.zeros((1, 2))).tolist()
-  [[-0.5, 0.5]]
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
+    >>> recipe_sample(jax.random.PRNGKey(0), inst, "sft", jnp.zeros((1, 2))).tolist()
+    [[-0.5, 0.5]]
   """
   recipe = get_recipe(name)
   cfg = resolve_config(recipe, config)

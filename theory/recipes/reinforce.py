@@ -35,11 +35,12 @@ class ReinforceConfig:
 def reinforce_field(inst, theta, theta_old, cfg: ReinforceConfig):
   r"""Exact REINFORCE field w_x F_π r = ∇_θ J.
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> reinforce_field(inst, jnp.zeros((1, 2)), None, ReinforceConfig()).tolist()
-  [[-0.25, 0.25]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> reinforce_field(inst, jnp.zeros((1, 2)), None, ReinforceConfig()).tolist()
+    [[-0.25, 0.25]]
   """
   del theta_old, cfg
   _, pi = policy(inst, theta)
@@ -49,13 +50,14 @@ def reinforce_field(inst, theta, theta_old, cfg: ReinforceConfig):
 def reinforce_estimate(inst, theta, theta_old, cfg: ReinforceConfig, draws: Draws):
   r"""Sampled REINFORCE gradient: mean over y_i of (π/π_old)(y_i)(r(y_i) − V)(e_{y_i} − π).
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> from nondecoupling.theory.recipes.sampling import Draws
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> reinforce_estimate(inst, jnp.zeros((1, 2)), jnp.zeros((1, 2)), ReinforceConfig(),
-  ...                    Draws(on=jnp.array([[1]]), demo=jnp.array([0]))).tolist()
-  [[-0.25, 0.25]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> from nondecoupling.theory.recipes.sampling import Draws
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> reinforce_estimate(inst, jnp.zeros((1, 2)), jnp.zeros((1, 2)), ReinforceConfig(),
+    ...                    Draws(on=jnp.array([[1]]), demo=jnp.array([0]))).tolist()
+    [[-0.25, 0.25]]
   """
   _, pi = policy(inst, theta)
   _, pi_old = policy(inst, theta_old)

@@ -109,12 +109,13 @@ class ReLIFTConfig:
 def relift_rl_field(inst, theta, theta_old, cfg: ReLIFTConfig):
   r"""The RL step's exact field: w_x [c_rl a F_π E[Â | y] + c_H ∇H], a = n (sum) or 1 (mean).
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
-  >>> cfg = ReLIFTConfig(n_rollouts=2, entropy_coef=0.0)
-  >>> relift_rl_field(inst, jnp.zeros((1, 2)), jnp.zeros((1, 2)), cfg).tolist()  # 2 (1/2) F_π r
-  [[-0.25, 0.25]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
+    >>> cfg = ReLIFTConfig(n_rollouts=2, entropy_coef=0.0)
+    >>> relift_rl_field(inst, jnp.zeros((1, 2)), jnp.zeros((1, 2)), cfg).tolist()  # 2 (1/2) F_π r
+    [[-0.25, 0.25]]
   """
   log_pi, pi = policy(inst, theta)
   _, pi_old = policy(inst, theta_old)
@@ -132,12 +133,13 @@ def relift_rl_field(inst, theta, theta_old, cfg: ReLIFTConfig):
 def relift_sft_direction(inst, pi, log_pi, cfg: ReLIFTConfig):
   r"""[X, Y] per-item SFT ascent direction (d − π) + c_H ∇H (no prompt weight).
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
-  >>> pi = jnp.array([[0.5, 0.5]])
-  >>> relift_sft_direction(inst, pi, jnp.log(pi), ReLIFTConfig()).tolist()
-  [[-0.5, 0.5]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
+    >>> pi = jnp.array([[0.5, 0.5]])
+    >>> relift_sft_direction(inst, pi, jnp.log(pi), ReLIFTConfig()).tolist()
+    [[-0.5, 0.5]]
   """
   return (inst.data - pi) + cfg.sft_entropy_coef * entropy_grad(pi, log_pi)
 
@@ -145,11 +147,12 @@ def relift_sft_direction(inst, pi, log_pi, cfg: ReLIFTConfig):
 def relift_inflow(inst, pi_old, cfg: ReLIFTConfig):
   r"""[X] expected buffer items per step: B w_x (1 − p_x)^n (all n rollouts fail).
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
-  >>> relift_inflow(inst, jnp.array([[0.5, 0.5]]), ReLIFTConfig(n_rollouts=2)).tolist()
-  [32.0]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
+    >>> relift_inflow(inst, jnp.array([[0.5, 0.5]]), ReLIFTConfig(n_rollouts=2)).tolist()
+    [32.0]
   """
   p = success_stats(inst, pi_old, cfg.success_threshold)[0]
   return cfg.batch_prompts * inst.prompt_weights * binomial_gate_probability(
@@ -160,12 +163,13 @@ def relift_field(inst, theta, theta_old, cfg: ReLIFTConfig):
   r"""The exact field: the RL step plus the amortised SFT drift
   r_sft (B/S) w_x (1 − p_x)^n (d_x − π_x + c_H ∇H_x).
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
-  >>> cfg = ReLIFTConfig(n_rollouts=2, entropy_coef=0.0, sft_entropy_coef=0.0)
-  >>> relift_field(inst, jnp.zeros((1, 2)), jnp.zeros((1, 2)), cfg).tolist()  # RL + (1/4)(d − π)
-  [[-0.375, 0.375]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
+    >>> cfg = ReLIFTConfig(n_rollouts=2, entropy_coef=0.0, sft_entropy_coef=0.0)
+    >>> relift_field(inst, jnp.zeros((1, 2)), jnp.zeros((1, 2)), cfg).tolist()  # RL + (1/4)(d − π)
+    [[-0.375, 0.375]]
   """
   log_pi, pi = policy(inst, theta)
   _, pi_old = policy(inst, theta_old)
@@ -179,14 +183,15 @@ def relift_estimate(inst, theta, theta_old, cfg: ReLIFTConfig, draws: Draws):
   r"""The sampled field: the RL gradient of one group, plus r_sft (B/S)(e_{y*} − π + c_H ∇H) when
   the group all failed (an unbiased estimate of :func:`relift_field`).
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> from nondecoupling.theory.recipes.sampling import Draws
-  >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
-  >>> cfg = ReLIFTConfig(n_rollouts=1, entropy_coef=0.0, sft_entropy_coef=0.0, buffer_size=256)
-  >>> relift_estimate(inst, jnp.zeros((1, 2)), jnp.zeros((1, 2)), cfg,
-  ...                 Draws(on=jnp.array([[0]]), demo=jnp.array([1]))).tolist()  # all failed
-  [[-0.25, 0.25]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> from nondecoupling.theory.recipes.sampling import Draws
+    >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
+    >>> cfg = ReLIFTConfig(n_rollouts=1, entropy_coef=0.0, sft_entropy_coef=0.0, buffer_size=256)
+    >>> relift_estimate(inst, jnp.zeros((1, 2)), jnp.zeros((1, 2)), cfg,
+    ...                 Draws(on=jnp.array([[0]]), demo=jnp.array([1]))).tolist()  # all failed
+    [[-0.25, 0.25]]
   """
   log_pi, pi = policy(inst, theta)
   _, pi_old = policy(inst, theta_old)
@@ -209,10 +214,11 @@ def relift_estimate(inst, theta, theta_old, cfg: ReLIFTConfig, draws: Draws):
 def relift_init(inst, theta, cfg: ReLIFTConfig) -> jax.Array:
   """The buffer state: [buffer_slots, X] expected items per step slot and prompt (empty).
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
-  >>> relift_init(inst, inst.data, ReLIFTConfig(buffer_slots=4)).shape
-  (4, 1)
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
+    >>> relift_init(inst, inst.data, ReLIFTConfig(buffer_slots=4)).shape
+    (4, 1)
   """
   return buffer_init(cfg.buffer_slots, inst.data.shape[0], theta.dtype)
 
@@ -232,14 +238,15 @@ def relift_update(inst, theta_old, theta, buf, lr, cfg: ReLIFTConfig):
   Returns:
     (θ, buffer).
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
-  >>> cfg = ReLIFTConfig(n_rollouts=1, batch_prompts=4, buffer_size=2, sft_entropy_coef=0.0)
-  >>> zero = jnp.zeros((1, 2))
-  >>> theta, buf = relift_update(inst, zero, zero, relift_init(inst, zero, cfg), 1.0, cfg)
-  >>> theta.tolist(), float(buf.sum())  # 2 items in, 2 taken: one SFT step on d − π
-  ([[-0.5, 0.5]], 0.0)
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
+    >>> cfg = ReLIFTConfig(n_rollouts=1, batch_prompts=4, buffer_size=2, sft_entropy_coef=0.0)
+    >>> zero = jnp.zeros((1, 2))
+    >>> theta, buf = relift_update(inst, zero, zero, relift_init(inst, zero, cfg), 1.0, cfg)
+    >>> theta.tolist(), float(buf.sum())  # 2 items in, 2 taken: one SFT step on d − π
+    ([[-0.5, 0.5]], 0.0)
   """
   _, pi_old = policy(inst, theta_old)
   buf = buffer_push(buf, relift_inflow(inst, pi_old, cfg))

@@ -34,12 +34,13 @@ class Draws:
 def draw(key: jax.Array, inst: Instance, theta_old: jax.Array, n_on: int) -> Draws:
   """On-policy group [X, n_on] from π_old = softmax(θ_old) and one demonstration [X] from d.
 
-  >>> import jax
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
-  >>> dr = draw(jax.random.PRNGKey(0), inst, inst.data * 0.0, 3)
-  >>> dr.on.shape, dr.demo.tolist()  # the demonstration is always response 1
-  ((1, 3), [1])
+  Examples:
+    >>> import jax
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
+    >>> dr = draw(jax.random.PRNGKey(0), inst, inst.data * 0.0, 3)
+    >>> dr.on.shape, dr.demo.tolist()  # the demonstration is always response 1
+    ((1, 3), [1])
   """
   k_on, k_demo = jax.random.split(key)
   pi_old = jnp.exp(policy_log_probs(inst, theta_old))
@@ -53,9 +54,10 @@ def inverse_cdf(key: jax.Array, probs: jax.Array, n: int) -> jax.Array:
 
   Index = #{y : u ≥ CDF(y)} for u ∼ U[0, 1), capped at the last positive entry.
 
-  >>> import jax, jax.numpy as jnp
-  >>> inverse_cdf(jax.random.PRNGKey(0), jnp.array([[0.0, 1.0, 0.0]]), 4).tolist()
-  [[1, 1, 1, 1]]
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> inverse_cdf(jax.random.PRNGKey(0), jnp.array([[0.0, 1.0, 0.0]]), 4).tolist()
+    [[1, 1, 1, 1]]
   """
   n_x, n_y = probs.shape
   u = jax.random.uniform(key, (n_x, n), dtype=probs.dtype)
@@ -69,8 +71,9 @@ def inverse_cdf(key: jax.Array, probs: jax.Array, n: int) -> jax.Array:
 def score(pi_row, idx):
   """[k, Y] ∇_θ log π(y_i) = e_{y_i} − π for the indices idx [k].
 
-  >>> import jax.numpy as jnp
-  >>> score(jnp.array([0.5, 0.5]), jnp.array([0])).tolist()
-  [[0.5, -0.5]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> score(jnp.array([0.5, 0.5]), jnp.array([0])).tolist()
+    [[0.5, -0.5]]
   """
   return jax.nn.one_hot(idx, pi_row.shape[-1], dtype=pi_row.dtype) - pi_row[None, :]

@@ -35,11 +35,12 @@ class SFTConfig:
 def sft_field(inst, theta, theta_old, cfg: SFTConfig):
   r"""Exact SFT field coef · w_x (d_x − π_x) = −coef ∇_θ L.
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
-  >>> sft_field(inst, jnp.zeros((1, 2)), None, SFTConfig()).tolist()
-  [[-0.5, 0.5]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
+    >>> sft_field(inst, jnp.zeros((1, 2)), None, SFTConfig()).tolist()
+    [[-0.5, 0.5]]
   """
   del theta_old
   _, pi = policy(inst, theta)
@@ -49,13 +50,14 @@ def sft_field(inst, theta, theta_old, cfg: SFTConfig):
 def sft_estimate(inst, theta, theta_old, cfg: SFTConfig, draws: Draws):
   r"""Sampled SFT gradient coef · w_x (e_{y*} − π) on one demonstration y* = draws.demo.
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> from nondecoupling.theory.recipes.sampling import Draws
-  >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
-  >>> sft_estimate(inst, jnp.zeros((1, 2)), None, SFTConfig(),
-  ...              Draws(on=jnp.zeros((1, 0), int), demo=jnp.array([1]))).tolist()
-  [[-0.5, 0.5]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> from nondecoupling.theory.recipes.sampling import Draws
+    >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
+    >>> sft_estimate(inst, jnp.zeros((1, 2)), None, SFTConfig(),
+    ...              Draws(on=jnp.zeros((1, 0), int), demo=jnp.array([1]))).tolist()
+    [[-0.5, 0.5]]
   """
   del theta_old
   _, pi = policy(inst, theta)

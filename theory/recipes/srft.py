@@ -100,12 +100,13 @@ class SRFTConfig:
 def srft_field(inst, theta, theta_old, cfg: SRFTConfig):
   r"""Exact expected ascent field of SRFT (see the module formula).
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
-  >>> g = srft_field(inst, jnp.zeros((1, 2)), jnp.zeros((1, 2)), SRFTConfig(n_on=1))
-  >>> [round(v, 6) for v in g[0].tolist()]
-  [-0.513388, 0.513388]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
+    >>> g = srft_field(inst, jnp.zeros((1, 2)), jnp.zeros((1, 2)), SRFTConfig(n_on=1))
+    >>> [round(v, 6) for v in g[0].tolist()]
+    [-0.513388, 0.513388]
   """
   log_pi, pi = policy(inst, theta)
   _, pi_old = policy(inst, theta_old)
@@ -132,14 +133,15 @@ def srft_estimate(inst, theta, theta_old, cfg: SRFTConfig, draws: Draws):
             (e_{y^*} - \pi) + \frac{1}{n}\sum_i (0.1 e^H s_i - (1 - s_i))
             \frac{\pi(y_i)}{\pi_{old}(y_i)} (e_{y_i} - \pi) + c_H \nabla H
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> from nondecoupling.theory.recipes.sampling import Draws
-  >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
-  >>> g = srft_estimate(inst, jnp.zeros((1, 2)), jnp.zeros((1, 2)), SRFTConfig(n_on=1),
-  ...                   Draws(on=jnp.array([[1]]), demo=jnp.array([1])))
-  >>> [round(v, 6) for v in g[0].tolist()]
-  [-0.225, 0.225]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> from nondecoupling.theory.recipes.sampling import Draws
+    >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
+    >>> g = srft_estimate(inst, jnp.zeros((1, 2)), jnp.zeros((1, 2)), SRFTConfig(n_on=1),
+    ...                   Draws(on=jnp.array([[1]]), demo=jnp.array([1])))
+    >>> [round(v, 6) for v in g[0].tolist()]
+    [-0.225, 0.225]
   """
   log_pi, pi = policy(inst, theta)
   _, pi_old = policy(inst, theta_old)

@@ -87,11 +87,12 @@ def train_recipe(inst: Instance, name: str, steps: int, lr: float, config=None,
   Returns:
     (log_pi [X, Y] final policy, :class:`RecipeTrajectory` with [steps + 1] L and J).
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
-  >>> log_pi, traj = train_recipe(inst, "sft", steps=3, lr=1.0)
-  >>> traj.sft_loss.shape, bool(traj.sft_loss[-1] < traj.sft_loss[0])
-  ((4,), True)
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.0, 1.0]], [[0.0, 1.0]], 1.0, reference=[[0.5, 0.5]])
+    >>> log_pi, traj = train_recipe(inst, "sft", steps=3, lr=1.0)
+    >>> traj.sft_loss.shape, bool(traj.sft_loss[-1] < traj.sft_loss[0])
+    ((4,), True)
   """
   recipe = get_recipe(name)
   cfg = resolve_config(recipe, config, inst)
@@ -150,12 +151,13 @@ def train_recipe_sampled(inst: Instance, name: str, steps: int, lr: float, key: 
   Returns:
     (log_pi [X, Y] final policy, :class:`RecipeTrajectory`).
 
-  >>> import jax
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
-  >>> _, traj = train_recipe_sampled(inst, "dr_grpo", 3, 1.0, jax.random.PRNGKey(0), samples=8)
-  >>> bool(traj.reward[-1] > traj.reward[0])
-  True
+  Examples:
+    >>> import jax
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> _, traj = train_recipe_sampled(inst, "dr_grpo", 3, 1.0, jax.random.PRNGKey(0), samples=8)
+    >>> bool(traj.reward[-1] > traj.reward[0])
+    True
   """
   recipe = get_recipe(name)
   cfg = resolve_config(recipe, config)

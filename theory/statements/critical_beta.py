@@ -64,6 +64,14 @@ def scaled_c1(inst: Instance, log_beta: jax.Array) -> jax.Array:
   """g(β) = β C₁(β; ρ) = E_w[β log E_ρ e^{r/β} − E_d r] at β = exp(log_beta), non-increasing.
 
   Computed as β·h(1/β) with h of ``_prompt_root_terms`` (full precision for large β too).
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.75, 0.25]])
+    >>> round(float(scaled_c1(inst, jnp.asarray(0.0))), 6)  # β C₁ at β = 1: log(¾ + ¼e) − ½
+    -0.142626
   """
   xs = (inst.data, inst.reference, jnp.where(inst.response_mask, inst.reward, 0.0))
   beta = jnp.exp(log_beta)
@@ -91,6 +99,16 @@ def critical_beta_from_terms(inst: Instance, map_prompts) -> jax.Array:
 
   Returns:
     [] β_c, NaN if there is no root or it lies outside ``LOG_BETA_BRACKET``.
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.75, 0.25]])
+    >>> xs = (inst.data, inst.reference, inst.reward)
+    >>> beta_c = critical_beta_from_terms(inst, lambda fn: jax.vmap(fn)(*xs))
+    >>> round(float(beta_c), 6)  # 1/(2 log 3): log(¾ + ¼ e^{1/β}) = 1/(2β) at e^{1/(2β)} = 3
+    0.45512
   """
   w = inst.prompt_weights
   dtype = inst.reward.dtype
@@ -152,7 +170,15 @@ def critical_beta_from_terms(inst: Instance, map_prompts) -> jax.Array:
 
 
 def beta_critical(inst: Instance) -> jax.Array:
-  """D1 (ours): β_c with C₁(β_c; ρ) = 0, NaN when none (see ``critical_beta_from_terms``)."""
+  """D1 (ours): β_c with C₁(β_c; ρ) = 0, NaN when none (see ``critical_beta_from_terms``).
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.75, 0.25]])
+    >>> import jax
+    >>> round(float(jax.jit(beta_critical)(inst)), 6)  # 1/(2 log 3) (see critical_beta_from_terms)
+    0.45512
+  """
   xs = (inst.data, inst.reference, jnp.where(inst.response_mask, inst.reward, 0.0))
   return critical_beta_from_terms(inst, lambda fn: jax.vmap(fn)(*xs))
 
@@ -180,7 +206,16 @@ def _log_beta_error(inst: Instance, bc: jax.Array) -> jax.Array:
 
 
 def critical_beta_root(inst: Instance) -> Verdict:
-  """D1 (ours): at β_c, β_c C₁(β_c; ρ) = 0 (applies when β_c exists)."""
+  """D1 (ours): at β_c, β_c C₁(β_c; ρ) = 0 (applies when β_c exists).
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.75, 0.25]])
+    >>> import jax
+    >>> v = jax.jit(critical_beta_root)(inst)
+    >>> bool(v.applies), float(v.margin) >= -float(v.slack)  # β_c exists and is a root
+    (True, True)
+  """
   bc = beta_critical(inst)
   exists = jnp.isfinite(bc)
   safe_bc = jnp.where(exists, bc, 1.0)
@@ -201,6 +236,13 @@ def critical_beta_sign(inst: Instance) -> Verdict:
   """D1 (ours): exact RL lowers the SFT loss (C₁ < 0) iff β > β_c.
 
   margin = (log β_c − log β) · βC₁(β) ≥ 0 at the instance's β (applies when β_c exists).
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.75, 0.25]])
+    >>> v = critical_beta_sign(inst)
+    >>> float(v.margin) >= -float(v.slack)  # C₁ < 0 iff β > β_c
+    True
   """
   bc = beta_critical(inst)
   exists = jnp.isfinite(bc)
@@ -219,6 +261,13 @@ def rl_lowers_sft_needs_reward_gain(inst: Instance) -> Verdict:
   """D1 (ours), necessary condition: C₁(β; ρ) < 0 ⇒ E_w E_d r > E_w E_ρ r (strict).
 
   Applies where C₁ < 0 beyond its rounding slack; gain = Σ_x w Σ_y (d − ρ) r (exactly 0 at ρ = d).
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.75, 0.25]])
+    >>> v = rl_lowers_sft_needs_reward_gain(inst)
+    >>> bool(v.applies), float(v.margin) >= -float(v.slack)  # E_d r = ½ > E_ρ r = ¼
+    (True, True)
   """
   r = jnp.where(inst.response_mask, inst.reward, 0.0)
   diff = jnp.where((inst.data > 0) | (inst.reference > 0), inst.data - inst.reference, 0.0)

@@ -50,7 +50,18 @@ def _rewards_scale(inst: Instance, pi: jax.Array, log_scale=0.0) -> jax.Array:
 
 
 def sft_excess_is_kl(inst: Instance, log_pi: jax.Array) -> Verdict:
-  """B1: L(π) − L(d) = E_w KL(d_x || π_x)."""
+  """B1: L(π) − L(d) = E_w KL(d_x || π_x).
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> v = sft_excess_is_kl(inst, jnp.log(jnp.array([[0.25, 0.75]])))
+    >>> # L(π) − L(d) = KL(d‖π) = ½ log 2 + ½ log(2/3)
+    >>> round(float(v.lhs), 6), round(float(v.rhs), 6)
+    (0.143841, 0.143841)
+  """
   log_d = safe_log(inst.data)
   lhs = sft_loss(inst, log_pi) - sft_optimum_loss(inst)
   rhs = expect(inst, kl_rows(log_d, log_pi))
@@ -68,7 +79,17 @@ def _log_partition_scale(inst: Instance, ts, t) -> jax.Array:
 
 
 def gibbs_variational(inst: Instance, log_pi: jax.Array) -> Verdict:
-  """B2: J_β(π; ρ) = β E_w log Z_β − β E_w KL(π_x || π*_x)."""
+  """B2: J_β(π; ρ) = β E_w log Z_β − β E_w KL(π_x || π*_x).
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> v = gibbs_variational(inst, jnp.log(inst.data))
+    >>> round(float(v.lhs), 6), round(float(v.rhs), 6)  # J_β(ρ) = J(ρ) = ½
+    (0.5, 0.5)
+  """
   t = gibbs(inst)
   log_star, log_rho = gibbs_tilt(inst, t), safe_log(inst.reference)
   rhs = inst.beta * expect(inst, log_partition(inst, t)) - inst.beta * expect(
@@ -82,7 +103,15 @@ def gibbs_variational(inst: Instance, log_pi: jax.Array) -> Verdict:
 
 
 def sft_loss_after_rl(inst: Instance) -> Verdict:
-  """B3: L(π*_β) − L(ρ) = C₁(β; ρ), for any reference ρ."""
+  """B3: L(π*_β) − L(ρ) = C₁(β; ρ), for any reference ρ.
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.75, 0.25]])
+    >>> v = sft_loss_after_rl(inst)
+    >>> round(float(v.lhs), 6) == round(float(v.rhs), 6)  # L(π*_β) − L(ρ) = C₁(β; ρ)
+    True
+  """
   t = gibbs(inst)
   log_star, log_rho = gibbs_tilt(inst, t), safe_log(inst.reference)
   ts = gibbs_scale(inst, t)
@@ -94,7 +123,16 @@ def sft_loss_after_rl(inst: Instance) -> Verdict:
 
 
 def reward_change_scale(inst: Instance, log_pi2: jax.Array, t=None) -> jax.Array:
-  """[] error scale of both sides of B4 (also C4's criterion, with π₂ = d); ``t`` = gibbs(inst)."""
+  """[] error scale of both sides of B4 (also C4's criterion, with π₂ = d); ``t`` = gibbs(inst).
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.75, 0.25]])
+    >>> float(reward_change_scale(inst, jnp.log(inst.data))) > 0  # a positive error scale
+    True
+  """
   t = gibbs(inst) if t is None else t
   log_pi1, log_rho = gibbs_tilt(inst, t), safe_log(inst.reference)
   ts = gibbs_scale(inst, t)
@@ -107,7 +145,17 @@ def reward_change_scale(inst: Instance, log_pi2: jax.Array, t=None) -> jax.Array
 
 
 def reward_change_after_rl(inst: Instance, log_pi2: jax.Array) -> Verdict:
-  """B4: J(π₂) − J(π₁) = −β E KL(π₂||π₁) + β (E KL(π₂||ρ) − E KL(π₁||ρ)), π₁ = π*_β(ρ)."""
+  """B4: J(π₂) − J(π₁) = −β E KL(π₂||π₁) + β (E KL(π₂||ρ) − E KL(π₁||ρ)), π₁ = π*_β(ρ).
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.75, 0.25]])
+    >>> v = reward_change_after_rl(inst, jnp.log(inst.data))
+    >>> round(float(v.lhs), 6), round(float(v.rhs), 6)  # J(d) − J(π*_β(ρ)) both ways
+    (0.024633, 0.024633)
+  """
   t = gibbs(inst)
   log_pi1, log_rho = gibbs_tilt(inst, t), safe_log(inst.reference)
   rhs = inst.beta * (-expect(inst, kl_rows(log_pi2, log_pi1))
@@ -118,7 +166,14 @@ def reward_change_after_rl(inst: Instance, log_pi2: jax.Array) -> Verdict:
 
 
 def clip_logits(log_pi: jax.Array, floor: float = -30.0) -> jax.Array:
-  """Finite logits for a policy given as log-probabilities (-inf entries raised to ``floor``)."""
+  """Finite logits for a policy given as log-probabilities (-inf entries raised to ``floor``).
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> clip_logits(jnp.log(jnp.array([[1.0, 0.0]]))).tolist()  # log 0 = −inf raised to the floor
+    [[0.0, -30.0]]
+  """
   return jnp.maximum(log_pi, floor)
 
 
@@ -127,6 +182,15 @@ def gradients_closed_form(inst: Instance, theta: jax.Array) -> Verdict:
 
   ∇_{θ_x} L = w_x (π_x − d_x);  ∇_{θ_x} J_β = w_x F_x (r_x − β log(π_x/ρ_x)).
   lhs = max |closed form|, rhs = max |autodiff|; margin = −max residual / max(1, max |autodiff|).
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> v = gradients_closed_form(inst, jnp.zeros((1, 2)))
+    >>> float(v.margin) >= -float(v.slack)  # closed form = jax.grad
+    True
   """
   auto_l = jax.grad(lambda t: sft_loss(inst, policy_log_probs(inst, t)))(theta)
   auto_j = jax.grad(lambda t: regularized_reward(inst, policy_log_probs(inst, t)))(theta)

@@ -62,6 +62,12 @@ def initial_slope(inst: Instance) -> jax.Array:
   r"""D2 (ours): dL/dt at t = 0 along θ̇ = ∇J_β from θ = log ρ.
 
   .. math:: \sum_x w_x^2 \sum_y (\rho - d)(y|x)\, \rho(y|x)\, (r(x,y) - E_{\rho_x} r)
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.75, 0.25]])
+    >>> round(float(initial_slope(inst)), 6)  # (ρ − d)·F_ρ r = (¼, −¼)·(−3/16, 3/16) = −3/32
+    -0.09375
   """
   rho, d, w = inst.reference, inst.data, inst.prompt_weights
   _, centred = centre(rho, jnp.where(inst.response_mask, inst.reward, 0.0))
@@ -80,6 +86,12 @@ def initial_curvature(inst: Instance) -> jax.Array:
 
   .. math:: g^\top H_L g = \sum_x w_x^3 \sum_y d (a - E_d a)^2,\quad a = d \odot (r - E_d r),
             \ g = \nabla J_\beta(\log d) = w\,a,\ H_L = \mathrm{blockdiag}(w_x F_x)
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> round(float(initial_curvature(inst)), 6)  # gᵀ F_d g with g = F_d r = (−¼, ¼): 1/16
+    0.0625
   """
   a = _fisher_reward(inst)
   _, dev = centre(inst.data, a)
@@ -108,7 +120,14 @@ def _grad_j_scale(inst: Instance, p: jax.Array) -> jax.Array:
 
 
 def slope_scale(inst: Instance) -> jax.Array:
-  """[] the scale of D2's slope identity (module docstring)."""
+  """[] the scale of D2's slope identity (module docstring).
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.75, 0.25]])
+    >>> float(slope_scale(inst)) > 0  # a positive error scale
+    True
+  """
   rho, d = inst.reference, inst.data
   _, c = centre(rho, jnp.where(inst.response_mask, inst.reward, 0.0))
   abs_c = jnp.abs(c)
@@ -122,7 +141,15 @@ def slope_scale(inst: Instance) -> jax.Array:
 
 
 def curvature_scale(inst: Instance) -> jax.Array:
-  """[] the scale of D2's curvature identity at ρ = d (module docstring)."""
+  """[] the scale of D2's curvature identity at ρ = d (module docstring).
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> import jax
+    >>> float(jax.jit(curvature_scale)(inst)) > 0  # a positive error scale
+    True
+  """
   d = inst.data
   sr = rl_stage_after_sft(inst)
   g = jnp.abs(_fisher_reward(inst))
@@ -148,13 +175,29 @@ def _auto_loss(inst: Instance):
 
 
 def rl_slope_autodiff(inst: Instance) -> jax.Array:
-  """dL/dt at t = 0 by automatic differentiation (chain rule ∇L · ∇J_β, both by jax.grad)."""
+  """dL/dt at t = 0 by automatic differentiation (chain rule ∇L · ∇J_β, both by jax.grad).
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.75, 0.25]])
+    >>> # autodiff = closed form
+    >>> round(float(rl_slope_autodiff(inst)), 6) == round(float(initial_slope(inst)), 6)
+    True
+  """
   theta0 = initial_logits(inst)
   return jax.jvp(_auto_loss(inst), (theta0,), (_auto_field(inst)(theta0),))[1]
 
 
 def rl_curvature_autodiff(inst: Instance) -> jax.Array:
-  """d²L/dt² at t = 0 from ρ = d by automatic differentiation of t ↦ L(θ(t)) (exact 2nd order)."""
+  """d²L/dt² at t = 0 from ρ = d by automatic differentiation of t ↦ L(θ(t)) (exact 2nd order).
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> # autodiff = closed form
+    >>> round(float(rl_curvature_autodiff(inst)), 6) == round(float(initial_curvature(inst)), 6)
+    True
+  """
   sr = rl_stage_after_sft(inst)
   field, loss = _auto_field(sr), _auto_loss(sr)
   first = lambda t: jax.jvp(loss, (t,), (field(t),))[1]  # dL/dt as a function of θ
@@ -163,13 +206,30 @@ def rl_curvature_autodiff(inst: Instance) -> jax.Array:
 
 
 def rl_slope_at_start(inst: Instance) -> Verdict:
-  """D2 (ours): the closed-form initial slope equals dL/dt by autodiff."""
+  """D2 (ours): the closed-form initial slope equals dL/dt by autodiff.
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.75, 0.25]])
+    >>> v = rl_slope_at_start(inst)
+    >>> float(v.margin) >= -float(v.slack)
+    True
+  """
   return identity(initial_slope(inst), rl_slope_autodiff(inst),
                   rounding_slack(slope_scale(inst), entries(inst)))
 
 
 def rl_curvature_at_sft_optimum(inst: Instance) -> Verdict:
-  """D2 (ours): at ρ = d the slope is 0 and d²L/dt² = gᵀ H_L g (autodiff) — and it is ≥ 0."""
+  """D2 (ours): at ρ = d the slope is 0 and d²L/dt² = gᵀ H_L g (autodiff) — and it is ≥ 0.
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> import jax
+    >>> v = jax.jit(rl_curvature_at_sft_optimum)(inst)
+    >>> float(v.margin) >= -float(v.slack)
+    True
+  """
   return identity(initial_curvature(inst), rl_curvature_autodiff(inst),
                   rounding_slack(curvature_scale(inst), entries(inst)))
 
@@ -181,6 +241,12 @@ def initial_curvature_general(inst: Instance) -> jax.Array:
   .. math:: \ddot L(0) = g^\top H_L g + \nabla L^\top (Dg)\,g,\qquad g = \nabla J_\beta(\log\rho)
 
   (forward-mode derivative of ⟨∇L, g⟩ along g; both gradients in closed form).
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.75, 0.25]])
+    >>> round(float(initial_curvature_general(inst)), 6)
+    0.043945
   """
   theta0 = initial_logits(inst)
   g = rl_grad(inst, theta0)
@@ -256,6 +322,14 @@ def d2_check(inst: Instance, rel_tol: float = 1e-4) -> dict:
 
   Returns:
     dict of closed forms, measured values and ``margin`` (>= 0: agreement within rel_tol).
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.75, 0.25]])
+    >>> out = d2_check(inst)
+    >>> # closed form, finite differences
+    >>> round(float(out['slope']), 6), round(float(out['slope_fd']), 6)
+    (-0.09375, -0.09375)
   """
   slope = initial_slope(inst)
   curv = initial_curvature_general(inst)

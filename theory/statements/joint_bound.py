@@ -28,7 +28,16 @@ __all__ = ["joint_gap", "joint_tv_rows", "joint_tv", "joint_bound"]
 
 
 def joint_gap(inst: Instance, log_pi: jax.Array) -> jax.Array:
-  """√(ΔL(π)/2) + √(ΔJ_β(π)/(2β)), with ΔL = E_w KL(d‖π) (B1), ΔJ_β = β E_w KL(π‖π*) (B2)."""
+  """√(ΔL(π)/2) + √(ΔJ_β(π)/(2β)), with ΔL = E_w KL(d‖π) (B1), ΔJ_β = β E_w KL(π‖π*) (B2).
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> round(float(joint_gap(inst, jnp.log(inst.data))), 6)  # π = d: √0 + √(KL(d‖π*)/2)
+    0.245066
+  """
   d_l = expect(inst, kl_rows(safe_log(inst.data), log_pi))
   d_j_over_beta = expect(inst, kl_to_gibbs(inst, log_pi))
   return jnp.sqrt(d_l / 2.0) + jnp.sqrt(d_j_over_beta / 2.0)
@@ -38,21 +47,39 @@ def joint_tv_rows(inst: Instance) -> jax.Array:
   """[X] TV(d_x, π*_x) = ½ Σ_y |(d − ρ) − ρ(e^u − 1)|, u = log(π*/ρ) (exact when d ≈ π*; at a
   dominant response (d − 1) + (1 − π*) when that is more precise: :func:`~..tilt.tilt_tv_rows`).
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> tie = make_instance([1.0], [[0.5, 0.5]], [[0.3, 0.30000001]], 1.0)
-  >>> f"{float(joint_tv_rows(tie)[0]):.6e}"  # ½ tanh(5e-9)
-  '2.500000e-09'
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> tie = make_instance([1.0], [[0.5, 0.5]], [[0.3, 0.30000001]], 1.0)
+    >>> f"{float(joint_tv_rows(tie)[0]):.6e}"  # ½ tanh(5e-9)
+    '2.500000e-09'
   """
   return tilt_tv_rows(inst.reference, gibbs(inst), inst.data)
 
 
 def joint_tv(inst: Instance) -> jax.Array:
-  """E_w TV(d, π*_β)."""
+  """E_w TV(d, π*_β).
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> round(float(joint_tv(inst)), 6)  # TV(d, π*) = e/(1 + e) − ½
+    0.231059
+  """
   return expect(inst, joint_tv_rows(inst))
 
 
 def joint_bound(inst: Instance, log_pi: jax.Array) -> Verdict:
-  """D3 (ours): √(ΔL/2) + √(ΔJ_β/(2β)) ≥ E_w TV(d, π*) for every policy π (any ρ)."""
+  """D3 (ours): √(ΔL/2) + √(ΔJ_β/(2β)) ≥ E_w TV(d, π*) for every policy π (any ρ).
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> v = joint_bound(inst, jnp.log(inst.data))
+    >>> round(float(v.lhs), 6), round(float(v.rhs), 6)  # √(KL/2) ≥ TV (Pinsker)
+    (0.245066, 0.231059)
+  """
   log_d = safe_log(inst.data)
   t = gibbs(inst)
   ts = gibbs_scale(inst, t)

@@ -51,7 +51,13 @@ __all__ = ["mu_rl", "mu_sft", "rl_gap", "rl_gap_scale", "sft_gap_scale", "grad_s
 
 
 def relative_margin(lhs_big, rhs_small):
-  """(lhs − rhs) / (|lhs| + |rhs|), 0 when both vanish: >= 0 iff lhs >= rhs; in [−1, 1]."""
+  """(lhs − rhs) / (|lhs| + |rhs|), 0 when both vanish: >= 0 iff lhs >= rhs; in [−1, 1].
+
+  Examples:
+    >>> # (3 − 1)/(3 + 1); both vanish
+    >>> float(relative_margin(3.0, 1.0)), float(relative_margin(0.0, 0.0))
+    (0.5, 0.0)
+  """
   den = jnp.abs(lhs_big) + jnp.abs(rhs_small)
   return jnp.where(den > 0, (lhs_big - rhs_small) / jnp.where(den > 0, den, 1.0), 0.0)
 
@@ -67,35 +73,90 @@ def _min_prob(inst, log_pi):
 
 
 def mu_rl(inst: Instance, log_pi: jax.Array) -> jax.Array:
-  """This project's D5 RL PL constant μ_RL = β min_x w_x (min_y π(y|x))² (real prompts)."""
+  """This project's D5 RL PL constant μ_RL = β min_x w_x (min_y π(y|x))² (real prompts).
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> float(mu_rl(inst, jnp.log(inst.data)))  # β min_x w_x (min_y π)² = ¼
+    0.25
+  """
   per_x = inst.prompt_weights * _min_prob(inst, log_pi) ** 2
   return inst.beta * jnp.min(jnp.where(_real(inst), per_x, jnp.inf))
 
 
 def mu_sft(inst: Instance, log_pi: jax.Array) -> jax.Array:
-  """This project's D5 SFT PL constant μ_SFT = ½ min_x w_x min_y π(y|x) (real prompts)."""
+  """This project's D5 SFT PL constant μ_SFT = ½ min_x w_x min_y π(y|x) (real prompts).
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> float(mu_sft(inst, jnp.log(inst.data)))  # ½ min_x w_x min_y π = ¼
+    0.25
+  """
   per_x = inst.prompt_weights * _min_prob(inst, log_pi)
   return 0.5 * jnp.min(jnp.where(_real(inst), per_x, jnp.inf))
 
 
 def rl_gap(inst: Instance, log_pi: jax.Array, t=None) -> jax.Array:
-  """RL sub-optimality J_β(π*) − J_β(π) = β E_w KL(π‖π*) (B2, no cancellation, ≥ 0)."""
+  """RL sub-optimality J_β(π*) − J_β(π) = β E_w KL(π‖π*) (B2, no cancellation, ≥ 0).
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> round(float(rl_gap(inst, jnp.log(inst.data))), 6)  # β KL(ρ‖π*) = log((1 + e)/2) − ½
+    0.120115
+  """
   return inst.beta * expect(inst, kl_to_gibbs(inst, log_pi, t))
 
 
 def rl_gap_scale(inst: Instance, log_pi: jax.Array, t=None) -> jax.Array:
-  """[] error scale of :func:`rl_gap` (β × the KL scale)."""
+  """[] error scale of :func:`rl_gap` (β × the KL scale).
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> float(rl_gap_scale(inst, jnp.log(inst.data))) > 0  # a positive error scale
+    True
+  """
   return inst.beta * expect(inst, kl_to_gibbs_scale(inst, log_pi, t=t))
 
 
 def sft_gap_scale(inst: Instance, log_pi: jax.Array) -> jax.Array:
-  """[] error scale of the SFT gap L(π) − L(d) = E_w KL(d‖π)."""
+  """[] error scale of the SFT gap L(π) − L(d) = E_w KL(d‖π).
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> float(sft_gap_scale(inst, jnp.log(jnp.array([[0.25, 0.75]])))) > 0  # a positive error scale
+    True
+  """
   log_d = safe_log(inst.data)
   return expect(inst, kl_scale(log_d, log_pi, abs_log(log_d), abs_log(log_pi)))
 
 
 def grad_scales(inst: Instance, log_pi: jax.Array, theta: jax.Array):
-  """([X, Y] error scales of ∇J_β and ∇L entries, max conditioning) (module docstring)."""
+  """([X, Y] error scales of ∇J_β and ∇L entries, max conditioning) (module docstring).
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> g_rl, g_sft, cond = grad_scales(inst, jnp.log(inst.data), jnp.log(inst.data))
+    >>> g_rl.shape, g_sft.shape  # [X, Y] per-entry scales
+    ((1, 2), (1, 2))
+  """
   support = rl_support(inst)
   pi = jnp.exp(log_pi)
   th = jnp.where(support, jnp.abs(theta), 0.0)
@@ -126,6 +187,15 @@ def pl_rl(inst: Instance, log_pi: jax.Array) -> dict:
   Returns:
     dict(lhs, rhs, gap, mu, ratio = lhs / (2 μ gap), margin = (lhs − rhs)/(lhs + rhs), slack =
     the margin's rounding bound).
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> out = pl_rl(inst, jnp.log(inst.data))
+    >>> round(float(out['lhs']), 6), round(float(out['rhs']), 6)  # ‖F_d r‖² = 1/8 ≥ 2 · ¼ · C₁
+    (0.125, 0.060057)
   """
   theta = logits_of(inst, log_pi)
   scale_rl, _, cond = grad_scales(inst, log_pi, theta)
@@ -139,6 +209,15 @@ def pl_sft(inst: Instance, log_pi: jax.Array) -> dict:
 
   Returns:
     dict(lhs, rhs, gap, mu, ratio, margin, slack) as :func:`pl_rl`.
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> out = pl_sft(inst, jnp.log(jnp.array([[0.25, 0.75]])))
+    >>> round(float(out['lhs']), 6), round(float(out['rhs']), 6)  # ‖π − d‖² = 1/8 ≥ 2 · ⅛ · KL(d‖π)
+    (0.125, 0.03596)
   """
   theta = logits_of(inst, log_pi)
   _, scale_sft, cond = grad_scales(inst, log_pi, theta)
@@ -174,6 +253,14 @@ def pl_decay(inst: Instance, ts: jax.Array, theta0: jax.Array | None = None, *, 
     dict of [T] arrays: times, gap, bound, mu_integral, ratio (PL ratio ‖∇‖²/(2μ gap) at each
     point), log_margin = log bound − log gap (>= 0 holds), gap_scale (the gaps' rounding scales),
     and gap0 [], gap0_scale [], ok [].
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> out = pl_decay(inst, jnp.array([0.5, 1.0]))  # the RL flow from log ρ
+    >>> bool(out["ok"]), bool(jnp.all(out["gap"] <= out["bound"]))  # gap(t) ≤ gap(0) e^{−2∫μ}
+    (True, True)
   """
   if kind not in ("rl", "sft"):
     raise ValueError(f"kind must be 'rl' or 'sft', got {kind!r}")

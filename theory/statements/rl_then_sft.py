@@ -48,20 +48,45 @@ DEFAULT_BAND = (0.01, 2.0)  # the KL band [a, A] of Assumption 3 used by verify 
 
 
 def rl_then_sft_policies(inst: Instance, log_pi2: jax.Array | None = None, t=None):
-  """(log π₁, log π₂) of RL-then-SFT: π₁ = π*_β(ρ), π₂ = d unless given (``t`` = gibbs(inst))."""
+  """(log π₁, log π₂) of RL-then-SFT: π₁ = π*_β(ρ), π₂ = d unless given (``t`` = gibbs(inst)).
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.75, 0.25]])
+    >>> log_pi1, log_pi2 = rl_then_sft_policies(inst)
+    >>> # π₁ = π*_β(ρ) ∝ (¾, ¼e); π₂ = d
+    >>> [round(v, 6) for v in jnp.exp(log_pi1[0]).tolist()], jnp.exp(log_pi2).tolist()
+    ([0.524633, 0.475367], [[0.5, 0.5]])
+  """
   log_pi1 = gibbs_tilt(inst, t)
   log_pi2 = safe_log(inst.data) if log_pi2 is None else log_pi2
   return log_pi1, log_pi2
 
 
 def reward_range(inst: Instance) -> jax.Array:
-  """[X] max_y r − min_y r over all (real) responses."""
+  """[X] max_y r − min_y r over all (real) responses.
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> reward_range(inst).tolist()  # max r − min r
+    [1.0]
+  """
   m = inst.response_mask
   return masked_max(inst.reward, m) - masked_min(inst.reward, m)
 
 
 def max_abs_reward(inst: Instance) -> jax.Array:
-  """R_max = max |r| over real entries of prompts with weight > 0 (Assumption 2)."""
+  """R_max = max |r| over real entries of prompts with weight > 0 (Assumption 2).
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> float(max_abs_reward(inst))  # R_max
+    1.0
+  """
   m = inst.response_mask & (inst.prompt_weights[:, None] > 0)
   return jnp.max(jnp.where(m, jnp.abs(inst.reward), 0.0))
 
@@ -76,7 +101,15 @@ def _pipeline_scales(inst: Instance, log_pi2: jax.Array, t):
 
 
 def proposition_1(inst: Instance, log_pi2: jax.Array | None = None) -> Verdict:
-  """Proposition 1 (paper): J(π₂) ≤ J(π₁) + R_max √(2B), B = E_w KL(π₂ || π₁)."""
+  """Proposition 1 (paper): J(π₂) ≤ J(π₁) + R_max √(2B), B = E_w KL(π₂ || π₁).
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.75, 0.25]])
+    >>> v = proposition_1(inst)
+    >>> float(v.margin) >= -float(v.slack)  # J(d) ≤ J(π₁) + R_max √(2B)
+    True
+  """
   t = gibbs(inst)
   log_pi1, log_pi2 = rl_then_sft_policies(inst, log_pi2, t)
   budget = expect(inst, kl_to_gibbs(inst, log_pi2, t))  # ≥ 0, full relative precision
@@ -93,7 +126,15 @@ def proposition_1(inst: Instance, log_pi2: jax.Array | None = None) -> Verdict:
 
 
 def proposition_1_sharp(inst: Instance, log_pi2: jax.Array | None = None) -> Verdict:
-  """Proposition 1, sharper form: J(π₂) ≤ J(π₁) + E_w[(max r − min r) √(KL_x/2)]."""
+  """Proposition 1, sharper form: J(π₂) ≤ J(π₁) + E_w[(max r − min r) √(KL_x/2)].
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.75, 0.25]])
+    >>> v = proposition_1_sharp(inst)
+    >>> float(v.margin) >= -float(v.slack)  # holds
+    True
+  """
   t = gibbs(inst)
   log_pi1, log_pi2 = rl_then_sft_policies(inst, log_pi2, t)
   kl_x = kl_to_gibbs(inst, log_pi2, t)
@@ -116,6 +157,13 @@ def theorem_4_1_as_printed(inst: Instance, log_pi2: jax.Array | None = None,
   Margin = J(π₁) − J(π₂) (must be > 0: a strict statement); applies only inside the band. The
   slack is the rounding bound of the two rewards, so a reward that never moves (every term
   exactly 0) has slack 0 and refutes it exactly.
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.75, 0.25]])
+    >>> v = theorem_4_1_as_printed(inst, band=(1e-4, 2.0))  # KL(d‖π₁) = 6.1e-4 is in this band
+    >>> bool(v.applies), round(float(v.margin), 6)  # SFT raised the reward by 0.024633: refuted
+    (True, -0.024633)
   """
   t = gibbs(inst)
   log_pi1, log_pi2 = rl_then_sft_policies(inst, log_pi2, t)
@@ -132,6 +180,13 @@ def theorem_4_1_repaired(inst: Instance, log_pi2: jax.Array | None = None) -> Ve
 
   The KL-growth condition holds with equality and λ = β for the regularised objective (by B2),
   so under the band a ≤ E KL ≤ A the drop is C₂ = β·a at least, exactly β·KL.
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.75, 0.25]])
+    >>> v = theorem_4_1_repaired(inst)
+    >>> round(float(v.lhs), 6), round(float(v.rhs), 6)  # J_β(d) = J_β(π₁) − β E KL(d‖π₁)
+    (0.356159, 0.356159)
   """
   t = gibbs(inst)
   log_pi1, log_pi2 = rl_then_sft_policies(inst, log_pi2, t)
@@ -151,6 +206,13 @@ def reward_drop_criterion(inst: Instance, log_pi2: jax.Array | None = None) -> V
 
   J(π₁) − J(π₂) = β (E KL(π₂||π₁) − [E KL(π₂||ρ) − E KL(π₁||ρ)]), so SFT lowers the reward iff
   E KL(π₂||π₁) > E KL(π₂||ρ) − E KL(π₁||ρ). lhs = the reward drop, rhs = β × the KL criterion.
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.75, 0.25]])
+    >>> v = reward_drop_criterion(inst)
+    >>> float(v.margin) >= -float(v.slack)  # holds
+    True
   """
   t = gibbs(inst)
   log_pi1, log_pi2 = rl_then_sft_policies(inst, log_pi2, t)

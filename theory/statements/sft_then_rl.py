@@ -36,7 +36,14 @@ __all__ = [
 
 
 def support_range(inst: Instance) -> jax.Array:
-  """[X] max r − min r over supp d_x."""
+  """[X] max r − min r over supp d_x.
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> support_range(inst).tolist()  # max r − min r on supp d = 1 − 0
+    [1.0]
+  """
   s = inst.data > 0
   return masked_max(inst.reward, s) - masked_min(inst.reward, s)
 
@@ -46,6 +53,12 @@ def reward_constant_on_support(inst: Instance) -> jax.Array:
 
   Exactly: a reward that varies by any amount, however small, makes C₁ > 0 (near ties give
   C₁ ≈ ½ E Var_d(r)/β², which is computed to full relative precision).
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> bool(reward_constant_on_support(inst))  # r = (0, 1) varies on supp d
+    False
   """
   flat = support_range(inst) == 0
   return jnp.all(flat | (inst.prompt_weights <= 0))
@@ -65,6 +78,14 @@ def theorem_3_1(inst: Instance) -> Verdict:
   r"""Theorem 3.1 (paper): with ρ = d, L(π*_β) = L(d) + C₁(β).
 
   lhs = L(π*_β(d)); rhs = L(d) + C₁(β; d).
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> v = theorem_3_1(inst)
+    >>> # L(π*) = log 2 + C₁, C₁ = log((1 + e)/2) − ½
+    >>> round(float(v.lhs), 6), round(float(v.rhs), 6)
+    (0.813262, 0.813262)
   """
   sr = rl_stage_after_sft(inst)
   t = gibbs(sr)
@@ -79,13 +100,29 @@ def theorem_3_1(inst: Instance) -> Verdict:
 
 
 def c1_nonnegative(inst: Instance) -> Verdict:
-  """Theorem 3.1 (paper): C₁(β) ≥ 0 (Jensen gap)."""
+  """Theorem 3.1 (paper): C₁(β) ≥ 0 (Jensen gap).
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> v = c1_nonnegative(inst)
+    >>> round(float(v.margin), 6)  # C₁ = log((1 + e)/2) − ½ ≥ 0
+    0.120115
+  """
   value, slack = _c1_and_slack(inst)
   return at_least(value, jnp.zeros(()), slack)._replace(ratio=jnp.full((), jnp.nan))
 
 
 def c1_is_kl(inst: Instance) -> Verdict:
-  """C₁(β) = E_w KL(d_x || π*_x) with ρ = d (the KL identity behind the Jensen gap)."""
+  """C₁(β) = E_w KL(d_x || π*_x) with ρ = d (the KL identity behind the Jensen gap).
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> v = c1_is_kl(inst)
+    >>> round(float(v.lhs), 6), round(float(v.rhs), 6)  # C₁ and E KL(d‖π*): both 0.120115
+    (0.120115, 0.120115)
+  """
   sr = rl_stage_after_sft(inst)
   log_d = safe_log(inst.data)
   t = gibbs(sr)
@@ -98,19 +135,42 @@ def c1_is_kl(inst: Instance) -> Verdict:
 
 
 def c1_zero_when_constant(inst: Instance) -> Verdict:
-  """Equality case: C₁ = 0 when r is constant on supp d_x for every x (applies only then)."""
+  """Equality case: C₁ = 0 when r is constant on supp d_x for every x (applies only then).
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> # r varies on supp d: the equality case does not apply
+    >>> bool(c1_zero_when_constant(inst).applies)
+    False
+  """
   value, slack = _c1_and_slack(inst)
   return identity(value, jnp.zeros(()), slack, applies=reward_constant_on_support(inst))
 
 
 def c1_positive_otherwise(inst: Instance) -> Verdict:
-  """Equality case, converse: C₁ > 0 when r is not constant on some supp d_x (strict)."""
+  """Equality case, converse: C₁ > 0 when r is not constant on some supp d_x (strict).
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> v = c1_positive_otherwise(inst)
+    >>> bool(v.applies), round(float(v.margin), 6)  # applies (r varies), margin C₁ > 0
+    (True, 0.120115)
+  """
   value, slack = _c1_and_slack(inst)
   return positive(value, slack, applies=~reward_constant_on_support(inst))
 
 
 def hoeffding_bound(inst: Instance) -> jax.Array:
-  """E_w[(max r − min r)²] / (8β²), ranges over supp d_x (this project reports it beside C1)."""
+  """E_w[(max r − min r)²] / (8β²), ranges over supp d_x (this project reports it beside C1).
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> float(hoeffding_bound(inst))  # (1 − 0)² / (8 · 1²)
+    0.125
+  """
   return expect(inst, (support_range(inst) / inst.beta) ** 2) / 8.0
 
 
@@ -121,19 +181,42 @@ def _sup_terms(inst: Instance) -> jax.Array:
 
 
 def sup_bound(inst: Instance) -> jax.Array:
-  """E_w[max_{supp d} r − E_d r] / β."""
+  """E_w[max_{supp d} r − E_d r] / β.
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> float(sup_bound(inst))  # (max r − E_d r)/β = (1 − ½)/1
+    0.5
+  """
   return expect(inst, _sup_terms(inst)) / inst.beta
 
 
 def c1_hoeffding_bound(inst: Instance) -> Verdict:
-  """C₁ ≤ E_w[(max r − min r)²]/(8β²) (Hoeffding's lemma; ours)."""
+  """C₁ ≤ E_w[(max r − min r)²]/(8β²) (Hoeffding's lemma; ours).
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> v = c1_hoeffding_bound(inst)
+    >>> round(float(v.lhs), 6), float(v.rhs)  # C₁ ≤ 1/8
+    (0.120115, 0.125)
+  """
   bound = hoeffding_bound(inst)
   value, slack = _c1_and_slack(inst, 4.0 * bound)
   return at_most(value, bound, slack)
 
 
 def c1_sup_bound(inst: Instance) -> Verdict:
-  """C₁ ≤ E_w[max r − E_d r]/β (ours)."""
+  """C₁ ≤ E_w[max r − E_d r]/β (ours).
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> v = c1_sup_bound(inst)
+    >>> round(float(v.lhs), 6), float(v.rhs)  # C₁ ≤ ½
+    (0.120115, 0.5)
+  """
   bound = sup_bound(inst)
   value, slack = _c1_and_slack(inst, 4.0 * bound)
   return at_most(value, bound, slack)
@@ -146,6 +229,13 @@ def c1_large_beta_limit(inst: Instance) -> Verdict:
   Taylor's theorem |C₁ − E_w Var_d(r)/(2β²)| ≤ E_w[range³]/(36√3 β³), because the third central
   moment of any distribution on an interval of length ℓ is at most ℓ³/(6√3) in absolute value.
   Hence β²C₁ → ½ E_w Var_d(r).
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> v = c1_large_beta_limit(inst)
+    >>> float(v.margin) >= -float(v.slack)  # holds
+    True
   """
   _, dev = centre(inst.data, inst.reward)
   var = masked_dot(inst.data, (dev / inst.beta) ** 2)
@@ -161,6 +251,13 @@ def c1_small_beta_limit(inst: Instance) -> Verdict:
   With M_x the set of maximisers of r on supp d_x and d(M_x) its mass,
   E_w[max r − E_d r] + β E_w[log d(M_x)] ≤ β C₁ ≤ E_w[max r − E_d r], so βC₁ → E_w[max r − E_d r].
   Reported as: E_w[max r − E_d r] − β C₁ ≤ −β E_w log d(M_x).
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> v = c1_small_beta_limit(inst)
+    >>> float(v.margin) >= -float(v.slack)  # holds
+    True
   """
   top = masked_max(inst.reward, inst.data > 0)
   at_top = (inst.data > 0) & (inst.reward == top[:, None])

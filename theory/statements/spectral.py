@@ -41,6 +41,15 @@ def spectral_misalignment(inst: Instance, log_pi: jax.Array) -> dict:
     same with the eigenvalue form, and their rounding bounds slack, slack_exact) and scalars
     ``margin_min``, ``slack_min`` (the margin and slack of the real prompt and form where
     margin + slack is least: the statement fails iff margin_min < −slack_min) and ``cosine``.
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.75, 0.25]])
+    >>> out = spectral_misalignment(inst, jnp.log(inst.data))
+    >>> bool(out['margin'] >= -out['slack'])  # ⟨∇L, ∇J_β⟩ within the spectral bound
+    True
   """
   support = rl_support(inst)
   pi = jnp.exp(log_pi)

@@ -141,7 +141,16 @@ def _zero(tree: TreeInstance, value, scale, norm=None, extra=0.0, applies=True) 
 
 
 def is_depth_one(tree: TreeInstance) -> jax.Array:
-  """[] bool: no real prompt has a response longer than one token (the atomic case)."""
+  """[] bool: no real prompt has a response longer than one token (the atomic case).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> bool(is_depth_one(tree))  # (1, 0) and (1, 1) have two tokens
+    False
+  """
   real = _real(tree)
   deep = [jnp.any(lv.leaf.any((-2, -1)) & real) for lv in tree.levels[1:]]
   return ~jnp.any(jnp.stack(deep)) if deep else jnp.asarray(True)
@@ -177,7 +186,17 @@ def _kl_scale(tree: TreeInstance, theta: Levels) -> jax.Array:
 # ----------------------------------------------------------------------------- G1
 
 def soft_value_is_log_partition(tree: TreeInstance) -> Verdict:
-  r"""G1: V(root)/β (soft Bellman, bottom-up) = log Σ_y ρ(y|x) e^{r(x,y)/β} (leaf set)."""
+  r"""G1: V(root)/β (soft Bellman, bottom-up) = log Σ_y ρ(y|x) e^{r(x,y)/β} (leaf set).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> v = soft_value_is_log_partition(tree)
+    >>> round(float(v.lhs), 6), round(float(v.rhs), 6)  # log(½ + ¼ + ¼e) both ways
+    (0.357374, 0.357374)
+  """
   inst = leaf_instance(tree)
   values, _ = bellman.soft_bellman(tree)
   lr = level_sum(tree, reference_log_probs(tree))
@@ -186,7 +205,17 @@ def soft_value_is_log_partition(tree: TreeInstance) -> Verdict:
 
 
 def bellman_policy_is_tilt(tree: TreeInstance) -> Verdict:
-  r"""G1: Π_t π*(y_t|y_<t) = π*_β(y|x) (the Gibbs tilt of the leaf set), in log space."""
+  r"""G1: Π_t π*(y_t|y_<t) = π*_β(y|x) (the Gibbs tilt of the leaf set), in log space.
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> v = bellman_policy_is_tilt(tree)
+    >>> float(v.margin) >= -float(v.slack)  # Π_t π*(y_t|y_<t) = π*_β(y)
+    True
+  """
   values, log_star = bellman.soft_bellman(tree)
   inst = leaf_instance(tree)
   lhs = leaf_policy(tree, log_star)
@@ -209,7 +238,19 @@ def _data_log_range(tree: TreeInstance) -> jax.Array:
 
 
 def token_sum_is_sequence_loss(tree: TreeInstance, theta: Levels) -> Verdict:
-  r"""G2: Σ_s Σ_a D(s·a)(−log π(a|s)) (token sum over edges) = Σ_y d(y)(−log π(y)) (sequences)."""
+  r"""G2: Σ_s Σ_a D(s·a)(−log π(a|s)) (token sum over edges) = Σ_y d(y)(−log π(y)) (sequences).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> import jax.numpy as jnp
+    >>> theta = (jnp.zeros((1, 1, 2)), jnp.array([[[0.0, jnp.log(3.0)]]]))  # π(·|(1,)) = (¼, ¾)
+    >>> v = token_sum_is_sequence_loss(tree, theta)
+    >>> round(float(v.lhs), 6), round(float(v.rhs), 6)  # ½ log 2 + ½ (log 2 + log(4/3))
+    (0.836988, 0.836988)
+  """
   log_pi = policy_log_probs(tree, theta)
   inst = leaf_instance(tree)
   leaf_lp = leaf_policy(tree, log_pi)
@@ -222,7 +263,19 @@ def token_sum_is_sequence_loss(tree: TreeInstance, theta: Levels) -> Verdict:
 
 
 def token_sum_gradient(tree: TreeInstance, theta: Levels) -> Verdict:
-  r"""G2: w_x D(s)(π(·|s) − d(·|s)) = ∇_θ L of the sequence loss (jax.grad)."""
+  r"""G2: w_x D(s)(π(·|s) − d(·|s)) = ∇_θ L of the sequence loss (jax.grad).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> import jax.numpy as jnp
+    >>> theta = (jnp.zeros((1, 1, 2)), jnp.array([[[0.0, jnp.log(3.0)]]]))  # π(·|(1,)) = (¼, ¾)
+    >>> v = token_sum_gradient(tree, theta)
+    >>> float(v.margin) >= -float(v.slack)  # closed form = jax.grad
+    True
+  """
   inst = leaf_instance(tree)
   auto = jax.grad(lambda t: atomic.sft_loss(inst, leaf_policy(tree, policy_log_probs(tree, t))))(
       theta)
@@ -241,7 +294,17 @@ def _mean_masses(tree: TreeInstance):
 
 
 def token_mean_optimum(tree: TreeInstance) -> Verdict:
-  r"""G2: the tree policy of the token-mean optimum has leaf law (d/|y|) / Σ d/|y| (on supp d)."""
+  r"""G2: the tree policy of the token-mean optimum has leaf law (d/|y|) / Σ d/|y| (on supp d).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> v = token_mean_optimum(tree)
+    >>> float(v.margin) >= -float(v.slack)  # leaf law ∝ (½/1, ½/2) = (⅔, ⅓)
+    True
+  """
   lhs = leaf_policy(tree, sft.token_mean_optimum(tree))
   inst = leaf_instance(tree)
   lengths = flat_slots(leaf_lengths(tree))
@@ -253,7 +316,17 @@ def token_mean_optimum(tree: TreeInstance) -> Verdict:
 
 
 def token_mean_stationary(tree: TreeInstance) -> Verdict:
-  r"""G2: ∇_θ L_mean = 0 at π_mean (jax.grad of Σ_y (d/|y|)(−log π(y)) at its logits)."""
+  r"""G2: ∇_θ L_mean = 0 at π_mean (jax.grad of Σ_y (d/|y|)(−log π(y)) at its logits).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> v = token_mean_stationary(tree)
+    >>> float(v.margin) >= -float(v.slack)
+    True
+  """
   inst = leaf_instance(tree)
   weights, ld = _mean_masses(tree)
 
@@ -271,7 +344,17 @@ def token_mean_stationary(tree: TreeInstance) -> Verdict:
 
 
 def token_mean_excess(tree: TreeInstance) -> Verdict:
-  r"""G2: L(π_mean) − L(d) (chain rule on the tree) = E_w[E_d log|y| + log E_d(1/|y|)]."""
+  r"""G2: L(π_mean) − L(d) (chain rule on the tree) = E_w[E_d log|y| + log E_d(1/|y|)].
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> v = token_mean_excess(tree)
+    >>> round(float(v.lhs), 6), round(float(v.rhs), 6)  # ½ log 2 + log ¾ both ways
+    (0.058892, 0.058892)
+  """
   lhs, rhs = sft.token_mean_excess(tree), sft.token_mean_excess_closed_form(tree)
   inst = leaf_instance(tree)
   _, ld = _mean_masses(tree)
@@ -291,7 +374,19 @@ def _surrogate_grad(tree: TreeInstance, theta: Levels, estimator: str) -> Levels
 
 
 def k1_reward_is_kl_gradient(tree: TreeInstance, theta: Levels) -> Verdict:
-  r"""G3: E_π[(Σ_t k1_t) ∇log π(y)] = ∇_θ KL(π‖ρ) of the sequence (so k1 in the reward is β∇KL)."""
+  r"""G3: E_π[(Σ_t k1_t) ∇log π(y)] = ∇_θ KL(π‖ρ) of the sequence (so k1 in the reward is β∇KL).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> import jax.numpy as jnp
+    >>> theta = (jnp.zeros((1, 1, 2)), jnp.array([[[0.0, jnp.log(3.0)]]]))  # π(·|(1,)) = (¼, ¾)
+    >>> v = k1_reward_is_kl_gradient(tree, theta)
+    >>> float(v.margin) >= -float(v.slack)
+    True
+  """
   log_pi = policy_log_probs(tree, theta)
   closed = weighted(tree, kl.reward_kl_field(tree, log_pi))
   return _gradients(closed, jax.grad(lambda t: _sequence_kl(tree, t))(theta), tree,
@@ -299,18 +394,54 @@ def k1_reward_is_kl_gradient(tree: TreeInstance, theta: Levels) -> Verdict:
 
 
 def k1_loss_has_no_gradient(tree: TreeInstance, theta: Levels) -> Verdict:
-  r"""G3: k1 in the loss: E_π[Σ_t ∇k1_t] = 0 (jax.grad of the stop-gradient surrogate)."""
+  r"""G3: k1 in the loss: E_π[Σ_t ∇k1_t] = 0 (jax.grad of the stop-gradient surrogate).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> import jax.numpy as jnp
+    >>> theta = (jnp.zeros((1, 1, 2)), jnp.array([[[0.0, jnp.log(3.0)]]]))  # π(·|(1,)) = (¼, ¾)
+    >>> v = k1_loss_has_no_gradient(tree, theta)
+    >>> abs(float(v.lhs)) < 1e-15  # the k1 surrogate's expected gradient is 0
+    True
+  """
   return _zero(tree, _max_abs(_surrogate_grad(tree, theta, "k1"), tree), _kl_scale(tree, theta))
 
 
 def k2_loss_is_node_kl_gradient(tree: TreeInstance, theta: Levels) -> Verdict:
-  r"""G3: k2 in the loss: E_π[Σ_t ∇k2_t] = P_π(s) ∇_{θ_s} KL(π(·|s)‖ρ(·|s))."""
+  r"""G3: k2 in the loss: E_π[Σ_t ∇k2_t] = P_π(s) ∇_{θ_s} KL(π(·|s)‖ρ(·|s)).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> import jax.numpy as jnp
+    >>> theta = (jnp.zeros((1, 1, 2)), jnp.array([[[0.0, jnp.log(3.0)]]]))  # π(·|(1,)) = (¼, ¾)
+    >>> v = k2_loss_is_node_kl_gradient(tree, theta)
+    >>> float(v.margin) >= -float(v.slack)
+    True
+  """
   closed = weighted(tree, kl.k2_loss_field(tree, policy_log_probs(tree, theta)))
   return _gradients(closed, _surrogate_grad(tree, theta, "k2"), tree, _kl_scale(tree, theta))
 
 
 def k2_misses_later_reach_terms(tree: TreeInstance, theta: Levels) -> Verdict:
-  r"""G3: ∇KL(π‖ρ) − (k2 loss field) = P_π(s) F_s K(s·), the terms through later reach."""
+  r"""G3: ∇KL(π‖ρ) − (k2 loss field) = P_π(s) F_s K(s·), the terms through later reach.
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> import jax.numpy as jnp
+    >>> theta = (jnp.zeros((1, 1, 2)), jnp.array([[[0.0, jnp.log(3.0)]]]))  # π(·|(1,)) = (¼, ¾)
+    >>> v = k2_misses_later_reach_terms(tree, theta)
+    >>> float(v.margin) >= -float(v.slack)
+    True
+  """
   auto = tuple(a - b for a, b in zip(jax.grad(lambda t: _sequence_kl(tree, t))(theta),
                                      _surrogate_grad(tree, theta, "k2")))
   closed = weighted(tree, kl.later_reach_terms(tree, policy_log_probs(tree, theta)))
@@ -318,27 +449,74 @@ def k2_misses_later_reach_terms(tree: TreeInstance, theta: Levels) -> Verdict:
 
 
 def k2_is_kl_gradient_at_depth_1(tree: TreeInstance, theta: Levels) -> Verdict:
-  r"""G3: at depth 1 the k2 loss field equals ∇KL(π‖ρ) (applies only to depth-1 trees)."""
+  r"""G3: at depth 1 the k2 loss field equals ∇KL(π‖ρ) (applies only to depth-1 trees).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> import jax.numpy as jnp
+    >>> theta = (jnp.zeros((1, 1, 2)), jnp.array([[[0.0, jnp.log(3.0)]]]))  # π(·|(1,)) = (¼, ¾)
+    >>> bool(k2_is_kl_gradient_at_depth_1(tree, theta).applies)  # depth 2: does not apply
+    False
+  """
   closed = weighted(tree, kl.k2_loss_field(tree, policy_log_probs(tree, theta)))
   auto = jax.grad(lambda t: _sequence_kl(tree, t))(theta)
   return _gradients(closed, auto, tree, _kl_scale(tree, theta), applies=is_depth_one(tree))
 
 
 def k3_loss_is_forward_kl(tree: TreeInstance, theta: Levels) -> Verdict:
-  r"""G3: k3 in the loss: E_π[Σ_t ∇k3_t] = P_π(s)(π(·|s) − ρ(·|s)) (forward KL per node)."""
+  r"""G3: k3 in the loss: E_π[Σ_t ∇k3_t] = P_π(s)(π(·|s) − ρ(·|s)) (forward KL per node).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> import jax.numpy as jnp
+    >>> theta = (jnp.zeros((1, 1, 2)), jnp.array([[[0.0, jnp.log(3.0)]]]))  # π(·|(1,)) = (¼, ¾)
+    >>> v = k3_loss_is_forward_kl(tree, theta)
+    >>> float(v.margin) >= -float(v.slack)
+    True
+  """
   closed = weighted(tree, kl.k3_loss_field(tree, policy_log_probs(tree, theta)))
   return _gradients(closed, _surrogate_grad(tree, theta, "k3"), tree, _kl_scale(tree, theta))
 
 
 def k3_clamped_loss_field(tree: TreeInstance, theta: Levels) -> Verdict:
-  r"""G3: verl's clamped k3 in the loss: P_π(s) F_s c(s, ·) with the clamps' masks = autodiff."""
+  r"""G3: verl's clamped k3 in the loss: P_π(s) F_s c(s, ·) with the clamps' masks = autodiff.
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> import jax.numpy as jnp
+    >>> theta = (jnp.zeros((1, 1, 2)), jnp.array([[[0.0, jnp.log(3.0)]]]))  # π(·|(1,)) = (¼, ¾)
+    >>> v = k3_clamped_loss_field(tree, theta)
+    >>> float(v.margin) >= -float(v.slack)
+    True
+  """
   closed = weighted(tree, kl.loss_kl_field(tree, policy_log_probs(tree, theta), "k3_clamped"))
   return _gradients(closed, _surrogate_grad(tree, theta, "k3_clamped"), tree,
                     _kl_scale(tree, theta))
 
 
 def k3_value_is_kl(tree: TreeInstance, theta: Levels) -> Verdict:
-  r"""G3: E_π[Σ_t k3_t] (reach-weighted node sums) = KL(π_x‖ρ_x) of the sequences, per prompt."""
+  r"""G3: E_π[Σ_t k3_t] (reach-weighted node sums) = KL(π_x‖ρ_x) of the sequences, per prompt.
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> import jax.numpy as jnp
+    >>> theta = (jnp.zeros((1, 1, 2)), jnp.array([[[0.0, jnp.log(3.0)]]]))  # π(·|(1,)) = (¼, ¾)
+    >>> v = k3_value_is_kl(tree, theta)
+    >>> round(float(v.lhs), 6), round(float(v.rhs), 6)  # ½ KL((¼, ¾)‖(½, ½)) both ways
+    (0.065406, 0.065406)
+  """
   log_pi = policy_log_probs(tree, theta)
   inst = leaf_instance(tree)
   log_rho = safe_log(inst.reference)
@@ -382,6 +560,15 @@ def fixed_point_stationary(tree: TreeInstance, construct: str) -> Verdict:
   r"""G4: the closed form of a construct's fixed point zeroes its expected field (jax.grad).
 
   lhs = max |field| at the closed-form policy, margin = −lhs / max(1, max |∇J|).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> v = fixed_point_stationary(tree, "k3_loss")
+    >>> float(v.margin) >= -float(v.slack)  # π = βρ/(β + V − Q) is stationary
+    True
   """
   log_pi = fixed_points.closed_form_fixed_point(tree, construct)
   theta = logits_of(tree, log_pi)
@@ -398,7 +585,16 @@ def fixed_point_stationary(tree: TreeInstance, construct: str) -> Verdict:
 
 
 def k2_fixed_point_is_tilt_at_depth_1(tree: TreeInstance) -> Verdict:
-  r"""G4: at depth 1 the k2-in-loss fixed point ρ e^{Q^π/β} is the Gibbs tilt (Q^π = r)."""
+  r"""G4: at depth 1 the k2-in-loss fixed point ρ e^{Q^π/β} is the Gibbs tilt (Q^π = r).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> bool(k2_fixed_point_is_tilt_at_depth_1(tree).applies)  # depth 2: does not apply
+    False
+  """
   log_pi = fixed_points.closed_form_fixed_point(tree, "k2_loss")
   lhs = leaf_policy(tree, log_pi)
   inst = leaf_instance(tree)
@@ -414,11 +610,18 @@ def flow_reaches_fixed_point(tree: TreeInstance, construct: str, tol: float = 1e
                              max_steps: int = 200_000) -> Verdict:
   r"""G4: flowing the construct's field to stationarity reaches its closed-form fixed point.
 
-  lhs = max over leaves |π_flow(y) − π_closed(y)|, rhs = 0; the slack is the first-order distance
-  bound of :func:`~nondecoupling.theory.tree.stopping.distance_bound` from the flow's final
-  residual plus the rounding of the two leaf probabilities. Applies only when the flow met
-  ``tol`` within ``max_steps`` and that bound is below ``FIRST_ORDER_LEVEL`` (otherwise it is
-  not counted).
+  lhs = max over leaves |π_flow(y) − π_closed(y)|, rhs = 0; applies only when the flow met
+  ``tol`` within ``max_steps`` (otherwise it is not counted). ``slack``: how far in leaf
+  probability a flow stopped at residual ``tol`` may land from the fixed point.
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> v = flow_reaches_fixed_point(tree, "k1_reward")
+    >>> float(v.margin) >= -float(v.slack)  # the k1-in-reward flow stops at π*_β
+    True
   """
   flow = fixed_points.flow_to_fixed_point(tree, construct, tol=tol, max_steps=max_steps)
   closed = fixed_points.closed_form_fixed_point(tree, construct)

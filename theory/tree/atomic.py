@@ -39,11 +39,12 @@ __all__ = ["tree_from_atomic", "leaf_instance", "leaf_policy", "policy_from_leav
 def tree_from_atomic(inst: Instance) -> TreeInstance:
   """The depth-1 tree of an atomic instance (one level, one root, k = |Y| leaf slots).
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> inst = make_instance([1.0], [[0.5, 0.5, 0.0]], [[0.0, 1.0, 2.0]], 1.0,
-  ...                      reference=[[0.25, 0.75, 0.0]])
-  >>> tree_from_atomic(inst).levels[0].leaf.tolist()
-  [[[True, True, False]]]
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> inst = make_instance([1.0], [[0.5, 0.5, 0.0]], [[0.0, 1.0, 2.0]], 1.0,
+    ...                      reference=[[0.25, 0.75, 0.0]])
+    >>> tree_from_atomic(inst).levels[0].leaf.tolist()
+    [[[True, True, False]]]
   """
   sup = rl_support(inst)
   n_x = inst.data.shape[0]
@@ -62,12 +63,13 @@ def leaf_instance(tree: TreeInstance) -> Instance:
 
   ρ(y) is the product of the reference conditionals along y (exp of its log-space sum).
 
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 1.0}, lambda y: 0.0)
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> inst = leaf_instance(tree)
-  >>> inst.reference.tolist(), inst.response_mask.tolist()
-  ([[0.5, 0.0, 0.25, 0.25]], [[True, False, True, True]])
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 1.0}, lambda y: 0.0)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> inst = leaf_instance(tree)
+    >>> inst.reference.tolist(), inst.response_mask.tolist()
+    ([[0.5, 0.0, 0.25, 0.25]], [[True, False, True, True]])
   """
   mask = leaf_mask(tree)
   log_rho = flat_slots(leaf_log_probs(tree, reference_log_probs(tree)))
@@ -79,12 +81,34 @@ def leaf_instance(tree: TreeInstance) -> Instance:
 
 
 def leaf_policy(tree: TreeInstance, log_pi: Levels) -> jnp.ndarray:
-  """[X, Σ_t N_t k] log π(y|x) on the leaf slots (−∞ elsewhere): the tree policy as atomic."""
+  """[X, Σ_t N_t k] log π(y|x) on the leaf slots (−∞ elsewhere): the tree policy as atomic.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> from nondecoupling.theory.tree.policy import reference_log_probs
+    >>> # flat slots; 0 off the leaves
+    >>> jnp.exp(leaf_policy(tree, reference_log_probs(tree))).tolist()
+    [[0.5, 0.0, 0.25, 0.25]]
+  """
   return flat_slots(leaf_log_probs(tree, log_pi))
 
 
 def unflat_slots(tree: TreeInstance, flat: jnp.ndarray) -> Levels:
-  """The inverse of :func:`~nondecoupling.theory.tree.policy.flat_slots` (per-level arrays)."""
+  """The inverse of :func:`~nondecoupling.theory.tree.policy.flat_slots` (per-level arrays).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.policy import flat_slots
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> [a.tolist() for a in unflat_slots(tree, flat_slots(tuple(lv.data for lv in tree.levels)))]
+    [[[[0.5, 0.0]]], [[[0.0, 0.5]]]]
+  """
   out, start = [], 0
   for lv in tree.levels:
     shape = lv.reference.shape
@@ -98,10 +122,26 @@ def policy_from_leaves(tree: TreeInstance, leaf_log_pi: jnp.ndarray) -> Levels:
   """The tree policy with leaf distribution ``leaf_log_pi`` [X, Σ_t N_t k] (conditionals bottom-up).
 
   Nodes the distribution gives no mass take the reference's rows.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> leaves = jnp.log(jnp.array([[0.5, 0.0, 0.125, 0.375]]))  # π(0) = ½, π(1 0) = ⅛, π(1 1) = ⅜
+    >>> [[round(v, 6) for v in jnp.exp(lp).ravel().tolist()] for lp in policy_from_leaves(tree, leaves)]
+    [[0.5, 0.5], [0.25, 0.75]]
   """
   return conditionals_from_leaf_masses(tree, unflat_slots(tree, leaf_log_pi))
 
 
 def atomic_policy_as_tree(log_pi: jnp.ndarray) -> Levels:
-  """An atomic policy [X, Y] as the policy of the depth-1 tree of :func:`tree_from_atomic`."""
+  """An atomic policy [X, Y] as the policy of the depth-1 tree of :func:`tree_from_atomic`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> [jnp.exp(lp).tolist() for lp in atomic_policy_as_tree(jnp.log(jnp.array([[0.25, 0.75]])))]
+    [[[[0.25, 0.75]]]]
+  """
   return (log_pi[:, None, :],)

@@ -38,13 +38,14 @@ def soft_bellman(tree: TreeInstance) -> tuple[Levels, Levels]:
   Returns:
     (soft values divided by β, −∞ on padded rows; log-policy π*, −∞ off the support).
 
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 1.0},
-  ...                lambda y: 1.0 if y == (1, 1) else 0.0)
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> u, _ = soft_bellman(tree)
-  >>> round(float(u[0][0, 0]), 6)  # log(1/2 + 1/4 + e/4)
-  0.357374
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 1.0},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> u, _ = soft_bellman(tree)
+    >>> round(float(u[0][0, 0]), 6)  # log(1/2 + 1/4 + e/4)
+    0.357374
   """
   log_rho = reference_log_probs(tree)
   n = len(tree.levels)
@@ -64,21 +65,59 @@ def soft_bellman(tree: TreeInstance) -> tuple[Levels, Levels]:
 
 
 def optimal_policy(tree: TreeInstance) -> Levels:
-  """log π*(a|s) per level: the maximiser of J_β(·; ρ) as an autoregressive policy (G1)."""
+  """log π*(a|s) per level: the maximiser of J_β(·; ρ) as an autoregressive policy (G1).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> # root ∝ (½, ½ · (1 + e)/2); (1,) ∝ (1, e)
+    >>> [jnp.exp(lp).round(6).tolist() for lp in optimal_policy(tree)]
+    [[[[0.349755, 0.650245]]], [[[0.268941, 0.731059]]]]
+  """
   return soft_bellman(tree)[1]
 
 
 def log_partition(tree: TreeInstance) -> jax.Array:
-  r"""[X] log Z_β(x) = V(root)/β = log Σ_y ρ(y|x) e^{r(x,y)/β}."""
+  r"""[X] log Z_β(x) = V(root)/β = log Σ_y ρ(y|x) e^{r(x,y)/β}.
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> round(float(log_partition(tree)[0]), 6)  # log(½ + ¼ + ¼e)
+    0.357374
+  """
   return soft_bellman(tree)[0][0][..., 0]
 
 
 def rl_value(tree: TreeInstance) -> jax.Array:
-  """The RL optimum value J_β(π*_β) = β E_w[log Z_β(x)] (B2 on the leaf set)."""
+  """The RL optimum value J_β(π*_β) = β E_w[log Z_β(x)] (B2 on the leaf set).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> round(float(rl_value(tree)), 6)  # β log Z
+    0.357374
+  """
   return tree.beta * expect(tree, log_partition(tree))
 
 
 def c1(tree: TreeInstance) -> jax.Array:
-  r"""C₁(β; ρ) = E_w[log Z_β(x) − E_{d_x}[r]/β] = L(π*_β) − L(ρ) (B3 on the leaf set)."""
+  r"""C₁(β; ρ) = E_w[log Z_β(x) − E_{d_x}[r]/β] = L(π*_β) − L(ρ) (B3 on the leaf set).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> round(float(c1(tree)), 6)  # log Z − E_d r/β = 0.357374 − ½
+    -0.142626
+  """
   mean_r = sum(jnp.sum(masked_dot(lv.data, lv.reward), axis=-1) for lv in tree.levels)
   return expect(tree, log_partition(tree) - mean_r / tree.beta)

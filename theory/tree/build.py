@@ -53,8 +53,9 @@ class PromptTree:
 def is_response(seq: Sequence[int], eos: int, max_length: int) -> bool:
   """Whether ``seq`` is a leaf: 1 ≤ |y| ≤ T, EOS only last, and ending at EOS or at length T.
 
-  >>> is_response((1, 0), eos=0, max_length=3), is_response((1, 1), eos=0, max_length=3)
-  (True, False)
+  Examples:
+    >>> is_response((1, 0), eos=0, max_length=3), is_response((1, 1), eos=0, max_length=3)
+    (True, False)
   """
   seq = tuple(seq)
   if not 1 <= len(seq) <= max_length or eos in seq[:-1]:
@@ -79,9 +80,10 @@ def conditionals_from_sequences(table: Mapping[tuple, float], vocab_size: int, e
   Raises:
     TreeError: a sequence is not a response, a probability is negative, or they do not sum to 1.
 
-  >>> rows = conditionals_from_sequences({(0,): 0.5, (1, 0): 0.25, (1, 1): 0.25}, 2, 0, 2)
-  >>> {s: r.tolist() for s, r in rows.items()}
-  {(): [0.5, 0.5], (1,): [0.5, 0.5]}
+  Examples:
+    >>> rows = conditionals_from_sequences({(0,): 0.5, (1, 0): 0.25, (1, 1): 0.25}, 2, 0, 2)
+    >>> {s: r.tolist() for s, r in rows.items()}
+    {(): [0.5, 0.5], (1,): [0.5, 0.5]}
   """
   mass: dict = {}
   total = 0.0
@@ -102,7 +104,14 @@ def conditionals_from_sequences(table: Mapping[tuple, float], vocab_size: int, e
 
 
 def prefix_of(index: NodeIndex) -> dict:
-  """The inverse of a node index: (level, row) -> prefix."""
+  """The inverse of a node index: (level, row) -> prefix.
+
+  Examples:
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 1.0}, lambda y: 0.0)
+    >>> _, index = build_tree([p], [1.0], 1.0)
+    >>> prefix_of(index[0])  # (level, row) -> prefix
+    {(0, 0): (), (1, 0): (1,)}
+  """
   return {v: s for s, v in index.items()}
 
 
@@ -153,11 +162,12 @@ def build_tree(prompts: Sequence[PromptTree], prompt_weights, beta, bucket: Buck
     TreeError: a reachable node without a valid row, a data response off the tree (not a
       response, or reference probability 0), or data not summing to 1.
 
-  >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(1, 0): 1.0},
-  ...                lambda y: float(len(y)))
-  >>> tree, index = build_tree([p], [1.0], 0.5)
-  >>> index, tree.levels[1].leaf[0].tolist()
-  ([{(): (0, 0), (1,): (1, 0)}], [[True, True]])
+  Examples:
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(1, 0): 1.0},
+    ...                lambda y: float(len(y)))
+    >>> tree, index = build_tree([p], [1.0], 0.5)
+    >>> index, tree.levels[1].leaf[0].tolist()
+    ([{(): (0, 0), (1,): (1, 0)}], [[True, True]])
   """
   walks = [_walk(p) for p in prompts]
   n_x, k = len(prompts), max(p.vocab_size for p in prompts)

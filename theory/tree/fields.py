@@ -46,15 +46,16 @@ def expected_to_go(tree: TreeInstance, log_pi: Levels, leaf_value: Levels,
   Returns:
     (Q per level [X, N_t, k], 0 off the support; V per level [X, N_t]).
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> from nondecoupling.theory.tree.policy import reference_log_probs
-  >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.25, 0.75]}, {(0,): 1.0},
-  ...                lambda y: float(len(y)))  # r = |y|
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> q, v = expected_to_go(tree, reference_log_probs(tree), [lv.reward for lv in tree.levels])
-  >>> float(v[0][0, 0])  # E|y| = 0.5 * 1 + 0.5 * 2
-  1.5
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import reference_log_probs
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.25, 0.75]}, {(0,): 1.0},
+    ...                lambda y: float(len(y)))  # r = |y|
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> q, v = expected_to_go(tree, reference_log_probs(tree), [lv.reward for lv in tree.levels])
+    >>> float(v[0][0, 0])  # E|y| = 0.5 * 1 + 0.5 * 2
+    1.5
   """
   n = len(tree.levels)
   q_out, v_out = [None] * n, [None] * n
@@ -81,6 +82,18 @@ def node_field(tree: TreeInstance, log_pi: Levels, v: Levels, reach: Levels | No
     log_pi: per-level log-policy.
     v: per-level slot numbers (entries off the support or where π = 0 are ignored).
     reach: per-level log P_π(s) if already computed.
+
+  Examples:
+    >>> from nondecoupling.theory.tree.objectives import reward_to_go
+    >>> from nondecoupling.theory.tree.policy import reference_log_probs
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> rho = reference_log_probs(tree)
+    >>> q, _ = reward_to_go(tree, rho)
+    >>> [g.tolist() for g in node_field(tree, rho, q)]  # P(s) F_s Q(s, ·): the policy gradient of J
+    [[[[-0.125, 0.125]]], [[[-0.125, 0.125]]]]
   """
   reach = log_reach(tree, log_pi) if reach is None else reach
   out = []
@@ -96,17 +109,48 @@ def reinforce_field(tree: TreeInstance, log_pi: Levels, leaf_weight: Levels) -> 
 
   The exact expected REINFORCE field of a sequence weight w(y) (a reward, an advantage, a
   length-normalised advantage), computed without enumerating sequences.
+
+  Examples:
+    >>> from nondecoupling.theory.tree.policy import reference_log_probs
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> r = tuple(lv.reward for lv in tree.levels)  # w(y) = r(y): REINFORCE
+    >>> # = node_field's example
+    >>> [g.tolist() for g in reinforce_field(tree, reference_log_probs(tree), r)]
+    [[[[-0.125, 0.125]]], [[[-0.125, 0.125]]]]
   """
   q, _ = expected_to_go(tree, log_pi, leaf_weight)
   return node_field(tree, log_pi, q)
 
 
 def weighted(tree: TreeInstance, field: Levels) -> Levels:
-  """w_x · field: a per-prompt field as the gradient of an E_w-weighted objective."""
+  """w_x · field: a per-prompt field as the gradient of an E_w-weighted objective.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> # w = 1: unchanged
+    >>> [g.tolist() for g in weighted(tree, (jnp.ones((1, 1, 2)), jnp.ones((1, 1, 2))))]
+    [[[[1.0, 1.0]]], [[[1.0, 1.0]]]]
+  """
   w = tree.prompt_weights[..., None, None]
   return tuple(w * f for f in field)
 
 
 def zeros_like_levels(tree: TreeInstance) -> Levels:
-  """Per-level zeros [X, N_t, k] in the tree's dtype."""
+  """Per-level zeros [X, N_t, k] in the tree's dtype.
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> [z.shape for z in zeros_like_levels(tree)]  # [X, N_t, k] per level
+    [(1, 1, 2), (1, 1, 2)]
+  """
   return tuple(jnp.zeros_like(lv.reference) for lv in tree.levels)

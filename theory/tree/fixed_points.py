@@ -110,7 +110,18 @@ def _natural(tree: TreeInstance, log_pi: Levels, construct: str, v: Levels) -> L
 
 
 def local_ascent(tree: TreeInstance, log_pi: Levels, construct: str) -> Levels:
-  """The ascent field of a construct divided by the reach P_π(s), per level (0 off the support)."""
+  """The ascent field of a construct divided by the reach P_π(s), per level (0 off the support).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> from nondecoupling.theory.tree.bellman import optimal_policy
+    >>> max(float(jnp.abs(a).max()) for a in local_ascent(tree, optimal_policy(tree), "k1_reward")) < 1e-15
+    True
+  """
   return _local(tree, log_pi, construct, _slot_values(tree, log_pi, construct))
 
 
@@ -119,19 +130,51 @@ def natural_direction(tree: TreeInstance, log_pi: Levels, construct: str) -> Lev
 
   F_s (g/π) = g for every g with Σ_a g_a = 0, so the direction is the local ascent divided by π
   slot-wise, written without the division.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> from nondecoupling.theory.tree.bellman import optimal_policy
+    >>> max(float(jnp.abs(a).max()) for a in natural_direction(tree, optimal_policy(tree), "k1_reward")) < 1e-15
+    True
   """
   return _natural(tree, log_pi, construct, _slot_values(tree, log_pi, construct))
 
 
 def ascent_field(tree: TreeInstance, log_pi: Levels, construct: str) -> Levels:
-  """The expected ascent field of a construct, per prompt: P_π(s) × :func:`local_ascent`."""
+  """The expected ascent field of a construct, per prompt: P_π(s) × :func:`local_ascent`.
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> from nondecoupling.theory.tree.policy import reference_log_probs
+    >>> # ∇J_β at ρ = ∇J
+    >>> [a.tolist() for a in ascent_field(tree, reference_log_probs(tree), "k1_reward")]
+    [[[[-0.125, 0.125]]], [[[-0.125, 0.125]]]]
+  """
   reach = log_reach(tree, log_pi)
   return tuple(jnp.exp(r)[..., None] * g
                for r, g in zip(reach, local_ascent(tree, log_pi, construct)))
 
 
 def stationarity_residual(tree: TreeInstance, log_pi: Levels, construct: str) -> jax.Array:
-  """[] max over real prompts, nodes and slots of |local ascent| (0 at a fixed point)."""
+  """[] max over real prompts, nodes and slots of |local ascent| (0 at a fixed point).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> from nondecoupling.theory.tree.policy import reference_log_probs
+    >>> # π = ρ is not stationary
+    >>> float(stationarity_residual(tree, reference_log_probs(tree), "k1_reward"))
+    0.25
+  """
   real = tree.prompt_weights > 0
   worst = [jnp.max(jnp.where(real[..., None, None], jnp.abs(g), 0.0))
            for g in local_ascent(tree, log_pi, construct)]
@@ -179,13 +222,14 @@ def _k3_rows(q: jax.Array, log_rho: jax.Array, sup: jax.Array, beta) -> jax.Arra
 def closed_form_fixed_point(tree: TreeInstance, construct: str) -> Levels:
   r"""log π of a construct's fixed point per level, by backward induction on its closed form.
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> from nondecoupling.theory.tree.atomic import tree_from_atomic
-  >>> tree = tree_from_atomic(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0))
-  >>> pi = jnp.exp(closed_form_fixed_point(tree, "k3_loss")[0][0, 0])
-  >>> [round(float(v), 6) for v in pi]  # β ρ_i / (β + J − r_i): (1 − √½, √½)
-  [0.292893, 0.707107]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> from nondecoupling.theory.tree.atomic import tree_from_atomic
+    >>> tree = tree_from_atomic(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0))
+    >>> pi = jnp.exp(closed_form_fixed_point(tree, "k3_loss")[0][0, 0])
+    >>> [round(float(v), 6) for v in pi]  # β ρ_i / (β + J − r_i): (1 − √½, √½)
+    [0.292893, 0.707107]
   """
   _check(construct)
   if construct == "k1_reward":
@@ -247,6 +291,17 @@ def flow_to_fixed_point(tree: TreeInstance, construct: str, theta0: Levels | Non
 
   Returns:
     A :class:`FlowResult`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> from nondecoupling.theory.tree.bellman import optimal_policy
+    >>> end = flow_to_fixed_point(tree, "k1_reward")
+    >>> [jnp.exp(lp).round(6).tolist() for lp in end.log_pi] == [jnp.exp(lp).round(6).tolist() for lp in optimal_policy(tree)]
+    True
   """
   _check(construct)
   if geometry not in ("natural", "euclidean"):
@@ -293,6 +348,16 @@ def fixed_point_report(tree: TreeInstance, log_pi: Levels) -> dict:
   Returns:
     dict of [] arrays: ``sft_loss``, ``sft_excess``, ``reward``, ``regularized_reward``,
     ``regret``, ``kl_to_optimum``, ``kl_to_reference``.
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> from nondecoupling.theory.tree.bellman import optimal_policy
+    >>> report = fixed_point_report(tree, optimal_policy(tree))
+    >>> round(float(report["regularized_reward"]), 6), round(float(report["kl_to_optimum"]), 6)
+    (0.357374, 0.0)
   """
   inst = leaf_instance(tree)
   return {

@@ -109,28 +109,73 @@ class Bucket(NamedTuple):
 
 
 def tree_bucket(tree: TreeInstance) -> Bucket:
-  """The bucket of an unbatched tree."""
+  """The bucket of an unbatched tree.
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> tree_bucket(tree)  # one prompt, two tokens, one node at each depth
+    Bucket(prompts=1, vocab=2, nodes=(1, 1))
+  """
   return Bucket(int(tree.prompt_weights.shape[-1]), tree.vocab_size,
                 tuple(int(lv.node.shape[-1]) for lv in tree.levels))
 
 
 def support(level: TreeLevel) -> jax.Array:
-  """[..., N, k] bool: slots that exist (internal or leaf; ρ(a|s) > 0)."""
+  """[..., N, k] bool: slots that exist (internal or leaf; ρ(a|s) > 0).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> support(tree.levels[0]).tolist()  # the root's two slots exist (a leaf and an internal node)
+    [[[True, True]]]
+  """
   return level.internal | level.leaf
 
 
 def n_nodes(tree: TreeInstance) -> np.ndarray:
-  """[X] number of internal nodes per prompt (unbatched tree)."""
+  """[X] number of internal nodes per prompt (unbatched tree).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> n_nodes(tree).tolist()  # the root and (1,)
+    [2]
+  """
   return sum(np.asarray(lv.node).sum(-1) for lv in tree.levels)
 
 
 def n_leaves(tree: TreeInstance) -> np.ndarray:
-  """[X] number of leaves (responses) per prompt (unbatched tree)."""
+  """[X] number of leaves (responses) per prompt (unbatched tree).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> n_leaves(tree).tolist()  # (0,), (1, 0), (1, 1)
+    [3]
+  """
   return sum(np.asarray(lv.leaf).sum((-2, -1)) for lv in tree.levels)
 
 
 def max_depth(tree: TreeInstance) -> int:
-  """The largest response length over the real prompts of an unbatched tree."""
+  """The largest response length over the real prompts of an unbatched tree.
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> max_depth(tree)
+    2
+  """
   real = np.asarray(tree.prompt_weights) > 0
   deepest = 0
   for t, lv in enumerate(tree.levels):
@@ -200,6 +245,14 @@ def validate_tree(tree: TreeInstance, tol: float = WEIGHT_TOL, padded: bool = Fa
 
   Raises:
     TreeError: with a one-line message naming the field and the rule.
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> validate_tree(tree) is tree
+    True
   """
   beta = np.asarray(tree.beta, np.float64)
   if beta.shape != () or not np.isfinite(beta) or beta <= 0:
@@ -294,12 +347,13 @@ def pad_tree(tree: TreeInstance, bucket: Bucket) -> TreeInstance:
 
   Works in NumPy (the padded arrays are NumPy arrays).
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> tree_bucket(pad_tree(tree, Bucket(2, 3, (1, 4))))
-  Bucket(prompts=2, vocab=3, nodes=(1, 4))
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> tree_bucket(pad_tree(tree, Bucket(2, 3, (1, 4))))
+    Bucket(prompts=2, vocab=3, nodes=(1, 4))
   """
   n_x, k = bucket.prompts, bucket.vocab
   if len(bucket.nodes) < tree.depth:
@@ -313,10 +367,28 @@ def pad_tree(tree: TreeInstance, bucket: Bucket) -> TreeInstance:
 
 
 def stack_trees(trees: list[TreeInstance]) -> TreeInstance:
-  """Stacks same-bucket trees into one batch (leading axis on every array)."""
+  """Stacks same-bucket trees into one batch (leading axis on every array).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> stack_trees([tree, tree]).beta.shape
+    (2,)
+  """
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
 def index_tree(batch: TreeInstance, i: Any) -> TreeInstance:
-  """The i-th tree of a batch."""
+  """The i-th tree of a batch.
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> float(index_tree(stack_trees([tree, tree]), 1).beta)
+    1.0
+  """
   return jax.tree.map(lambda a: a[i], batch)

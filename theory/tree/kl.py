@@ -57,12 +57,13 @@ def _check(estimator: str) -> None:
 def token_kl(k1: jax.Array, estimator: str) -> jax.Array:
   r"""The per-token value of an estimator at log-ratio k1 = log π(a|s) − log ρ(a|s).
 
-  >>> import jax.numpy as jnp
-  >>> k1 = jnp.array([-1.0, 0.0, 2.0])
-  >>> [round(float(v), 6) for v in token_kl(k1, "k3")]  # e^{−k1} − 1 + k1
-  [0.718282, 0.0, 1.135335]
-  >>> float(token_kl(jnp.array(-30.0), "k3_clamped"))  # clamped to 10
-  10.0
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> k1 = jnp.array([-1.0, 0.0, 2.0])
+    >>> [round(float(v), 6) for v in token_kl(k1, "k3")]  # e^{−k1} − 1 + k1
+    [0.718282, 0.0, 1.135335]
+    >>> float(token_kl(jnp.array(-30.0), "k3_clamped"))  # clamped to 10
+    10.0
   """
   _check(estimator)
   if estimator == "k1":
@@ -78,9 +79,10 @@ def token_kl(k1: jax.Array, estimator: str) -> jax.Array:
 def token_kl_slope(k1: jax.Array, estimator: str) -> jax.Array:
   r"""c = ∂k/∂log π(a|s) at fixed sample: k1 → 1, k2 → k1, k3 → 1 − e^{−k1}, clamped k3 → masked.
 
-  >>> import jax.numpy as jnp
-  >>> [round(float(v), 6) for v in token_kl_slope(jnp.array([0.5, -25.0]), "k3_clamped")]
-  [0.393469, 0.0]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> [round(float(v), 6) for v in token_kl_slope(jnp.array([0.5, -25.0]), "k3_clamped")]
+    [0.393469, 0.0]
   """
   _check(estimator)
   if estimator == "k1":
@@ -96,7 +98,18 @@ def token_kl_slope(k1: jax.Array, estimator: str) -> jax.Array:
 
 
 def expected_token_sum(tree: TreeInstance, log_pi: Levels, estimator: str) -> jax.Array:
-  r"""[X] E_{y∼π}[Σ_t k(y_t|y_<t)] = Σ_s P_π(s) Σ_a π(a|s) k(a|s) (= KL(π‖ρ) for k1 and k3)."""
+  r"""[X] E_{y∼π}[Σ_t k(y_t|y_<t)] = Σ_s P_π(s) Σ_a π(a|s) k(a|s) (= KL(π‖ρ) for k1 and k3).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> from nondecoupling.theory.tree.bellman import optimal_policy
+    >>> pi = optimal_policy(tree)
+    >>> [round(float(expected_token_sum(tree, pi, k)[0]), 6) for k in ("k1", "k3")]  # both KL(π*‖ρ)
+    [0.117993, 0.117993]
+  """
   reach = log_reach(tree, log_pi)
   k1 = log_ratios(tree, log_pi)
   per = [jnp.exp(r) * masked_dot(jnp.exp(lp), token_kl(k, estimator))
@@ -105,24 +118,78 @@ def expected_token_sum(tree: TreeInstance, log_pi: Levels, estimator: str) -> ja
 
 
 def loss_kl_field(tree: TreeInstance, log_pi: Levels, estimator: str) -> Levels:
-  r"""E_π[Σ_t ∇_θ k(a_t|s_t)] with the samples held fixed: P_π(s) F_s c(s, ·), per level."""
+  r"""E_π[Σ_t ∇_θ k(a_t|s_t)] with the samples held fixed: P_π(s) F_s c(s, ·), per level.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> from nondecoupling.theory.tree.bellman import optimal_policy
+    >>> # k1 in the loss: 0
+    >>> max(float(jnp.abs(g).max()) for g in loss_kl_field(tree, optimal_policy(tree), "k1")) < 1e-15
+    True
+  """
   slopes = tuple(token_kl_slope(k, estimator) for k in log_ratios(tree, log_pi))
   return node_field(tree, log_pi, slopes)
 
 
 def reward_kl_field(tree: TreeInstance, log_pi: Levels) -> Levels:
-  r"""E_π[(Σ_t k1_t) ∇_θ log π(y)] = P_π(s) F_s (k1(s, ·) + K(s·)): k1 in the reward (= ∇KL)."""
+  r"""E_π[(Σ_t k1_t) ∇_θ log π(y)] = P_π(s) F_s (k1(s, ·) + K(s·)): k1 in the reward (= ∇KL).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> from nondecoupling.theory.tree.policy import policy_log_probs
+    >>> import jax.numpy as jnp
+    >>> # (1,): (¼, ¾)
+    >>> pi = policy_log_probs(tree, (jnp.zeros((1, 1, 2)), jnp.array([[[0.0, jnp.log(3.0)]]])))
+    >>> # ∇KL(π‖ρ): the root sees K((1,)) too
+    >>> [[round(v, 6) for v in g.ravel().tolist()] for g in reward_kl_field(tree, pi)]
+    [[-0.032703, 0.032703], [-0.102995, 0.102995]]
+  """
   q, _ = kl_subtrees(tree, log_pi)
   return node_field(tree, log_pi, q)
 
 
 def k2_loss_field(tree: TreeInstance, log_pi: Levels) -> Levels:
-  r"""P_π(s) ∇_{θ_s} KL(π(·|s)‖ρ(·|s)) = P_π(s) F_s k1(s, ·): the k2 loss field in closed form."""
+  r"""P_π(s) ∇_{θ_s} KL(π(·|s)‖ρ(·|s)) = P_π(s) F_s k1(s, ·): the k2 loss field in closed form.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> from nondecoupling.theory.tree.policy import policy_log_probs
+    >>> # (1,): (¼, ¾)
+    >>> pi = policy_log_probs(tree, (jnp.zeros((1, 1, 2)), jnp.array([[[0.0, jnp.log(3.0)]]])))
+    >>> # the root's own KL is 0: no root term
+    >>> [[round(v, 6) for v in g.ravel().tolist()] for g in k2_loss_field(tree, pi)]
+    [[0.0, 0.0], [-0.102995, 0.102995]]
+  """
   return node_field(tree, log_pi, log_ratios(tree, log_pi))
 
 
 def k3_loss_field(tree: TreeInstance, log_pi: Levels) -> Levels:
-  r"""P_π(s)(π(·|s) − ρ(·|s)): the k3 loss field in closed form (forward KL per node)."""
+  r"""P_π(s)(π(·|s) − ρ(·|s)): the k3 loss field in closed form (forward KL per node).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> from nondecoupling.theory.tree.policy import policy_log_probs
+    >>> # root: (¼, ¾)
+    >>> pi = policy_log_probs(tree, (jnp.array([[[0.0, jnp.log(3.0)]]]), jnp.zeros((1, 1, 2))))
+    >>> # P(s)(π − ρ): (−¼, ¼) at the root, 0 at (1,)
+    >>> [[round(v, 6) for v in g.ravel().tolist()] for g in k3_loss_field(tree, pi)]
+    [[-0.25, 0.25], [0.0, 0.0]]
+  """
   reach = log_reach(tree, log_pi)
   return tuple(jnp.where(support(lv), jnp.exp(r)[..., None] * (jnp.exp(lp) - lv.reference), 0.0)
                for lv, r, lp in zip(tree.levels, reach, log_pi))
@@ -132,6 +199,19 @@ def later_reach_terms(tree: TreeInstance, log_pi: Levels) -> Levels:
   r"""P_π(s) F_s K(s·): what the k2 loss field misses of ∇KL (K = KL of the subtree below s·a).
 
   Zero at depth 1 (every child is a leaf, K = 0).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> from nondecoupling.theory.tree.policy import policy_log_probs
+    >>> # (1,): (¼, ¾)
+    >>> pi = policy_log_probs(tree, (jnp.zeros((1, 1, 2)), jnp.array([[[0.0, jnp.log(3.0)]]])))
+    >>> # root: π(K − π·K), K = (0, 0.130812)
+    >>> [[round(v, 6) for v in g.ravel().tolist()] for g in later_reach_terms(tree, pi)]
+    [[-0.032703, 0.032703], [0.0, 0.0]]
   """
   q, _ = kl_subtrees(tree, log_pi)
   k_child = tuple(a - b for a, b in zip(q, log_ratios(tree, log_pi)))
@@ -148,6 +228,17 @@ def stop_gradient_surrogate(tree: TreeInstance, theta: Levels, estimator: str) -
     tree: the tree.
     theta: per-level logits.
     estimator: one of :data:`ESTIMATORS`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> theta = (jnp.zeros((1, 1, 2)), jnp.array([[[0.0, jnp.log(3.0)]]]))  # (1,): (¼, ¾)
+    >>> # KL(π‖ρ) = ½ KL((¼, ¾)‖(½, ½))
+    >>> round(float(stop_gradient_surrogate(tree, theta, "k3")[0]), 6)
+    0.065406
   """
   log_pi = policy_log_probs(tree, theta)
   fixed = jax.lax.stop_gradient(log_pi)

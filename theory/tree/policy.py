@@ -34,9 +34,10 @@ Levels = tuple  # one array per level
 def gather_rows(values: jax.Array, idx: jax.Array) -> jax.Array:
   """values[..., idx] along the row axis: values [X, M], idx [X, ...] -> [X, ...].
 
-  >>> import jax.numpy as jnp
-  >>> gather_rows(jnp.array([[10., 20., 30.]]), jnp.array([[[2, 0]]])).tolist()
-  [[[30.0, 10.0]]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> gather_rows(jnp.array([[10., 20., 30.]]), jnp.array([[[2, 0]]])).tolist()
+    [[[30.0, 10.0]]]
   """
   lead = idx.shape[: values.ndim - 1]
   flat = idx.reshape(lead + (-1,))
@@ -57,10 +58,11 @@ def node_log_softmax(theta: jax.Array, sup: jax.Array) -> jax.Array:
   Returns:
     [..., N, k] log-probabilities.
 
-  >>> import jax.numpy as jnp
-  >>> lp = node_log_softmax(jnp.zeros((2, 3)), jnp.array([[True, True, False], [False] * 3]))
-  >>> jnp.exp(lp).tolist()
-  [[0.5, 0.5, 0.0], [0.0, 0.0, 0.0]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> lp = node_log_softmax(jnp.zeros((2, 3)), jnp.array([[True, True, False], [False] * 3]))
+    >>> jnp.exp(lp).tolist()
+    [[0.5, 0.5, 0.0], [0.0, 0.0, 0.0]]
   """
   any_slot = jnp.any(sup, axis=-1, keepdims=True)
   masked = jnp.where(sup, theta, NEG_INF)
@@ -69,23 +71,65 @@ def node_log_softmax(theta: jax.Array, sup: jax.Array) -> jax.Array:
 
 
 def policy_log_probs(tree: TreeInstance, theta: Levels) -> Levels:
-  """The tabular policy softmax(θ_{x,s}) of per-level logits, as per-level log-probabilities."""
+  """The tabular policy softmax(θ_{x,s}) of per-level logits, as per-level log-probabilities.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> theta = (jnp.array([[[0.0, jnp.log(3.0)]]]), jnp.zeros((1, 1, 2)))  # root, node (1,)
+    >>> [jnp.exp(lp).round(6).tolist() for lp in policy_log_probs(tree, theta)]  # softmax per node
+    [[[[0.25, 0.75]]], [[[0.5, 0.5]]]]
+  """
   return tuple(node_log_softmax(th, support(lv)) for th, lv in zip(theta, tree.levels))
 
 
 def reference_log_probs(tree: TreeInstance) -> Levels:
-  """log ρ(a|s) per level (−∞ off the support)."""
+  """log ρ(a|s) per level (−∞ off the support).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> [jnp.exp(lp).tolist() for lp in reference_log_probs(tree)]  # ρ(·|root), ρ(·|(1,))
+    [[[[0.5, 0.5]]], [[[0.5, 0.5]]]]
+  """
   return tuple(safe_log(lv.reference) for lv in tree.levels)
 
 
 def initial_logits(tree: TreeInstance) -> Levels:
-  """θ₀ = log ρ on the support, 0 elsewhere (finite; softmax(θ₀) = ρ)."""
+  """θ₀ = log ρ on the support, 0 elsewhere (finite; softmax(θ₀) = ρ).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> # softmax(θ₀) = ρ
+    >>> [jnp.exp(lp).tolist() for lp in policy_log_probs(tree, initial_logits(tree))]
+    [[[[0.5, 0.5]]], [[[0.5, 0.5]]]]
+  """
   return tuple(jnp.where(support(lv), jnp.log(jnp.where(support(lv), lv.reference, 1.0)), 0.0)
                for lv in tree.levels)
 
 
 def logits_of(tree: TreeInstance, log_pi: Levels) -> Levels:
-  """Finite logits of a policy: log π on the support (−745 where π = 0), 0 elsewhere."""
+  """Finite logits of a policy: log π on the support (−745 where π = 0), 0 elsewhere.
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> from nondecoupling.theory.tree.objectives import data_log_policy
+    >>> [t.round(6).tolist() for t in logits_of(tree, data_log_policy(tree))]  # d(0 | (1,)) = 0
+    [[[[-0.693147, -0.693147]]], [[[-745.0, 0.0]]]]
+  """
   return tuple(jnp.where(support(lv) & jnp.isfinite(lp), lp, jnp.where(support(lv), -745.0, 0.0))
                for lv, lp in zip(tree.levels, log_pi))
 
@@ -94,6 +138,16 @@ def log_reach(tree: TreeInstance, log_pi: Levels) -> Levels:
   r"""log P_π(s) per level [X, N_t], top-down: log P(s·a) = log P(s) + log π(a|s).
 
   The root has P = 1; padded rows −∞.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> # P(root), P((1,))
+    >>> [jnp.exp(r).tolist() for r in log_reach(tree, reference_log_probs(tree))]
+    [[[1.0]], [[0.5]]]
   """
   out = [jnp.where(tree.levels[0].node, 0.0, NEG_INF).astype(log_pi[0].dtype)]
   for t in range(1, len(tree.levels)):
@@ -107,16 +161,28 @@ def log_reach(tree: TreeInstance, log_pi: Levels) -> Levels:
 def gather_slots(values: jax.Array, row: jax.Array, slot: jax.Array) -> jax.Array:
   """values[..., row, slot]: entries of [X, M, k] at (row, slot) [X, N] -> [X, N].
 
-  >>> import jax.numpy as jnp
-  >>> gather_slots(jnp.arange(6.).reshape(1, 3, 2), jnp.array([[2, 0]]), jnp.array([[1, 0]]))
-  Array([[5., 0.]], dtype=float64)
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> gather_slots(jnp.arange(6.).reshape(1, 3, 2), jnp.array([[2, 0]]), jnp.array([[1, 0]]))
+    Array([[5., 0.]], dtype=float64)
   """
   k = values.shape[-1]
   return gather_rows(values.reshape(values.shape[:-2] + (-1,)), row * k + slot)
 
 
 def leaf_log_probs(tree: TreeInstance, log_pi: Levels) -> Levels:
-  r"""log π(y|x) = log P_π(s) + log π(a|s) on the leaf slots y = s·a (−∞ elsewhere), per level."""
+  r"""log π(y|x) = log P_π(s) + log π(a|s) on the leaf slots y = s·a (−∞ elsewhere), per level.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> # ρ(0), ρ(1 0), ρ(1 1)
+    >>> [jnp.exp(lp).tolist() for lp in leaf_log_probs(tree, reference_log_probs(tree))]
+    [[[[0.5, 0.0]]], [[[0.25, 0.25]]]]
+  """
   reach = log_reach(tree, log_pi)
   return tuple(jnp.where(lv.leaf, r[..., None] + lp, NEG_INF)
                for lv, r, lp in zip(tree.levels, reach, log_pi))
@@ -137,6 +203,16 @@ def conditionals_from_leaf_masses(tree: TreeInstance, log_mass: Levels,
 
   Returns:
     Per-level log-conditionals [X, N_t, k] (rows of positive mass sum to 1).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> log_d = tuple(jnp.log(lv.data) for lv in tree.levels)  # d on the leaf slots
+    >>> [jnp.exp(lp).tolist() for lp in conditionals_from_leaf_masses(tree, log_d)]
+    [[[[0.5, 0.5]]], [[[0.0, 1.0]]]]
   """
   fallback = reference_log_probs(tree) if fallback is None else fallback
   out = [None] * len(tree.levels)
@@ -159,16 +235,42 @@ def flat_slots(per_level: Levels) -> jax.Array:
   """Concatenates per-level slot arrays [X, N_t, k] into one slot axis [X, Σ_t N_t k].
 
   Leaf slots of this axis are the responses of the leaf set (see :mod:`.atomic`).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> flat_slots(tuple(lv.data for lv in tree.levels)).tolist()  # slots of level 0, then level 1
+    [[0.5, 0.0, 0.0, 0.5]]
   """
   return jnp.concatenate([a.reshape(a.shape[:-2] + (-1,)) for a in per_level], axis=-1)
 
 
 def leaf_mask(tree: TreeInstance) -> jax.Array:
-  """[X, Σ_t N_t k] bool: the leaf slots of the flat slot axis."""
+  """[X, Σ_t N_t k] bool: the leaf slots of the flat slot axis.
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> leaf_mask(tree).tolist()  # slot (1,) of the root is internal
+    [[True, False, True, True]]
+  """
   return flat_slots(tuple(lv.leaf for lv in tree.levels))
 
 
 def leaf_lengths(tree: TreeInstance) -> Levels:
-  """Per level [X, N_t, k] the length t + 1 of a leaf at that level (float)."""
+  """Per level [X, N_t, k] the length t + 1 of a leaf at that level (float).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 1.0 if y == (1, 1) else 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> [n.tolist() for n in leaf_lengths(tree)]
+    [[[[1.0, 1.0]]], [[[2.0, 2.0]]]]
+  """
   return tuple(jnp.full(lv.reference.shape, t + 1.0, lv.reference.dtype)
                for t, lv in enumerate(tree.levels))

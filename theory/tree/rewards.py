@@ -23,9 +23,10 @@ __all__ = ["table_reward", "exact_match_reward", "final_answer_reward", "length_
 def table_reward(table: Mapping[tuple, float], default: float = 0.0) -> Callable[[tuple], float]:
   """r(y) = table[y] for listed responses, ``default`` otherwise.
 
-  >>> r = table_reward({(1, 0): 2.0}, default=-1.0)
-  >>> r((1, 0)), r((0,))
-  (2.0, -1.0)
+  Examples:
+    >>> r = table_reward({(1, 0): 2.0}, default=-1.0)
+    >>> r((1, 0)), r((0,))
+    (2.0, -1.0)
   """
   table = {tuple(int(a) for a in y): float(v) for y, v in table.items()}
   return lambda y: table.get(tuple(y), float(default))
@@ -35,9 +36,10 @@ def exact_match_reward(demonstrations: Iterable[tuple], correct: float = 1.0,
                        incorrect: float = 0.0) -> Callable[[tuple], float]:
   """r(y) = ``correct`` if y equals one of the demonstrations, else ``incorrect``.
 
-  >>> r = exact_match_reward([(2, 0)])
-  >>> r((2, 0)), r((1, 0))
-  (1.0, 0.0)
+  Examples:
+    >>> r = exact_match_reward([(2, 0)])
+    >>> r((2, 0)), r((1, 0))
+    (1.0, 0.0)
   """
   demos = {tuple(int(a) for a in y) for y in demonstrations}
   return lambda y: float(correct) if tuple(y) in demos else float(incorrect)
@@ -47,9 +49,10 @@ def final_answer_reward(answer: int, eos: int, correct: float = 1.0,
                         incorrect: float = 0.0) -> Callable[[tuple], float]:
   """r(y) = ``correct`` if y ends with (answer, EOS), else ``incorrect``.
 
-  >>> r = final_answer_reward(answer=2, eos=0)
-  >>> r((1, 2, 0)), r((2, 1, 0)), r((1, 2))
-  (1.0, 0.0, 0.0)
+  Examples:
+    >>> r = final_answer_reward(answer=2, eos=0)
+    >>> r((1, 2, 0)), r((2, 1, 0)), r((1, 2))
+    (1.0, 0.0, 0.0)
   """
   def reward(y):
     y = tuple(y)
@@ -61,7 +64,8 @@ def final_answer_reward(answer: int, eos: int, correct: float = 1.0,
 def length_penalty_reward(base: float = 0.0, per_token: float = 0.1) -> Callable[[tuple], float]:
   """r(y) = base − per_token · |y| (EOS counts as a token).
 
-  >>> length_penalty_reward(1.0, 0.25)((3, 1, 0))
-  0.25
+  Examples:
+    >>> length_penalty_reward(1.0, 0.25)((3, 1, 0))
+    0.25
   """
   return lambda y: float(base) - float(per_token) * len(tuple(y))

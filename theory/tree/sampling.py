@@ -32,14 +32,15 @@ def sample_leaves(tree: TreeInstance, log_pi: Levels, key: jax.Array, n: int) ->
   Returns:
     [X, n] int indices into the flat slot axis of :func:`~.policy.flat_slots` (always leaf slots).
 
-  >>> import jax
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> from nondecoupling.theory.tree.policy import reference_log_probs
-  >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 1.0}, lambda y: 0.0)
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> idx = sample_leaves(tree, reference_log_probs(tree), jax.random.PRNGKey(0), 4000)
-  >>> [abs(float((idx == j).mean()) - p) < 0.03 for j, p in ((0, 0.5), (2, 0.25), (3, 0.25))]
-  [True, True, True]
+  Examples:
+    >>> import jax
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import reference_log_probs
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 1.0}, lambda y: 0.0)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> idx = sample_leaves(tree, reference_log_probs(tree), jax.random.PRNGKey(0), 4000)
+    >>> [abs(float((idx == j).mean()) - p) < 0.03 for j, p in ((0, 0.5), (2, 0.25), (3, 0.25))]
+    [True, True, True]
   """
   logits = leaf_policy(tree, log_pi)
   return jax.random.categorical(key, logits, axis=-1, shape=(n, logits.shape[0])).T
@@ -57,12 +58,13 @@ def leaf_histogram(tree: TreeInstance, idx: jax.Array, weights: jax.Array | None
   Returns:
     per level [X, N_t, k]: Σ_i weights_i 1[y_i = s·a].
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 1.0}, lambda y: 0.0)
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> [h.tolist() for h in leaf_histogram(tree, jnp.array([[0, 3, 3]]))]
-  [[[[1.0, 0.0]]], [[[0.0, 2.0]]]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 1.0}, lambda y: 0.0)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> [h.tolist() for h in leaf_histogram(tree, jnp.array([[0, 3, 3]]))]
+    [[[[1.0, 0.0]]], [[[0.0, 2.0]]]]
   """
   n_x, n = idx.shape
   width = sum(lv.reference.shape[-2] * lv.reference.shape[-1] for lv in tree.levels)
@@ -82,12 +84,13 @@ def subtree_totals(tree: TreeInstance, leaf_values: Levels) -> Levels:
     per level [X, N_t, k]: on a leaf slot its value, on an internal slot the sum over its child
     row, 0 off the support.
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 1.0}, lambda y: 0.0)
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> [a.tolist() for a in subtree_totals(tree, leaf_histogram(tree, jnp.array([[0, 3, 3, 2]])))]
-  [[[[1.0, 3.0]]], [[[1.0, 2.0]]]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 1.0}, lambda y: 0.0)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> [a.tolist() for a in subtree_totals(tree, leaf_histogram(tree, jnp.array([[0, 3, 3, 2]])))]
+    [[[[1.0, 3.0]]], [[[1.0, 2.0]]]]
   """
   out = [None] * len(tree.levels)
   below = None
@@ -112,13 +115,14 @@ def pullback(tree: TreeInstance, log_pi: Levels, edge_coeff: Levels) -> Levels:
   Returns:
     per level [X, N_t, k] the logit gradient (0 off the support and on padded rows).
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> from nondecoupling.theory.tree.policy import reference_log_probs
-  >>> p = PromptTree(2, 0, 1, {(): [0.25, 0.75]}, {(0,): 1.0}, lambda y: 0.0)
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> pullback(tree, reference_log_probs(tree), (jnp.array([[[1.0, 0.0]]]),))[0].tolist()
-  [[[0.75, -0.75]]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import reference_log_probs
+    >>> p = PromptTree(2, 0, 1, {(): [0.25, 0.75]}, {(0,): 1.0}, lambda y: 0.0)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> pullback(tree, reference_log_probs(tree), (jnp.array([[[1.0, 0.0]]]),))[0].tolist()
+    [[[0.75, -0.75]]]
   """
   out = []
   for lv, lp, c in zip(tree.levels, log_pi, edge_coeff):

@@ -32,8 +32,9 @@ __all__ = ["TreeRecipe", "no_state", "no_update"]
 def no_state(tree, theta, cfg):
   """The state of a stateless recipe (an empty array).
 
-  >>> no_state(None, None, None).shape
-  (0,)
+  Examples:
+    >>> no_state(None, None, None).shape
+    (0,)
   """
   del tree, theta, cfg
   return jnp.zeros((0,))
@@ -42,8 +43,9 @@ def no_state(tree, theta, cfg):
 def no_update(tree, theta_old, theta, state, lr, cfg):
   """The update of a stateless recipe: the logits and the state pass through.
 
-  >>> no_update(None, None, 1.0, "state", 0.1, None)
-  (1.0, 'state')
+  Examples:
+    >>> no_update(None, None, 1.0, "state", 0.1, None)
+    (1.0, 'state')
   """
   del tree, theta_old, lr, cfg
   return theta, state

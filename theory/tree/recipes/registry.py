@@ -17,7 +17,15 @@ TREE_RECIPES.update(DEMO_TREE_RECIPES)
 
 
 def get_tree_recipe(name: str) -> TreeRecipe:
-  """The tree recipe called ``name``; KeyError (naming the known ones) otherwise."""
+  """The tree recipe called ``name``; KeyError (naming the known ones) otherwise.
+
+  Examples:
+    >>> try:
+    ...   get_tree_recipe("no_such_recipe")
+    ... except KeyError as e:
+    ...   print("no tree recipe 'no_such_recipe'" in str(e))
+    True
+  """
   try:
     return TREE_RECIPES[name]
   except KeyError:
