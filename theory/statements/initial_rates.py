@@ -275,7 +275,7 @@ def _loss_change(inst, log_pi0, delta):
 
 
 @functools.partial(jax.jit, static_argnames=("rtol", "atol"))
-def d2_flow_derivatives(inst: Instance, h=None, *, rtol: float = 1e-12, atol: float = 1e-16):
+def d2_flow_derivatives(inst: Instance, h=None, *, rtol: float = 1e-12, atol=None):
   r"""This project's D2, measured: dL/dt and d²L/dt² at t = 0 from the integrated RL flow.
 
   Integrates the displacement δ = θ − log ρ forwards and backwards in time to ±h, ±2h and applies
@@ -286,6 +286,10 @@ def d2_flow_derivatives(inst: Instance, h=None, *, rtol: float = 1e-12, atol: fl
     inst: instance (the flow starts at log ρ with reference ρ).
     h: time step (default 1e-2 · min(1/max|∇J_β(log ρ)|, :func:`natural_time`): the logits
       move by at most ~1e-2 and the fastest mode of the flow by ~1e-2 e-folds per step).
+    rtol: the integrator's relative tolerance.
+    atol: its absolute tolerance on the displacement (default ``rtol`` × h·max|∇J_β(log ρ)|, the
+      size of the displacement at t = h: a fixed atol would swamp the tiny displacements of
+      near-tie rewards, whose gradients are ~1e-13).
 
   Returns:
     (slope [], curvature [], h [], ok []).
@@ -297,6 +301,9 @@ def d2_flow_derivatives(inst: Instance, h=None, *, rtol: float = 1e-12, atol: fl
     h = 1e-2 * jnp.minimum(jnp.where(g_max > 0, 1.0 / jnp.where(g_max > 0, g_max, 1.0), jnp.inf),
                            natural_time(inst))
   h = jnp.asarray(h, theta0.dtype)
+  if atol is None:
+    tiny = jnp.finfo(theta0.dtype).tiny
+    atol = rtol * jnp.maximum(h * jnp.max(jnp.abs(g)), tiny / rtol)
   ts = jnp.stack([h, 2 * h])
   zero = jnp.zeros_like(theta0)
   signs = jnp.array([1.0, -1.0], theta0.dtype)
@@ -321,7 +328,8 @@ def d2_check(inst: Instance, rel_tol: float = 1e-4) -> dict:
   floors ROUNDING/h and ROUNDING/h² (rounding of the loss changes, ROUNDING = 1e-15).
 
   Returns:
-    dict of closed forms, measured values and ``margin`` (>= 0: agreement within rel_tol).
+    dict of closed forms, measured values, ``displacement`` (the smaller of the two stencils'
+    largest logit move h·max|∇J_β(log ρ)|) and ``margin`` (>= 0: agreement within rel_tol).
 
   Examples:
     >>> from nondecoupling.theory.instance import make_instance
@@ -350,6 +358,10 @@ def d2_check(inst: Instance, rel_tol: float = 1e-4) -> dict:
       scaled(jnp.abs(fd_curv_d - curv_d), jnp.abs(curv_d), ROUNDING / h_d ** 2),
   ])
   margin = jnp.where(ok1 & ok2, rel_tol - jnp.max(err), -jnp.inf)
-  return dict(slope=slope, slope_fd=fd_slope, curvature=curv, curvature_fd=fd_curv,
+  # How far the stencil moves the logits: finite differences of the flow resolve the derivatives
+  # only when this is well above the rounding of O(1) logits (see RESOLVABLE_DISPLACEMENT).
+  step = jnp.minimum(h * jnp.max(jnp.abs(rl_grad(inst, initial_logits(inst)))),
+                     h_d * jnp.max(jnp.abs(rl_grad(inst_d, initial_logits(inst_d)))))
+  return dict(slope=slope, slope_fd=fd_slope, displacement=step, curvature=curv, curvature_fd=fd_curv,
               curvature_at_d=curv_d, curvature_at_d_fd=fd_curv_d, slope_at_d_fd=fd_slope_d,
               margin=margin)
