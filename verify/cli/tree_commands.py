@@ -82,8 +82,8 @@ def run_tree_check(args, tf) -> int:
   for name, row in fixed.items():
     t.add_row(escape(name), *[cell(row[c]) for c in cols])
   out.print(t)
-  t = Table(title="statements G1-G4 (this project's) at θ = logits of π*_β (holds: margin ≥ "
-                  "−slack)")
+  t = Table(title="statements G1-G4 (this project's), policy statements at seeded N(0, 1) probe "
+                  "logits (holds: margin ≥ −slack)")
   for col in ("statement", "lhs", "rhs", "margin", "slack", "result"):
     t.add_column(col, justify="right" if col in ("lhs", "rhs", "margin", "slack") else "left")
   for name, m in margins.items():
