@@ -109,6 +109,17 @@ def sequence_sum_is_scaled_gradient(tree: TreeInstance, theta: Levels,
     tree: the tree; theta: per-level probe logits.
     group_size: G (static).
     levels: static count of distinct rewards per prompt (≥ the tree's).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 1.0},
+    ...                lambda y: float(y[-1] == 0))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> theta = (jnp.zeros((1, 1, 2)), jnp.zeros((1, 1, 2)))
+    >>> v = sequence_sum_is_scaled_gradient(tree, theta)
+    >>> bool(v.applies), bool(v.margin >= -v.slack), round(float(v.rhs), 6)
+    (True, True, 0.09375)
   """
   log_pi = policy_log_probs(tree, theta)
   lhs, abs_l, k = _enumerated(tree, log_pi, "seq-mean-token-sum", group_size, levels)
@@ -121,7 +132,19 @@ def sequence_sum_is_scaled_gradient(tree: TreeInstance, theta: Levels,
 def sequence_mean_is_length_weighted_gradient(tree: TreeInstance, theta: Levels,
                                               group_size: int = STATEMENT_GROUP,
                                               levels: int = 2) -> Verdict:
-  r"""G5: GRPO's n = 1/(G|y|), no std: the field = (G − 1)/G · E_π[(r − J_x)/|y| ∇log π(y)]."""
+  r"""G5: GRPO's n = 1/(G|y|), no std: the field = (G − 1)/G · E_π[(r − J_x)/|y| ∇log π(y)].
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 1.0},
+    ...                lambda y: float(y[-1] == 0))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> theta = (jnp.zeros((1, 1, 2)), jnp.zeros((1, 1, 2)))
+    >>> v = sequence_mean_is_length_weighted_gradient(tree, theta)
+    >>> bool(v.applies), bool(v.margin >= -v.slack), round(float(v.rhs), 6)
+    (True, True, 0.070312)
+  """
   log_pi = policy_log_probs(tree, theta)
   lhs, abs_l, k = _enumerated(tree, log_pi, "seq-mean-token-mean", group_size, levels)
   c = (group_size - 1) / group_size
@@ -133,7 +156,19 @@ def sequence_mean_is_length_weighted_gradient(tree: TreeInstance, theta: Levels,
 def constant_norm_is_scaled_gradient(tree: TreeInstance, theta: Levels,
                                      group_size: int = STATEMENT_GROUP, levels: int = 2
                                      ) -> Verdict:
-  r"""G5: Dr.GRPO's n = 1/(G T), no std: the field = (G − 1)/(G T) · ∇J (T = the tree's levels)."""
+  r"""G5: Dr.GRPO's n = 1/(G T), no std: the field = (G − 1)/(G T) · ∇J (T = the tree's levels).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 1.0},
+    ...                lambda y: float(y[-1] == 0))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> theta = (jnp.zeros((1, 1, 2)), jnp.zeros((1, 1, 2)))
+    >>> v = constant_norm_is_scaled_gradient(tree, theta)
+    >>> bool(v.applies), bool(v.margin >= -v.slack), round(float(v.rhs), 6)
+    (True, True, 0.046875)
+  """
   log_pi = policy_log_probs(tree, theta)
   lhs, abs_l, k = _enumerated(tree, log_pi, "seq-mean-token-sum-norm", group_size, levels)
   c = (group_size - 1) / (group_size * tree.depth)
@@ -143,7 +178,18 @@ def constant_norm_is_scaled_gradient(tree: TreeInstance, theta: Levels,
 
 
 def has_constant_length(tree: TreeInstance) -> jax.Array:
-  """[] bool: every leaf of each real prompt has the same length."""
+  """[] bool: every leaf of each real prompt has the same length.
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> one = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(0,): 1.0}, lambda y: float(y[-1]))
+    >>> two = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 1.0},
+    ...                  lambda y: float(y[-1]))
+    >>> bool(has_constant_length(build_tree([one], [1.0], 1.0)[0]))  # |y| = 1 throughout
+    True
+    >>> bool(has_constant_length(build_tree([two], [1.0], 1.0)[0]))  # |y| = 1 or 2
+    False
+  """
   mask = leaf_mask(tree) & _real(tree)[..., None]
   length = flat_slots(leaf_lengths(tree))
   hi = jnp.max(jnp.where(mask, length, 0.0), axis=-1)
@@ -158,6 +204,15 @@ def constant_length_normalisers_agree(tree: TreeInstance, theta: Levels,
 
   Applies only to trees of constant length per prompt; the worst of the three comparisons. For
   ``token-mean`` the levels are (reward, length) pairs, as many as the rewards here.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(0,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> v = constant_length_normalisers_agree(tree, (jnp.zeros((1, 1, 2)),))
+    >>> bool(v.applies), bool(v.margin >= -v.slack)
+    (True, True)
   """
   log_pi = policy_log_probs(tree, theta)
   g_sum, abs_sum, k = _enumerated(tree, log_pi, "seq-mean-token-sum", group_size, levels,

@@ -101,8 +101,9 @@ def _check_mode(mode: str) -> None:
 def shares_lengths(mode: str) -> bool:
   """Whether n_i reads the other responses' lengths (only ``token-mean``).
 
-  >>> shares_lengths("token-mean"), shares_lengths("seq-mean-token-mean")
-  (True, False)
+  Examples:
+    >>> shares_lengths("token-mean"), shares_lengths("seq-mean-token-mean")
+    (True, False)
   """
   _check_mode(mode)
   return mode == "token-mean"
@@ -121,8 +122,9 @@ def length_normaliser(mode: str, own_length, group_length, group_size: int, max_
   Returns:
     [...] n_i.
 
-  >>> [float(length_normaliser(m, 2.0, 10.0, 4, 5.0)) for m in LOSS_AGG_MODES]
-  [0.125, 0.1, 0.05, 0.25]
+  Examples:
+    >>> [float(length_normaliser(m, 2.0, 10.0, 4, 5.0)) for m in LOSS_AGG_MODES]
+    [0.125, 0.1, 0.05, 0.25]
   """
   _check_mode(mode)
   own = jnp.asarray(own_length, jnp.result_type(float))
@@ -138,8 +140,9 @@ def length_normaliser(mode: str, own_length, group_length, group_size: int, max_
 def group_multisets(levels: int, group_size: int) -> int:
   """C(L + G − 2, G − 1): the multisets of the G − 1 others over L levels.
 
-  >>> group_multisets(2, 8), group_multisets(10, 8)
-  (8, 11440)
+  Examples:
+    >>> group_multisets(2, 8), group_multisets(10, 8)
+    (8, 11440)
   """
   if levels < 1 or group_size < 1:
     raise ValueError(f"levels and group size must be >= 1, got {levels}, {group_size}")
@@ -149,12 +152,13 @@ def group_multisets(levels: int, group_size: int) -> int:
 def check_enumeration(levels: int, group_size: int) -> int:
   """The multiset count, or :class:`InfeasibleGroupEnumeration` beyond the limit.
 
-  >>> check_enumeration(2, 8)
-  8
-  >>> check_enumeration(20, 8)
-  Traceback (most recent call last):
-  ...
-  nondecoupling...InfeasibleGroupEnumeration: exact group field needs 657800 multisets ...
+  Examples:
+    >>> check_enumeration(2, 8)
+    8
+    >>> check_enumeration(20, 8)
+    Traceback (most recent call last):
+    ...
+    nondecoupling...InfeasibleGroupEnumeration: exact group field needs 657800 multisets ...
   """
   size = group_multisets(levels, group_size)
   if size > MAX_GROUP_MULTISETS:
@@ -181,9 +185,10 @@ def multiset_table(others: int, levels: int) -> tuple[np.ndarray, np.ndarray]:
 
   log((G−1)! / Π_l c_l!) by lgamma; refused beyond the limit (:func:`check_enumeration`).
 
-  >>> counts, log_coef = multiset_table(2, 2)
-  >>> counts.tolist(), np.exp(log_coef).round(6).tolist()
-  ([[2.0, 0.0], [1.0, 1.0], [0.0, 2.0]], [1.0, 2.0, 1.0])
+  Examples:
+    >>> counts, log_coef = multiset_table(2, 2)
+    >>> counts.tolist(), np.exp(log_coef).round(6).tolist()
+    ([[2.0, 0.0], [1.0, 1.0], [0.0, 2.0]], [1.0, 2.0, 1.0])
   """
   check_enumeration(levels, others + 1)
   counts = _compositions(others, levels).astype(np.float64)
@@ -193,7 +198,16 @@ def multiset_table(others: int, levels: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def leaf_rewards(tree: TreeInstance) -> jax.Array:
-  """[X, W] r(x, y) on the flat leaf axis (0 off the leaves)."""
+  """[X, W] r(x, y) on the flat leaf axis (0 off the leaves).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 1.0},
+    ...                lambda y: float(y[-1] == 0))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> leaf_rewards(tree).tolist()  # slots (0,), (1,), (1, 0), (1, 1); (1,) is no leaf
+    [[1.0, 0.0, 1.0, 0.0]]
+  """
   return jnp.where(leaf_mask(tree), flat_slots(tuple(lv.reward for lv in tree.levels)), 0.0)
 
 
@@ -203,12 +217,13 @@ def count_levels(tree: TreeInstance, mode: str, rewards=None) -> int:
   Levels are the distinct (reward, length) pairs of the leaves for ``token-mean`` and the distinct
   rewards otherwise; ``rewards`` [X, W] overrides the tree's (e.g. rewards shaped by a KL term).
 
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 1.0},
-  ...                lambda y: float(y[-1] == 0))
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> count_levels(tree, "token-mean"), count_levels(tree, "seq-mean-token-mean")
-  (3, 2)
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 1.0},
+    ...                lambda y: float(y[-1] == 0))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> count_levels(tree, "token-mean"), count_levels(tree, "seq-mean-token-mean")
+    (3, 2)
   """
   r = np.asarray(leaf_rewards(tree) if rewards is None else rewards)
   length = np.asarray(flat_slots(leaf_lengths(tree)))
@@ -281,16 +296,17 @@ def expected_group_weights(tree: TreeInstance, log_pi: Levels, rewards: jax.Arra
   Raises:
     InfeasibleGroupEnumeration: more than :data:`MAX_GROUP_MULTISETS` multisets.
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> from nondecoupling.theory.tree.policy import reference_log_probs
-  >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(0,): 1.0}, lambda y: float(y[-1]))
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> pos, neg, _ = expected_group_weights(tree, reference_log_probs(tree), jnp.array([[0., 1.]]),
-  ...     group_size=2, mode="seq-mean-token-sum", use_std=False, eps=1e-6, max_length=1.0,
-  ...     levels=2)
-  >>> (pos - neg).tolist()  # G · (1/G) · (1 − 1/G)(r − 1/2)
-  [[-0.25, 0.25]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import reference_log_probs
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(0,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> pos, neg, _ = expected_group_weights(tree, reference_log_probs(tree), jnp.array([[0., 1.]]),
+    ...     group_size=2, mode="seq-mean-token-sum", use_std=False, eps=1e-6, max_length=1.0,
+    ...     levels=2)
+    >>> (pos - neg).tolist()  # G · (1/G) · (1 − 1/G)(r − 1/2)
+    [[-0.25, 0.25]]
   """
   share = shares_lengths(mode)
   counts, log_coef = (jnp.asarray(a) for a in multiset_table(group_size - 1, levels))
@@ -331,14 +347,15 @@ def group_field(tree: TreeInstance, log_pi: Levels, *, group_size: int, mode: st
   Returns:
     Per-level field [X, N_t, k].
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> from nondecoupling.theory.tree.policy import reference_log_probs
-  >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(0,): 1.0}, lambda y: float(y[-1]))
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> g = group_field(tree, reference_log_probs(tree), group_size=4, mode="seq-mean-token-sum")
-  >>> [round(v, 12) for v in g[0][0, 0].tolist()]  # (3/4) F_π r
-  [-0.1875, 0.1875]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import reference_log_probs
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(0,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> g = group_field(tree, reference_log_probs(tree), group_size=4, mode="seq-mean-token-sum")
+    >>> [round(v, 12) for v in g[0][0, 0].tolist()]  # (3/4) F_π r
+    [-0.1875, 0.1875]
   """
   rewards = leaf_rewards(tree) if rewards is None else rewards
   levels = count_levels(tree, mode, rewards) if levels is None else levels

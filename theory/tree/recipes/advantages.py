@@ -58,13 +58,14 @@ def shaped_rewards(tree: TreeInstance, log_old: Levels, kl_coef: float, kl_form:
   With ``kl_form == "k1_reward"``: Σ_t k1_t = Σ_t log π_old(y_t|y_<t) − log ρ(y_t|y_<t), the
   per-edge log-ratios summed top-down.
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(0,): 1.0}, lambda y: float(y[-1]))
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> log_old = (jnp.log(jnp.array([[[0.25, 0.75]]])),)
-  >>> [round(v, 6) for v in shaped_rewards(tree, log_old, 1.0, "k1_reward")[0].tolist()]
-  [0.693147, 0.594535]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(0,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> log_old = (jnp.log(jnp.array([[[0.25, 0.75]]])),)
+    >>> [round(v, 6) for v in shaped_rewards(tree, log_old, 1.0, "k1_reward")[0].tolist()]
+    [0.693147, 0.594535]
   """
   r = leaf_rewards(tree)
   if kl_form != "k1_reward":
@@ -74,7 +75,17 @@ def shaped_rewards(tree: TreeInstance, log_old: Levels, kl_coef: float, kl_form:
 
 
 def leaf_value(tree: TreeInstance, log_old: Levels, rewards: jax.Array) -> jax.Array:
-  """[X] V_old(x) = Σ_y π_old(y) r(y) over the leaves."""
+  """[X] V_old(x) = Σ_y π_old(y) r(y) over the leaves.
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import reference_log_probs
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(0,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> from nondecoupling.theory.tree.groups import leaf_rewards
+    >>> leaf_value(tree, reference_log_probs(tree), leaf_rewards(tree)).tolist()
+    [0.5]
+  """
   p = jnp.exp(leaf_policy(tree, log_old))
   return jnp.sum(jnp.where(leaf_mask(tree), p * rewards, 0.0), axis=-1)
 
@@ -85,6 +96,14 @@ def needed_levels(tree: TreeInstance, cfg) -> int:
   Group advantage: the distinct rewards (with lengths for ``token-mean``) of the leaves, or every
   leaf when the KL sits in the reward (shaped rewards are generically all distinct); value
   advantage: the distinct lengths for ``token-mean``, else 1.
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.recipes.group_rl import GroupRLConfig
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(0,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> needed_levels(tree, GroupRLConfig())  # rewards 0 and 1
+    2
   """
   if cfg.advantage == "value":
     return count_levels(tree, cfg.loss_agg_mode, jnp.zeros_like(leaf_rewards(tree)))
@@ -116,6 +135,18 @@ def leaf_weights(tree: TreeInstance, log_old: Levels, rewards: jax.Array, cfg):
 
   Returns:
     Three [X, W] arrays, 0 off the leaves.
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import reference_log_probs
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(0,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> from nondecoupling.theory.tree.groups import leaf_rewards
+    >>> from nondecoupling.theory.tree.recipes.group_rl import GroupRLConfig
+    >>> cfg = GroupRLConfig(group_size=2, use_std=False, loss_agg_mode="seq-mean-token-sum")
+    >>> pos, neg, norm = leaf_weights(tree, reference_log_probs(tree), leaf_rewards(tree), cfg)
+    >>> (pos - neg).tolist(), norm.tolist()  # G (1/G)(1 − 1/G)(r − 1/2) and G (1/G)
+    ([[-0.25, 0.25]], [[1.0, 1.0]])
   """
   t_max = float(tree.depth if cfg.max_length is None else cfg.max_length)
   levels = _resolve_levels(tree, cfg)
@@ -133,13 +164,14 @@ def informative_probability(tree: TreeInstance, log_old: Levels, group_size: int
 
   Σ_l p_l^G = Σ_y π(y) p_{l(y)}^{G−1} with p_{l(y)} the mass of the leaves of y's reward.
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> from nondecoupling.theory.tree.policy import reference_log_probs
-  >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(0,): 1.0}, lambda y: float(y[-1]))
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> informative_probability(tree, reference_log_probs(tree), 3).tolist()  # 1 − 2/8
-  [0.75]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import reference_log_probs
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(0,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> informative_probability(tree, reference_log_probs(tree), 3).tolist()  # 1 − 2/8
+    [0.75]
   """
   mask = leaf_mask(tree)
   r = leaf_rewards(tree)
@@ -155,7 +187,16 @@ def informative_probability(tree: TreeInstance, log_old: Levels, group_size: int
 
 
 def dynamic_sampling_factor(tree: TreeInstance, log_old: Levels, group_size: int) -> jax.Array:
-  """[] 1 / E_w[q_x]: the step-size factor of dynamic sampling (0 when no group is informative)."""
+  """[] 1 / E_w[q_x]: the step-size factor of dynamic sampling (0 when no group is informative).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import reference_log_probs
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(0,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> round(float(dynamic_sampling_factor(tree, reference_log_probs(tree), 3)), 6)  # 1 / (3/4)
+    1.333333
+  """
   q = expect(tree, informative_probability(tree, log_old, group_size))
   return jnp.where(q > 0, 1.0 / jnp.where(q > 0, q, 1.0), 0.0)
 
@@ -171,13 +212,14 @@ def sampled_weights(rewards: jax.Array, lengths: jax.Array, baseline: jax.Array,
     cfg: the recipe config.
     max_length: T.
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.tree.recipes.group_rl import GroupRLConfig
-  >>> cfg = GroupRLConfig(group_size=2, use_std=False, loss_agg_mode="seq-mean-token-sum")
-  >>> w, n = sampled_weights(jnp.array([[[1.0, 0.0]]]), jnp.array([[[1.0, 2.0]]]),
-  ...                        jnp.zeros(1), cfg, 2.0)
-  >>> w.tolist(), n.tolist()
-  ([[[0.25, -0.25]]], [[[0.5, 0.5]]])
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.recipes.group_rl import GroupRLConfig
+    >>> cfg = GroupRLConfig(group_size=2, use_std=False, loss_agg_mode="seq-mean-token-sum")
+    >>> w, n = sampled_weights(jnp.array([[[1.0, 0.0]]]), jnp.array([[[1.0, 2.0]]]),
+    ...                        jnp.zeros(1), cfg, 2.0)
+    >>> w.tolist(), n.tolist()
+    ([[[0.25, -0.25]]], [[[0.5, 0.5]]])
   """
   n = sampled_normalisers(cfg.loss_agg_mode, lengths, max_length)
   if cfg.advantage == "group":

@@ -50,12 +50,13 @@ def construct_field(tree: TreeInstance, theta: Levels, cfg, construct: str) -> L
   Returns:
     Per-level field [X, N_t, k].
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> from nondecoupling.theory.tree.atomic import tree_from_atomic
-  >>> from nondecoupling.theory.tree.policy import initial_logits
-  >>> tree = tree_from_atomic(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0))
-  >>> [round(float(v), 6) for v in construct_field(tree, initial_logits(tree), None, "k2_loss")[0][0, 0]]
-  [-0.25, 0.25]
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> from nondecoupling.theory.tree.atomic import tree_from_atomic
+    >>> from nondecoupling.theory.tree.policy import initial_logits
+    >>> tree = tree_from_atomic(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0))
+    >>> [round(float(v), 6) for v in construct_field(tree, initial_logits(tree), None, "k2_loss")[0][0, 0]]
+    [-0.25, 0.25]
   """
   del cfg
   return weighted(tree, ascent_field(tree, policy_log_probs(tree, theta), construct))
@@ -76,15 +77,16 @@ def construct_estimate(tree: TreeInstance, theta: Levels, cfg, key: jax.Array, n
   Returns:
     Per-level estimate [X, N_t, k] (prompt weights included).
 
-  >>> import jax
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> from nondecoupling.theory.tree.atomic import tree_from_atomic
-  >>> from nondecoupling.theory.tree.policy import initial_logits
-  >>> tree = tree_from_atomic(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0))
-  >>> g = construct_estimate(tree, initial_logits(tree), None, jax.random.PRNGKey(0), 20000,
-  ...                        "k1_reward")
-  >>> abs(float(g[0][0, 0, 1]) - 0.25) < 0.01
-  True
+  Examples:
+    >>> import jax
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> from nondecoupling.theory.tree.atomic import tree_from_atomic
+    >>> from nondecoupling.theory.tree.policy import initial_logits
+    >>> tree = tree_from_atomic(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0))
+    >>> g = construct_estimate(tree, initial_logits(tree), None, jax.random.PRNGKey(0), 20000,
+    ...                        "k1_reward")
+    >>> abs(float(g[0][0, 0, 1]) - 0.25) < 0.01
+    True
   """
   del cfg
   log_pi = policy_log_probs(tree, theta)

@@ -177,12 +177,13 @@ class TreePPOConfig:
 def fill_levels(tree: TreeInstance, cfg):
   """``cfg`` with ``levels`` read from a concrete tree (what the exact field enumerates).
 
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 1.0},
-  ...                lambda y: float(y[-1] == 0))
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> fill_levels(tree, DAPO.config).levels  # (reward, length) pairs: (1, 1), (1, 2), (0, 2)
-  3
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 1.0},
+    ...                lambda y: float(y[-1] == 0))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> fill_levels(tree, DAPO.config).levels  # (reward, length) pairs: (1, 1), (1, 2), (0, 2)
+    3
   """
   return dataclasses.replace(cfg, levels=needed_levels(tree, cfg))
 
@@ -237,14 +238,15 @@ def group_rl_field(tree: TreeInstance, theta: Levels, cfg, theta_old: Levels | N
   Raises:
     InfeasibleGroupEnumeration: the group's enumeration is beyond its limit (use the estimator).
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> from nondecoupling.theory.tree.policy import initial_logits
-  >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(0,): 1.0}, lambda y: float(y[-1]))
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> cfg = dataclasses.replace(DR_GRPO.config, group_size=4)
-  >>> [round(v, 12) for v in group_rl_field(tree, initial_logits(tree), cfg)[0][0, 0].tolist()]
-  [-0.1875, 0.1875]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import initial_logits
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(0,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> cfg = dataclasses.replace(DR_GRPO.config, group_size=4)
+    >>> [round(v, 12) for v in group_rl_field(tree, initial_logits(tree), cfg)[0][0, 0].tolist()]
+    [-0.1875, 0.1875]
   """
   log_pi, log_old = _policies(tree, theta, theta_old)
   rewards = shaped_rewards(tree, log_old, cfg.kl_coef, cfg.kl_form)
@@ -281,16 +283,17 @@ def group_rl_estimate(tree: TreeInstance, theta: Levels, cfg, key: jax.Array, n:
   Returns:
     Per-level ascent estimate [X, N_t, k], prompt weights included.
 
-  >>> import jax
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> from nondecoupling.theory.tree.policy import initial_logits
-  >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(0,): 1.0}, lambda y: float(y[-1]))
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> cfg = dataclasses.replace(DR_GRPO.config, group_size=4)
-  >>> g = group_rl_estimate(tree, initial_logits(tree), cfg, jax.random.PRNGKey(0), 4096)
-  >>> bool(jnp.all(jnp.abs(g[0] - jnp.array([[[-0.1875, 0.1875]]])) < 0.01))
-  True
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import initial_logits
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(0,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> cfg = dataclasses.replace(DR_GRPO.config, group_size=4)
+    >>> g = group_rl_estimate(tree, initial_logits(tree), cfg, jax.random.PRNGKey(0), 4096)
+    >>> bool(jnp.all(jnp.abs(g[0] - jnp.array([[[-0.1875, 0.1875]]])) < 0.01))
+    True
   """
   log_pi, log_old = _policies(tree, theta, theta_old)
   size = cfg.group_size

@@ -42,11 +42,12 @@ def sampled_normalisers(mode: str, lengths: jax.Array, max_length: float) -> jax
   Returns:
     [..., G] n_i (1/(G|o_i|), 1/Σ_j|o_j|, 1/(G T) or 1/G).
 
-  >>> import jax.numpy as jnp
-  >>> sampled_normalisers("token-mean", jnp.array([1.0, 3.0]), 4.0).tolist()
-  [0.25, 0.25]
-  >>> sampled_normalisers("seq-mean-token-mean", jnp.array([1.0, 4.0]), 4.0).tolist()
-  [0.5, 0.125]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> sampled_normalisers("token-mean", jnp.array([1.0, 3.0]), 4.0).tolist()
+    [0.25, 0.25]
+    >>> sampled_normalisers("seq-mean-token-mean", jnp.array([1.0, 4.0]), 4.0).tolist()
+    [0.5, 0.125]
   """
   group = lengths.shape[-1]
   total = jnp.sum(lengths, axis=-1, keepdims=True)

@@ -91,17 +91,18 @@ def train_tree_recipe(tree: TreeInstance, recipe: TreeRecipe | str, steps: int, 
     Whatever the recipe's field raises while it is traced (e.g. an ``InfeasibleExactField`` of
     :mod:`nondecoupling.theory.recipes` when an exact group expectation is too large).
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> from nondecoupling.theory.tree.atomic import tree_from_atomic
-  >>> from nondecoupling.theory.tree.bellman import optimal_policy
-  >>> from nondecoupling.theory.tree.policy import policy_log_probs
-  >>> from nondecoupling.theory.tree.recipes.constructs import KL_CONSTRUCT_RECIPES
-  >>> tree = tree_from_atomic(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0))
-  >>> theta, _ = train_tree_recipe(tree, KL_CONSTRUCT_RECIPES["k1_reward"], 2000, 2.0)
-  >>> gap = jnp.exp(policy_log_probs(tree, theta)[0]) - jnp.exp(optimal_policy(tree)[0])
-  >>> bool(jnp.max(jnp.abs(gap)) < 1e-9)  # the k1-in-reward ascent reaches π*_β
-  True
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> from nondecoupling.theory.tree.atomic import tree_from_atomic
+    >>> from nondecoupling.theory.tree.bellman import optimal_policy
+    >>> from nondecoupling.theory.tree.policy import policy_log_probs
+    >>> from nondecoupling.theory.tree.recipes.constructs import KL_CONSTRUCT_RECIPES
+    >>> tree = tree_from_atomic(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0))
+    >>> theta, _ = train_tree_recipe(tree, KL_CONSTRUCT_RECIPES["k1_reward"], 2000, 2.0)
+    >>> gap = jnp.exp(policy_log_probs(tree, theta)[0]) - jnp.exp(optimal_policy(tree)[0])
+    >>> bool(jnp.max(jnp.abs(gap)) < 1e-9)  # the k1-in-reward ascent reaches π*_β
+    True
   """
   thetas, state = tree_recipe_path(tree, recipe, steps, lr, 1, config, theta0)
   return tuple(t[-1] for t in thetas), state
@@ -127,15 +128,16 @@ def train_tree_recipe_sampled(tree: TreeInstance, recipe: TreeRecipe | str, step
   Returns:
     (θ per level after the last step, the final state).
 
-  >>> import jax
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> from nondecoupling.theory.tree.atomic import tree_from_atomic
-  >>> from nondecoupling.theory.tree.recipes.constructs import KL_CONSTRUCT_RECIPES
-  >>> tree = tree_from_atomic(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0))
-  >>> theta, _ = train_tree_recipe_sampled(tree, KL_CONSTRUCT_RECIPES["k3_loss"], 5, 0.5,
-  ...                                      jax.random.PRNGKey(0), 64)
-  >>> theta[0].shape
-  (1, 1, 2)
+  Examples:
+    >>> import jax
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> from nondecoupling.theory.tree.atomic import tree_from_atomic
+    >>> from nondecoupling.theory.tree.recipes.constructs import KL_CONSTRUCT_RECIPES
+    >>> tree = tree_from_atomic(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0))
+    >>> theta, _ = train_tree_recipe_sampled(tree, KL_CONSTRUCT_RECIPES["k3_loss"], 5, 0.5,
+    ...                                      jax.random.PRNGKey(0), 64)
+    >>> theta[0].shape
+    (1, 1, 2)
   """
   if samples < 1:
     raise ValueError(f"samples is {samples}, expected a whole number >= 1")
@@ -160,6 +162,17 @@ def tree_recipe_path(tree: TreeInstance, recipe: TreeRecipe | str, steps: int, l
 
   Returns:
     (θ per level with a leading axis [points + 1, X, N_t, k], the final state).
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> from nondecoupling.theory.tree.atomic import tree_from_atomic
+    >>> from nondecoupling.theory.tree.recipes.constructs import KL_CONSTRUCT_RECIPES
+    >>> tree = tree_from_atomic(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0))
+    >>> thetas, _ = tree_recipe_path(tree, KL_CONSTRUCT_RECIPES["k1_reward"], 4, 1.0, 2)
+    >>> thetas[0].shape  # the start and 2 recorded points
+    (3, 1, 1, 2)
+    >>> bool(thetas[0][-1, 0, 0, 1] > thetas[0][0, 0, 0, 1])  # the rewarded response gains
+    True
   """
   if steps < 1 or points < 1 or steps % points:
     raise ValueError(f"steps {steps} must be a positive multiple of points {points}")
