@@ -113,13 +113,14 @@ def anchor_weights(tree: TreeInstance, paths, q: jax.Array, cfg: TreeBREADConfig
 def tree_bread_field(tree: TreeInstance, theta: Levels, cfg: TreeBREADConfig) -> Levels:
   r"""Exact expected ascent field of BREAD on a tree (module formula), prompt weights included.
 
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> from nondecoupling.theory.tree.policy import initial_logits
-  >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> cfg = TreeBREADConfig(n_rollouts=2, use_std=False)
-  >>> tree_bread_field(tree, initial_logits(tree), cfg)[0].tolist()  # depth 1: Dr.GRPO, G = 2
-  [[[-0.25, 0.25]]]
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import initial_logits
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> cfg = TreeBREADConfig(n_rollouts=2, use_std=False)
+    >>> tree_bread_field(tree, initial_logits(tree), cfg)[0].tolist()  # depth 1: Dr.GRPO, G = 2
+    [[[-0.25, 0.25]]]
   """
   log_pi = policy_log_probs(tree, theta)
   paths = leaf_paths(tree)

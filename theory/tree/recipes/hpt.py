@@ -105,13 +105,14 @@ class TreeHPTConfig:
 def tree_hpt_field(tree: TreeInstance, theta: Levels, cfg: TreeHPTConfig) -> Levels:
   r"""Exact expected ascent field of HPT on a tree (module formula), prompt weights included.
 
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> from nondecoupling.theory.tree.policy import initial_logits
-  >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> cfg = TreeHPTConfig(n_rollouts=1, entropy_coef=0.0)
-  >>> tree_hpt_field(tree, initial_logits(tree), cfg)[0].tolist()  # the atomic value
-  [[[-0.5, 0.5]]]
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import initial_logits
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> cfg = TreeHPTConfig(n_rollouts=1, entropy_coef=0.0)
+    >>> tree_hpt_field(tree, initial_logits(tree), cfg)[0].tolist()  # the atomic value
+    [[[-0.5, 0.5]]]
   """
   log_pi = policy_log_probs(tree, theta)
   paths = leaf_paths(tree)

@@ -123,14 +123,15 @@ def mixed_advantages(tree: TreeInstance, log_pi: Levels, cfg):
 def tree_luffy_field(tree: TreeInstance, theta: Levels, cfg: TreeLUFFYConfig) -> Levels:
   r"""Exact expected ascent field of LUFFY on a tree (module formula), prompt weights included.
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> from nondecoupling.theory.tree.policy import initial_logits
-  >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> cfg = TreeLUFFYConfig(n_on=1, shaping_gamma=None, entropy_coef=0.0)
-  >>> tree_luffy_field(tree, initial_logits(tree), cfg)[0].tolist()  # the atomic value
-  [[[-0.1875, 0.1875]]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import initial_logits
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> cfg = TreeLUFFYConfig(n_on=1, shaping_gamma=None, entropy_coef=0.0)
+    >>> tree_luffy_field(tree, initial_logits(tree), cfg)[0].tolist()  # the atomic value
+    [[[-0.1875, 0.1875]]]
   """
   log_pi = policy_log_probs(tree, theta)
   paths = leaf_paths(tree)

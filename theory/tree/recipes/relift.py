@@ -161,13 +161,14 @@ def tree_relift_rl_field(tree: TreeInstance, theta: Levels, cfg: TreeReLIFTConfi
 def tree_relift_field(tree: TreeInstance, theta: Levels, cfg: TreeReLIFTConfig) -> Levels:
   r"""The exact field: the RL step, plus the amortised SFT drift when ``sft_schedule="amortised"``.
 
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> from nondecoupling.theory.tree.policy import initial_logits
-  >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> cfg = TreeReLIFTConfig(n_rollouts=2, entropy_coef=0.0, sft_entropy_coef=0.0)
-  >>> tree_relift_field(tree, initial_logits(tree), cfg)[0].tolist()  # the atomic value
-  [[[-0.375, 0.375]]]
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import initial_logits
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> cfg = TreeReLIFTConfig(n_rollouts=2, entropy_coef=0.0, sft_entropy_coef=0.0)
+    >>> tree_relift_field(tree, initial_logits(tree), cfg)[0].tolist()  # the atomic value
+    [[[-0.375, 0.375]]]
   """
   rl = tree_relift_rl_field(tree, theta, cfg)
   if cfg.sft_schedule == "buffer":

@@ -137,13 +137,14 @@ def path_entropy(tree: TreeInstance, log_pi: Levels, paths: Paths, mode: str) ->
 def tree_srft_field(tree: TreeInstance, theta: Levels, cfg: TreeSRFTConfig) -> Levels:
   r"""Exact expected ascent field of SRFT on a tree (module formula), prompt weights included.
 
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> from nondecoupling.theory.tree.policy import initial_logits
-  >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> g = tree_srft_field(tree, initial_logits(tree), TreeSRFTConfig(n_on=1))
-  >>> [round(v, 6) for v in g[0][0, 0].tolist()]  # the atomic value
-  [-0.513388, 0.513388]
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import initial_logits
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> g = tree_srft_field(tree, initial_logits(tree), TreeSRFTConfig(n_on=1))
+    >>> [round(v, 6) for v in g[0][0, 0].tolist()]  # the atomic value
+    [-0.513388, 0.513388]
   """
   log_pi = policy_log_probs(tree, theta)
   paths = leaf_paths(tree)
