@@ -50,7 +50,16 @@ __all__ = ["term_count", "tree_gamma", "tree_slack", "level_sum", "leaf_sum", "n
 
 
 def real_prompts(tree: TreeInstance) -> jax.Array:
-  """[X] bool: prompts of positive weight (padding has weight 0)."""
+  """[X] bool: prompts of positive weight (padding has weight 0).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import initial_logits
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> real_prompts(tree).tolist()
+    [True]
+  """
   return tree.prompt_weights > 0
 
 
@@ -69,7 +78,15 @@ def term_count(tree: TreeInstance) -> jax.Array:
 
 
 def tree_gamma(tree: TreeInstance) -> jax.Array:
-  """[] γ_N = N u / (1 − N u) with N = :func:`term_count`."""
+  """[] γ_N = N u / (1 − N u) with N = :func:`term_count`.
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> from nondecoupling.theory.tree.atomic import tree_from_atomic
+    >>> tree = tree_from_atomic(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0))
+    >>> f"{float(tree_gamma(tree)):.3e}"  # N = 67: 67 u / (1 − 67 u)
+    '7.438e-15'
+  """
   nu = term_count(tree) * unit_roundoff(jnp.float64)
   return nu / (1.0 - nu)
 
@@ -186,6 +203,15 @@ def gradient_scale(tree: TreeInstance, log_pi: Levels, beta_kl=1.0, reward=0.0,
     beta_kl: weight of the KL parts (β for J_β, 1 for the KL gradient alone, 0 for none).
     reward: weight of the reward part (1 when ∇J enters).
     sft: weight of the SFT part (1 when ∇L enters).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import initial_logits, policy_log_probs
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> log_pi = policy_log_probs(tree, initial_logits(tree))
+    >>> float(gradient_scale(tree, log_pi, beta_kl=0.0, reward=1.0))  # 2 Σ_y π(y)(1 + |r(y)|)
+    3.0
   """
   inst = leaf_instance(tree)
   lp = leaf_policy(tree, log_pi)
