@@ -101,14 +101,16 @@ def anchor_weights(tree: TreeInstance, paths, q: jax.Array, cfg: TreeBREADConfig
   Examples:
     >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
     >>> from nondecoupling.theory.tree.policy import initial_logits, policy_log_probs
-    >>> from nondecoupling.theory.tree.recipes.hints import below, conditional_leaf_probs, leaf_paths
+    >>> from nondecoupling.theory.tree.recipes.hints import below, leaf_paths
+    >>> from nondecoupling.theory.tree.recipes.hints import conditional_leaf_probs
     >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(1, 1): 1.0},
     ...                lambda y: float(tuple(y) == (1, 1)))
     >>> tree, _ = build_tree([p], [1.0], 1.0)
     >>> log_pi = policy_log_probs(tree, initial_logits(tree))
     >>> paths = leaf_paths(tree)
     >>> q = conditional_leaf_probs(tree, log_pi, below(tree, paths))
-    >>> anchor_weights(tree, paths, q, TreeBREADConfig(n_rollouts=2)).tolist()  # root; anchor (1,): (1 - 1/4)^2
+    >>> cfg = TreeBREADConfig(n_rollouts=2)
+    >>> anchor_weights(tree, paths, q, cfg).tolist()  # root: 1; anchor (1,): (1 − 1/4)^2
     [[1.0, 0.5625]]
   """
   succ = (leaf_rewards(tree) > cfg.success_threshold).astype(q.dtype)

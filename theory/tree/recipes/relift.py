@@ -275,7 +275,8 @@ def tree_relift_update(tree: TreeInstance, theta_old: Levels, theta: Levels, buf
     >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
     >>> tree, _ = build_tree([p], [1.0], 1.0)
     >>> cfg = TreeReLIFTConfig(n_rollouts=2, entropy_coef=0.0, sft_entropy_coef=0.0,
-    ...                        sft_schedule="buffer", batch_prompts=4, buffer_size=1, buffer_slots=4)
+    ...                        sft_schedule="buffer", batch_prompts=4, buffer_size=1,
+    ...                        buffer_slots=4)
     >>> theta = initial_logits(tree)
     >>> buf = tree_relift_init(tree, theta, cfg)
     >>> new, buf = tree_relift_update(tree, theta, theta, buf, 0.1, cfg)  # inflow 4 (1/2)^2 = 1 = S
