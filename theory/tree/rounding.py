@@ -50,17 +50,27 @@ __all__ = ["term_count", "tree_gamma", "tree_slack", "level_sum", "leaf_sum", "n
 
 
 def real_prompts(tree: TreeInstance) -> jax.Array:
-  """[X] bool: prompts of positive weight (padding has weight 0)."""
+  """[X] bool: prompts of positive weight (padding has weight 0).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import initial_logits
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> real_prompts(tree).tolist()
+    [True]
+  """
   return tree.prompt_weights > 0
 
 
 def term_count(tree: TreeInstance) -> jax.Array:
   """[] N = real support slots + depth + ``OPS`` (module docstring), as a float.
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> from nondecoupling.theory.tree.atomic import tree_from_atomic
-  >>> int(term_count(tree_from_atomic(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0))))
-  67
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> from nondecoupling.theory.tree.atomic import tree_from_atomic
+    >>> int(term_count(tree_from_atomic(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0))))
+    67
   """
   real = real_prompts(tree)[..., None, None]
   slots = sum(jnp.sum(support(lv) & real) for lv in tree.levels)
@@ -68,7 +78,15 @@ def term_count(tree: TreeInstance) -> jax.Array:
 
 
 def tree_gamma(tree: TreeInstance) -> jax.Array:
-  """[] γ_N = N u / (1 − N u) with N = :func:`term_count`."""
+  """[] γ_N = N u / (1 − N u) with N = :func:`term_count`.
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> from nondecoupling.theory.tree.atomic import tree_from_atomic
+    >>> tree = tree_from_atomic(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0))
+    >>> f"{float(tree_gamma(tree)):.3e}"  # N = 67: 67 u / (1 − 67 u)
+    '7.438e-15'
+  """
   nu = term_count(tree) * unit_roundoff(jnp.float64)
   return nu / (1.0 - nu)
 
@@ -84,11 +102,12 @@ def tree_slack(tree: TreeInstance, scale, extra=0.0) -> jax.Array:
   Returns:
     The absolute rounding bound, the shape of ``scale``.
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> from nondecoupling.theory.tree.atomic import tree_from_atomic
-  >>> tree = tree_from_atomic(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0))
-  >>> f"{float(tree_slack(tree, jnp.asarray(1.0))):.3e}"  # 67 u
-  '7.438e-15'
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> from nondecoupling.theory.tree.atomic import tree_from_atomic
+    >>> tree = tree_from_atomic(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0))
+    >>> f"{float(tree_slack(tree, jnp.asarray(1.0))):.3e}"  # 67 u
+    '7.438e-15'
   """
   scale = jnp.asarray(scale, jnp.float64)
   floor = term_count(tree) * float(jnp.finfo(jnp.float64).tiny)
@@ -110,11 +129,12 @@ def level_sum(tree: TreeInstance, per_level: Levels, on_rows: bool = False) -> j
   Returns:
     [X] the path-sum scale of a chain of T log-space operations (module docstring).
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> from nondecoupling.theory.tree.atomic import tree_from_atomic
-  >>> tree = tree_from_atomic(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0))
-  >>> level_sum(tree, (jnp.array([[[-3.0, 2.0]]]),)).tolist()
-  [3.0]
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> from nondecoupling.theory.tree.atomic import tree_from_atomic
+    >>> tree = tree_from_atomic(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0))
+    >>> level_sum(tree, (jnp.array([[[-3.0, 2.0]]]),)).tolist()
+    [3.0]
   """
   out = 0.0
   for lv, a in zip(tree.levels, per_level):
@@ -131,11 +151,12 @@ def leaf_sum(tree: TreeInstance, log_pi: Levels, g: jax.Array | None = None) -> 
     log_pi: per-level log-conditionals of a policy.
     g: optional [X, L] flat per-leaf magnitudes (leaf axis of :func:`~.policy.flat_slots`).
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> from nondecoupling.theory.tree.atomic import tree_from_atomic
-  >>> tree = tree_from_atomic(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0))
-  >>> round(float(leaf_sum(tree, (jnp.log(jnp.array([[[0.5, 0.5]]])),))[0]), 6)  # 1 + log 2
-  1.693147
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> from nondecoupling.theory.tree.atomic import tree_from_atomic
+    >>> tree = tree_from_atomic(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0))
+    >>> round(float(leaf_sum(tree, (jnp.log(jnp.array([[[0.5, 0.5]]])),))[0]), 6)  # 1 + log 2
+    1.693147
   """
   lp = leaf_policy(tree, log_pi)
   mask = leaf_mask(tree)
@@ -147,11 +168,12 @@ def leaf_sum(tree: TreeInstance, log_pi: Levels, g: jax.Array | None = None) -> 
 def node_kl_sum(tree: TreeInstance, log_pi: Levels) -> jax.Array:
   r"""[X] Σ_s P_π(s) Σ_a (π(a|s) + ρ(a|s))(1 + |k1| + k1²), k1 = log π(a|s) − log ρ(a|s).
 
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> from nondecoupling.theory.tree.atomic import tree_from_atomic
-  >>> tree = tree_from_atomic(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0))
-  >>> float(node_kl_sum(tree, (jnp.log(jnp.array([[[0.5, 0.5]]])),))[0])  # π = ρ: Σ (π + ρ)
-  2.0
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> from nondecoupling.theory.tree.atomic import tree_from_atomic
+    >>> tree = tree_from_atomic(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0))
+    >>> float(node_kl_sum(tree, (jnp.log(jnp.array([[[0.5, 0.5]]])),))[0])  # π = ρ: Σ (π + ρ)
+    2.0
   """
   reach = log_reach(tree, log_pi)
   out = 0.0
@@ -181,6 +203,15 @@ def gradient_scale(tree: TreeInstance, log_pi: Levels, beta_kl=1.0, reward=0.0,
     beta_kl: weight of the KL parts (β for J_β, 1 for the KL gradient alone, 0 for none).
     reward: weight of the reward part (1 when ∇J enters).
     sft: weight of the SFT part (1 when ∇L enters).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import initial_logits, policy_log_probs
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> log_pi = policy_log_probs(tree, initial_logits(tree))
+    >>> float(gradient_scale(tree, log_pi, beta_kl=0.0, reward=1.0))  # 2 Σ_y π(y)(1 + |r(y)|)
+    3.0
   """
   inst = leaf_instance(tree)
   lp = leaf_policy(tree, log_pi)

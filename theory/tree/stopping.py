@@ -59,13 +59,14 @@ def distance_bound(tree: TreeInstance, log_pi, residual, construct: str) -> jax.
   Returns:
     [] e^{Σ_t δ_t} − 1 (module docstring); +inf where a probability underflowed to 0.
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.instance import make_instance
-  >>> from nondecoupling.theory.tree.atomic import tree_from_atomic
-  >>> tree = tree_from_atomic(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0))
-  >>> lp = (jnp.log(jnp.array([[[0.5, 0.5]]])),)
-  >>> f"{float(distance_bound(tree, lp, jnp.asarray(1e-12), 'k2_loss')):.1e}"  # 2ε/(β·½)
-  '4.0e-12'
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> from nondecoupling.theory.tree.atomic import tree_from_atomic
+    >>> tree = tree_from_atomic(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0))
+    >>> lp = (jnp.log(jnp.array([[[0.5, 0.5]]])),)
+    >>> f"{float(distance_bound(tree, lp, jnp.asarray(1e-12), 'k2_loss')):.1e}"  # 2ε/(β·½)
+    '4.0e-12'
   """
   if construct not in CONSTRUCTS:
     raise ValueError(f"construct is {construct!r}, expected one of {', '.join(CONSTRUCTS)}")

@@ -96,7 +96,23 @@ class TreeBREADConfig:
 
 
 def anchor_weights(tree: TreeInstance, paths, q: jax.Array, cfg: TreeBREADConfig) -> jax.Array:
-  """[X, Nn] ω(s): the probability that the group used starts at node s (module formula)."""
+  """[X, Nn] ω(s): the probability that the group used starts at node s (module formula).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import initial_logits, policy_log_probs
+    >>> from nondecoupling.theory.tree.recipes.hints import below, leaf_paths
+    >>> from nondecoupling.theory.tree.recipes.hints import conditional_leaf_probs
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(1, 1): 1.0},
+    ...                lambda y: float(tuple(y) == (1, 1)))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> log_pi = policy_log_probs(tree, initial_logits(tree))
+    >>> paths = leaf_paths(tree)
+    >>> q = conditional_leaf_probs(tree, log_pi, below(tree, paths))
+    >>> cfg = TreeBREADConfig(n_rollouts=2)
+    >>> anchor_weights(tree, paths, q, cfg).tolist()  # root: 1; anchor (1,): (1 − 1/4)^2
+    [[1.0, 0.5625]]
+  """
   succ = (leaf_rewards(tree) > cfg.success_threshold).astype(q.dtype)
   fail = (1.0 - jnp.sum(q * succ[:, None, :], axis=-1)) ** cfg.n_rollouts     # [X, Nn]
   f_path = path_gather(paths, fail)                                            # [X, S, T]
@@ -113,13 +129,14 @@ def anchor_weights(tree: TreeInstance, paths, q: jax.Array, cfg: TreeBREADConfig
 def tree_bread_field(tree: TreeInstance, theta: Levels, cfg: TreeBREADConfig) -> Levels:
   r"""Exact expected ascent field of BREAD on a tree (module formula), prompt weights included.
 
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> from nondecoupling.theory.tree.policy import initial_logits
-  >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> cfg = TreeBREADConfig(n_rollouts=2, use_std=False)
-  >>> tree_bread_field(tree, initial_logits(tree), cfg)[0].tolist()  # depth 1: Dr.GRPO, G = 2
-  [[[-0.25, 0.25]]]
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import initial_logits
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> cfg = TreeBREADConfig(n_rollouts=2, use_std=False)
+    >>> tree_bread_field(tree, initial_logits(tree), cfg)[0].tolist()  # depth 1: Dr.GRPO, G = 2
+    [[[-0.25, 0.25]]]
   """
   log_pi = policy_log_probs(tree, theta)
   paths = leaf_paths(tree)
@@ -137,7 +154,19 @@ def tree_bread_estimate(tree: TreeInstance, theta: Levels, cfg: TreeBREADConfig,
                         n: int) -> Levels:
   r"""Mean of n sampled BREAD gradients: the root group, else the first anchor group with a
   success (groups drawn at every anchor, the first successful one used), a (1/G) Σ_i Â_i
-  Σ_{t ≥ l} ∇log π(y_{i,t}|·)."""
+  Σ_{t ≥ l} ∇log π(y_{i,t}|·).
+
+  Examples:
+    >>> import jax
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import initial_logits
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> cfg = TreeBREADConfig(n_rollouts=2, use_std=False)
+    >>> g = tree_bread_estimate(tree, initial_logits(tree), cfg, jax.random.PRNGKey(0), 4)
+    >>> [round(v, 6) for v in g[0][0, 0].tolist()]  # mean of 4 sampled gradients
+    [-0.25, 0.25]
+  """
   log_pi = policy_log_probs(tree, theta)
   paths = leaf_paths(tree)
   rewards = leaf_rewards(tree)

@@ -105,13 +105,14 @@ class TreeHPTConfig:
 def tree_hpt_field(tree: TreeInstance, theta: Levels, cfg: TreeHPTConfig) -> Levels:
   r"""Exact expected ascent field of HPT on a tree (module formula), prompt weights included.
 
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> from nondecoupling.theory.tree.policy import initial_logits
-  >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> cfg = TreeHPTConfig(n_rollouts=1, entropy_coef=0.0)
-  >>> tree_hpt_field(tree, initial_logits(tree), cfg)[0].tolist()  # the atomic value
-  [[[-0.5, 0.5]]]
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import initial_logits
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> cfg = TreeHPTConfig(n_rollouts=1, entropy_coef=0.0)
+    >>> tree_hpt_field(tree, initial_logits(tree), cfg)[0].tolist()  # the atomic value
+    [[[-0.5, 0.5]]]
   """
   log_pi = policy_log_probs(tree, theta)
   paths = leaf_paths(tree)
@@ -137,7 +138,19 @@ def tree_hpt_field(tree: TreeInstance, theta: Levels, cfg: TreeHPTConfig) -> Lev
 def tree_hpt_estimate(tree: TreeInstance, theta: Levels, cfg: TreeHPTConfig, key: jax.Array,
                       n: int) -> Levels:
   r"""Mean of n sampled HPT gradients: per prompt K of the n rollouts; K ≤ γ: c_sft Σ_t
-  ∇log π(y*_t|·); else c_rl a (1/n) Σ_i Â_i Σ_t ∇log π(y_{i,t}|·); plus the rollouts' entropy."""
+  ∇log π(y*_t|·); else c_rl a (1/n) Σ_i Â_i Σ_t ∇log π(y_{i,t}|·); plus the rollouts' entropy.
+
+  Examples:
+    >>> import jax
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import initial_logits
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> cfg = TreeHPTConfig(n_rollouts=1, entropy_coef=0.0)
+    >>> g = tree_hpt_estimate(tree, initial_logits(tree), cfg, jax.random.PRNGKey(0), 4)
+    >>> [round(v, 6) for v in g[0][0, 0].tolist()]  # mean of 4 sampled gradients
+    [-0.5, 0.5]
+  """
   log_pi = policy_log_probs(tree, theta)
   paths = leaf_paths(tree)
   rewards = leaf_rewards(tree)

@@ -106,12 +106,31 @@ class TreeLUFFYConfig:
 
 
 def luffy_scale(cfg) -> float:
-  """a = group_scale(aggregation, n_on + 1)/(n_on + 1): 1 for a sum over the group."""
+  """a = group_scale(aggregation, n_on + 1)/(n_on + 1): 1 for a sum over the group.
+
+  Examples:
+    >>> luffy_scale(TreeLUFFYConfig())  # group_sum
+    1.0
+    >>> luffy_scale(TreeLUFFYConfig(rl_aggregation="group_mean"))  # 1/(7 + 1)
+    0.125
+  """
   return group_scale(cfg.rl_aggregation, cfg.n_on + 1) / (cfg.n_on + 1)
 
 
 def mixed_advantages(tree: TreeInstance, log_pi: Levels, cfg):
-  """(Ā_on, Ā_off), each [X, S] on the flat leaf axis, of the mixed group (atomic enumerations)."""
+  """(Ā_on, Ā_off), each [X, S] on the flat leaf axis, of the mixed group (atomic enumerations).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import initial_logits, policy_log_probs
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> log_pi = policy_log_probs(tree, initial_logits(tree))
+    >>> cfg = TreeLUFFYConfig(n_on=1)
+    >>> a_on, a_off = mixed_advantages(tree, log_pi, cfg)
+    >>> a_on.tolist(), a_off.tolist()  # leaves (EOS: r = 0, token 1: r = 1)
+    ([[-0.5, 0.0]], [[-0.25, 0.25]])
+  """
   inst = leaf_instance(tree)
   pi = jnp.exp(leaf_policy(tree, log_pi))
   m = levels_for(tree, cfg.reward_levels) if cfg.use_std else None
@@ -123,14 +142,15 @@ def mixed_advantages(tree: TreeInstance, log_pi: Levels, cfg):
 def tree_luffy_field(tree: TreeInstance, theta: Levels, cfg: TreeLUFFYConfig) -> Levels:
   r"""Exact expected ascent field of LUFFY on a tree (module formula), prompt weights included.
 
-  >>> import jax.numpy as jnp
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> from nondecoupling.theory.tree.policy import initial_logits
-  >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> cfg = TreeLUFFYConfig(n_on=1, shaping_gamma=None, entropy_coef=0.0)
-  >>> tree_luffy_field(tree, initial_logits(tree), cfg)[0].tolist()  # the atomic value
-  [[[-0.1875, 0.1875]]]
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import initial_logits
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> cfg = TreeLUFFYConfig(n_on=1, shaping_gamma=None, entropy_coef=0.0)
+    >>> tree_luffy_field(tree, initial_logits(tree), cfg)[0].tolist()  # the atomic value
+    [[[-0.1875, 0.1875]]]
   """
   log_pi = policy_log_probs(tree, theta)
   paths = leaf_paths(tree)
@@ -154,6 +174,17 @@ def tree_luffy_estimate(tree: TreeInstance, theta: Levels, cfg: TreeLUFFYConfig,
   .. math:: a\Big[\sum_i \hat A_i \sum_t \nabla\log\pi(y_{i,t}|y_{i,<t})
             + \hat A_{off}\sum_t \nabla f(\pi(y^*_t|y^*_{<t}))\Big]
             + \frac{c_H}{n_{on}}\sum_i\sum_t \nabla H(\pi(\cdot|y_{i,<t}))
+
+  Examples:
+    >>> import jax
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import initial_logits
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> cfg = TreeLUFFYConfig(n_on=1, shaping_gamma=None, entropy_coef=0.0)
+    >>> g = tree_luffy_estimate(tree, initial_logits(tree), cfg, jax.random.PRNGKey(0), 4)
+    >>> [round(v, 6) for v in g[0][0, 0].tolist()]  # mean of 4 sampled mixed groups
+    [-0.28125, 0.28125]
   """
   log_pi = policy_log_probs(tree, theta)
   paths = leaf_paths(tree)

@@ -129,7 +129,18 @@ def _fail_probability(tree: TreeInstance, log_pi: Levels, cfg) -> jax.Array:
 
 
 def tree_relift_sft_direction(tree: TreeInstance, log_pi: Levels, cfg) -> Levels:
-  r"""Per prompt (no weight) Σ_{y*} d(y*) Σ_t (e_{y*_t} − π) + c_H' Σ_s D(s) ∇H_s: one item's SFT."""
+  r"""Per prompt (no weight) Σ_{y*} d(y*) Σ_t (e_{y*_t} − π) + c_H' Σ_s D(s) ∇H_s: one item's SFT.
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import initial_logits, policy_log_probs
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> log_pi = policy_log_probs(tree, initial_logits(tree))
+    >>> cfg = TreeReLIFTConfig(sft_entropy_coef=0.0)
+    >>> tree_relift_sft_direction(tree, log_pi, cfg)[0].tolist()  # e_1 − π at the root
+    [[[-0.5, 0.5]]]
+  """
   paths = leaf_paths(tree)
   d = leaf_data(tree)
   coef = jnp.where(paths.valid, d[..., None], 0.0)
@@ -139,7 +150,17 @@ def tree_relift_sft_direction(tree: TreeInstance, log_pi: Levels, cfg) -> Levels
 
 
 def tree_relift_rl_field(tree: TreeInstance, theta: Levels, cfg: TreeReLIFTConfig) -> Levels:
-  """The RL step's exact field, prompt weights included."""
+  """The RL step's exact field, prompt weights included.
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import initial_logits
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> cfg = TreeReLIFTConfig(n_rollouts=2, entropy_coef=0.0)
+    >>> tree_relift_rl_field(tree, initial_logits(tree), cfg)[0].tolist()
+    [[[-0.25, 0.25]]]
+  """
   log_pi = policy_log_probs(tree, theta)
   paths = leaf_paths(tree)
   inst = leaf_instance(tree)
@@ -161,13 +182,14 @@ def tree_relift_rl_field(tree: TreeInstance, theta: Levels, cfg: TreeReLIFTConfi
 def tree_relift_field(tree: TreeInstance, theta: Levels, cfg: TreeReLIFTConfig) -> Levels:
   r"""The exact field: the RL step, plus the amortised SFT drift when ``sft_schedule="amortised"``.
 
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> from nondecoupling.theory.tree.policy import initial_logits
-  >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> cfg = TreeReLIFTConfig(n_rollouts=2, entropy_coef=0.0, sft_entropy_coef=0.0)
-  >>> tree_relift_field(tree, initial_logits(tree), cfg)[0].tolist()  # the atomic value
-  [[[-0.375, 0.375]]]
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import initial_logits
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> cfg = TreeReLIFTConfig(n_rollouts=2, entropy_coef=0.0, sft_entropy_coef=0.0)
+    >>> tree_relift_field(tree, initial_logits(tree), cfg)[0].tolist()  # the atomic value
+    [[[-0.375, 0.375]]]
   """
   rl = tree_relift_rl_field(tree, theta, cfg)
   if cfg.sft_schedule == "buffer":
@@ -182,7 +204,19 @@ def tree_relift_field(tree: TreeInstance, theta: Levels, cfg: TreeReLIFTConfig) 
 def tree_relift_estimate(tree: TreeInstance, theta: Levels, cfg: TreeReLIFTConfig,
                          key: jax.Array, n: int) -> Levels:
   r"""Mean of n sampled ReLIFT gradients: the group's RL gradient plus (amortised schedule)
-  r_sft (B/S) × the demonstration's SFT gradient when all n rollouts failed."""
+  r_sft (B/S) × the demonstration's SFT gradient when all n rollouts failed.
+
+  Examples:
+    >>> import jax
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import initial_logits
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> cfg = TreeReLIFTConfig(n_rollouts=2, entropy_coef=0.0, sft_entropy_coef=0.0)
+    >>> g = tree_relift_estimate(tree, initial_logits(tree), cfg, jax.random.PRNGKey(0), 4)
+    >>> [round(v, 6) for v in g[0][0, 0].tolist()]  # mean of 4 sampled gradients
+    [-0.5, 0.5]
+  """
   log_pi = policy_log_probs(tree, theta)
   paths = leaf_paths(tree)
   rewards = leaf_rewards(tree)
@@ -213,7 +247,16 @@ def tree_relift_estimate(tree: TreeInstance, theta: Levels, cfg: TreeReLIFTConfi
 
 
 def tree_relift_init(tree: TreeInstance, theta: Levels, cfg: TreeReLIFTConfig) -> jax.Array:
-  """The buffer state [buffer_slots, X] (empty)."""
+  """The buffer state [buffer_slots, X] (empty).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import initial_logits
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> tree_relift_init(tree, initial_logits(tree), TreeReLIFTConfig()).shape  # [slots, X]
+    (256, 1)
+  """
   return buffer_init(cfg.buffer_slots, tree.prompt_weights.shape[-1], tree.prompt_weights.dtype)
 
 
@@ -225,6 +268,20 @@ def tree_relift_update(tree: TreeInstance, theta_old: Levels, theta: Levels, buf
 
   Returns:
     (θ, buffer).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import initial_logits
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> cfg = TreeReLIFTConfig(n_rollouts=2, entropy_coef=0.0, sft_entropy_coef=0.0,
+    ...                        sft_schedule="buffer", batch_prompts=4, buffer_size=1,
+    ...                        buffer_slots=4)
+    >>> theta = initial_logits(tree)
+    >>> buf = tree_relift_init(tree, theta, cfg)
+    >>> new, buf = tree_relift_update(tree, theta, theta, buf, 0.1, cfg)  # inflow 4 (1/2)^2 = 1 = S
+    >>> [round(v, 6) for v in (new[0] - theta[0])[0, 0].tolist()], float(buf.sum())  # 0.1 × SFT
+    ([-0.05, 0.05], 0.0)
   """
   if cfg.sft_schedule != "buffer":
     return theta, buf

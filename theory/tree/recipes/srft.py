@@ -126,7 +126,19 @@ class TreeSRFTConfig:
 
 
 def path_entropy(tree: TreeInstance, log_pi: Levels, paths: Paths, mode: str) -> jax.Array:
-  """[X, S, T] the entropy weighting each token of each leaf path gets (detached)."""
+  """[X, S, T] the entropy weighting each token of each leaf path gets (detached).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import initial_logits, policy_log_probs
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> from nondecoupling.theory.tree.recipes.hints import leaf_paths
+    >>> log_pi = policy_log_probs(tree, initial_logits(tree))
+    >>> h = path_entropy(tree, log_pi, leaf_paths(tree), "token")
+    >>> h.shape, round(float(h[0, 1, 0]), 6)  # [X, S, T]; H of (1/2, 1/2) = log 2
+    ((1, 2, 1), 0.693147)
+  """
   h = path_gather(paths, node_entropies(tree, log_pi))
   if mode == "token":
     return h
@@ -137,13 +149,14 @@ def path_entropy(tree: TreeInstance, log_pi: Levels, paths: Paths, mode: str) ->
 def tree_srft_field(tree: TreeInstance, theta: Levels, cfg: TreeSRFTConfig) -> Levels:
   r"""Exact expected ascent field of SRFT on a tree (module formula), prompt weights included.
 
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> from nondecoupling.theory.tree.policy import initial_logits
-  >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> g = tree_srft_field(tree, initial_logits(tree), TreeSRFTConfig(n_on=1))
-  >>> [round(v, 6) for v in g[0][0, 0].tolist()]  # the atomic value
-  [-0.513388, 0.513388]
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import initial_logits
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> g = tree_srft_field(tree, initial_logits(tree), TreeSRFTConfig(n_on=1))
+    >>> [round(v, 6) for v in g[0][0, 0].tolist()]  # the atomic value
+    [-0.513388, 0.513388]
   """
   log_pi = policy_log_probs(tree, theta)
   paths = leaf_paths(tree)
@@ -174,6 +187,17 @@ def tree_srft_estimate(tree: TreeInstance, theta: Levels, cfg: TreeSRFTConfig, k
   .. math:: \sum_t \big[c_s e^{-\bar H(y^*)} + 1_{stable,t}\hat A_{off}\varphi(\pi_t)\big]
             \nabla\log\pi(y^*_t|\cdot) + \frac{1}{n_{on}}\sum_i\sum_t (c_p e^{\bar H(y_i)} s_i
             - (1 - s_i))\nabla\log\pi(y_{i,t}|\cdot) + \frac{c_H}{n_{on}}\sum_{i,t}\nabla H
+
+  Examples:
+    >>> import jax
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import initial_logits
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> g = tree_srft_estimate(tree, initial_logits(tree), TreeSRFTConfig(n_on=1),
+    ...                        jax.random.PRNGKey(0), 4)
+    >>> [round(v, 6) for v in g[0][0, 0].tolist()]  # mean of 4 sampled mixed groups
+    [-0.657582, 0.657582]
   """
   log_pi = policy_log_probs(tree, theta)
   paths = leaf_paths(tree)
