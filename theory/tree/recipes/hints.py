@@ -70,7 +70,16 @@ class Paths(NamedTuple):
 
 
 def node_offsets(tree: TreeInstance) -> list[int]:
-  """Start of each level on the flat node axis (levels concatenated)."""
+  """Start of each level on the flat node axis (levels concatenated).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...            lambda y: float(y[-1]))  # leaves (0,), (1, 0), (1, 1); r = 1 on (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> node_offsets(tree)  # root level, then the one node (1,) at depth 1
+    [0, 1]
+  """
   out, start = [], 0
   for lv in tree.levels:
     out.append(start)
@@ -79,7 +88,13 @@ def node_offsets(tree: TreeInstance) -> list[int]:
 
 
 def flat_nodes(per_level: Levels) -> jax.Array:
-  """Concatenates per-level node arrays [X, N_t] into [X, Σ_t N_t]."""
+  """Concatenates per-level node arrays [X, N_t] into [X, Σ_t N_t].
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> flat_nodes((jnp.array([[1.0]]), jnp.array([[2.0]]))).tolist()
+    [[1.0, 2.0]]
+  """
   return jnp.concatenate(list(per_level), axis=-1)
 
 
@@ -92,12 +107,13 @@ def _take_rows(values: jax.Array, idx: jax.Array) -> jax.Array:
 def leaf_paths(tree: TreeInstance) -> Paths:
   """The path (flat node ids and tokens) of every slot of the flat leaf axis, top-down.
 
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 1.0}, lambda y: 0.0)
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> paths = leaf_paths(tree)
-  >>> paths.length.tolist(), paths.node[0, 3].tolist(), paths.token[0, 3].tolist()
-  ([[1, 0, 2, 2]], [0, 1], [1, 1])
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 1.0}, lambda y: 0.0)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> paths = leaf_paths(tree)
+    >>> paths.length.tolist(), paths.node[0, 3].tolist(), paths.token[0, 3].tolist()
+    ([[1, 0, 2, 2]], [0, 1], [1, 1])
   """
   n_levels = len(tree.levels)
   offsets = node_offsets(tree)
@@ -130,13 +146,37 @@ def leaf_paths(tree: TreeInstance) -> Paths:
 
 
 def path_gather(paths: Paths, node_values: jax.Array) -> jax.Array:
-  """[X, S, T] node_values[x, y_<t] along every path (0 where invalid); node_values [X, Nn]."""
+  """[X, S, T] node_values[x, y_<t] along every path (0 where invalid); node_values [X, Nn].
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...            lambda y: float(y[-1]))  # leaves (0,), (1, 0), (1, 1); r = 1 on (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> paths = leaf_paths(tree)
+    >>> path_gather(paths, jnp.array([[10.0, 20.0]])).tolist()  # root 10, node (1,) 20
+    [[[10.0, 0.0], [0.0, 0.0], [10.0, 20.0], [10.0, 20.0]]]
+  """
   got = jnp.take_along_axis(node_values, paths.node.reshape(paths.node.shape[0], -1), axis=-1)
   return jnp.where(paths.valid, got.reshape(paths.node.shape), 0.0)
 
 
 def edge_log_probs(tree: TreeInstance, log_pi: Levels, paths: Paths) -> jax.Array:
-  """[X, S, T] log π(y_t | y_<t) along every path (0 where invalid)."""
+  """[X, S, T] log π(y_t | y_<t) along every path (0 where invalid).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...            lambda y: float(y[-1]))  # leaves (0,), (1, 0), (1, 1); r = 1 on (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> from nondecoupling.theory.tree.policy import initial_logits, policy_log_probs
+    >>> log_pi = policy_log_probs(tree, initial_logits(tree))  # uniform π
+    >>> paths = leaf_paths(tree)
+    >>> jnp.exp(edge_log_probs(tree, log_pi, paths)).round(6).tolist()
+    [[[0.5, 1.0], [1.0, 1.0], [0.5, 0.5], [0.5, 0.5]]]
+  """
   k = tree.vocab_size
   flat = jnp.concatenate([lp.reshape(lp.shape[0], -1) for lp in log_pi], axis=-1)
   ids = (paths.node * k + paths.token).reshape(paths.node.shape[0], -1)
@@ -145,7 +185,18 @@ def edge_log_probs(tree: TreeInstance, log_pi: Levels, paths: Paths) -> jax.Arra
 
 
 def node_entropies(tree: TreeInstance, log_pi: Levels) -> jax.Array:
-  """[X, Nn] H(π(·|s)) of every node on the flat node axis (0 on padded rows)."""
+  """[X, Nn] H(π(·|s)) of every node on the flat node axis (0 on padded rows).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...            lambda y: float(y[-1]))  # leaves (0,), (1, 0), (1, 1); r = 1 on (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> from nondecoupling.theory.tree.policy import initial_logits, policy_log_probs
+    >>> log_pi = policy_log_probs(tree, initial_logits(tree))  # uniform π
+    >>> node_entropies(tree, log_pi).round(6).tolist()  # log 2 at both nodes
+    [[0.693147, 0.693147]]
+  """
   out = []
   for lv, lp in zip(tree.levels, log_pi):
     sup = support(lv)
@@ -176,6 +227,19 @@ def path_pullback(tree: TreeInstance, log_pi: Levels, paths: Paths, idx: jax.Arr
 
   Returns:
     per level [X, N_t, k] the logit gradient.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...            lambda y: float(y[-1]))  # leaves (0,), (1, 0), (1, 1); r = 1 on (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> from nondecoupling.theory.tree.policy import initial_logits, policy_log_probs
+    >>> log_pi = policy_log_probs(tree, initial_logits(tree))  # uniform π
+    >>> paths = leaf_paths(tree)
+    >>> g = path_pullback(tree, log_pi, paths, jnp.array([[3]]), jnp.ones((1, 1, 2)))
+    >>> [a.round(6).tolist() for a in g]  # ∇ log π((1, 1)): e_1 − π at both nodes
+    [[[[-0.5, 0.5]]], [[[-0.5, 0.5]]]]
   """
   n_x, m = idx.shape
   t_max = paths.node.shape[-1]
@@ -194,6 +258,16 @@ def path_visits(tree: TreeInstance, paths: Paths, idx: jax.Array, weight: jax.Ar
 
   Args:
     idx: [X, M] flat leaf-slot indices; weight: [X, M, T] per depth (ignored where invalid).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...            lambda y: float(y[-1]))  # leaves (0,), (1, 0), (1, 1); r = 1 on (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> paths = leaf_paths(tree)
+    >>> path_visits(tree, paths, jnp.array([[3]]), jnp.ones((1, 1, 2))).tolist()  # leaf (1, 1)
+    [[1.0, 1.0]]
   """
   n_x, m = idx.shape
   t_max = paths.node.shape[-1]
@@ -208,6 +282,19 @@ def node_pullback(tree: TreeInstance, log_pi: Levels, visits: jax.Array, rows: L
 
   With R = −π log π this is Σ_s v(s) ∇H(π(·|s)) (the entropy bonus of the visited nodes); with
   R = ρ it is Σ_s v(s)(ρ(·|s) − π(·|s)) (ascent of the k3-KL loss, THEORY.md G3).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...            lambda y: float(y[-1]))  # leaves (0,), (1, 0), (1, 1); r = 1 on (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> from nondecoupling.theory.tree.policy import initial_logits, policy_log_probs
+    >>> log_pi = policy_log_probs(tree, initial_logits(tree))  # uniform π
+    >>> rho = tuple(lv.reference for lv in tree.levels)
+    >>> g = node_pullback(tree, log_pi, jnp.array([[1.0, 0.0]]), rho)
+    >>> [a.round(6).tolist() for a in g]  # ρ − π = 0 at θ₀
+    [[[[0.0, 0.0]]], [[[0.0, 0.0]]]]
   """
   out, start = [], 0
   for lv, r in zip(tree.levels, rows):
@@ -218,7 +305,17 @@ def node_pullback(tree: TreeInstance, log_pi: Levels, visits: jax.Array, rows: L
 
 
 def below(tree: TreeInstance, paths: Paths) -> jax.Array:
-  """[X, Nn, S] bool: leaf y lies below (or its path passes through) node s."""
+  """[X, Nn, S] bool: leaf y lies below (or its path passes through) node s.
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...            lambda y: float(y[-1]))  # leaves (0,), (1, 0), (1, 1); r = 1 on (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> paths = leaf_paths(tree)
+    >>> below(tree, paths).tolist()  # rows: root, (1,); columns: leaf slots
+    [[[True, False, True, True], [False, False, True, True]]]
+  """
   n_x, s, t_max = paths.node.shape
   n_nodes = sum(int(lv.node.shape[-1]) for lv in tree.levels)
   y = jnp.broadcast_to(jnp.arange(s)[None, :, None], paths.node.shape)
@@ -228,7 +325,19 @@ def below(tree: TreeInstance, paths: Paths) -> jax.Array:
 
 
 def conditional_leaf_probs(tree: TreeInstance, log_pi: Levels, under: jax.Array) -> jax.Array:
-  r"""[X, Nn, S] π(y | s) = π(y)/P_π(s) on the leaves below s (0 elsewhere), in log space."""
+  r"""[X, Nn, S] π(y | s) = π(y)/P_π(s) on the leaves below s (0 elsewhere), in log space.
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...            lambda y: float(y[-1]))  # leaves (0,), (1, 0), (1, 1); r = 1 on (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> from nondecoupling.theory.tree.policy import initial_logits, policy_log_probs
+    >>> log_pi = policy_log_probs(tree, initial_logits(tree))  # uniform π
+    >>> paths = leaf_paths(tree)
+    >>> conditional_leaf_probs(tree, log_pi, below(tree, paths)).round(6).tolist()
+    [[[0.5, 0.0, 0.25, 0.25], [0.0, 0.0, 0.5, 0.5]]]
+  """
   leaf_lp = leaf_policy(tree, log_pi)
   reach = flat_nodes(log_reach(tree, log_pi))
   safe_reach = jnp.where(jnp.isfinite(reach), reach, 0.0)
@@ -237,13 +346,31 @@ def conditional_leaf_probs(tree: TreeInstance, log_pi: Levels, under: jax.Array)
 
 
 def leaf_rewards(tree: TreeInstance) -> jax.Array:
-  """[X, S] r(x, y) on the flat leaf axis (0 off the leaves)."""
+  """[X, S] r(x, y) on the flat leaf axis (0 off the leaves).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...            lambda y: float(y[-1]))  # leaves (0,), (1, 0), (1, 1); r = 1 on (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> leaf_rewards(tree).tolist()
+    [[0.0, 0.0, 0.0, 1.0]]
+  """
   return jnp.where(leaf_mask(tree), flat_slots(tuple(lv.reward for lv in tree.levels)), 0.0)
 
 
 def levels_for(tree: TreeInstance, levels: int | None) -> int:
   """Reward levels per prompt for the group enumerations: ``levels`` or read from a concrete tree
-  (the leaf count when traced)."""
+  (the leaf count when traced).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...            lambda y: float(y[-1]))  # leaves (0,), (1, 0), (1, 1); r = 1 on (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> levels_for(tree, None), levels_for(tree, 3)  # rewards {0, 1}: 2 levels
+    (2, 3)
+  """
   if levels is not None:
     return int(levels)
   try:
@@ -267,6 +394,20 @@ def start_group_advantage(tree: TreeInstance, q: jax.Array, under: jax.Array, gr
     group: G ≥ 1; use_std, eps: std normalisation; threshold: success means r > threshold.
     gate_low: the group counts only when K ≥ gate_low (0: always).
     levels: reward levels (:func:`levels_for`).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...            lambda y: float(y[-1]))  # leaves (0,), (1, 0), (1, 1); r = 1 on (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> from nondecoupling.theory.tree.policy import initial_logits, policy_log_probs
+    >>> log_pi = policy_log_probs(tree, initial_logits(tree))  # uniform π
+    >>> paths = leaf_paths(tree)
+    >>> under = below(tree, paths)
+    >>> q = conditional_leaf_probs(tree, log_pi, under)
+    >>> adv = start_group_advantage(tree, q, under, 2, False, 1e-6, 0.5, 0, None)
+    >>> adv.round(6).tolist()  # (1 − 1/G)(r(y) − V(s)): V(root) = 1/4, V((1,)) = 1/2
+    [[[-0.125, 0.0, -0.125, 0.375], [0.0, 0.0, -0.25, 0.25]]]
   """
   n_x, n_nodes, s = q.shape
   r = jnp.broadcast_to(leaf_rewards(tree)[:, None, :], q.shape).reshape(n_x * n_nodes, s)
@@ -297,6 +438,21 @@ def continuation_coefficients(paths: Paths, omega: jax.Array, q: jax.Array, adv:
   Args:
     paths: :func:`leaf_paths`; omega: [X, Nn] start weights; q: [X, Nn, S] π(y|s);
     adv: [X, Nn, S] per-start leaf weight W(s, y) (e.g. :func:`start_group_advantage`).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...            lambda y: float(y[-1]))  # leaves (0,), (1, 0), (1, 1); r = 1 on (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> from nondecoupling.theory.tree.policy import initial_logits, policy_log_probs
+    >>> log_pi = policy_log_probs(tree, initial_logits(tree))  # uniform π
+    >>> paths = leaf_paths(tree)
+    >>> under = below(tree, paths)
+    >>> q = conditional_leaf_probs(tree, log_pi, under)
+    >>> c = continuation_coefficients(paths, jnp.array([[1.0, 0.0]]), q, jnp.ones_like(q))
+    >>> c.round(6).tolist()  # ω = root, W = 1: c(y, t) = π(y)
+    [[[0.5, 0.5], [0.0, 0.0], [0.25, 0.25], [0.25, 0.25]]]
   """
   per_start = jnp.take_along_axis(omega, paths.node.reshape(paths.node.shape[0], -1),
                                   axis=-1).reshape(paths.node.shape)
@@ -309,7 +465,22 @@ def continuation_coefficients(paths: Paths, omega: jax.Array, q: jax.Array, adv:
 
 def continuation_visits(tree: TreeInstance, paths: Paths, omega: jax.Array, q: jax.Array
                         ) -> jax.Array:
-  r"""[X, Nn] Σ_{s ≤ u} ω(s) P_π(u | s): expected visits of node u by rollouts started by ω."""
+  r"""[X, Nn] Σ_{s ≤ u} ω(s) P_π(u | s): expected visits of node u by rollouts started by ω.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...            lambda y: float(y[-1]))  # leaves (0,), (1, 0), (1, 1); r = 1 on (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> from nondecoupling.theory.tree.policy import initial_logits, policy_log_probs
+    >>> log_pi = policy_log_probs(tree, initial_logits(tree))  # uniform π
+    >>> paths = leaf_paths(tree)
+    >>> under = below(tree, paths)
+    >>> q = conditional_leaf_probs(tree, log_pi, under)
+    >>> continuation_visits(tree, paths, jnp.array([[1.0, 0.0]]), q).round(6).tolist()  # = P_π
+    [[1.0, 0.5]]
+  """
   ones = jnp.ones_like(q)
   mass = continuation_coefficients(paths, omega, q, ones)        # Σ_{d≤t} ω π(y|y_<d)
   n_x, s = paths.length.shape
@@ -322,6 +493,21 @@ def sample_below(key: jax.Array, tree: TreeInstance, log_pi: Levels, under: jax.
   """[X, M, n] n leaves drawn from π(·|s) for each start node s = start[x, m] (flat node ids).
 
   A start node with no leaf below gets draws of index 0 (callers mask them).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import jax
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...            lambda y: float(y[-1]))  # leaves (0,), (1, 0), (1, 1); r = 1 on (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> from nondecoupling.theory.tree.policy import initial_logits, policy_log_probs
+    >>> log_pi = policy_log_probs(tree, initial_logits(tree))  # uniform π
+    >>> paths = leaf_paths(tree)
+    >>> draws = sample_below(jax.random.PRNGKey(0), tree, log_pi, below(tree, paths),
+    ...                      jnp.array([[1]]), 4)
+    >>> draws.tolist()  # from node (1,): leaves (1, 0), (1, 1) only
+    [[[2, 2, 2, 2]]]
   """
   leaf_lp = leaf_policy(tree, log_pi)                                  # [X, S]
   rows = jnp.take_along_axis(under, start[..., None], axis=1)         # [X, M, S]
@@ -332,52 +518,135 @@ def sample_below(key: jax.Array, tree: TreeInstance, log_pi: Levels, under: jax.
 
 
 def sample_data(key: jax.Array, tree: TreeInstance, n: int) -> jax.Array:
-  """[X, n] demonstrations y* ∼ d(·|x) as flat leaf-slot indices."""
+  """[X, n] demonstrations y* ∼ d(·|x) as flat leaf-slot indices.
+
+  Examples:
+    >>> import jax
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...            lambda y: float(y[-1]))  # leaves (0,), (1, 0), (1, 1); r = 1 on (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> sorted(set(sample_data(jax.random.PRNGKey(0), tree, 50).ravel().tolist()))  # d's support
+    [0, 3]
+  """
   log_d = safe_log(jnp.where(leaf_mask(tree), flat_slots(tuple(lv.data for lv in tree.levels)),
                              0.0))
   return jax.random.categorical(key, log_d, axis=-1, shape=(n, log_d.shape[0])).T
 
 
 def scale_levels(c, levels: Levels) -> Levels:
-  """c · field, per level."""
+  """c · field, per level.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> [a.tolist() for a in scale_levels(2.0, (jnp.array([1.0]), jnp.array([3.0])))]
+    [[2.0], [6.0]]
+  """
   return tuple(c * a for a in levels)
 
 
 def add_levels(*fields: Levels) -> Levels:
-  """The sum of per-level fields."""
+  """The sum of per-level fields.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> [a.tolist() for a in add_levels((jnp.array([1.0]),), (jnp.array([3.0]),))]
+    [[4.0]]
+  """
   return tuple(sum(parts) for parts in zip(*fields))
 
 
 
 def entropy_rows(tree: TreeInstance, log_pi: Levels) -> Levels:
-  """Per level −π log π (0 off the support): the rows R of ∇H = Σ_a R_a (e_a − π)."""
+  """Per level −π log π (0 off the support): the rows R of ∇H = Σ_a R_a (e_a − π).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...            lambda y: float(y[-1]))  # leaves (0,), (1, 0), (1, 1); r = 1 on (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> from nondecoupling.theory.tree.policy import initial_logits, policy_log_probs
+    >>> log_pi = policy_log_probs(tree, initial_logits(tree))  # uniform π
+    >>> [a.round(6).tolist() for a in entropy_rows(tree, log_pi)]  # (1/2) log 2
+    [[[[0.346574, 0.346574]]], [[[0.346574, 0.346574]]]]
+  """
   return tuple(jnp.where(support(lv) & jnp.isfinite(lp), -jnp.exp(lp) * lp, 0.0)
                for lv, lp in zip(tree.levels, log_pi))
 
 
 def entropy_field(tree: TreeInstance, log_pi: Levels, visits: jax.Array) -> Levels:
   r"""Σ_s v(s) ∇_{θ_s} H(π(·|s)): the entropy bonus of the nodes a response visits (samples held
-  fixed; with v = P_π the expected token-sum bonus of one on-policy response)."""
+  fixed; with v = P_π the expected token-sum bonus of one on-policy response).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...            lambda y: float(y[-1]))  # leaves (0,), (1, 0), (1, 1); r = 1 on (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> from nondecoupling.theory.tree.policy import initial_logits, policy_log_probs
+    >>> log_pi = policy_log_probs(tree, initial_logits(tree))  # uniform π
+    >>> g = entropy_field(tree, log_pi, reach_probs(tree, log_pi))
+    >>> [a.round(6).tolist() for a in g]  # the uniform policy maximises H
+    [[[[0.0, 0.0]]], [[[0.0, 0.0]]]]
+  """
   return node_pullback(tree, log_pi, visits, entropy_rows(tree, log_pi))
 
 
 def reach_probs(tree: TreeInstance, log_pi: Levels) -> jax.Array:
-  """[X, Nn] P_π(s) on the flat node axis."""
+  """[X, Nn] P_π(s) on the flat node axis.
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...            lambda y: float(y[-1]))  # leaves (0,), (1, 0), (1, 1); r = 1 on (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> from nondecoupling.theory.tree.policy import initial_logits, policy_log_probs
+    >>> log_pi = policy_log_probs(tree, initial_logits(tree))  # uniform π
+    >>> reach_probs(tree, log_pi).tolist()  # P_π(root), P_π((1,))
+    [[1.0, 0.5]]
+  """
   return jnp.exp(flat_nodes(log_reach(tree, log_pi)))
 
 
 def all_leaves(paths: Paths) -> jax.Array:
-  """[X, S] every flat leaf-slot index (for exact fields through :func:`path_pullback`)."""
+  """[X, S] every flat leaf-slot index (for exact fields through :func:`path_pullback`).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...            lambda y: float(y[-1]))  # leaves (0,), (1, 0), (1, 1); r = 1 on (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> paths = leaf_paths(tree)
+    >>> all_leaves(paths).tolist()
+    [[0, 1, 2, 3]]
+  """
   n_x, s = paths.length.shape
   return jnp.broadcast_to(jnp.arange(s)[None, :], (n_x, s))
 
 
 def leaf_data(tree: TreeInstance) -> jax.Array:
-  """[X, S] d(y|x) on the flat leaf axis."""
+  """[X, S] d(y|x) on the flat leaf axis.
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...            lambda y: float(y[-1]))  # leaves (0,), (1, 0), (1, 1); r = 1 on (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> leaf_data(tree).tolist()  # d((0,)) = d((1, 1)) = 1/2
+    [[0.5, 0.0, 0.0, 0.5]]
+  """
   return jnp.where(leaf_mask(tree), flat_slots(tuple(lv.data for lv in tree.levels)), 0.0)
 
 
 def mean_over_calls(one_call, key: jax.Array, n: int) -> Levels:
-  """The mean of ``one_call(key_i)`` over n independent keys (vmapped)."""
+  """The mean of ``one_call(key_i)`` over n independent keys (vmapped).
+
+  Examples:
+    >>> import jax
+    >>> out = mean_over_calls(lambda k: (jax.random.bernoulli(k, 0.5, (2,)) * 0.0 + 1.0,),
+    ...                       jax.random.PRNGKey(0), 3)
+    >>> [a.tolist() for a in out]
+    [[1.0, 1.0]]
+  """
   out = jax.vmap(one_call)(jax.random.split(key, n))
   return tuple(jnp.mean(a, axis=0) for a in out)

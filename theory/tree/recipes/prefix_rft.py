@@ -141,8 +141,9 @@ class TreePrefixRFTConfig:
 def prefix_ratio_mean(cfg: TreePrefixRFTConfig) -> float:
   """m_t: cosine decay from ratio_high to ratio_low over schedule_steps (or ``ratio_mean``).
 
-  >>> prefix_ratio_mean(TreePrefixRFTConfig()), prefix_ratio_mean(TreePrefixRFTConfig(step=250))
-  (0.95, 0.5)
+  Examples:
+    >>> prefix_ratio_mean(TreePrefixRFTConfig()), prefix_ratio_mean(TreePrefixRFTConfig(step=250))
+    (0.95, 0.5)
   """
   if cfg.ratio_mean is not None:
     return float(cfg.ratio_mean)
@@ -152,7 +153,17 @@ def prefix_ratio_mean(cfg: TreePrefixRFTConfig) -> float:
 
 
 def prefix_length_pmf(paths: Paths, cfg: TreePrefixRFTConfig) -> jax.Array:
-  r"""[X, S, T + 1] P(l = j | y*) = I_{(j+1)/L}(a, b) − I_{j/L}(a, b) for j < L (0 from L on)."""
+  r"""[X, S, T + 1] P(l = j | y*) = I_{(j+1)/L}(a, b) − I_{j/L}(a, b) for j < L (0 from L on).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...            lambda y: float(y[-1]))  # leaves (0,), (1, 0), (1, 1); r = 1 on (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> paths = leaf_paths(tree)
+    >>> prefix_length_pmf(paths, TreePrefixRFTConfig(ratio_mean=0.5)).round(6).tolist()
+    [[[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.5, 0.5, 0.0]]]
+  """
   m = prefix_ratio_mean(cfg)
   a, b = cfg.concentration * m, cfg.concentration * (1.0 - m)
   length = jnp.maximum(paths.length, 1).astype(jnp.float64)[..., None]
@@ -164,7 +175,13 @@ def prefix_length_pmf(paths: Paths, cfg: TreePrefixRFTConfig) -> jax.Array:
 
 def top_entropy_mask(h: jax.Array, prefix: jax.Array, keep: float) -> jax.Array:
   """[..., T] bool: among the tokens t < prefix, the ⌈keep · prefix⌉ of highest entropy h [..., T]
-  (ties to the earlier token); ``prefix`` [...] broadcasts against h's leading axes."""
+  (ties to the earlier token); ``prefix`` [...] broadcasts against h's leading axes.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> top_entropy_mask(jnp.array([0.1, 0.9, 0.5]), jnp.array(3), 0.5).tolist()  # ⌈1.5⌉ = 2
+    [False, True, True]
+  """
   lead = (1,) * prefix.ndim
   t = jnp.arange(h.shape[-1])
   inside = t.reshape(lead + t.shape) < prefix[..., None]
@@ -183,13 +200,14 @@ def _scale(cfg) -> float:
 def tree_prefix_rft_field(tree: TreeInstance, theta: Levels, cfg: TreePrefixRFTConfig) -> Levels:
   r"""Exact expected ascent field of Prefix-RFT on a tree (module formula), prompt weights included.
 
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> from nondecoupling.theory.tree.policy import initial_logits
-  >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> g = tree_prefix_rft_field(tree, initial_logits(tree), TreePrefixRFTConfig(n_on=1))
-  >>> g[0].tolist()  # depth 1: l = 0, a plain Dr.GRPO group of 2: 2 (1/2) F_π r
-  [[[-0.25, 0.25]]]
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import initial_logits
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> g = tree_prefix_rft_field(tree, initial_logits(tree), TreePrefixRFTConfig(n_on=1))
+    >>> g[0].tolist()  # depth 1: l = 0, a plain Dr.GRPO group of 2: 2 (1/2) F_π r
+    [[[-0.25, 0.25]]]
   """
   log_pi = policy_log_probs(tree, theta)
   paths = leaf_paths(tree)
@@ -229,7 +247,20 @@ def tree_prefix_rft_field(tree: TreeInstance, theta: Levels, cfg: TreePrefixRFTC
 def tree_prefix_rft_estimate(tree: TreeInstance, theta: Levels, cfg: TreePrefixRFTConfig,
                              key: jax.Array, n: int) -> Levels:
   r"""Mean of n sampled Prefix-RFT gradients (one mixed group per prompt each): α ∼ Beta,
-  l = ⌊αL⌋, a continuation below y*_{<l}; Â = r − mean; prefix tokens masked by entropy."""
+  l = ⌊αL⌋, a continuation below y*_{<l}; Â = r − mean; prefix tokens masked by entropy.
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import initial_logits
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> cfg = TreePrefixRFTConfig(n_on=1)
+    >>> est = tree_prefix_rft_estimate(tree, initial_logits(tree), cfg, jax.random.PRNGKey(0), 4000)
+    >>> bool(jnp.allclose(est[0], tree_prefix_rft_field(tree, initial_logits(tree), cfg)[0], atol=0.02))
+    True
+  """
   log_pi = policy_log_probs(tree, theta)
   paths = leaf_paths(tree)
   rewards = leaf_rewards(tree)

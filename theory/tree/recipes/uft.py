@@ -143,8 +143,9 @@ class TreeUFTConfig:
 def uft_hint_probability(cfg: TreeUFTConfig) -> float:
   """p_t of the cosine schedule at ``cfg.step`` (or ``cfg.hint_prob``).
 
-  >>> uft_hint_probability(TreeUFTConfig()), uft_hint_probability(TreeUFTConfig(step=150))
-  (0.95, 0.5)
+  Examples:
+    >>> uft_hint_probability(TreeUFTConfig()), uft_hint_probability(TreeUFTConfig(step=150))
+    (0.95, 0.5)
   """
   if cfg.hint_prob is not None:
     return float(cfg.hint_prob)
@@ -159,6 +160,15 @@ def hint_length_pmf(paths: Paths, p: float, max_segments: int) -> jax.Array:
 
   .. math:: P(h = j \mid y^*) = \sum_{l=0}^{num} \mathrm{Bin}(l; num, p)\,
             1[\mathrm{round}(l L / num) = j],\qquad num = \min(\text{max\_segments}, L)
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...            lambda y: float(y[-1]))  # leaves (0,), (1, 0), (1, 1); r = 1 on (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> paths = leaf_paths(tree)
+    >>> hint_length_pmf(paths, 0.5, 2).round(6).tolist()  # L = 2: Bin(2, 1/2) over h
+    [[[0.5, 0.5, 0.0], [0.5, 0.0, 0.0], [0.25, 0.5, 0.25], [0.25, 0.5, 0.25]]]
   """
   length = paths.length.astype(jnp.float64)
   num = jnp.minimum(float(max_segments), length)
@@ -176,7 +186,21 @@ def hint_length_pmf(paths: Paths, p: float, max_segments: int) -> jax.Array:
 
 def continuation_node_terms(tree: TreeInstance, log_pi: Levels, visits: jax.Array,
                             entropy_coef: float, kl_coef: float) -> Levels:
-  """c_H Σ_u V(u) ∇H_u + c_KL Σ_u V(u)(ρ_u − π_u) for visit weights V [X, Nn]."""
+  """c_H Σ_u V(u) ∇H_u + c_KL Σ_u V(u)(ρ_u − π_u) for visit weights V [X, Nn].
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...            lambda y: float(y[-1]))  # leaves (0,), (1, 0), (1, 1); r = 1 on (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.policy import policy_log_probs
+    >>> theta = (jnp.array([[[0.0, jnp.log(3.0)]]]), jnp.zeros((1, 1, 2)))  # π(·|root) = (1/4, 3/4)
+    >>> log_pi = policy_log_probs(tree, theta)
+    >>> g = continuation_node_terms(tree, log_pi, jnp.array([[1.0, 0.0]]), 0.0, 1.0)
+    >>> [a.round(6).tolist() for a in g]  # k3-KL only, at the root: ρ − π = (1/4, −1/4)
+    [[[[0.25, -0.25]]], [[[0.0, 0.0]]]]
+  """
   kl = node_pullback(tree, log_pi, visits, tuple(lv.reference for lv in tree.levels))
   return add_levels(scale_levels(entropy_coef, entropy_field(tree, log_pi, visits)),
                     scale_levels(kl_coef, kl))
@@ -187,14 +211,15 @@ def tree_uft_field(tree: TreeInstance, theta: Levels, cfg: TreeUFTConfig) -> Lev
 
   With p = 0 (no hints) and no KL, entropy or SFT terms it is G · E[Â ∇log π] of plain GRPO.
 
-  >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-  >>> from nondecoupling.theory.tree.policy import initial_logits
-  >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
-  >>> tree, _ = build_tree([p], [1.0], 1.0)
-  >>> cfg = TreeUFTConfig(n_rollouts=2, use_std=False, hint_prob=0.0, sft_coef=0.0, kl_coef=0.0,
-  ...                     entropy_coef=0.0)
-  >>> tree_uft_field(tree, initial_logits(tree), cfg)[0].tolist()  # 2 (1/2) F_π r
-  [[[-0.25, 0.25]]]
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import initial_logits
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> cfg = TreeUFTConfig(n_rollouts=2, use_std=False, hint_prob=0.0, sft_coef=0.0, kl_coef=0.0,
+    ...                     entropy_coef=0.0)
+    >>> tree_uft_field(tree, initial_logits(tree), cfg)[0].tolist()  # 2 (1/2) F_π r
+    [[[-0.25, 0.25]]]
   """
   log_pi = policy_log_probs(tree, theta)
   paths = leaf_paths(tree)
@@ -219,7 +244,21 @@ def tree_uft_estimate(tree: TreeInstance, theta: Levels, cfg: TreeUFTConfig, key
                       n: int) -> Levels:
   r"""Mean of n sampled UFT gradients: per prompt y* ∼ d, l ∼ Bin(num, p_t), G continuations from
   π(·|y*_{<h}); SFT on the hint tokens, a (1/G) Σ_i Â_i Σ_{t ≥ h} ∇log π on the continuations,
-  and their entropy and k3-KL terms."""
+  and their entropy and k3-KL terms.
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import initial_logits
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> cfg = TreeUFTConfig(n_rollouts=2, use_std=False, hint_prob=0.0, sft_coef=0.0, kl_coef=0.0,
+    ...                     entropy_coef=0.0)
+    >>> est = tree_uft_estimate(tree, initial_logits(tree), cfg, jax.random.PRNGKey(0), 4000)
+    >>> bool(jnp.allclose(est[0], tree_uft_field(tree, initial_logits(tree), cfg)[0], atol=0.02))
+    True
+  """
   log_pi = policy_log_probs(tree, theta)
   paths = leaf_paths(tree)
   rewards = leaf_rewards(tree)
