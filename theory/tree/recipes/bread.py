@@ -21,7 +21,7 @@ below s all fails (p(s) = π(r > threshold | s)):
           \prod_{j=1}^{l-1} f(y^*_{<j})\, \delta_{y^*_{<l}}
 
 with Ā_s(y) = E[Â 1{K ≥ 1} | y] in a group of G from π(·|s) (exact enumeration,
-:func:`~.hints.start_group_advantage` with gate K ≥ 1) and a = G (``group_sum``) or 1.
+:func:`~.continuations.start_group_advantage` with gate K ≥ 1) and a = G (``group_sum``) or 1.
 
 References: fusion-methods.md §8.
 """
@@ -46,22 +46,24 @@ from ..fields import weighted
 from ..instance import TreeInstance
 from ..policy import Levels, policy_log_probs
 from .base import TreeRecipe
-from .hints import (
-  all_leaves,
+from .continuations import (
   below,
   conditional_leaf_probs,
   continuation_coefficients,
+  leaf_rewards,
+  sample_below,
+  sample_data,
+  start_group_advantage,
+)
+from .hints import (
+  all_leaves,
   leaf_data,
   leaf_paths,
-  leaf_rewards,
   mean_over_calls,
   path_gather,
   path_pullback,
   path_visits,
-  sample_below,
-  sample_data,
   scale_levels,
-  start_group_advantage,
 )
 
 __all__ = ["TreeBREADConfig", "anchor_weights", "tree_bread_field", "tree_bread_estimate",
@@ -101,8 +103,9 @@ def anchor_weights(tree: TreeInstance, paths, q: jax.Array, cfg: TreeBREADConfig
   Examples:
     >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
     >>> from nondecoupling.theory.tree.policy import initial_logits, policy_log_probs
-    >>> from nondecoupling.theory.tree.recipes.hints import below, leaf_paths
-    >>> from nondecoupling.theory.tree.recipes.hints import conditional_leaf_probs
+    >>> from nondecoupling.theory.tree.recipes.continuations import below
+    >>> from nondecoupling.theory.tree.recipes.hints import leaf_paths
+    >>> from nondecoupling.theory.tree.recipes.continuations import conditional_leaf_probs
     >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(1, 1): 1.0},
     ...                lambda y: float(tuple(y) == (1, 1)))
     >>> tree, _ = build_tree([p], [1.0], 1.0)

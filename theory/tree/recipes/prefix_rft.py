@@ -54,26 +54,28 @@ from ..instance import TreeInstance
 from ..policy import Levels, policy_log_probs
 from ..sampling import sample_leaves
 from .base import TreeRecipe
+from .continuations import (
+  below,
+  conditional_leaf_probs,
+  continuation_coefficients,
+  leaf_rewards,
+  sample_below,
+  sample_data,
+)
 from .hints import (
   Paths,
   add_levels,
   all_leaves,
-  below,
-  conditional_leaf_probs,
-  continuation_coefficients,
   edge_log_probs,
   entropy_field,
   leaf_data,
   leaf_paths,
-  leaf_rewards,
   mean_over_calls,
   node_entropies,
   path_gather,
   path_pullback,
   path_visits,
   reach_probs,
-  sample_below,
-  sample_data,
   scale_levels,
 )
 

@@ -58,6 +58,7 @@ from ..instance import TreeInstance
 from ..policy import Levels, policy_log_probs
 from ..sampling import sample_leaves
 from .base import TreeRecipe
+from .continuations import leaf_rewards, levels_for, sample_data
 from .hints import (
   Paths,
   add_levels,
@@ -66,15 +67,12 @@ from .hints import (
   entropy_field,
   leaf_data,
   leaf_paths,
-  leaf_rewards,
-  levels_for,
   mean_over_calls,
   node_entropies,
   path_gather,
   path_pullback,
   path_visits,
   reach_probs,
-  sample_data,
   scale_levels,
 )
 

@@ -24,7 +24,7 @@ Exact field (one prompt, ascent; ω(s) = Σ_{y*, h} d(y*) P(h | y*) 1[s = y*_{<h
           + a \sum_s \omega(s)\, \mathbb{E}_{y \sim \pi(\cdot|s)}\big[\bar A_s(y)\,
           \nabla\log\pi(y|s)\big] + a \sum_u V(u)\big(c_H \nabla H_u + c_{KL}(\rho_u - \pi_u)\big)
 
-with Ā_s(y) = E[Â | y] in a group of G from π(·|s) (exact, :func:`~.hints.start_group_advantage`),
+with Ā_s(y) = E[Â | y] in a group of G from π(·|s) (exact, :func:`~.continuations.start_group_advantage`),
 V(u) = Σ_{s ≤ u} ω(s) P_π(u|s) the expected visits, a = G (``group_sum``) or 1.
 
 References: fusion-methods.md §7; liumy2010/UFT ``verl/utils/dataset/rl_dataset.py::__getitem__``
@@ -55,26 +55,28 @@ from ..fields import weighted
 from ..instance import TreeInstance
 from ..policy import Levels, policy_log_probs
 from .base import TreeRecipe
-from .hints import (
-  Paths,
-  add_levels,
-  all_leaves,
+from .continuations import (
   below,
   conditional_leaf_probs,
   continuation_coefficients,
   continuation_visits,
+  leaf_rewards,
+  sample_below,
+  sample_data,
+  start_group_advantage,
+)
+from .hints import (
+  Paths,
+  add_levels,
+  all_leaves,
   entropy_field,
   leaf_data,
   leaf_paths,
-  leaf_rewards,
   mean_over_calls,
   node_pullback,
   path_pullback,
   path_visits,
-  sample_below,
-  sample_data,
   scale_levels,
-  start_group_advantage,
 )
 
 __all__ = ["TreeUFTConfig", "uft_hint_probability", "hint_length_pmf", "tree_uft_field",
