@@ -235,9 +235,11 @@ def test_verify_finds_theorem_4_1_false_and_writes_reports(tmp_path, capsys):
 @pytest.mark.parametrize("seed", range(10))
 def test_verify_every_outcome_as_expected_on_every_seed(seed, tmp_path, capsys):
   """Whether `verify` passes must not depend on the seed: small sweeps on seeds 0–9, every
-  outcome as expected (C3 refuted by the search, everything else holding, no NaN margin)."""
+  outcome as expected (C3 refuted by the search, everything else holding, no NaN margin). 16
+  instances per statement (the tree statements still sweep 128 random trees per batch); seed 4
+  found the subnormal KL gradient of G4 k1_reward_fixed_point at this size."""
   out_dir = tmp_path / "results"
-  code, out, err = _run(["verify", "--instances", "64", "--search-examples", "10", "--seed",
+  code, out, err = _run(["verify", "--instances", "16", "--search-examples", "10", "--seed",
                          str(seed), "--out", str(out_dir)], capsys)
   report = json.loads((out_dir / "report.json").read_text())
   bad = [(s["name"], s["worst_margin"], s["message"]) for s in report["statements"]

@@ -714,8 +714,11 @@ def test_recipe_options_from_text():
     ("grpo", "malformed"),
     ("hpt.switch_gate=9", "in [0, 8]"),
 ])
-def test_bad_recipe_option_exits_2_with_one_line(option, needle, capsys):
-  assert main(["compare", "no-such-file.json", "--recipe-option", option]) == 2
+def test_bad_recipe_option_exits_2_with_one_line(option, needle, tmp_path, capsys):
+  p = tmp_path / "inst.json"  # a valid tabular instance: the options are read against its kind
+  p.write_text(json.dumps({"beta": 0.5, "prompt_weights": [1.0], "data": [[0.5, 0.5]],
+                           "reward": [[1.0, 0.0]]}))
+  assert main(["compare", str(p), "--recipe-option", option]) == 2
   cap = capsys.readouterr()
   lines = cap.err.strip().splitlines()
   assert cap.out == "" and len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0]

@@ -18,7 +18,12 @@ from hypothesis import given, strategies as st
 
 from nondecoupling.theory import objectives as atomic_objectives
 from nondecoupling.theory.statements import tokens
-from nondecoupling.theory.tree import kl as tree_kl, sft as tree_sft
+from nondecoupling.theory.tree import (
+  atomic as tree_atomic,
+  fixed_points as tree_fixed_points,
+  kl as tree_kl,
+  sft as tree_sft,
+)
 from nondecoupling.theory.tree.instance import index_tree
 from nondecoupling.verify.families import sample_all
 from nondecoupling.verify.statement import holds_mask
@@ -184,3 +189,48 @@ def test_every_exact_statement_holds_on_the_swept_trees():
     assert np.all(holds_mask(stmt, np.asarray(v.margin), np.asarray(v.slack))[applies]), stmt.name
     limit = VIOLATION if stmt.name in LOOSE else VIOLATION / 4
     assert np.median(np.asarray(v.slack)[applies]) < limit, stmt.name
+
+
+def test_k1_fixed_point_is_stationary_where_leaf_probabilities_reach_subnormals():
+  """Regression (verify seed 4, 16 instances): at β = 1.4e-3 on a depth-6 tree the Gibbs tilt
+  has leaf probabilities near e^−708; the weighted KL gradient through subnormal products was
+  0.036 where it is 1e−83, and G4 k1_reward_fixed_point failed by 9 slacks."""
+  batch = next(inst for fam, inst, _ in sample_all(16, 4) if fam == "near_tie")
+  trees, _ = trees_for_batch(batch, jax.random.PRNGKey(4))
+  tree = index_tree(trees, 105)
+  closed = tree_fixed_points.closed_form_fixed_point(tree, "k1_reward")
+  leaf = tree_atomic.leaf_policy(tree, closed)
+  assert float(jnp.min(jnp.where(jnp.exp(leaf) > 0, leaf, 0.0))) < -700  # the case is exercised
+  v = tokens.fixed_point_stationary(tree, "k1_reward")
+  assert float(v.margin) >= -float(v.slack), (float(v.margin), float(v.slack))
+  assert float(v.lhs) < 1e-12
+
+
+def test_a_failing_tree_statement_writes_a_tree_file_check_reads(monkeypatch):
+  """verify's counterexample of a token-level statement is the failing random tree as a file."""
+  import dataclasses
+
+  from nondecoupling.verify import checking
+
+  stmt = next(s for s in TREE_STATEMENTS if s.name == "G1 soft_value_is_log_partition")
+
+  def broken_check(batch, key):
+    v = stmt.check(batch, key)
+    return v._replace(margin=np.asarray(v.margin).copy() - np.eye(len(v.margin))[3])
+
+  broken = dataclasses.replace(stmt, check=broken_check)
+  report = checking.run_verify(16, 0, 0, (broken,))
+  cx = report["statements"][0]["counterexample"]
+  assert cx is not None and "tree" in cx and cx["random_tree"]["index"] == 3
+  written = tree_from_dict(cx["tree"]).tree
+  batch = checking.sample_all(16, 0)[0][1]
+  expected = index_tree(broken.instances(batch, jax.random.PRNGKey(0))[0], 3)
+  a, b = tree_atomic.leaf_instance(written), tree_atomic.leaf_instance(expected)
+
+  def leaves(inst):  # (weight, reference, reward) of every leaf of the real prompts, sorted
+    real = np.asarray(inst.prompt_weights) > 0
+    ref, r = np.asarray(inst.reference)[real], np.asarray(inst.reward)[real]
+    w = np.broadcast_to(np.asarray(inst.prompt_weights)[real][:, None], ref.shape)
+    return sorted(zip(*(np.round(v[ref > 0], 12).tolist() for v in (w, ref, r))))
+
+  assert leaves(a) and leaves(a) == leaves(b) and np.isclose(float(a.beta), float(b.beta))

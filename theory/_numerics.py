@@ -13,6 +13,9 @@ __all__ = ["NEG_INF", "check_rank", "safe_log", "plogq", "masked_dot", "masked_m
            "masked_min", "expm1_minus_x", "centre", "kl_from_log_ratio", "unit_roundoff", "gamma"]
 
 NEG_INF = -jnp.inf
+# log-probabilities below this count as probability 0 in KL terms (see objectives.kl_rows): e^−700
+# ≈ 1e−304 keeps p, and p times any weight ≥ 1e−4, out of the subnormal range.
+LOG_NEGLIGIBLE = -700.0
 
 
 def check_rank(name: str, x: jax.Array, rank: int) -> None:

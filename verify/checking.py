@@ -32,6 +32,7 @@ from .statement import Statement, failure_mask, holds_mask
 from .stored_programs import stored_jit
 from .sweep import evaluate_batch
 from .tree_checks import TREE_NAMES
+from .tree_export import tree_instance_to_dict
 from .tree_group_checks import TREE_GROUP_STATEMENTS
 
 __all__ = ["StatementReport", "check_statement", "run_verify", "instance_margins"]
@@ -126,10 +127,11 @@ def check_statement(stmt: Statement, batches, search_examples: int, seed: int) -
     a = np.broadcast_to(np.asarray(out.applies, bool), m.shape)
     sl = np.broadcast_to(np.asarray(out.slack, np.float64), m.shape)
     bad = a & failure_mask(stmt, m, sl)
-    if first_failure is None and bad.any() and stmt.name in _TOKEN_LEVEL:
-      i = int(np.argmax(bad))  # a random tree: reproducible from the seed, family and index
-      first_failure = (fam, None, i, float(m[i]), float(np.asarray(out.lhs)[i]),
-                       float(np.asarray(out.rhs)[i]), float(sl[i]))
+    if first_failure is None and bad.any() and stmt.instances is not None:
+      i = int(np.argmax(bad))  # the i-th of the instances the check evaluated (random trees)
+      trees, probes = stmt.instances(inst, jax.random.PRNGKey(seed))
+      first_failure = (fam, index(trees, i), (i, index(probes, i)), float(m[i]),
+                       float(np.asarray(out.lhs)[i]), float(np.asarray(out.rhs)[i]), float(sl[i]))
     if first_failure is None and bad.any():
       i = int(np.argmax(bad))
       first_failure = (fam, index(inst, i), index(probe, i), float(m[i]), float(
@@ -160,10 +162,13 @@ def check_statement(stmt: Statement, batches, search_examples: int, seed: int) -
     counterexample, cx_source = dict(found), "hypothesis"
   elif found is not None:
     counterexample, cx_source = _counterexample_from_search(found), "hypothesis"
-  elif first_failure is not None and tree:
-    fam, _, i, mi, li, ri, si = first_failure
-    counterexample = {"random_tree": {"family": fam, "index": i, "seed": seed}, "lhs": li,
+  elif first_failure is not None and stmt.instances is not None:
+    fam, tree_i, (i, probe_i), mi, li, ri, si = first_failure
+    counterexample = {"tree": tree_instance_to_dict(tree_i),
+                      "random_tree": {"batch": fam, "index": i, "seed": seed}, "lhs": li,
                       "rhs": ri, "margin": mi, "slack": si}
+    if stmt.uses_probe:
+      counterexample["probe_logits"] = [np.asarray(t).tolist() for t in probe_i]
     cx_source = "sweep"
   elif first_failure is not None:
     fam, inst_i, probe_i, mi, li, ri, si = first_failure

@@ -29,7 +29,8 @@ from .errors import InputError, OutputError
 from .pending import committing, created, done, kept, pending
 
 __all__ = ["atomic_write_text", "atomic_write_json", "atomic_write_bytes", "to_jsonable",
-           "json_text", "format_number", "report_markdown", "StagedOutput", "check_output_dir",
+           "json_text", "format_number", "counterexample_file", "report_markdown", "StagedOutput",
+           "check_output_dir",
            "check_output_file", "file_mode", "scratch_dir"]
 
 def _read_umask() -> int:
@@ -305,6 +306,11 @@ def format_number(x, spec=".3g"):
   return "—" if x is None else format(x, spec)
 
 
+def counterexample_file(counterexample: dict) -> dict:
+  """The file of a counterexample that ``check`` re-checks: its instance, or its tree file."""
+  return counterexample["instance"] if "instance" in counterexample else counterexample["tree"]
+
+
 def report_markdown(report: dict) -> str:
   """The Markdown report (same content as the JSON, as a table plus counterexamples)."""
   prov = report.get("provenance") or {}
@@ -337,7 +343,7 @@ def report_markdown(report: dict) -> str:
       lines += [f"### {s['name']} (found by {s['counterexample_source']})", "",
                 f"lhs = {c['lhs']:.6g}, rhs = {c['rhs']:.6g}, margin = {c['margin']:.3g}. "
                 "Re-check with `nondecoupling check FILE`:", "", "```json",
-                json.dumps(to_jsonable(c["instance"], f"{s['name']} counterexample"), indent=1),
+                json.dumps(to_jsonable(counterexample_file(c), f"{s['name']} counterexample"), indent=1),
                 "```", ""]
   lines += ["", f"All outcomes as expected: **{report['all_as_expected']}**", ""]
   return "\n".join(lines)

@@ -37,6 +37,9 @@ class Statement:
     uses_probe: whether ``fn`` depends on the probe policy (the search then draws one).
     check: optional batched override ``(batch Instance, key) -> Verdict`` of [B] arrays, for
       statements that need more than one instance-and-policy (dynamics).
+    instances: with ``check``, optional ``(batch, key) -> (instances, probes)``: what ``check``
+      evaluated, in the order of its verdicts (random trees for the token-level statements), so
+      that a failure is written as a file ``check`` re-reads.
   """
 
   name: str
@@ -47,6 +50,7 @@ class Statement:
   fn: Callable[[Instance, jax.Array], Verdict] | None
   uses_probe: bool = False
   check: Callable | None = None
+  instances: Callable | None = None
 
   @property
   def strict(self) -> bool:

@@ -9,7 +9,8 @@ bucket, deterministic in the key and the batch) and returns a
 is evaluated at once, in one jit + vmap over chunks of ``TREE_CHUNK`` trees sharded over the
 devices (one compile for all of them), and the result is cached for the other statements' checks.
 Statements on a policy use probe logits N(0, 2²) drawn with the trees. The flow statements (G4)
-integrate a flow per tree, so they run on ``FLOW_SAMPLE`` trees spread over the batch's families
+integrate a flow per tree, so they run on as many trees as the batch has instances (at most
+``FLOW_SAMPLE``) spread over the batch's families
 (natural-gradient geometry); a tree whose flow did not become stationary within ``FLOW_STEPS``
 Euler steps (the k3 flow is stiff for small β), or whose first-order distance bound
 (:mod:`nondecoupling.theory.tree.stopping`) is not small, does not count.
@@ -125,15 +126,21 @@ def _flow_fn(construct: str):
                            tol=FLOW_RESIDUAL, max_steps=FLOW_STEPS)
 
 
+def flow_trees_for_batch(batch, key) -> tuple[TreeInstance, tuple]:
+  """The trees (and probes) a flow statement runs on: as many of :func:`trees_for_batch` as the
+  batch has instances, at most FLOW_SAMPLE, spread over every family."""
+  trees, probes = trees_for_batch(batch, key)
+  n = trees.prompt_weights.shape[0]
+  size = min(n, FLOW_SAMPLE, int(np.asarray(batch.prompt_weights).shape[0]))
+  pick = np.unique(np.linspace(0, n - 1, size).astype(int))
+  return jax.tree.map(lambda a: a[pick], (trees, probes))
+
+
 def _flow_checker(construct: str):
   fn = _flow_fn(construct)
 
   def check(batch, key) -> Verdict:
-    trees, probes = trees_for_batch(batch, key)
-    n = trees.prompt_weights.shape[0]
-    pick = np.unique(np.linspace(0, n - 1, min(n, FLOW_SAMPLE)).astype(int))  # every family
-    head = jax.tree.map(lambda a: a[pick], (trees, probes))
-    v = evaluate_trees(fn, *head, with_probe=False)
+    v = evaluate_trees(fn, *flow_trees_for_batch(batch, key), with_probe=False)
     return Verdict(*(np.asarray(a) for a in v))._replace(applies=np.asarray(v.applies, bool))
   return check
 
@@ -147,7 +154,8 @@ def _s(name, title, fn, with_probe, check=None):
   if check is None:
     _EXACT.append(name)
   return Statement(name=name, title=title, source="ours", expected="holds", kind="identity",
-                   fn=None, uses_probe=with_probe, check=check or _checker(name))
+                   fn=None, uses_probe=with_probe, check=check or _checker(name),
+                   instances=trees_for_batch if check is None else flow_trees_for_batch)
 
 
 def _stationary(construct):

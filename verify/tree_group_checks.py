@@ -84,7 +84,7 @@ def _checker(fn):
 
 def _s(name, title, fn):
   return Statement(name=name, title=title, source="ours", expected="holds", kind="identity",
-                   fn=None, uses_probe=True, check=_checker(fn))
+                   fn=None, uses_probe=True, check=_checker(fn), instances=group_trees_for_batch)
 
 
 TREE_GROUP_STATEMENTS: tuple[Statement, ...] = (

@@ -51,7 +51,7 @@ __all__ = [
     "initial_slope", "initial_curvature", "initial_curvature_general", "rl_slope_autodiff",
     "rl_curvature_autodiff", "rl_slope_at_start", "rl_curvature_at_sft_optimum",
     "slope_scale", "curvature_scale",
-    "d2_flow_derivatives", "d2_check",
+    "d2_stencil_step", "d2_flow_derivatives", "d2_check",
 ]
 
 ROUNDING = 1e-15  # absolute rounding level of loss changes (D2 finite differences)
@@ -274,6 +274,28 @@ def _loss_change(inst, log_pi0, delta):
   return expect(inst, curv + lin)
 
 
+def d2_stencil_step(inst: Instance) -> tuple[jax.Array, jax.Array]:
+  r"""The default stencil step h of :func:`d2_flow_derivatives` and the logit move it makes.
+
+  h = 1e-2 · min(1/max|∇J_β(log ρ)|, :func:`natural_time`); the move is h · max|∇J_β(log ρ)|.
+  Finite differences of the flow resolve the derivatives only when the move is well above the
+  rounding of O(1) logits (near-tie rewards move them by ~1e-13).
+
+  Returns:
+    (h [], move []).
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> h, move = d2_stencil_step(make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0))
+    >>> round(float(h), 6), round(float(move), 6)
+    (0.005, 0.00125)
+  """
+  g_max = jnp.max(jnp.abs(rl_grad(inst, initial_logits(inst))))
+  h = 1e-2 * jnp.minimum(jnp.where(g_max > 0, 1.0 / jnp.where(g_max > 0, g_max, 1.0), jnp.inf),
+                         natural_time(inst))
+  return h, h * g_max
+
+
 @functools.partial(jax.jit, static_argnames=("rtol", "atol"))
 def d2_flow_derivatives(inst: Instance, h=None, *, rtol: float = 1e-12, atol=None):
   r"""This project's D2, measured: dL/dt and d²L/dt² at t = 0 from the integrated RL flow.
@@ -297,9 +319,7 @@ def d2_flow_derivatives(inst: Instance, h=None, *, rtol: float = 1e-12, atol=Non
   theta0 = initial_logits(inst)
   g = rl_grad(inst, theta0)
   if h is None:
-    g_max = jnp.max(jnp.abs(g))
-    h = 1e-2 * jnp.minimum(jnp.where(g_max > 0, 1.0 / jnp.where(g_max > 0, g_max, 1.0), jnp.inf),
-                           natural_time(inst))
+    h, _ = d2_stencil_step(inst)
   h = jnp.asarray(h, theta0.dtype)
   if atol is None:
     tiny = jnp.finfo(theta0.dtype).tiny

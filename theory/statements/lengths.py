@@ -23,7 +23,8 @@ explicit leaf weight; the left-hand sides enumerate the group.
 
 Slack (theory/verdict.py): each side is a node field P(s) F_s Q with Q an expectation of a leaf
 weight; with |w| the leaf weights' magnitudes (for the enumerated side G E[|w_1| | y], which bounds
-the magnitudes of the K multiset terms it sums), S = 2 max_s P(s) Σ_a π(a|s) Q^{|w|}(s, a) summed
+the magnitudes of the K multiset terms it sums; for ∇J by the reward recursion |r| + |r − J_x|,
+since Q − V rounds at the scale of the rewards themselves), S = 2 max_s P(s) Σ_a π(a|s) Q^{|w|}(s, a) summed
 over both sides, N = K + (number of slots) terms; slack = rounding_slack(S, N), divided by
 max(1, max |rhs|) like the margin.
 
@@ -100,6 +101,13 @@ def _centred(tree, log_pi):
   return jnp.where(leaf_mask(tree), r - v[0][..., :1], 0.0)
 
 
+def _gradient_abs(tree, log_pi, c):
+  """Leaf magnitudes of c ∇J by the reward recursion: Q(s, a) − V(s) rounds at the scale of |r|
+  (not of the centred |r − J_x|, which can be far smaller), so both count."""
+  r = jnp.where(leaf_mask(tree), groups.leaf_rewards(tree), 0.0)
+  return jnp.abs(c) * (jnp.abs(r) + jnp.abs(_centred(tree, log_pi)))
+
+
 def sequence_sum_is_scaled_gradient(tree: TreeInstance, theta: Levels,
                                     group_size: int = STATEMENT_GROUP, levels: int = 2
                                     ) -> Verdict:
@@ -125,7 +133,7 @@ def sequence_sum_is_scaled_gradient(tree: TreeInstance, theta: Levels,
   lhs, abs_l, k = _enumerated(tree, log_pi, "seq-mean-token-sum", group_size, levels)
   c = (group_size - 1) / group_size
   rhs = tuple(c * a for a in reward_grad(tree, log_pi))
-  return _compare(tree, log_pi, lhs, rhs, abs_l, jnp.abs(c * _centred(tree, log_pi)), k,
+  return _compare(tree, log_pi, lhs, rhs, abs_l, _gradient_abs(tree, log_pi, c), k,
                   group_size >= 2)
 
 
@@ -173,7 +181,7 @@ def constant_norm_is_scaled_gradient(tree: TreeInstance, theta: Levels,
   lhs, abs_l, k = _enumerated(tree, log_pi, "seq-mean-token-sum-norm", group_size, levels)
   c = (group_size - 1) / (group_size * tree.depth)
   rhs = tuple(c * a for a in reward_grad(tree, log_pi))
-  return _compare(tree, log_pi, lhs, rhs, abs_l, jnp.abs(c * _centred(tree, log_pi)), k,
+  return _compare(tree, log_pi, lhs, rhs, abs_l, _gradient_abs(tree, log_pi, c), k,
                   group_size >= 2)
 
 

@@ -19,7 +19,13 @@ from ..devices import maybe_initialize_distributed, use_every_core
 from ..errors import InputError
 from ..provenance import provenance
 from ..registry import all_statements
-from ..reports import StagedOutput, check_output_dir, format_number, report_markdown
+from ..reports import (
+  StagedOutput,
+  check_output_dir,
+  counterexample_file,
+  format_number,
+  report_markdown,
+)
 from ..stored_programs import stored_jit
 from .console import cell, console, escape, print_json
 from .limits import load_input, require_verify
@@ -73,7 +79,7 @@ def run_verify(args) -> int:
       for s in report["statements"]:
         if s["counterexample"]:
           fname = s["name"].replace(" ", "_") + ".json"
-          staged.write_json(Path("counterexamples") / fname, s["counterexample"]["instance"])
+          staged.write_json(Path("counterexamples") / fname, counterexample_file(s["counterexample"]))
           s["counterexample_file"] = str(Path("counterexamples") / fname)
       staged.write_json("report.json", report)
       staged.write_text("report.md", report_markdown(report))

@@ -11,7 +11,10 @@ A :class:`TreeRecipe` bundles
 - a stateful hook in the style of optax's ``GradientTransformation(init, update)``:
   ``init(tree, θ, cfg) -> state`` and ``update(tree, θ_old, θ, state, lr, cfg) -> (θ, state)``,
   applied by the trainer after every step (ReLIFT's buffer, hint schedules). Stateless recipes
-  keep the defaults.
+  keep the defaults;
+- ``prepare(tree, cfg) -> cfg``: the config made concrete from the concrete tree before the
+  trainer traces anything (the static level counts the exact group enumerations need). The
+  default returns ``cfg`` unchanged.
 
 The trainer never dispatches on names or config types.
 
@@ -26,7 +29,7 @@ from typing import Any, Callable
 
 import jax.numpy as jnp
 
-__all__ = ["TreeRecipe", "no_state", "no_update"]
+__all__ = ["TreeRecipe", "no_prepare", "no_state", "no_update"]
 
 
 def no_state(tree, theta, cfg):
@@ -38,6 +41,17 @@ def no_state(tree, theta, cfg):
   """
   del tree, theta, cfg
   return jnp.zeros((0,))
+
+
+def no_prepare(tree, cfg):
+  """The config hook of a recipe whose config needs nothing from the tree: ``cfg`` unchanged.
+
+  Examples:
+    >>> no_prepare(None, "config")
+    'config'
+  """
+  del tree
+  return cfg
 
 
 def no_update(tree, theta_old, theta, state, lr, cfg):
@@ -63,6 +77,7 @@ class TreeRecipe:
     summary: one line: what the recipe does at the token level.
     reference: the published source (paper section and public code function).
     init, update: the state hook.
+    prepare: the config hook, run on the concrete tree before tracing.
   """
 
   name: str
@@ -73,3 +88,4 @@ class TreeRecipe:
   reference: str
   init: Callable = no_state
   update: Callable = no_update
+  prepare: Callable = no_prepare

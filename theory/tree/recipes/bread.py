@@ -50,6 +50,7 @@ from .continuations import (
   below,
   conditional_leaf_probs,
   continuation_coefficients,
+  fill_reward_levels,
   leaf_rewards,
   sample_below,
   sample_data,
@@ -204,4 +205,5 @@ TREE_BREAD = TreeRecipe(
     "bread", TreeBREADConfig(), tree_bread_field, tree_bread_estimate,
     "GRPO; when the root group all fails, groups branch from demonstration prefixes, shortest "
     "first, the first with a success is trained (continuation tokens only)",
-    "Zhang et al. arXiv 2506.17211 (abstract only, no public code; fusion-methods.md §8)")
+    "Zhang et al. arXiv 2506.17211 (abstract only, no public code; fusion-methods.md §8)",
+    prepare=fill_reward_levels)

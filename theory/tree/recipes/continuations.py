@@ -5,6 +5,8 @@ visits they make, and sampling them (used by UFT, Prefix-RFT, BREAD, LUFFY, SRFT
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -21,7 +23,9 @@ from ..instance import TreeInstance
 from ..policy import Levels, flat_slots, leaf_mask, log_reach
 from .hints import Paths, flat_nodes, path_visits
 
-__all__ = ["below", "conditional_leaf_probs", "leaf_rewards", "levels_for", "start_group_advantage", "continuation_coefficients", "continuation_visits", "sample_below", "sample_data"]
+__all__ = ["below", "conditional_leaf_probs", "continuation_coefficients", "continuation_visits",
+           "fill_reward_levels", "leaf_rewards", "levels_for", "sample_below", "sample_data",
+           "start_group_advantage"]
 
 
 def below(tree: TreeInstance, paths: Paths) -> jax.Array:
@@ -101,6 +105,28 @@ def levels_for(tree: TreeInstance, levels: int | None) -> int:
     return reward_levels(leaf_instance(tree))
   except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
     return int(leaf_mask(tree).shape[-1])
+
+
+def fill_reward_levels(tree: TreeInstance, cfg):
+  """``cfg`` with ``reward_levels`` read from a concrete tree (:func:`levels_for`), unless set.
+
+  The ``prepare`` hook of the recipes whose groups start below a prefix: traced, the level count
+  would fall back to the leaf count (correct, but a larger enumeration).
+
+  Examples:
+    >>> import dataclasses
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> @dataclasses.dataclass(frozen=True)
+    ... class Config:
+    ...   reward_levels: int | None = None
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(0,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> fill_reward_levels(tree, Config()).reward_levels
+    2
+  """
+  if cfg.reward_levels is not None:
+    return cfg
+  return dataclasses.replace(cfg, reward_levels=levels_for(tree, None))
 
 
 def start_group_advantage(tree: TreeInstance, q: jax.Array, under: jax.Array, group: int,

@@ -175,7 +175,8 @@ class TreePPOConfig:
 
 
 def fill_levels(tree: TreeInstance, cfg):
-  """``cfg`` with ``levels`` read from a concrete tree (what the exact field enumerates).
+  """``cfg`` with ``levels`` read from a concrete tree (what the exact field enumerates), unless
+  it is set already. The group recipes' ``prepare`` hook.
 
   Examples:
     >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
@@ -185,6 +186,8 @@ def fill_levels(tree: TreeInstance, cfg):
     >>> fill_levels(tree, DAPO.config).levels  # (reward, length) pairs: (1, 1), (1, 2), (0, 2)
     3
   """
+  if cfg.levels is not None:
+    return cfg
   return dataclasses.replace(cfg, levels=needed_levels(tree, cfg))
 
 
@@ -326,14 +329,16 @@ _REF_GRPO = ("Shao et al., arXiv 2402.03300 §4.1; verl core_algos.compute_grpo_
 GRPO = TreeRecipe(
     "grpo", GroupRLConfig(), group_rl_field, group_rl_estimate,
     "group of G, Â = (r − mean)/(std + ε), per-sequence token mean 1/(G|o|), token clip 0.2, "
-    "clamped k3 KL loss (0.04)", _REF_GRPO)
+    "clamped k3 KL loss (0.04)", _REF_GRPO,
+    prepare=fill_levels)
 DR_GRPO = TreeRecipe(
     "dr_grpo", GroupRLConfig(use_std=False, loss_agg_mode="seq-mean-token-sum-norm",
                              kl_coef=0.0, kl_form="none"),
     group_rl_field, group_rl_estimate,
     "group of G, Â = r − mean (no std), constant normaliser 1/(G T), token clip 0.2, no KL",
     "Liu et al., arXiv 2503.20783 §3; verl norm_adv_by_std_in_grpo=False, "
-    "agg_loss(seq-mean-token-sum-norm); TRL loss_type='dr_grpo'")
+    "agg_loss(seq-mean-token-sum-norm); TRL loss_type='dr_grpo'",
+    prepare=fill_levels)
 DAPO = TreeRecipe(
     "dapo", GroupRLConfig(group_size=16, use_std=True, loss_agg_mode="token-mean", clip_low=0.2,
                           clip_high=0.28, kl_coef=0.0, kl_form="none", dynamic_sampling=True),
@@ -341,8 +346,10 @@ DAPO = TreeRecipe(
     "group of 16, Â = (r − mean)/(std + ε), token mean 1/Σ|o| over the group, clip-higher "
     "0.2/0.28, dynamic sampling (as a step factor), no KL",
     "Yu et al., arXiv 2503.14476 §3.1-3.3 (G = 16, ε 0.2/0.28 [UNCONFIRMED in "
-    "fusion-methods.md]); verl clip_ratio_low/high, agg_loss(token-mean); TRL loss_type='dapo'")
+    "fusion-methods.md]); verl clip_ratio_low/high, agg_loss(token-mean); TRL loss_type='dapo'",
+    prepare=fill_levels)
 PPO_CLIP = TreeRecipe(
     "ppo_clip", TreePPOConfig(), group_rl_field, group_rl_estimate,
     "Â = r − V_old(x) (exact prompt value), per-token ratio clip 0.2, token-mean, no KL",
-    "Schulman et al., arXiv 1707.06347; verl core_algos.compute_policy_loss, agg_loss(token-mean)")
+    "Schulman et al., arXiv 1707.06347; verl core_algos.compute_policy_loss, agg_loss(token-mean)",
+    prepare=fill_levels)

@@ -46,7 +46,7 @@ from ..instance import TreeInstance
 from ..policy import Levels, policy_log_probs
 from ..sampling import sample_leaves
 from .base import TreeRecipe
-from .continuations import leaf_rewards, levels_for, sample_data
+from .continuations import fill_reward_levels, leaf_rewards, levels_for, sample_data
 from .hints import (
   add_levels,
   all_leaves,
@@ -178,4 +178,5 @@ TREE_HPT = TreeRecipe(
     "hpt", TreeHPTConfig(), tree_hpt_field, tree_hpt_estimate,
     "gate K ≤ γ of n: token-sum SFT on y* ∼ d, else Dr.GRPO RL on the n rollouts (Σ over n)",
     "Lv et al. arXiv 2509.04419 Alg. 1; Unify-Post-Training mix_trainer.py::"
-    "select_on_off_ada_balance (fusion-methods.md §2)")
+    "select_on_off_ada_balance (fusion-methods.md §2)",
+    prepare=fill_reward_levels)

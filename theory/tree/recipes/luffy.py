@@ -51,7 +51,7 @@ from ..instance import TreeInstance
 from ..policy import Levels, policy_log_probs
 from ..sampling import sample_leaves
 from .base import TreeRecipe
-from .continuations import leaf_rewards, levels_for, sample_data
+from .continuations import fill_reward_levels, leaf_rewards, levels_for, sample_data
 from .hints import (
   add_levels,
   all_leaves,
@@ -214,4 +214,5 @@ TREE_LUFFY = TreeRecipe(
     "luffy", TreeLUFFYConfig(), tree_luffy_field, tree_luffy_estimate,
     "mixed group (n_on + demo), Â = r − mean; demo tokens shaped f(π_t) = π_t/(π_t + γ) per token",
     "Yan et al. arXiv 2504.14945; ElliottYan/LUFFY mix_core_alg.py::"
-    "compute_token_on_off_policy_loss (fusion-methods.md §4)")
+    "compute_token_on_off_policy_loss (fusion-methods.md §4)",
+    prepare=fill_reward_levels)

@@ -49,7 +49,7 @@ from ..instance import TreeInstance
 from ..policy import Levels, policy_log_probs
 from ..sampling import sample_leaves
 from .base import TreeRecipe
-from .continuations import leaf_rewards, levels_for, sample_data
+from .continuations import fill_reward_levels, leaf_rewards, levels_for, sample_data
 from .hints import (
   add_levels,
   all_leaves,
@@ -297,4 +297,5 @@ TREE_RELIFT = TreeRecipe(
     "relift", TreeReLIFTConfig(), tree_relift_field, tree_relift_estimate,
     "Dr.GRPO RL (Σ over n) + SFT on the demonstrations of all-failed prompts (buffer or amortised)",
     "Ma et al. arXiv 2506.07527; TheRoadQaQ/ReLIFT relift/trainer.py (fusion-methods.md §6)",
-    init=tree_relift_init, update=tree_relift_update)
+    init=tree_relift_init, update=tree_relift_update,
+    prepare=fill_reward_levels)

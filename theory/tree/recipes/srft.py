@@ -58,7 +58,7 @@ from ..instance import TreeInstance
 from ..policy import Levels, policy_log_probs
 from ..sampling import sample_leaves
 from .base import TreeRecipe
-from .continuations import leaf_rewards, levels_for, sample_data
+from .continuations import fill_reward_levels, leaf_rewards, levels_for, sample_data
 from .hints import (
   Paths,
   add_levels,
@@ -236,4 +236,5 @@ TREE_SRFT = TreeRecipe(
     "srft", TreeSRFTConfig(), tree_srft_field, tree_srft_estimate,
     "0.5 e^{−H̄} SFT + per-token clipped demo RL (π_ref ≡ 1) + self RL (0.1 e^{H̄} y⁺, −1 y⁻)",
     "Fu et al. arXiv 2506.19767; HPT re-implementation mix_core_alg.py::"
-    "compute_token_on_off_policy_srft_loss (fusion-methods.md §5)")
+    "compute_token_on_off_policy_srft_loss (fusion-methods.md §5)",
+    prepare=fill_reward_levels)

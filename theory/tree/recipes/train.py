@@ -7,7 +7,8 @@ From θ₀ = log ρ (per node, :func:`~..policy.initial_logits`) each step is
 
 with g the recipe's exact expected field (:func:`train_tree_recipe`) or the mean of n estimator
 calls (:func:`train_tree_recipe_sampled`), and ``update`` the recipe's state hook (optax style,
-:class:`~.base.TreeRecipe`). The trainer never looks at a recipe's name or config type. Steps run
+:class:`~.base.TreeRecipe`); the recipe's ``prepare`` hook first fills what its config reads
+from the concrete tree (level counts). The trainer never looks at a recipe's name or config type. Steps run
 in one ``lax.scan``; the recipe, its config and the step counts are static, so each (bucket,
 recipe, config, steps) compiles once; θ₀, η and the key are traced. :func:`tree_recipe_path`
 records θ every ``steps // points`` steps for trajectories (`flow`).
@@ -183,6 +184,7 @@ def tree_recipe_path(tree: TreeInstance, recipe: TreeRecipe | str, steps: int, l
 
 
 def _run(tree, recipe, cfg, per, segments, lr, key, samples, theta0, last):
+  cfg = recipe.prepare(tree, cfg)  # on the concrete tree, before anything is traced
   theta0 = _start(tree, theta0)
   lr = jnp.asarray(lr, tree.prompt_weights.dtype)
   thetas, state = _path(tree, theta0, lr, key, recipe, cfg, int(segments), int(per),

@@ -60,6 +60,7 @@ from .continuations import (
   conditional_leaf_probs,
   continuation_coefficients,
   continuation_visits,
+  fill_reward_levels,
   leaf_rewards,
   sample_below,
   sample_data,
@@ -303,4 +304,5 @@ TREE_UFT = TreeRecipe(
     "hint = first round(lL/num) tokens of y* ∼ d, l ∼ Bin(num, p_t) (cosine); SFT on the hint, "
     "GRPO on G continuations below it, k3-KL and entropy on the continuations",
     "Liu, Farina, Ozdaglar arXiv 2505.16984; liumy2010/UFT rl_dataset.py, dp_actor.py "
-    "(fusion-methods.md §7)")
+    "(fusion-methods.md §7)",
+    prepare=fill_reward_levels)
