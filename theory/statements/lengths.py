@@ -22,10 +22,11 @@ recursion (:func:`~nondecoupling.theory.tree.objectives.reward_grad`) and the RE
 explicit leaf weight; the left-hand sides enumerate the group.
 
 Slack (theory/verdict.py): each side is a node field P(s) F_s Q with Q an expectation of a leaf
-weight; with |w| the leaf weights' magnitudes (for the enumerated side G E[|w_1| | y], which bounds
-the magnitudes of the K multiset terms it sums; for ∇J by the reward recursion |r| + |r − J_x|,
-since Q − V rounds at the scale of the rewards themselves), S = 2 max_s P(s) Σ_a π(a|s) Q^{|w|}(s, a) summed
-over both sides, N = K + (number of slots) terms; slack = rounding_slack(S, N), divided by
+weight; with |w| the leaf weights' magnitudes (for the enumerated side G E[|w_1| | y] + |r(y)|:
+the first bounds the K multiset terms it sums, the second the rounding of r_i − mean; for ∇J by
+the reward recursion |r| + |r − J_x|, since Q − V rounds at the scale of the rewards), S = 2 max_s
+P(s) Σ_a π(a|s) Q^{|w|}(s, a) summed over both sides, N = K + (number of slots) terms; slack =
+rounding_slack(S, N), divided by
 max(1, max |rhs|) like the margin.
 
 References: THEORY.md G5 (this project's); verl ``core_algos.py::agg_loss``.
@@ -72,13 +73,19 @@ def _magnitude(tree: TreeInstance, log_pi: Levels, leaf_abs: jax.Array) -> jax.A
 
 
 def _enumerated(tree, log_pi, mode, group_size, levels, use_std=False, max_length=None):
-  """(weighted group field, G E[|w_1| | y] [X, W], multiset count)."""
+  """(weighted group field, its leaf magnitudes [X, W], multiset count).
+
+  The magnitudes are G E[|w_1| | y] plus |r(y)|: an advantage r_i − mean rounds at the scale of the
+  rewards, not of its own size (equal rewards in a group give Â = 0 up to ulp(r), and G n ≤ 1).
+  """
   t_max = float(tree.depth if max_length is None else max_length)
+  r = groups.leaf_rewards(tree)
   pos, neg, _ = groups.expected_group_weights(
-      tree, log_pi, groups.leaf_rewards(tree), group_size=group_size, mode=mode,
+      tree, log_pi, r, group_size=group_size, mode=mode,
       use_std=use_std, eps=1e-6, max_length=t_max, levels=levels)
   field = weighted(tree, reinforce_field(tree, log_pi, unflat_slots(tree, pos - neg)))
-  return field, pos + neg, groups.group_multisets(levels, group_size)
+  size = pos + neg + jnp.where(leaf_mask(tree), jnp.abs(r), 0.0)
+  return field, size, groups.group_multisets(levels, group_size)
 
 
 def _compare(tree, log_pi, lhs: Levels, rhs: Levels, abs_l, abs_r, terms: int,
