@@ -139,3 +139,14 @@ def test_slack_is_zero_only_when_every_term_is_exactly_zero():
   assert not holds_mask(_BY_NAME["C3 theorem_4_1_as_printed"], v.margin, v.slack)
   moved = make_instance([1.0], [[0.75, 0.25]], [[0.0, 1e-3]], 1.0, reference=[[0.5, 0.5]])
   assert float(jax.jit(_BY_NAME["C3 theorem_4_1_as_printed"].fn)(moved, safe_log(moved.data)).slack) > 0
+
+
+def test_critical_beta_is_not_given_where_newton_cannot_certify_it():
+  """Regression (found by the near-tie search in a fresh clone): rewards 1 and 1 + 1e-9 on supp d
+  put β_c near 5e-10, where Newton stopped with h' < 0 and C₁(β̂_c) = 3.3e-11 (0.07 in h). An
+  uncertified root is now NaN (no β_c) rather than a wrong number; every margin is checked."""
+  raw = {"prompt_weights": np.array([1.0]), "data": np.array([[0.5, 0.0, 0.5]]),
+         "reference": np.full((1, 3), 1.0 / 3.0), "reward": np.array([[1.0, 0.0, 1.000000001]]),
+         "beta": 1.0}
+  _check_margins(raw)
+  assert not instance_margins(instance_of(raw, BUCKET))["D1 critical_beta_root"]["applies"]

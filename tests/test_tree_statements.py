@@ -92,7 +92,7 @@ def test_depth_one_statements_see_the_difference_at_depth_two():
 
 @functools.lru_cache(maxsize=None)
 def _batches():
-  return sample_all(12, 3)
+  return sample_all(7 * FLOW_SAMPLE, 3)  # FLOW_SAMPLE instances per family: as many flow trees
 
 
 @pytest.mark.parametrize("name", ["G3 k2_misses_later_reach_terms", "G4 k1_reward_flow"])

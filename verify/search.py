@@ -9,14 +9,17 @@ shrinks what it finds to a simple instance, which is reported as an instance fil
 from __future__ import annotations
 
 import functools
+import os
 from random import Random
 
 import jax
 import numpy as np
 from hypothesis import HealthCheck, Phase, find, settings, strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 from hypothesis.errors import NoSuchExample
 
 from ..theory.instance import Instance
+from .compile_cache import default_cache_dir
 from .registry import policy_from_logits
 from .statement import Statement, holds_mask
 from .strategies import (
@@ -49,7 +52,16 @@ def evaluate_raw(stmt: Statement, raw: dict, theta=None):
   return _compiled(stmt.fn)(*pad_raw(raw, theta))
 
 
+def _keep_hypothesis_files_in_the_cache() -> None:
+  """Hypothesis keeps files (e.g. constants read from source) under ``./.hypothesis`` by default:
+  a command must not write into the user's working directory, so they go to the cache directory
+  (unless ``HYPOTHESIS_STORAGE_DIRECTORY`` says otherwise)."""
+  if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
+    set_hypothesis_home_dir(default_cache_dir() / "hypothesis")
+
+
 def _settings(max_examples: int):
+  _keep_hypothesis_files_in_the_cache()
   return settings(max_examples=max_examples, database=None, deadline=None, derandomize=False,
                   suppress_health_check=list(HealthCheck), phases=[Phase.generate, Phase.shrink])
 

@@ -98,7 +98,8 @@ def critical_beta_from_terms(inst: Instance, map_prompts) -> jax.Array:
       chunked map for large instances) and returns the stacked results.
 
   Returns:
-    [] β_c, NaN if there is no root or it lies outside ``LOG_BETA_BRACKET``.
+    [] β_c, NaN if there is no root, it lies outside ``LOG_BETA_BRACKET``, or Newton ended
+    where it cannot certify a root (see the end of the function).
 
   Examples:
     >>> import jax
@@ -164,9 +165,15 @@ def critical_beta_from_terms(inst: Instance, map_prompts) -> jax.Array:
 
   state = (t_start.astype(dtype), jnp.asarray(jnp.inf, dtype), jnp.zeros((), jnp.int32))
   t, _, _ = jax.lax.while_loop(cond, body, state)
+  # Certified only where the loop ended at a root: h is rounding there, or Newton's next step
+  # (h/h', with h' > 0) is below its tolerance. Otherwise (h' ≤ 0 where rounding swamps the
+  # slope, or the step budget spent) no β_c is given rather than a wrong one.
+  h_end, dh_end, scale_end = h_and_slope(t)
+  certified = ((jnp.abs(h_end) <= rounding_slack(scale_end, entries(inst)))
+               | ((dh_end > 0) & (jnp.abs(h_end) <= 2.0 * NEWTON_RTOL * t * dh_end)))
   log_beta = -jnp.log(t)
   inside = (log_beta > LOG_BETA_BRACKET[0]) & (log_beta < LOG_BETA_BRACKET[1])
-  return jnp.where(exists & inside, jnp.exp(log_beta), jnp.nan)
+  return jnp.where(exists & inside & certified, jnp.exp(log_beta), jnp.nan)
 
 
 def beta_critical(inst: Instance) -> jax.Array:
