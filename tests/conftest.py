@@ -22,6 +22,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
+from hypothesis.internal.conjecture import providers  # noqa: E402
 
 from nondecoupling.verify.compile_cache import CACHE_ENV, enable_compile_cache  # noqa: E402
 
@@ -42,6 +43,11 @@ def pytest_sessionfinish(session, exitstatus):
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "standard")
+
+# Hypothesis (≥ 6.131) mixes constants read from the loaded local modules into its draws; which
+# modules a worker has loaded depends on the test order, so the examples of a derandomised test
+# would differ between machines and runs. Off: every run draws the same examples.
+providers.HypothesisProvider._local_constants = property(lambda self: providers.Constants())
 
 settings.register_profile(
     "deterministic",
