@@ -20,7 +20,7 @@ from hypothesis import assume, given, settings, strategies as st
 from nondecoupling.theory.instance import make_instance
 from nondecoupling.theory.recipes.groups import reward_levels as reward_levels_by_unique
 from nondecoupling.verify import io
-from nondecoupling.verify.cli import main, tabular
+from nondecoupling.verify.cli import check as check_command, main
 from nondecoupling.verify.cli.limits import reward_levels
 from nondecoupling.verify.errors import OutputError
 from nondecoupling.verify.reports import StagedOutput, json_text, to_jsonable
@@ -174,14 +174,14 @@ def test_check_at_the_corners_of_the_domain_matches_mpmath(corner, tmp_path, cap
 
 def test_check_refuses_a_non_finite_result_with_a_message(tmp_path, capsys, monkeypatch):
   """A NaN where a number is expected is an error with a message, never a silent null."""
-  real = tabular.check_quantities
+  real = check_command.check_quantities
 
   def broken(inst, chunk=2048):
     q = dict(real(inst, chunk))
     q["c1"] = q["c1"] * float("nan")
     return q
 
-  monkeypatch.setattr(tabular, "check_quantities", broken)
+  monkeypatch.setattr(check_command, "check_quantities", broken)
   code, out, err = _run(["check", _write(tmp_path, GOOD), "--json"], capsys)
   assert code == 1 and out == ""
   assert err.startswith("error: ") and "c1 is nan" in err and len(err.strip().splitlines()) == 1

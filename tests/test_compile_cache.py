@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -30,9 +31,11 @@ def _logsumexp_rows(x):
 
 
 @pytest.fixture
-def program_dir(tmp_path):
+def program_dir(tmp_path, monkeypatch):
   before = stored_programs.program_dir()
   stored_programs.set_program_dir(tmp_path / "programs")
+  # As in a process that has not loaded anything from XLA's cache (this worker has).
+  monkeypatch.setattr(stored_programs, "_XLA_CACHE_HITS", [0])
   yield tmp_path / "programs"
   stored_programs.set_program_dir(before)
 
@@ -80,6 +83,23 @@ def test_a_stored_program_loads_without_tracing_and_agrees_with_numpy(program_di
   assert len(traces) == 2 and len(list(program_dir.glob("*.bin"))) == 2
 
 
+def test_a_program_for_one_of_several_devices_loads_for_that_device(program_dir):
+  # The suite runs with 4 CPU devices; JAX's loader would otherwise expect 4 shards per argument.
+  assert len(jax.devices()) > 1
+  x = jax.device_put(jnp.asarray(np.arange(6.0).reshape(2, 3)), jax.devices()[-1])
+  traces = []
+
+  def counted(a):
+    traces.append(1)
+    return _logsumexp_rows(a)
+
+  first = stored_jit.__wrapped__(counted, "test.device")(x)
+  again = stored_jit.__wrapped__(counted, "test.device")(x)
+  assert len(traces) == 1, "the stored program was not loaded"
+  assert again["lse"].devices() == {jax.devices()[-1]}
+  np.testing.assert_array_equal(np.asarray(again["lse"]), np.asarray(first["lse"]))
+
+
 def test_only_this_packages_module_level_functions_are_stored_by_default(program_dir):
   x = jnp.asarray(np.arange(4.0))
   stored_jit(lambda a: jnp.sum(a))(x)
@@ -98,6 +118,19 @@ def test_a_damaged_program_is_compiled_again(program_dir):
   assert path.read_bytes() != b"garbage"
 
 
+def test_nothing_is_stored_after_a_hit_in_xlas_cache(program_dir):
+  # A program compiled after an XLA-cache hit serialises incompletely on CPU (the next process
+  # fails to run it): it runs, but it is not stored.
+  x = jnp.asarray(np.arange(6.0).reshape(2, 3))
+  assert stored_programs.storing_is_safe()
+  jax.monitoring.record_event("/jax/compilation_cache/cache_hits")
+  assert not stored_programs.storing_is_safe()
+  out = stored_jit.__wrapped__(_logsumexp_rows, "test.after_hit")(x)
+  np.testing.assert_allclose(np.asarray(out["lse"]),
+                             np.log(np.exp(np.arange(6.0).reshape(2, 3)).sum(-1)), rtol=1e-14)
+  assert not list(program_dir.glob("*.bin"))
+
+
 def _check(tmp_path, cache, *flags):
   env = dict(os.environ, **{CACHE_ENV: str(cache)})
   proc = subprocess.run([sys.executable, "-m", "nondecoupling.verify.cli", *flags, "check",
@@ -113,9 +146,13 @@ def test_check_gives_the_same_numbers_cold_warm_and_without_cache(tmp_path):
   (tmp_path / "inst.json").write_text(json.dumps(INSTANCE))
   cache = tmp_path / "cache"
   cold, _ = _check(tmp_path, cache)
-  assert list((cache / "programs").glob("*.bin")), "nothing was stored"
-  assert list((cache / "xla").iterdir()), "nothing was kept by XLA's cache"
+  stored = {p.name: p.stat().st_mtime_ns for p in (cache / "programs").glob("*.bin")}
+  assert len(stored) == 2, "the quantities and the statements are not both stored"
+  # Nothing else is compiled before them (an XLA-cache hit would keep them from being stored).
+  assert not list((cache / "xla").glob("*")), "check compiled a program outside the stored ones"
   warm, _ = _check(tmp_path, cache)
+  # The warm run loaded both programs: none was compiled and stored again.
+  assert {p.name: p.stat().st_mtime_ns for p in (cache / "programs").glob("*.bin")} == stored
   # --no-cache never touches the directory: an unusable one gives no warning.
   blocker = tmp_path / "file"
   blocker.write_text("")

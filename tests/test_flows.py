@@ -21,7 +21,7 @@ import scipy.integrate
 from conftest import TOL_NUMERICAL, assert_close
 from hypothesis import given, strategies as st
 
-from nondecoupling.theory import flows, objectives as obj
+from nondecoupling.theory import flows, objectives as obj, optimizer_steps
 from nondecoupling.theory.instance import make_instance, pad_instance, stack
 from nondecoupling.theory.logit_field import logit_system
 from nondecoupling.theory.logit_flow import _host_stiffness_rates
@@ -337,7 +337,7 @@ def test_rl_then_sft_and_joint_end_points():
   assert_close(jnp.exp(tr.log_pi[2]), jnp.exp(obj.gibbs_tilt(inst)), rtol=NUM_RTOL, atol=NUM_ATOL)
   # Joint flow's end point is stationary for L − λJ_β: the field vanishes there.
   tr = flows.run_flow(inst, flows.joint_schedule(5000.0, 2.0), n_save=2)
-  theta = flows.logits_of(inst, tr.final_log_pi)
+  theta = obj.logits_of(inst, tr.final_log_pi)
   field = flows.vector_field(inst, theta, 1.0, 2.0)
   assert float(jnp.max(jnp.abs(field))) < 1e-9
 
@@ -379,7 +379,7 @@ def test_grad_cosine_matches_direct_computation():
   inst = _instance(8)
   tr = flows.run_flow(inst, flows.joint_schedule(20.0, 1.0), n_save=2)
   for k in range(tr.times.shape[0]):
-    th = flows.logits_of(inst, tr.log_pi[k])
+    th = obj.logits_of(inst, tr.log_pi[k])
     a = np.asarray(obj.sft_grad(inst, th)).ravel()
     b = np.asarray(obj.rl_grad(inst, th)).ravel()
     assert_close(tr.grad_cosine[k], a @ b / np.linalg.norm(a) / np.linalg.norm(b), rtol=1e-9)
@@ -402,7 +402,7 @@ def test_grad_cosine_is_null_where_a_gradient_vanishes():
 def test_sgd_is_explicit_euler_and_decreases_the_loss():
   inst = _instance(9)
   lr = 2.0
-  tr = flows.run_steps(inst, flows.sft_only_schedule(40), optimizer="sgd", learning_rate=lr,
+  tr = optimizer_steps.run_steps(inst, flows.sft_only_schedule(40), optimizer="sgd", learning_rate=lr,
                        n_save=4)
   theta = np.asarray(flows.initial_logits(inst))
   for _ in range(40):
@@ -415,7 +415,7 @@ def test_sgd_is_explicit_euler_and_decreases_the_loss():
 @pytest.mark.parametrize("optimizer,lr", [("sgd", 1.0), ("adam", 0.05)])
 def test_optax_rl_steps_increase_the_regularised_reward(optimizer, lr):
   inst = _instance(11)
-  tr = flows.run_steps(inst, flows.rl_only_schedule(200), optimizer=optimizer, learning_rate=lr,
+  tr = optimizer_steps.run_steps(inst, flows.rl_only_schedule(200), optimizer=optimizer, learning_rate=lr,
                        n_save=4)
   j = np.asarray(tr.regularized_reward)
   assert j[-1] > j[0] + 1e-3
@@ -426,7 +426,7 @@ def test_optax_rl_steps_increase_the_regularised_reward(optimizer, lr):
 
 def test_optax_pipeline_resets_reference():
   inst = _instance(12)
-  tr = flows.run_steps(inst, flows.sft_then_rl_schedule(50, 50), optimizer="adam",
+  tr = optimizer_steps.run_steps(inst, flows.sft_then_rl_schedule(50, 50), optimizer="adam",
                        learning_rate=0.05, n_save=2)
   assert tr.times.shape == (5,) and bool(tr.ok)
   # RL phase starts where SFT ended; SFT phase lowered L.

@@ -15,7 +15,7 @@ from mp_reference import Problem
 from nondecoupling.theory.instance import DOMAIN, make_instance
 from nondecoupling.theory.objectives import c1, safe_log
 from nondecoupling.theory.quantities import check_quantities
-from nondecoupling.verify.checking import instance_margins
+from nondecoupling.verify.margins import instance_margins
 from nondecoupling.verify.registry import STATEMENTS
 from nondecoupling.verify.statement import holds_mask
 

@@ -25,8 +25,9 @@ from nondecoupling.theory.tree.atomic import (
   policy_from_leaves,
   tree_from_atomic,
 )
-from nondecoupling.verify.tree_families import SMALL_BUCKET, tree_strategy
+from nondecoupling.verify.tree_families import SMALL_BUCKET
 from nondecoupling.verify.tree_io import tree_from_dict
+from nondecoupling.verify.tree_strategies import tree_strategy
 
 
 def _tree_side(inst, theta):

@@ -21,8 +21,9 @@ from hypothesis import given, strategies as st
 
 from nondecoupling.theory.tree import bellman, fixed_points, kl, objectives as obj, policy, sft
 from nondecoupling.theory.tree.instance import Bucket
-from nondecoupling.verify.tree_families import SMALL_BUCKET, random_trees, tree_strategy
+from nondecoupling.verify.tree_families import SMALL_BUCKET, random_trees
 from nondecoupling.verify.tree_io import tree_from_dict
+from nondecoupling.verify.tree_strategies import tree_strategy
 
 
 def _engine(tree, theta):

@@ -30,9 +30,10 @@ from nondecoupling.theory.tree.recipes.group_rl import (
 )
 from nondecoupling.verify.families import sample_all
 from nondecoupling.verify.statement import holds_mask
-from nondecoupling.verify.tree_families import SMALL_BUCKET, tree_strategy
+from nondecoupling.verify.tree_families import SMALL_BUCKET
 from nondecoupling.verify.tree_group_checks import TREE_GROUP_STATEMENTS
 from nondecoupling.verify.tree_io import tree_from_dict
+from nondecoupling.verify.tree_strategies import tree_strategy
 
 LEVELS = 7  # at most 7 leaves per prompt with vocabulary 3 and length 2
 FIELD = jax.jit(group_rl_field, static_argnums=(2,))

@@ -14,8 +14,8 @@ from hypothesis import given
 
 from nondecoupling.theory.tree.instance import Bucket, TreeError, validate_tree
 from nondecoupling.verify.errors import InputError
-from nondecoupling.verify.tree_families import tree_strategy
 from nondecoupling.verify.tree_io import read_tree, tree_from_dict, tree_to_dict, write_tree
+from nondecoupling.verify.tree_strategies import tree_strategy
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 RULES = {"tree_table.json": "table", "tree_exact_match.json": "exact_match",

@@ -35,8 +35,9 @@ from nondecoupling.verify.tree_checks import (
   tree_count,
   trees_for_batch,
 )
-from nondecoupling.verify.tree_families import SMALL_BUCKET, TREE_BUCKET, tree_strategy
+from nondecoupling.verify.tree_families import SMALL_BUCKET, TREE_BUCKET
 from nondecoupling.verify.tree_io import tree_from_dict
+from nondecoupling.verify.tree_strategies import tree_strategy
 
 WITH_PROBE = ("token_sum_is_sequence_loss", "token_sum_gradient", "k1_reward_is_kl_gradient",
               "k1_loss_has_no_gradient", "k2_loss_is_node_kl_gradient",

@@ -28,8 +28,9 @@ from nondecoupling.theory.tree.recipes.train import (
   train_tree_recipe_sampled,
   tree_recipe_path,
 )
-from nondecoupling.verify.tree_families import SMALL_BUCKET, tree_strategy
+from nondecoupling.verify.tree_families import SMALL_BUCKET
 from nondecoupling.verify.tree_io import tree_from_dict
+from nondecoupling.verify.tree_strategies import tree_strategy
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SLOPES = {"k1_reward": None, "k2_loss": lambda a, b: np.log(a) - np.log(b),

@@ -101,7 +101,7 @@ def make_instance(prompt_weights, data, reward, beta, reference=None, response_m
   data = jnp.asarray(data, dtype)
   reference = data if reference is None else jnp.asarray(reference, dtype)
   if response_mask is None:
-    response_mask = jnp.ones(data.shape, bool)
+    response_mask = np.ones(np.shape(data), bool)  # NumPy: building an instance compiles nothing
   return Instance(
       prompt_weights=jnp.asarray(prompt_weights, dtype),
       data=data,

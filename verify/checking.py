@@ -23,19 +23,17 @@ import jax
 import numpy as np
 
 from ..theory.instance import index, unpad_instance
-from ..theory.objectives import safe_log
 from .families import BUCKET, sample_all
 from .io import instance_to_dict
-from .registry import STATEMENTS, all_statements
+from .registry import all_statements
 from .search import search_counterexample, search_tree_counterexample
 from .statement import Statement, failure_mask, holds_mask
-from .stored_programs import stored_jit
 from .sweep import evaluate_batch
 from .tree_checks import TREE_NAMES
 from .tree_export import tree_instance_to_dict
 from .tree_group_checks import TREE_GROUP_STATEMENTS
 
-__all__ = ["StatementReport", "check_statement", "run_verify", "instance_margins"]
+__all__ = ["StatementReport", "check_statement", "run_verify"]
 
 
 @dataclasses.dataclass
@@ -212,30 +210,3 @@ def run_verify(n_instances: int, seed: int, search_examples: int,
       "all_as_expected": all(r.as_expected for r in reports),
       "statements": [r.to_json() for r in reports],
   }
-
-
-def _all_verdicts(inst):
-  probe = safe_log(inst.data)
-  return [s.fn(inst, probe) for s in STATEMENTS]
-
-
-def instance_margins(inst) -> dict:
-  """{statement name: {"lhs", "rhs", "margin", "slack", "applies", "holds", ...}} at probe π = d.
-
-  A non-finite lhs, rhs or margin of an applicable statement is a failure with a ``message``.
-  """
-  verdicts = stored_jit(_all_verdicts)(inst)
-  out = {}
-  for s, v in zip(STATEMENTS, verdicts):
-    m, sl = float(v.margin), float(v.slack)
-    applies = bool(v.applies)
-    row = {"lhs": float(v.lhs), "rhs": float(v.rhs), "margin": m, "slack": sl,
-           "applies": applies, "holds": None, "source": s.source, "expected": s.expected}
-    if applies:
-      row["holds"] = bool(holds_mask(s, np.asarray(m), np.asarray(sl)))
-      bad = [k for k in ("lhs", "rhs", "margin", "slack") if not np.isfinite(row[k])]
-      if bad:
-        row["holds"] = False
-        row["message"] = f"non-finite {', '.join(f'{k} = {row[k]}' for k in bad)}"
-    out[s.name] = row
-  return out

@@ -30,7 +30,7 @@ from .strategies import (
   probe_strategy_for,
 )
 from .tree_checks import SEARCHABLE_TREE_STATEMENTS, evaluate_tree_file
-from .tree_families import tree_strategy
+from .tree_strategies import tree_strategy
 
 __all__ = ["search_counterexample", "evaluate_raw", "search_tree_counterexample"]
 
@@ -70,7 +70,7 @@ def search_tree_counterexample(stmt: Statement, max_examples: int = 200,
                                seed: int = 0) -> dict | None:
   """Searches for a (shrunk) tree on which a token-level statement (G1–G4) fails.
 
-  Draws small tree files from :func:`.tree_families.tree_strategy` (every reward rule, both
+  Draws small tree files from :func:`.tree_strategies.tree_strategy` (every reward rule, both
   reference forms) and a probe seed; every exact tree statement is evaluated at once per example
   (:func:`.tree_checks.evaluate_tree_file`, one compile for all). Flow statements are not searched
   (None).

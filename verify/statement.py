@@ -19,7 +19,7 @@ import numpy as np
 from ..theory.instance import Instance
 from ..theory.verdict import Verdict, fails
 
-__all__ = ["Statement", "holds_mask", "failure_mask"]
+__all__ = ["Statement", "holds_mask", "failure_mask", "verdict_row"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,3 +66,23 @@ def failure_mask(stmt: Statement, margin, slack) -> np.ndarray:
 def holds_mask(stmt: Statement, margin, slack) -> np.ndarray:
   """Elementwise: not :func:`failure_mask` (the margin is within rounding of holding, or above)."""
   return ~failure_mask(stmt, margin, slack)
+
+
+def verdict_row(stmt: Statement, verdict: Verdict) -> dict:
+  """One statement's verdict on one instance as plain numbers (what `check` reports).
+
+  Returns:
+    ``lhs``, ``rhs``, ``margin``, ``slack`` (floats), ``applies``, ``holds`` (None where it does
+    not apply), ``source``, ``expected``; a non-finite value of an applicable statement makes it
+    fail, with a ``message`` naming the values.
+  """
+  m, sl, applies = float(verdict.margin), float(verdict.slack), bool(verdict.applies)
+  row = {"lhs": float(verdict.lhs), "rhs": float(verdict.rhs), "margin": m, "slack": sl,
+         "applies": applies, "holds": None, "source": stmt.source, "expected": stmt.expected}
+  if applies:
+    row["holds"] = bool(holds_mask(stmt, np.asarray(m), np.asarray(sl)))
+    bad = [k for k in ("lhs", "rhs", "margin", "slack") if not np.isfinite(row[k])]
+    if bad:
+      row["holds"] = False
+      row["message"] = f"non-finite {', '.join(f'{k} = {row[k]}' for k in bad)}"
+  return row

@@ -8,6 +8,13 @@ arguments' tree, shapes and dtypes, the devices, the JAX version and configurati
 the source of ``theory/`` and ``verify/`` (any edit of the code makes new keys). A stored program
 is used only when every part of its key matches; one that cannot be read is compiled again and
 replaced. Programs that cannot be serialised run as a plain ``jax.jit``.
+
+On CPU an executable serialises incompletely when the process has loaded any program from XLA's
+persistent cache before compiling it: the next process fails to run it (``NOT_FOUND: Function
+broadcast_compare_fusion.1 not found``), compiles again and stores another broken copy, so every
+warm run paid a whole compile (4.4 s instead of 1.8 s for ``check``). A process that has had a hit
+in XLA's cache (counted through ``jax.monitoring``) therefore runs what it compiles without
+storing it; commands that use stored programs compile nothing before them.
 """
 
 from __future__ import annotations
@@ -27,10 +34,24 @@ from jax.experimental import serialize_executable
 
 from .. import theory
 
-__all__ = ["stored_jit", "set_program_dir", "program_dir"]
+__all__ = ["stored_jit", "set_program_dir", "program_dir", "storing_is_safe"]
 
 _STATE: dict[str, Path | None] = {"dir": None}
 _FORMAT = 1  # bump when the file layout changes
+_XLA_CACHE_HITS = [0]  # programs this process loaded from XLA's persistent cache
+
+
+def _count_xla_cache_hits(event: str, **_) -> None:
+  if event == "/jax/compilation_cache/cache_hits":
+    _XLA_CACHE_HITS[0] += 1
+
+
+jax.monitoring.register_event_listener(_count_xla_cache_hits)
+
+
+def storing_is_safe() -> bool:
+  """Whether a program compiled now serialises whole: no XLA-cache hit so far in this process."""
+  return _XLA_CACHE_HITS[0] == 0
 
 
 def set_program_dir(directory: Path | None) -> None:
@@ -79,13 +100,14 @@ def _key(name: str, args: tuple) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
-def _load(path: Path, args: tuple):
-  """The stored program at ``path`` as a callable on ``args``'s tree, or None."""
+def _load(path: Path, args: tuple, device):
+  """The stored program at ``path`` as a callable on ``args``'s tree (on ``device``), or None."""
   try:
     blob, out_skeleton = pickle.loads(path.read_bytes())
     in_tree = jax.tree.structure((args, {}))
     out_tree = jax.tree.structure(out_skeleton)
-    return serialize_executable.deserialize_and_load(blob, in_tree, out_tree)
+    return serialize_executable.deserialize_and_load(blob, in_tree, out_tree,
+                                                     execution_devices=[device])
   except Exception:  # noqa: BLE001 - an unreadable or stale file is compiled again
     return None
 
@@ -105,6 +127,20 @@ def _store(path: Path, compiled) -> None:
       os.unlink(tmp)  # type: ignore[possibly-undefined]
     except Exception:  # noqa: BLE001
       pass
+
+
+def _single_device(args: tuple):
+  """The one device every array argument is on (the default device for host values), or None.
+
+  Only single-device programs are stored: a loaded program runs on the devices it is given, so
+  one compiled for a device must be loaded for that device (by default JAX would load it for
+  every local device and then refuse its single-device arguments).
+  """
+  devices = {d for leaf in jax.tree.leaves(args) if isinstance(leaf, jax.Array)
+             for d in leaf.devices()}
+  if not devices:
+    return jax.devices()[0]
+  return devices.pop() if len(devices) == 1 else None
 
 
 def _storable(fn: Callable) -> bool:
@@ -136,25 +172,28 @@ def stored_jit(fn: Callable, name: str | None = None) -> Callable:
 
   def compile_and_store(path: Path, args: tuple):
     # Compiled afresh, not taken from XLA's cache: an executable that XLA's cache loaded
-    # serialises incompletely on CPU (its functions are missing when loaded again).
+    # serialises incompletely on CPU (its functions are missing when loaded again), and so does
+    # one compiled after any XLA-cache hit in this process (module docstring): not stored then.
     cached = jax.config.jax_enable_compilation_cache
     jax.config.update("jax_enable_compilation_cache", False)
     try:
       program = jitted.lower(*args).compile()
     finally:
       jax.config.update("jax_enable_compilation_cache", cached)
-    _store(path, program)
+    if storing_is_safe():
+      _store(path, program)
     return program
 
   def call(*args):
     folder = program_dir()
-    if folder is None:
+    device = _single_device(args)
+    if folder is None or device is None:
       return jitted(*args)
     key = _key(name, args)
     if key in loaded:
       return loaded[key](*args)
     path = folder / f"{key}.bin"
-    program = _load(path, args) if path.exists() else None
+    program = _load(path, args, device) if path.exists() else None
     if program is not None:
       try:
         out = jax.block_until_ready(program(*args))

@@ -33,7 +33,7 @@ import numpy as np
 from ..theory.statements import tokens
 from ..theory.tree.instance import TreeInstance
 from ..theory.verdict import Verdict
-from .statement import Statement, holds_mask
+from .statement import Statement, verdict_row
 from .sweep import shard_batch
 from .tree_families import SMALL_BUCKET, TREE_BUCKET, sample_trees
 from .tree_io import tree_from_dict
@@ -249,19 +249,7 @@ def tree_margins(tree: TreeInstance, seed: int = 0) -> dict:
   rng = np.random.default_rng(seed)
   theta = tuple(jnp.asarray(rng.normal(0.0, 1.0, lv.reference.shape)) for lv in tree.levels)
   verdicts = jax.jit(_all_tree_verdicts)(tree, theta)
-  out = {}
-  for s, v in zip(TREE_STATEMENTS, verdicts):
-    m, sl, applies = float(v.margin), float(v.slack), bool(v.applies)
-    row = {"lhs": float(v.lhs), "rhs": float(v.rhs), "margin": m, "slack": sl,
-           "applies": applies, "holds": None, "source": s.source, "expected": s.expected}
-    if applies:
-      row["holds"] = bool(holds_mask(s, np.asarray(m), np.asarray(sl)))
-      bad = [k for k in ("lhs", "rhs", "margin", "slack") if not np.isfinite(row[k])]
-      if bad:
-        row["holds"] = False
-        row["message"] = f"non-finite {', '.join(f'{k} = {row[k]}' for k in bad)}"
-    out[s.name] = row
-  return out
+  return {s.name: verdict_row(s, v) for s, v in zip(TREE_STATEMENTS, verdicts)}
 
 
 def looks_like_tree_file(obj) -> bool:

@@ -1,4 +1,4 @@
-"""Random tree families (NumPy, seeded, vectorised over trees) and Hypothesis strategies of trees.
+"""Random tree families (NumPy, seeded, vectorised over trees).
 
 Random trees (:func:`random_trees`): per tree a vocabulary of k ∈ [2, 8] tokens (EOS is token 0),
 a depth T ∈ [1, 6] and 1–3 prompts; each node keeps each non-EOS token with a probability drawn
@@ -19,8 +19,7 @@ a level's bucket are dropped (the cap keeps trees of depth 6 small). Families di
   dense       every token kept (complete trees up to the bucket), r ∈ U[−1, 1], β in [0.1, 10]
 
 :func:`complete_tree` builds the complete tree (every token at every node) of a given k and T, the
-benchmark's shape. :func:`tree_strategy` draws small trees as tree-file objects (see
-:mod:`.tree_io`), with every reward rule and both reference forms, for property tests and searches.
+benchmark's shape. Hypothesis strategies of small tree files are in :mod:`.tree_strategies`.
 """
 
 from __future__ import annotations
@@ -29,15 +28,14 @@ from typing import Callable
 
 import jax.numpy as jnp
 import numpy as np
-from hypothesis import strategies as st
 
 from ..theory.tree.instance import Bucket, TreeInstance, TreeLevel, index_tree
 
 __all__ = ["TREE_BUCKET", "SMALL_BUCKET", "TREE_FAMILIES", "EOS", "random_trees", "sample_trees",
-           "probe_logits", "complete_tree", "tree_strategy", "TOKENS"]
+           "probe_logits", "complete_tree", "TOKENS"]
 
 TREE_BUCKET = Bucket(prompts=3, vocab=8, nodes=(1, 7, 16, 24, 24, 24))
-SMALL_BUCKET = Bucket(prompts=2, vocab=4, nodes=(1, 3, 9))  # what tree_strategy() draws fits
+SMALL_BUCKET = Bucket(prompts=2, vocab=4, nodes=(1, 3, 9))  # what tree_strategies.tree_strategy() draws fits
 EOS = 0
 TOKENS = ("<eos>", "a", "b", "c", "d", "e", "f", "g")
 
@@ -199,76 +197,3 @@ def complete_tree(k: int, depth: int, prompts: int, seed: int = 0) -> TreeInstan
                        beta_range=(1.0, 1.0), k=[k], depth=[depth], prompts=[prompts],
                        eos_absent=0.0)
   return index_tree(batch, 0)
-
-
-def _prompt_strategy(k: int, t_max: int, reward_kinds, tiny: bool):
-  mass = st.floats(0.05, 1.0, allow_nan=False, width=64)
-  if tiny:
-    mass = st.one_of(mass, st.just(1e-6))
-  vocab = list(TOKENS[:k])
-
-  @st.composite
-  def build(draw):
-    rows, leaves, frontier = {}, [], [()]
-    while frontier:
-      s = frontier.pop(0)
-      keep = draw(st.lists(st.booleans(), min_size=k, max_size=k))
-      if not any(keep):
-        keep[draw(st.integers(0, k - 1))] = True
-      m = np.array([draw(mass) if keep[a] else 0.0 for a in range(k)])
-      rows[s] = m / m.sum()
-      for a in np.flatnonzero(m > 0):
-        y = s + (int(a),)
-        (leaves if a == EOS or len(y) == t_max else frontier).append(y)
-    tok = lambda y: [vocab[a] for a in y]
-    if draw(st.booleans()):
-      reference = {"nodes": [{"prefix": tok(s), "probs": {vocab[a]: float(p) for a, p in
-                                                          enumerate(row) if p > 0}}
-                             for s, row in rows.items()]}
-    else:
-      probs = [float(np.prod([rows[y[:i]][y[i]] for i in range(len(y))])) for y in leaves]
-      total = sum(probs)
-      reference = {"sequences": [{"tokens": tok(y), "p": p / total}
-                                 for y, p in zip(leaves, probs)]}
-    picks = draw(st.lists(st.integers(0, len(leaves) - 1), min_size=1, max_size=4))
-    data = [{"tokens": tok(leaves[i]), "weight": draw(st.floats(0.1, 5.0, width=64))}
-            for i in picks]
-    kind = draw(st.sampled_from(reward_kinds))
-    value = st.floats(-2.0, 2.0, allow_nan=False, width=64)
-    if kind == "table":
-      chosen = sorted(set(draw(st.lists(st.integers(0, len(leaves) - 1), max_size=len(leaves)))))
-      reward = {"table": [{"tokens": tok(leaves[i]), "value": draw(value)} for i in chosen],
-                "default": draw(value)}
-    elif kind == "exact_match":
-      reward = {"rule": "exact_match", "correct": draw(value), "incorrect": draw(value)}
-    elif kind == "final_answer":
-      reward = {"rule": "final_answer", "answer": vocab[draw(st.integers(1, k - 1))]}
-    else:
-      reward = {"rule": "length_penalty", "base": draw(value),
-                "per_token": draw(st.floats(0.0, 0.5, width=64))}
-    return {"reference": reference, "data": data, "reward": reward}
-
-  return build()
-
-
-def tree_strategy(max_prompts: int = 2, max_vocab: int = 4, max_length: int = 3,
-                  reward_kinds=("table", "exact_match", "final_answer", "length_penalty"),
-                  beta_range=(0.05, 20.0), tiny: bool = True):
-  """Hypothesis strategy of small valid tree files (dicts as :mod:`.tree_io` reads them).
-
-  The defaults fit :data:`SMALL_BUCKET`. Every prompt shares the vocabulary ``<eos>, a, b, …``
-  (EOS first) and the maximum length; supports, masses (occasionally 1e-6), data, rewards (every
-  rule) and the reference's form (per node or as sequence probabilities) are drawn.
-  """
-  @st.composite
-  def build(draw):
-    k = draw(st.integers(2, max_vocab))
-    t_max = draw(st.integers(1, max_length))
-    n_x = draw(st.integers(1, max_prompts))
-    prompts = [draw(_prompt_strategy(k, t_max, reward_kinds, tiny)) for _ in range(n_x)]
-    w = np.array([draw(st.floats(0.1, 1.0, width=64)) for _ in range(n_x)])
-    beta = draw(st.floats(*beta_range, allow_nan=False, width=64))
-    return {"beta": beta, "vocab": list(TOKENS[:k]), "eos": TOKENS[EOS], "max_length": t_max,
-            "prompt_weights": (w / w.sum()).tolist(), "prompts": prompts}
-
-  return build()

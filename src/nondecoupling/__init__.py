@@ -48,7 +48,7 @@ _API = {
     "frontier_at_reward": "theory.frontier", "decoupling_regret": "theory.frontier",
     "rl_path_curve": "theory.frontier", "rl_path_regret": "theory.frontier",
     # flows and pipelines
-    "run_flow": "theory.flows", "run_steps": "theory.flows", "run_pipeline": "theory.flows",
+    "run_flow": "theory.flows", "run_steps": "theory.optimizer_steps", "run_pipeline": "theory.flows",
     "pipeline_schedule": "theory.flows", "sft_then_rl_endpoint": "theory.flows",
     "PIPELINE_NAMES": "theory.flows",
     # fusion recipes
@@ -58,7 +58,7 @@ _API = {
     # verification and files
     "read_instance": "verify.io", "write_instance": "verify.io",
     "instance_from_dict": "verify.io", "all_statements": "verify.registry",
-    "run_verify": "verify.checking", "instance_margins": "verify.checking",
+    "run_verify": "verify.checking", "instance_margins": "verify.margins",
     "compare_rows": "verify.compare",
 }
 _SUBPACKAGES = ("theory", "verify", "figures")

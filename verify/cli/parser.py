@@ -105,7 +105,7 @@ def _add_tabular(sub) -> None:
   p.add_argument("--only", default=None,
                  help="comma-separated statement names or prefixes (e.g. C3,D1) to check")
   _resource_limits(p)
-  p.set_defaults(handler="tabular:run_verify")
+  p.set_defaults(handler="verify:run_verify")
 
   p = sub.add_parser("check", help="every quantity and statement margin for one instance file",
                      description="Reads an instance file and prints every quantity (SFT losses, "
@@ -119,7 +119,7 @@ def _add_tabular(sub) -> None:
   _tree_input(p)
   _input_limit(p)
   _resource_limits(p)
-  p.set_defaults(handler="tabular:run_check")
+  p.set_defaults(handler="check:run_check")
 
 
 def _add_dynamics(sub) -> None:

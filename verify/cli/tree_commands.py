@@ -1,6 +1,6 @@
 """`check`, `frontier`, `compare` and `flow` on a tree file (token level, THEORY.md part G).
 
-The commands' modules (:mod:`.tabular`, :mod:`.dynamics`) read the file with
+The commands' modules (:mod:`.check`, :mod:`.dynamics`) read the file with
 :func:`.limits.load_input` and hand a :class:`~..tree_io.TreeFile` here. Output mirrors the
 atomic commands: tables on the console, or one JSON object with the same ``provenance``.
 """
