@@ -131,10 +131,11 @@ def test_nothing_is_stored_after_a_hit_in_xlas_cache(program_dir):
   assert not list(program_dir.glob("*.bin"))
 
 
-def _check(tmp_path, cache, *flags):
+def _check(tmp_path, cache, *flags, command=("check",)):
   env = dict(os.environ, **{CACHE_ENV: str(cache)})
-  proc = subprocess.run([sys.executable, "-m", "nondecoupling.verify.cli", *flags, "check",
-                         str(tmp_path / "inst.json"), "--json"],
+  flags, options = [f for f in flags if f == "--no-cache"], [f for f in flags if f != "--no-cache"]
+  proc = subprocess.run([sys.executable, "-m", "nondecoupling.verify.cli", *flags, *command,
+                         str(tmp_path / "inst.json"), *options, "--json"],
                         capture_output=True, text=True, env=env, timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
   out = json.loads(proc.stdout)
@@ -160,3 +161,19 @@ def test_check_gives_the_same_numbers_cold_warm_and_without_cache(tmp_path):
   assert "warning" not in err
   assert cold == warm == plain
   assert cold["instance"] == {"prompts": 2, "responses": 3, "beta": 0.7}
+
+
+def test_flow_is_stored_whole_and_gives_the_same_trajectory_warm(tmp_path):
+  (tmp_path / "inst.json").write_text(json.dumps(INSTANCE))
+  cache = tmp_path / "cache"
+  flow = ("flow",)
+  cold, _ = _check(tmp_path, cache, "--pipeline", "rl_then_sft", "--points", "3", command=flow)
+  stored = {p.name: p.stat().st_mtime_ns for p in (cache / "programs").glob("*.bin")}
+  assert len(stored) == 1, "the flow program was not stored"
+  assert not list((cache / "xla").glob("*")), "flow compiled a program outside the stored one"
+  warm, _ = _check(tmp_path, cache, "--pipeline", "rl_then_sft", "--points", "3", command=flow)
+  assert {p.name: p.stat().st_mtime_ns for p in (cache / "programs").glob("*.bin")} == stored
+  plain, _ = _check(tmp_path, cache, "--no-cache", "--pipeline", "rl_then_sft", "--points", "3",
+                    command=flow)
+  assert cold == warm == plain
+  assert cold["converged"] and len(cold["points"]) == 1 + 2 * 3

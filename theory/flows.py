@@ -28,8 +28,6 @@ References:
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
@@ -78,7 +76,7 @@ __all__ = [
     "vector_field", "integrate", "flow_solution", "flow", "sft_flow", "rl_flow",
     "gradient_scales", "trajectory_metrics", "sft_only_schedule", "rl_only_schedule",
     "sft_then_rl_schedule", "rl_then_sft_schedule", "alternating_schedule", "joint_schedule",
-    "pipeline_schedule", "run_flow", "run_pipeline", "sft_then_rl_endpoint",
+    "pipeline_schedule", "run_flow", "flow_trajectory", "run_pipeline", "sft_then_rl_endpoint",
 ]
 
 
@@ -126,12 +124,34 @@ def run_flow(inst: Instance, schedule: Schedule, theta0: jax.Array | None = None
   """
   method = resolve_method(method, inst, schedule.duration, schedule.sft_weight,
                            schedule.rl_weight)
-  return _run_flow(inst, schedule, theta0, n_save=n_save, rtol=rtol, atol=atol,
-                   max_steps=max_steps, method=method)
+  return _run_flow(inst, schedule, theta0, rtol, atol, max_steps, n_save=n_save, method=method)
 
 
-@functools.partial(jax.jit, static_argnames=("n_save", "method"))
-def _run_flow(inst, schedule, theta0, *, n_save, rtol, atol, max_steps, method):
+def flow_trajectory(inst: Instance, schedule: Schedule, theta0: jax.Array | None, rtol, atol,
+                    max_steps, n_save: int, method: str) -> Trajectory:
+  """:func:`run_flow` with its solver already chosen, as one traceable function of arrays.
+
+  What :func:`run_flow` jit-compiles (``n_save`` and ``method`` static): callers that keep
+  compiled programs between processes compile this with their own ``jit``.
+
+  Args:
+    inst, schedule, theta0: as :func:`run_flow`.
+    rtol, atol, max_steps: solver settings (traced scalars).
+    n_save: points saved per phase.
+    method: "explicit", "implicit" or "auto" (:func:`~.logit_flow.resolve_method`).
+
+  Returns:
+    :class:`Trajectory` with T = 1 + P · n_save points.
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance
+    >>> from nondecoupling.theory.schedules import sft_only_schedule
+    >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.9, 0.1]])
+    >>> tr = jax.jit(flow_trajectory, static_argnums=(6, 7))(
+    ...     inst, sft_only_schedule(40.0), None, 1e-8, 1e-10, 1000, 1, "explicit")
+    >>> [round(float(v), 4) for v in jnp.exp(tr.final_log_pi[0])]  # SFT → d
+    [0.5, 0.5]
+  """
   theta0 = initial_logits(inst) if theta0 is None else theta0
   dtype = theta0.dtype
   frac = jnp.arange(1, n_save + 1, dtype=dtype) / n_save
@@ -154,6 +174,9 @@ def _run_flow(inst, schedule, theta0, *, n_save, rtol, atol, max_steps, method):
       phase_step, (theta0, inst.reference, jnp.zeros((), dtype)), schedule_phases(schedule, dtype))
   times = jnp.concatenate([jnp.zeros((1,), dtype), times.reshape(-1)])
   return assemble_trajectory(inst, theta0, thetas, refs, times, stats, n_save)
+
+
+_run_flow = jax.jit(flow_trajectory, static_argnames=("n_save", "method"))
 
 def run_pipeline(inst: Instance, name: str, *, n_save: int = 16, rtol: float = 1e-8,
                  atol: float = 1e-10, max_steps: int = DEFAULT_MAX_STEPS) -> Trajectory:

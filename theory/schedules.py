@@ -20,6 +20,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .instance import Instance
 
@@ -30,8 +31,14 @@ __all__ = ["Schedule", "PIPELINE_NAMES", "time_unit", "sft_only_schedule", "rl_o
 PIPELINE_NAMES = ("sft_then_rl", "rl_then_sft", "alternating", "joint")
 
 
+def _traced(*values) -> bool:
+  return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(values))
+
+
 def time_unit(inst: Instance) -> jax.Array:
   """u = 1 / min_x w_x over real (weight > 0) prompts: the pipelines' unit of time.
+
+  On concrete weights it is computed on the host (a NumPy scalar: nothing is compiled).
 
   Examples:
     >>> from nondecoupling.theory.instance import make_instance
@@ -39,6 +46,9 @@ def time_unit(inst: Instance) -> jax.Array:
     4.0
   """
   w = inst.prompt_weights
+  if not _traced(w):
+    w = np.asarray(w)
+    return w.dtype.type(1.0) / np.min(np.where(w > 0, w, np.inf))
   return 1.0 / jnp.min(jnp.where(w > 0, w, jnp.inf))
 
 
@@ -66,8 +76,11 @@ class Schedule:
 
 def _schedule(a, b, dur, reset) -> Schedule:
   f = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
-  return Schedule(jnp.asarray(a, f), jnp.asarray(b, f), jnp.asarray(dur, f),
-                  jnp.asarray(reset, bool))
+  if _traced(a, b, dur, reset):
+    return Schedule(jnp.asarray(a, f), jnp.asarray(b, f), jnp.asarray(dur, f),
+                    jnp.asarray(reset, bool))
+  put = lambda v, t: jax.device_put(np.asarray(v, t))  # concrete: built on the host, not compiled
+  return Schedule(put(a, f), put(b, f), put(dur, f), put(reset, bool))
 
 
 def sft_only_schedule(duration) -> Schedule:

@@ -1,7 +1,5 @@
 """``python -m nondecoupling.verify.cli``: the same as the `nondecoupling` command."""
 
-import sys
+from . import entry
 
-from . import main
-
-sys.exit(main())
+entry()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from rich.table import Table
 
@@ -11,6 +13,7 @@ from ...theory.objectives import sft_optimum_loss
 from ..compare import compare_rows, flow_status, recipe_configs
 from ..errors import InputError
 from ..provenance import provenance
+from ..stored_programs import stored_jit
 from .args import parse_lambdas
 from .console import cell, console, escape, print_json
 from .limits import load_input
@@ -82,7 +85,7 @@ def flow_points(inst, pipeline: str, points: int) -> dict:
   flow that stops short has ``converged`` false, an ``error`` and null values from there on.
   """
   sched = flows.pipeline_schedule(pipeline, inst)
-  tr = flows.run_flow(inst, sched, n_save=points)
+  tr = _stored_flow(inst, sched, points)
   cols = {k: np.asarray(getattr(tr, k)) for k in ("times", "phase") + FLOW_FIELDS}
   out = []
   for i in range(cols["times"].shape[0]):
@@ -107,6 +110,16 @@ def flow_points(inst, pipeline: str, points: int) -> dict:
   if status != "ok":
     res["error"] = status
   return res
+
+
+def _stored_flow(inst, schedule, n_save: int):
+  """:func:`flows.run_flow` (default tolerances) as a program kept on disk between processes."""
+  method = flows.resolve_method("auto", inst, schedule.duration, schedule.sft_weight,
+                                schedule.rl_weight)
+  program = stored_jit(functools.partial(flows.flow_trajectory, n_save=n_save, method=method),
+                       name=f"{flows.__name__}.flow_trajectory[n_save={n_save},method={method}]")
+  return program(inst, schedule, None, np.float64(1e-8), np.float64(1e-10),
+                 np.int64(flows.DEFAULT_MAX_STEPS))
 
 
 def _finite_or_none(v) -> float | None:
