@@ -112,14 +112,19 @@ def flow_points(inst, pipeline: str, points: int) -> dict:
   return res
 
 
+@functools.lru_cache(maxsize=None)
+def _flow_program(n_save: int, method: str):
+  """One program per (n_save, method), so repeated calls in a process reuse its compilations."""
+  return stored_jit(functools.partial(flows.flow_trajectory, n_save=n_save, method=method),
+                    name=f"{flows.__name__}.flow_trajectory[n_save={n_save},method={method}]")
+
+
 def _stored_flow(inst, schedule, n_save: int):
   """:func:`flows.run_flow` (default tolerances) as a program kept on disk between processes."""
   method = flows.resolve_method("auto", inst, schedule.duration, schedule.sft_weight,
                                 schedule.rl_weight)
-  program = stored_jit(functools.partial(flows.flow_trajectory, n_save=n_save, method=method),
-                       name=f"{flows.__name__}.flow_trajectory[n_save={n_save},method={method}]")
-  return program(inst, schedule, None, np.float64(1e-8), np.float64(1e-10),
-                 np.int64(flows.DEFAULT_MAX_STEPS))
+  return _flow_program(n_save, method)(inst, schedule, None, np.float64(1e-8),
+                                       np.float64(1e-10), np.int64(flows.DEFAULT_MAX_STEPS))
 
 
 def _finite_or_none(v) -> float | None:
