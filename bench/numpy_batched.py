@@ -2,7 +2,8 @@
 
 All instances of the batch at once (arrays [B, X, Y]), no Python loop over instances or prompts;
 β_c by the same Newton iteration as the engine (from the right of the root, started from the
-quadratic model), run on the whole batch with a mask of the instances not yet converged.
+quadratic model, one exponential per entry and step, stopped where h is at its rounding level),
+run on the whole batch with a mask of the instances not yet converged.
 Float64, the plain forms (log-sum-exp with the row maximum, KL as Σ p log(p/q)): what a careful
 user writes, not the engine's cancellation-free forms, so it agrees with them to rounding on
 well-conditioned instances such as the benchmark's.
@@ -46,15 +47,19 @@ def _critical_beta(w, d, rho, r, log_rho, mean_rho, mean_d):
   def h_and_slope(t, sel):
     tb = t[:, None, None]
     logits = log_rho[sel] + tb * centred[sel]
-    lse = _lse(logits)
-    tilt = np.exp(logits - lse[..., None])
+    top_l = logits.max(-1, keepdims=True)
+    e = np.exp(logits - top_l)                                # one exponential per entry
+    total = e.sum(-1, keepdims=True)
+    lse = (top_l + np.log(total))[..., 0]
     h = _wsum(w[sel], t[:, None] * gap[sel] + lse)
-    dh = _wsum(w[sel], (tilt * r[sel]).sum(-1) - mean_d[sel])
-    return h, dh
+    dh = _wsum(w[sel], (e * r[sel]).sum(-1) / total[..., 0] - mean_d[sel])
+    # h's rounding scale: stop where h is at its rounding level, as the engine does
+    scale = _wsum(w[sel], np.abs(top_l[..., 0]) + np.abs(lse) + t[:, None] * np.abs(gap[sel]))
+    return h, dh, scale
 
   every = np.ones(len(w), bool)
   t_quad = np.clip(2.0 * gain / np.where(var > 0, var, 1.0), _T_MIN, t_up)
-  h_quad, dh_quad = h_and_slope(t_quad, every)
+  h_quad, dh_quad, _ = h_and_slope(t_quad, every)
   tangent = t_quad - h_quad / np.where(dh_quad > 0, dh_quad, 1.0)
   t = np.where(h_quad >= 0, t_quad, np.where(dh_quad > 0, np.minimum(tangent, t_up), t_up))
   active = exists.copy()
@@ -62,8 +67,9 @@ def _critical_beta(w, d, rho, r, log_rho, mean_rho, mean_d):
     if not active.any():
       break
     idx = np.flatnonzero(active)
-    h, dh = h_and_slope(t[idx], idx)
-    nxt = np.where(dh > 0, t[idx] - h / np.where(dh > 0, dh, 1.0), t[idx])
+    h, dh, scale = h_and_slope(t[idx], idx)
+    step = np.abs(h) > 64 * np.finfo(float).eps * scale
+    nxt = np.where((dh > 0) & step, t[idx] - h / np.where(dh > 0, dh, 1.0), t[idx])
     nxt = np.clip(nxt, 1e-6 * t[idx], 1e6 * t[idx])
     done = np.abs(nxt - t[idx]) <= _NEWTON_RTOL * t[idx]
     t[idx] = nxt

@@ -121,12 +121,17 @@ def prompt_terms(d: jax.Array, rho: jax.Array, r: jax.Array, beta: jax.Array) ->
   }
 
 
+def _map_rows(fn, xs: tuple, chunk: int):
+  """fn(*row) for every row of the arrays xs [X, ...], chunked so temporaries are [chunk, Y]."""
+  if xs[0].shape[0] <= chunk:
+    return jax.vmap(fn)(*xs)
+  return jax.lax.map(lambda row: fn(*row), xs, batch_size=chunk)
+
+
 def _map_prompts(fn, inst: Instance, chunk: int):
   """fn(d_x, ρ_x, r_x) for every prompt, chunked so temporaries are [chunk, Y]."""
   xs = (inst.data, inst.reference, jnp.where(inst.response_mask, inst.reward, 0.0))
-  if inst.data.shape[0] <= chunk:
-    return jax.vmap(fn)(*xs)
-  return jax.lax.map(lambda row: fn(*row), xs, batch_size=chunk)
+  return _map_rows(fn, xs, chunk)
 
 
 def check_quantities(inst: Instance, chunk: int = CHUNK) -> dict[str, jax.Array]:
@@ -152,5 +157,5 @@ def check_quantities(inst: Instance, chunk: int = CHUNK) -> dict[str, jax.Array]
     k = _WEIGHT_POWER.get(name, 1)
     out[name] = jnp.sum(jnp.where(w > 0, w ** k * jnp.where(w > 0, term, 0.0), 0.0))
   out["beta_critical"] = critical_beta_from_terms(
-      inst, lambda fn: _map_prompts(fn, inst, chunk))
+      inst, lambda fn, *xs: _map_rows(fn, xs, chunk))
   return {k: out[k] for k in QUANTITY_DOCS}

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from ._numerics import NEG_INF, centre, expm1_minus_x, safe_log
 
-__all__ = ["LOG_HUGE", "Tilt", "tilt", "log_tilt", "log_ratio_to", "tilt_c1_rows",
+__all__ = ["LOG_HUGE", "Tilt", "tilt", "cumulant_gap", "log_tilt", "log_ratio_to", "tilt_c1_rows",
            "tilt_tv_rows"]
 
 LOG_HUGE = 700.0  # e^x for x ≤ LOG_HUGE is finite in float64 (e^709.78 overflows)
@@ -56,10 +56,23 @@ class Tilt(NamedTuple):
   err_ratio: jax.Array
 
 
-def _cumulant_gap(p, c, pos):
-  """(K, δ) of centred c under p: log1p form, or max-shifted where e^{max c} would overflow."""
-  delta = jnp.sum(p * c, axis=-1)
-  top = jnp.max(jnp.where(pos, c, -jnp.inf), axis=-1)
+def cumulant_gap(p, c, pos, delta=None, top=None):
+  """(K, δ) of centred c under p: log1p form, or max-shifted where e^{max c} would overflow.
+
+  K = log E_p e^{c} − E_p c (the cumulant gap, :func:`tilt`) and δ = E_p c as computed; δ and
+  max c over supp p may be given when the caller has them (a loop over scalings of one c).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> p = jnp.array([0.5, 0.5])
+    >>> gap, _ = cumulant_gap(p, jnp.array([-5e-9, 5e-9]), p > 0)
+    >>> f"{float(gap):.6e}"  # log cosh(5e-9)
+    '1.250000e-17'
+  """
+  if delta is None:
+    delta = jnp.sum(p * c, axis=-1)
+  if top is None:
+    top = jnp.max(jnp.where(pos, c, -jnp.inf), axis=-1)
   series = top <= LOG_HUGE
   c_s = jnp.where(series[..., None] & pos, c, 0.0)
   a = jnp.sum(jnp.where(pos, p * expm1_minus_x(c_s), 0.0), axis=-1)
@@ -108,7 +121,7 @@ def tilt(p: jax.Array, r: jax.Array, beta: jax.Array) -> Tilt:
   mean, dev = centre(p, r)
   beta = jnp.asarray(beta)
   c = jnp.where(pos, dev / (beta[..., None] if beta.ndim else beta), 0.0)
-  gap, delta = _cumulant_gap(p, c, pos)
+  gap, delta = cumulant_gap(p, c, pos)
   log_p = safe_log(p)
   centred_ratio = jnp.where(pos, c - (gap + delta)[..., None], NEG_INF)
   # Dominant entry: a = log p + c, log π(y*) = −log1p(Σ_{y≠y*} e^{a_y − a_y*}).

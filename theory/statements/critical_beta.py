@@ -30,7 +30,7 @@ from .._numerics import centre, unit_roundoff
 from ..instance import Instance
 from ..objectives import c1, expect, gibbs_tilt, kl_rows, safe_log
 from ..rounding import c1_scale, entries
-from ..tilt import tilt
+from ..tilt import cumulant_gap
 from ..verdict import Verdict, at_least, positive, rounding_slack
 
 __all__ = ["scaled_c1", "critical_beta_from_terms", "beta_critical", "critical_beta_root",
@@ -41,23 +41,45 @@ NEWTON_MAX_STEPS = 200             # Newton from the right: a handful in practic
 NEWTON_RTOL = 1e-14                # Newton stops when its step is below this times t = 1/β
 
 
+def _root_invariants(d, rho, r):
+  """What h_x(t) needs of one prompt that does not depend on t (:func:`_prompt_root_terms`):
+  the reward centred under ρ (two passes) and its mass, maximum and largest magnitude on supp ρ,
+  the gain Σ (d − ρ) r and its scale Σ |d − ρ||r|."""
+  pos = rho > 0
+  both = pos | (d > 0)
+  _, dev = centre(rho, r)
+  gain = jnp.sum(jnp.where(both, (d - rho) * r, 0.0))
+  gain_scale = jnp.sum(jnp.where(both, jnp.abs((d - rho) * r), 0.0))
+  return (dev, jnp.sum(rho * dev), jnp.max(jnp.where(pos, dev, -jnp.inf)),
+          jnp.max(jnp.abs(dev)), gain, gain_scale)
+
+
+def _root_terms_at(rho, dev, dev_mass, dev_top, t):
+  """(K_x(t), Σ ρ (e^u − 1)(r − E_ρ r)) of one prompt from its invariants (two exponentials per
+  entry): c = t (r − E_ρ r), K_x the cumulant gap of the tilt of ρ at β = 1/t
+  (:func:`~..tilt.cumulant_gap`), u = c − K_x − δ = log(π_t/ρ)."""
+  pos = rho > 0
+  c = dev * t
+  delta = t * dev_mass
+  gap, _ = cumulant_gap(rho, c, pos, delta=delta, top=t * dev_top)
+  u = jnp.where(pos, c - (gap + delta), 0.0)
+  return gap, jnp.sum(jnp.where(pos, rho * jnp.expm1(u) * dev, 0.0))
+
+
 def _prompt_root_terms(d, rho, r, t):
-  """Per-prompt (h_x, h_x') at t = 1/β for h_x(t) = log E_ρ e^{t r} − t E_d r (convex in t).
+  """Per-prompt (h_x, h_x', S_x) at t = 1/β for h_x(t) = log E_ρ e^{t r} − t E_d r (convex in t).
 
   h_x = K_x(t) − t (E_d r − E_ρ r) with K_x the cumulant gap of the tilt of ρ at β = 1/t
-  (:func:`~.._numerics.tilt`: log1p form, full precision for small t and near ties; max-shifted
-  only where e^{t (r − E_ρ r)} would overflow), and E_d r − E_ρ r = Σ (d − ρ) r.
-  h_x' = E_{π_t} r − E_d r = Σ ρ (e^u − 1)(r − E_ρ r) − (E_d r − E_ρ r), u = log(π_t/ρ), π_t the
-  Gibbs tilt at β = 1/t. Also the error scale of h_x: K + max|c| + t Σ |d − ρ||r|.
+  (:func:`~..tilt.cumulant_gap`: log1p form, full precision for small t and near ties;
+  max-shifted only where e^{t (r − E_ρ r)} would overflow), and E_d r − E_ρ r = Σ (d − ρ) r.
+  h_x' = E_{π_t} r − E_d r = Σ ρ (e^u − 1)(r − E_ρ r) − (E_d r − E_ρ r), u = t(r − E_ρ r) − K_x
+  = log(π_t/ρ), π_t the Gibbs tilt at β = 1/t. S_x = K + max|c| + t Σ |d − ρ||r| is the error
+  scale of h_x. Only what Newton needs is computed: h' steers its steps and certifies the last
+  one, to a relative error of about u·max|c|.
   """
-  pos = rho > 0
-  gain = jnp.sum(jnp.where(pos | (d > 0), (d - rho) * r, 0.0))
-  tl = tilt(rho, r, 1.0 / t)
-  u = jnp.where(pos, tl.log_ratio, 0.0)
-  rise = jnp.sum(jnp.where(pos, rho * jnp.expm1(u) * tl.centred, 0.0)) / t
-  scale = (tl.gap + jnp.max(jnp.where(pos, jnp.abs(tl.centred), 0.0))
-           + t * jnp.sum(jnp.where(pos | (d > 0), jnp.abs((d - rho) * r), 0.0)))
-  return tl.gap - t * gain, rise - gain, scale
+  dev, dev_mass, dev_top, dev_abs, gain, gain_scale = _root_invariants(d, rho, r)
+  gap, rise = _root_terms_at(rho, dev, dev_mass, dev_top, t)
+  return gap - t * gain, rise - gain, gap + t * (dev_abs + gain_scale)
 
 
 def scaled_c1(inst: Instance, log_beta: jax.Array) -> jax.Array:
@@ -79,7 +101,7 @@ def scaled_c1(inst: Instance, log_beta: jax.Array) -> jax.Array:
   return beta * expect(inst, h_x)
 
 
-def critical_beta_from_terms(inst: Instance, map_prompts) -> jax.Array:
+def critical_beta_from_terms(inst: Instance, map_rows) -> jax.Array:
   r"""D1 (ours): β_c with C₁(β_c; ρ) = 0, or NaN when there is none, by Newton's method.
 
   With t = 1/β, C₁ = h(t)/t where h(t) = E_w[log E_ρ e^{t r} − t E_d r] is convex (a cumulant
@@ -94,8 +116,8 @@ def critical_beta_from_terms(inst: Instance, map_prompts) -> jax.Array:
 
   Args:
     inst: instance (its own β is ignored).
-    map_prompts: ``map_prompts(fn)`` applies ``fn(d_x, ρ_x, r_x)`` to every prompt (vmap, or a
-      chunked map for large instances) and returns the stacked results.
+    map_rows: ``map_rows(fn, *xs)`` applies ``fn`` to the rows of arrays ``xs`` [X, ...] (vmap,
+      or a chunked map for large instances) and returns the stacked results.
 
   Returns:
     [] β_c, NaN if there is no root, it lies outside ``LOG_BETA_BRACKET``, or Newton ended
@@ -106,8 +128,7 @@ def critical_beta_from_terms(inst: Instance, map_prompts) -> jax.Array:
     >>> import jax.numpy as jnp
     >>> from nondecoupling.theory.instance import make_instance
     >>> inst = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.75, 0.25]])
-    >>> xs = (inst.data, inst.reference, inst.reward)
-    >>> beta_c = critical_beta_from_terms(inst, lambda fn: jax.vmap(fn)(*xs))
+    >>> beta_c = critical_beta_from_terms(inst, lambda fn, *xs: jax.vmap(fn)(*xs))
     >>> round(float(beta_c), 6)  # 1/(2 log 3): log(¾ + ¼ e^{1/β}) = 1/(2β) at e^{1/(2β)} = 3
     0.45512
   """
@@ -119,56 +140,62 @@ def critical_beta_from_terms(inst: Instance, map_prompts) -> jax.Array:
     pos = rho > 0
     top = jnp.max(jnp.where(pos, r, -jnp.inf))
     mass_top = jnp.sum(jnp.where(pos & (r == top), rho, 0.0))
-    both = pos | (d > 0)
     headroom = jnp.sum(jnp.where(d > 0, d * (top - r), 0.0))  # non-negative terms
-    gain = jnp.sum(jnp.where(both, (d - rho) * r, 0.0))
-    gain_scale = jnp.sum(jnp.where(both, jnp.abs((d - rho) * r), 0.0))
-    _, dev = centre(rho, r)
-    var_rho = jnp.sum(jnp.where(pos, rho * dev ** 2, 0.0))
-    return -jnp.log(mass_top), headroom, gain, var_rho, gain_scale
+    invariants = _root_invariants(d, rho, r)
+    var_rho = jnp.sum(jnp.where(pos, rho * invariants[0] ** 2, 0.0))
+    return (-jnp.log(mass_top), headroom, var_rho), invariants
 
-  neg_log_mass, headroom, gain, var, gain_scale = map_prompts(start_terms)
-  headroom, gain, var = weigh(headroom), weigh(gain), weigh(var)
+  r = jnp.where(inst.response_mask, inst.reward, 0.0)
+  (neg_log_mass, headroom, var), invariants = map_rows(start_terms, inst.data, inst.reference, r)
+  dev, dev_mass, dev_top, dev_abs, gain_x, gain_scale_x = invariants
+  headroom, var, gain = weigh(headroom), weigh(var), weigh(gain_x)
+  slope_scale = weigh(dev_abs) + weigh(gain_scale_x)
   # A root exists iff the gain is positive beyond its rounding bound and d is not concentrated
   # on the maximisers (headroom, a sum of non-negative terms, is exactly 0 then).
-  exists = (gain > rounding_slack(weigh(gain_scale), entries(inst))) & (headroom > 0)
+  exists = (gain > rounding_slack(weigh(gain_scale_x), entries(inst))) & (headroom > 0)
   t_up = jnp.where(exists, weigh(neg_log_mass) / jnp.where(exists, headroom, 1.0), 1.0)
   t_up = jnp.maximum(t_up, jnp.exp(-LOG_BETA_BRACKET[1]))  # h(t_up) ≥ 0 also when mass_top = 1
 
   def h_and_slope(t):
-    h_x, dh_x, scale_x = map_prompts(lambda d, rho, r: _prompt_root_terms(d, rho, r, t))
-    return weigh(h_x), weigh(dh_x), weigh(scale_x)
+    """(h, h', S_h) at t (as :func:`_prompt_root_terms`, weighted; the invariants hoisted)."""
+    gap_x, rise_x = map_rows(lambda *row: _root_terms_at(*row, t), inst.reference, dev,
+                             dev_mass, dev_top)
+    gap = weigh(gap_x)
+    return gap - t * gain, weigh(rise_x) - gain, gap + t * slope_scale
 
-  # Often much closer: the root of the quadratic model −gain·t + Var·t²/2, used when it is
-  # to the right of the root (h ≥ 0 there), which one evaluation tells.
+  # Often much closer: the root of the quadratic model −gain·t + Var·t²/2. Newton starts there:
+  # right of the root (h ≥ 0) it descends monotonically; left of it but already rising, the
+  # tangent's zero lies right of the root (convexity); left of the minimum, it jumps to t_up.
+  # No step goes beyond t_up (h(t_up) ≥ 0, so the root is below it).
   t_quad = jnp.clip(2.0 * gain / jnp.where(var > 0, var, 1.0), jnp.exp(-LOG_BETA_BRACKET[1]), t_up)
-  h_quad, dh_quad, _ = h_and_slope(t_quad)
-  # Left of the root but already rising: by convexity the tangent's zero lies right of the root.
-  tangent = t_quad - h_quad / jnp.where(dh_quad > 0, dh_quad, 1.0)
-  t_start = jnp.where(h_quad >= 0, t_quad,
-                      jnp.where(dh_quad > 0, jnp.minimum(tangent, t_up), t_up))
 
   def cond(state):
-    t, step, it = state
-    return exists & (it < NEWTON_MAX_STEPS) & (jnp.abs(step) > NEWTON_RTOL * t)
+    # Stops where h is rounding or where Newton's next step would be below its tolerance (both
+    # certify the root below), or after a step that moved nothing.
+    t, step, it, (h, dh, scale) = state
+    resolved = jnp.abs(h) > rounding_slack(scale, entries(inst))
+    tiny_next = (dh > 0) & (jnp.abs(h) <= NEWTON_RTOL * t * dh)
+    return (exists & (it < NEWTON_MAX_STEPS) & (jnp.abs(step) > NEWTON_RTOL * t) & resolved
+            & ~tiny_next)
 
   def body(state):
-    t, _, it = state
-    h, dh, scale = h_and_slope(t)
+    t, _, it, (h, dh, scale) = state
     # Stop where h is rounding: the root is as exact as h can be evaluated.
     resolved = jnp.abs(h) > rounding_slack(scale, entries(inst))
-    nxt = jnp.where((dh > 0) & resolved, t - h / jnp.where(dh > 0, dh, 1.0), t)
+    newton = jnp.clip(t - h / jnp.where(dh > 0, dh, 1.0), 1e-6 * t, 1e6 * t)
     # Monotone from the right by convexity; rounding can land a step left of the root, whence
     # the next (convex) Newton step returns to its right: steps may grow t, by a bounded factor.
-    nxt = jnp.clip(nxt, 1e-6 * t, 1e6 * t)
-    return nxt, nxt - t, it + 1
+    nxt = jnp.where(~resolved, t, jnp.where(dh > 0, jnp.minimum(newton, t_up),
+                                            jnp.where(h < 0, t_up, t)))
+    return nxt, nxt - t, it + 1, h_and_slope(nxt)
 
-  state = (t_start.astype(dtype), jnp.asarray(jnp.inf, dtype), jnp.zeros((), jnp.int32))
-  t, _, _ = jax.lax.while_loop(cond, body, state)
+  # Every evaluation of h happens once, at the point the state holds (the last one certifies).
+  state = (t_quad.astype(dtype), jnp.asarray(jnp.inf, dtype), jnp.zeros((), jnp.int32),
+           h_and_slope(t_quad.astype(dtype)))
+  t, _, _, (h_end, dh_end, scale_end) = jax.lax.while_loop(cond, body, state)
   # Certified only where the loop ended at a root: h is rounding there, or Newton's next step
   # (h/h', with h' > 0) is below its tolerance. Otherwise (h' ≤ 0 where rounding swamps the
   # slope, or the step budget spent) no β_c is given rather than a wrong one.
-  h_end, dh_end, scale_end = h_and_slope(t)
   certified = ((jnp.abs(h_end) <= rounding_slack(scale_end, entries(inst)))
                | ((dh_end > 0) & (jnp.abs(h_end) <= 2.0 * NEWTON_RTOL * t * dh_end)))
   log_beta = -jnp.log(t)
@@ -186,8 +213,7 @@ def beta_critical(inst: Instance) -> jax.Array:
     >>> round(float(jax.jit(beta_critical)(inst)), 6)  # 1/(2 log 3) (see critical_beta_from_terms)
     0.45512
   """
-  xs = (inst.data, inst.reference, jnp.where(inst.response_mask, inst.reward, 0.0))
-  return critical_beta_from_terms(inst, lambda fn: jax.vmap(fn)(*xs))
+  return critical_beta_from_terms(inst, lambda fn, *xs: jax.vmap(fn)(*xs))
 
 
 def _c1_slack(inst: Instance) -> jax.Array:
