@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import pytest
 from conftest import assert_close, assert_conditioned
 from helpers import at_probe, instance_of, jitted, with_probe
 from hypothesis import given, strategies as st
+from hypothesis.errors import NoSuchExample
 from mp_reference import Problem
 from scipy import stats
 
@@ -14,7 +18,7 @@ from nondecoupling.theory.objectives import c1, kl_rows, safe_log
 from nondecoupling.theory.statements import rl_then_sft, sft_then_rl
 from nondecoupling.theory.verdict import holds
 from nondecoupling.verify.registry import statement_by_name
-from nondecoupling.verify.search import search_counterexample
+from nondecoupling.verify.search import _find_instance, search_counterexample
 from nondecoupling.verify.statement import holds_mask
 from nondecoupling.verify.strategies import instance_strategy
 
@@ -169,6 +173,23 @@ def test_hypothesis_finds_a_counterexample_to_printed_theorem_4_1_by_itself():
   assert a <= kl <= big_a
   assert w @ (d * r).sum(1) >= w @ (pi1 * r).sum(1) - 1e-12
   assert not holds_mask(stmt, np.asarray(found["margin"]), np.asarray(found["slack"]))
+
+
+def test_the_shared_search_finds_what_each_statements_own_search_finds():
+  """The statements expected to hold share one Hypothesis search per kind of draw
+  (verify/search.py): where it finds nothing, each one's own search (same strategy, settings and
+  seed) finds nothing either; a statement that does fail (an identity whose margin is lowered
+  by 1) is searched on its own and its counterexample found."""
+  for name in ("sft_loss_after_rl", "sft_excess_is_kl"):  # without and with a probe policy
+    stmt = statement_by_name(name)
+    assert search_counterexample(stmt, max_examples=15, seed=5) is None
+    with pytest.raises(NoSuchExample):
+      _find_instance((stmt,), stmt.uses_probe, 15, 5)
+  b3 = statement_by_name("sft_loss_after_rl")
+  failing = dataclasses.replace(b3, fn=lambda inst, pi: b3.fn(inst, pi)._replace(
+      margin=b3.fn(inst, pi).margin - 1.0))
+  found = search_counterexample(failing, max_examples=15, seed=5)
+  assert found is not None and found["margin"] < -found["slack"], found
 
 
 @given(instance_strategy())

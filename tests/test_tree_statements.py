@@ -8,6 +8,7 @@ statements detect the difference on deeper trees, and the `verify` checks hold o
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
+from hypothesis.errors import NoSuchExample
 
 from nondecoupling.theory import objectives as atomic_objectives
 from nondecoupling.theory.statements import tokens
@@ -25,7 +27,9 @@ from nondecoupling.theory.tree import (
   sft as tree_sft,
 )
 from nondecoupling.theory.tree.instance import index_tree
+from nondecoupling.verify import search
 from nondecoupling.verify.families import sample_all
+from nondecoupling.verify.search import _find_tree, search_tree_counterexample
 from nondecoupling.verify.statement import holds_mask
 from nondecoupling.verify.tree_checks import (
   FLOW_SAMPLE,
@@ -89,6 +93,26 @@ def test_depth_one_statements_see_the_difference_at_depth_two():
     assert not bool(v.applies)
     assert float(v.margin) < -1e3 * VIOLATION, v
   assert not bool(tokens.is_depth_one(tree))
+
+
+def test_the_shared_search_finds_what_each_statements_own_search_finds(monkeypatch):
+  """The statements share one Hypothesis search (verify/search.py): where it finds nothing, each
+  statement's own search (same strategy, settings and seed) finds nothing either; a statement
+  that is not the registered one (here one whose every applicable verdict counts as failing) is
+  searched on its own and its counterexample found."""
+  holding = [s for s in TREE_STATEMENTS if s.name in ("G1 soft_value_is_log_partition",
+                                                      "G3 k3_value_is_kl")]
+  for stmt in holding:
+    assert search_tree_counterexample(stmt, max_examples=15, seed=5) is None
+    with pytest.raises(NoSuchExample):
+      _find_tree((stmt,), 15, 5)
+  failing = dataclasses.replace(holding[0], title="fails wherever it applies")
+  real = search.holds_mask
+  monkeypatch.setattr(search, "holds_mask",
+                      lambda stmt, m, sl: np.zeros_like(real(stmt, m, sl)) if stmt is failing
+                      else real(stmt, m, sl))
+  found = search_tree_counterexample(failing, max_examples=15, seed=5)
+  assert found is not None and found["tree"]["prompts"], found
 
 
 @functools.lru_cache(maxsize=None)

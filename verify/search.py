@@ -20,7 +20,7 @@ from hypothesis.errors import NoSuchExample
 
 from ..theory.instance import Instance
 from .compile_cache import default_cache_dir
-from .registry import policy_from_logits
+from .registry import STATEMENTS, policy_from_logits
 from .statement import Statement, holds_mask
 from .strategies import (
   SEARCH_SHAPE,
@@ -29,7 +29,7 @@ from .strategies import (
   pad_raw,
   probe_strategy_for,
 )
-from .tree_checks import SEARCHABLE_TREE_STATEMENTS, evaluate_tree_file
+from .tree_checks import SEARCHABLE_TREE_STATEMENTS, TREE_STATEMENTS, evaluate_tree_file
 from .tree_strategies import tree_strategy
 
 __all__ = ["search_counterexample", "evaluate_raw", "search_tree_counterexample"]
@@ -66,6 +66,36 @@ def _settings(max_examples: int):
                   suppress_health_check=list(HealthCheck), phases=[Phase.generate, Phase.shrink])
 
 
+def _tree_fails(stmt: Statement, example) -> bool:
+  v = evaluate_tree_file(stmt.name, *example)
+  return v is not None and bool(v.applies) and not bool(
+      holds_mask(stmt, np.asarray(v.margin), np.asarray(v.slack)))
+
+
+def _find_tree(stmts: tuple, max_examples: int, seed: int):
+  """Hypothesis' search for a tree (and probe seed) on which one of ``stmts`` fails."""
+  drawn = st.tuples(tree_strategy(), st.integers(0, 2**32 - 1))
+  return find(drawn, lambda example: any(_tree_fails(s, example) for s in stmts),
+              settings=_settings(max_examples), random=Random(seed))
+
+
+_SEARCHED_TOGETHER = tuple(s for s in TREE_STATEMENTS if s.name in SEARCHABLE_TREE_STATEMENTS)
+
+
+@functools.lru_cache(maxsize=8)
+def _some_tree_statement_fails(max_examples: int, seed: int) -> bool:
+  """One search for every searchable tree statement at once (same strategy, settings and seed as
+  each statement's own search). While nothing fails, Hypothesis draws the same examples whatever
+  the statement, so when this search finds nothing neither would any statement's own search:
+  the statements share one search instead of repeating it (its drawing was most of `verify`'s
+  search time). When it finds something, each statement is searched on its own as before."""
+  try:
+    _find_tree(_SEARCHED_TOGETHER, max_examples, seed)
+  except NoSuchExample:
+    return False
+  return True
+
+
 def search_tree_counterexample(stmt: Statement, max_examples: int = 200,
                                seed: int = 0) -> dict | None:
   """Searches for a (shrunk) tree on which a token-level statement (G1–G4) fails.
@@ -79,17 +109,12 @@ def search_tree_counterexample(stmt: Statement, max_examples: int = 200,
     None when nothing was found, else {"tree": tree-file object, "probe_seed", "lhs", "rhs",
     "margin", "slack"}.
   """
-  drawn = st.tuples(tree_strategy(), st.integers(0, 2**32 - 1))
-
-  def fails(example) -> bool:
-    v = evaluate_tree_file(stmt.name, *example)
-    return v is not None and bool(v.applies) and not bool(
-        holds_mask(stmt, np.asarray(v.margin), np.asarray(v.slack)))
-
   if stmt.name not in SEARCHABLE_TREE_STATEMENTS:
     return None
+  if stmt in _SEARCHED_TOGETHER and not _some_tree_statement_fails(max_examples, seed):
+    return None
   try:
-    raw, probe_seed = find(drawn, fails, settings=_settings(max_examples), random=Random(seed))
+    raw, probe_seed = _find_tree((stmt,), max_examples, seed)
   except NoSuchExample:
     return None
   v = evaluate_tree_file(stmt.name, raw, probe_seed)
@@ -97,9 +122,50 @@ def search_tree_counterexample(stmt: Statement, max_examples: int = 200,
           "margin": float(v.margin), "slack": float(v.slack)}
 
 
+def _fails(stmt: Statement, raw: dict, theta) -> bool:
+  v = evaluate_raw(stmt, raw, theta)
+  return bool(v.applies) and not bool(holds_mask(stmt, np.asarray(v.margin), np.asarray(v.slack)))
+
+
+def _find_instance(stmts: tuple, uses_probe: bool, max_examples: int, seed: int, strategy=None):
+  """Hypothesis' search for an instance (and probe logits) on which one of ``stmts`` fails."""
+  base = strategy if strategy is not None else instance_strategy(*SEARCH_SHAPE)
+  if uses_probe:
+    drawn = base.flatmap(lambda raw: st.tuples(st.just(raw), probe_strategy_for(raw)))
+  else:
+    drawn = base.map(lambda raw: (raw, None))
+
+  def fails(example) -> bool:
+    raw, theta = example
+    return is_valid_raw(raw) and any(_fails(s, raw, theta) for s in stmts)
+
+  return find(drawn, fails, settings=_settings(max_examples), random=Random(seed))
+
+
+# The statements expected to hold share one search per kind of draw (with or without a probe),
+# as the tree statements do (see :func:`_some_tree_statement_fails`).
+_HOLDING = {probe: tuple(s for s in STATEMENTS if s.fn is not None and s.expected == "holds"
+                         and s.uses_probe == probe) for probe in (False, True)}
+
+
+@functools.lru_cache(maxsize=16)
+def _some_statement_fails(uses_probe: bool, max_examples: int, seed: int) -> bool:
+  """One search for every statement of ``_HOLDING[uses_probe]`` at once (see the tree case)."""
+  try:
+    _find_instance(_HOLDING[uses_probe], uses_probe, max_examples, seed)
+  except NoSuchExample:
+    return False
+  return True
+
+
 def search_counterexample(stmt: Statement, max_examples: int = 200, seed: int = 0,
                           strategy=None) -> dict | None:
   """Searches for a (shrunk) counterexample to ``stmt``.
+
+  The statements expected to hold are first searched together, in one search with the same
+  strategy, settings and seed as each one's own: while nothing fails Hypothesis draws the same
+  examples whatever the statement, so when that search finds nothing, neither would this one's;
+  otherwise, and for every other statement, ``stmt`` is searched on its own.
 
   Args:
     stmt: a statement with an unbatched ``fn``.
@@ -111,21 +177,11 @@ def search_counterexample(stmt: Statement, max_examples: int = 200, seed: int = 
     None when nothing was found, else {"instance": raw dict, "probe_logits": array or None,
     "lhs", "rhs", "margin", "slack"}.
   """
-  base = strategy if strategy is not None else instance_strategy(*SEARCH_SHAPE)
-  if stmt.uses_probe:
-    drawn = base.flatmap(lambda raw: st.tuples(st.just(raw), probe_strategy_for(raw)))
-  else:
-    drawn = base.map(lambda raw: (raw, None))
-
-  def fails(example) -> bool:
-    raw, theta = example
-    if not is_valid_raw(raw):
-      return False
-    v = evaluate_raw(stmt, raw, theta)
-    return bool(v.applies) and not bool(holds_mask(stmt, np.asarray(v.margin), np.asarray(v.slack)))
-
+  if (strategy is None and stmt in _HOLDING[stmt.uses_probe]
+      and not _some_statement_fails(stmt.uses_probe, max_examples, seed)):
+    return None
   try:
-    raw, theta = find(drawn, fails, settings=_settings(max_examples), random=Random(seed))
+    raw, theta = _find_instance((stmt,), stmt.uses_probe, max_examples, seed, strategy)
   except NoSuchExample:
     return None
   v = evaluate_raw(stmt, raw, theta)
