@@ -176,19 +176,21 @@ def test_hypothesis_finds_a_counterexample_to_printed_theorem_4_1_by_itself():
 
 
 def test_the_shared_search_finds_what_each_statements_own_search_finds():
-  """The statements expected to hold share one Hypothesis search per kind of draw
+  """The run's statements expected to hold share one Hypothesis search per kind of draw
   (verify/search.py): where it finds nothing, each one's own search (same strategy, settings and
-  seed) finds nothing either; a statement that does fail (an identity whose margin is lowered
-  by 1) is searched on its own and its counterexample found."""
-  for name in ("sft_loss_after_rl", "sft_excess_is_kl"):  # without and with a probe policy
-    stmt = statement_by_name(name)
-    assert search_counterexample(stmt, max_examples=15, seed=5) is None
+  seed) finds nothing either; when one of them fails (an identity whose margin is lowered by 1)
+  the shared search finds it and the statement is searched on its own, its counterexample
+  found."""
+  run = tuple(statement_by_name(n) for n in ("sft_loss_after_rl", "sft_excess_is_kl",
+                                              "gibbs_variational", "theorem_4_1_as_printed"))
+  for stmt in run[:2]:  # without and with a probe policy
+    assert search_counterexample(stmt, max_examples=15, seed=5, together=run) is None
     with pytest.raises(NoSuchExample):
       _find_instance((stmt,), stmt.uses_probe, 15, 5)
-  b3 = statement_by_name("sft_loss_after_rl")
+  b3 = run[0]
   failing = dataclasses.replace(b3, fn=lambda inst, pi: b3.fn(inst, pi)._replace(
       margin=b3.fn(inst, pi).margin - 1.0))
-  found = search_counterexample(failing, max_examples=15, seed=5)
+  found = search_counterexample(failing, max_examples=15, seed=5, together=run + (failing,))
   assert found is not None and found["margin"] < -found["slack"], found
 
 

@@ -96,14 +96,15 @@ def test_depth_one_statements_see_the_difference_at_depth_two():
 
 
 def test_the_shared_search_finds_what_each_statements_own_search_finds(monkeypatch):
-  """The statements share one Hypothesis search (verify/search.py): where it finds nothing, each
-  statement's own search (same strategy, settings and seed) finds nothing either; a statement
-  that is not the registered one (here one whose every applicable verdict counts as failing) is
-  searched on its own and its counterexample found."""
+  """The run's tree statements share one Hypothesis search (verify/search.py): where it finds
+  nothing, each statement's own search (same strategy, settings and seed) finds nothing either;
+  when one of them fails (here one whose every applicable verdict counts as failing) the shared
+  search finds it and the statement is searched on its own, its counterexample found."""
   holding = [s for s in TREE_STATEMENTS if s.name in ("G1 soft_value_is_log_partition",
                                                       "G3 k3_value_is_kl")]
   for stmt in holding:
-    assert search_tree_counterexample(stmt, max_examples=15, seed=5) is None
+    assert search_tree_counterexample(stmt, max_examples=15, seed=5,
+                                      together=TREE_STATEMENTS) is None
     with pytest.raises(NoSuchExample):
       _find_tree((stmt,), 15, 5)
   failing = dataclasses.replace(holding[0], title="fails wherever it applies")
@@ -111,7 +112,8 @@ def test_the_shared_search_finds_what_each_statements_own_search_finds(monkeypat
   monkeypatch.setattr(search, "holds_mask",
                       lambda stmt, m, sl: np.zeros_like(real(stmt, m, sl)) if stmt is failing
                       else real(stmt, m, sl))
-  found = search_tree_counterexample(failing, max_examples=15, seed=5)
+  found = search_tree_counterexample(failing, max_examples=15, seed=5,
+                                     together=TREE_STATEMENTS + (failing,))
   assert found is not None and found["tree"]["prompts"], found
 
 

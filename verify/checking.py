@@ -111,8 +111,10 @@ def _message(stmt: Statement, m: np.ndarray, a: np.ndarray, families: np.ndarray
           f"first in family {families[first]}, margin {m[first]}")
 
 
-def check_statement(stmt: Statement, batches, search_examples: int, seed: int) -> StatementReport:
-  """Sweeps one statement over the batches and searches for a counterexample."""
+def check_statement(stmt: Statement, batches, search_examples: int, seed: int,
+                    together: tuple = ()) -> StatementReport:
+  """Sweeps one statement over the batches and searches for a counterexample (sharing the search
+  with the statements of ``together``, the run's, where it can: :mod:`.search`)."""
   t0 = time.perf_counter()
   margins, slacks, lhs_all, rhs_all, applies_all, ratio_all, fams = [], [], [], [], [], [], []
   first_failure = None
@@ -152,9 +154,11 @@ def check_statement(stmt: Statement, batches, search_examples: int, seed: int) -
   found = None
   tree = stmt.name in _TOKEN_LEVEL
   if stmt.fn is not None and search_examples > 0:
-    found = search_counterexample(stmt, max_examples=search_examples, seed=seed)
+    found = search_counterexample(stmt, max_examples=search_examples, seed=seed,
+                                  together=together)
   elif tree and search_examples > 0:
-    found = search_tree_counterexample(stmt, max_examples=search_examples, seed=seed)
+    found = search_tree_counterexample(stmt, max_examples=search_examples, seed=seed,
+                                       together=together)
   counterexample, cx_source = None, None
   if found is not None and tree:
     counterexample, cx_source = dict(found), "hypothesis"
@@ -197,7 +201,7 @@ def run_verify(n_instances: int, seed: int, search_examples: int,
   for stmt in statements:
     if progress:
       progress(stmt.name)
-    reports.append(check_statement(stmt, batches, search_examples, seed))
+    reports.append(check_statement(stmt, batches, search_examples, seed, tuple(statements)))
   return {
       "tool": "nondecoupling verify",
       "seed": seed,

@@ -20,7 +20,7 @@ from hypothesis.errors import NoSuchExample
 
 from ..theory.instance import Instance
 from .compile_cache import default_cache_dir
-from .registry import STATEMENTS, policy_from_logits
+from .registry import policy_from_logits
 from .statement import Statement, holds_mask
 from .strategies import (
   SEARCH_SHAPE,
@@ -29,7 +29,7 @@ from .strategies import (
   pad_raw,
   probe_strategy_for,
 )
-from .tree_checks import SEARCHABLE_TREE_STATEMENTS, TREE_STATEMENTS, evaluate_tree_file
+from .tree_checks import SEARCHABLE_TREE_STATEMENTS, evaluate_tree_file
 from .tree_strategies import tree_strategy
 
 __all__ = ["search_counterexample", "evaluate_raw", "search_tree_counterexample"]
@@ -79,31 +79,30 @@ def _find_tree(stmts: tuple, max_examples: int, seed: int):
               settings=_settings(max_examples), random=Random(seed))
 
 
-_SEARCHED_TOGETHER = tuple(s for s in TREE_STATEMENTS if s.name in SEARCHABLE_TREE_STATEMENTS)
-
-
 @functools.lru_cache(maxsize=8)
-def _some_tree_statement_fails(max_examples: int, seed: int) -> bool:
-  """One search for every searchable tree statement at once (same strategy, settings and seed as
+def _some_tree_statement_fails(group: tuple, max_examples: int, seed: int) -> bool:
+  """One search for the tree statements of ``group`` at once (same strategy, settings and seed as
   each statement's own search). While nothing fails, Hypothesis draws the same examples whatever
   the statement, so when this search finds nothing neither would any statement's own search:
   the statements share one search instead of repeating it (its drawing was most of `verify`'s
   search time). When it finds something, each statement is searched on its own as before."""
   try:
-    _find_tree(_SEARCHED_TOGETHER, max_examples, seed)
+    _find_tree(group, max_examples, seed)
   except NoSuchExample:
     return False
   return True
 
 
-def search_tree_counterexample(stmt: Statement, max_examples: int = 200,
-                               seed: int = 0) -> dict | None:
+def search_tree_counterexample(stmt: Statement, max_examples: int = 200, seed: int = 0,
+                               together: tuple = ()) -> dict | None:
   """Searches for a (shrunk) tree on which a token-level statement (G1–G4) fails.
 
   Draws small tree files from :func:`.tree_strategies.tree_strategy` (every reward rule, both
   reference forms) and a probe seed; every exact tree statement is evaluated at once per example
   (:func:`.tree_checks.evaluate_tree_file`, one compile for all). Flow statements are not searched
-  (None).
+  (None). The searchable statements of ``together`` (the run's) first share one search
+  (:func:`_some_tree_statement_fails`); ``stmt`` is searched on its own only when that finds
+  something.
 
   Returns:
     None when nothing was found, else {"tree": tree-file object, "probe_seed", "lhs", "rhs",
@@ -111,7 +110,8 @@ def search_tree_counterexample(stmt: Statement, max_examples: int = 200,
   """
   if stmt.name not in SEARCHABLE_TREE_STATEMENTS:
     return None
-  if stmt in _SEARCHED_TOGETHER and not _some_tree_statement_fails(max_examples, seed):
+  group = tuple(s for s in together if s.name in SEARCHABLE_TREE_STATEMENTS)
+  if stmt in group and not _some_tree_statement_fails(group, max_examples, seed):
     return None
   try:
     raw, probe_seed = _find_tree((stmt,), max_examples, seed)
@@ -142,43 +142,42 @@ def _find_instance(stmts: tuple, uses_probe: bool, max_examples: int, seed: int,
   return find(drawn, fails, settings=_settings(max_examples), random=Random(seed))
 
 
-# The statements expected to hold share one search per kind of draw (with or without a probe),
-# as the tree statements do (see :func:`_some_tree_statement_fails`).
-_HOLDING = {probe: tuple(s for s in STATEMENTS if s.fn is not None and s.expected == "holds"
-                         and s.uses_probe == probe) for probe in (False, True)}
-
-
 @functools.lru_cache(maxsize=16)
-def _some_statement_fails(uses_probe: bool, max_examples: int, seed: int) -> bool:
-  """One search for every statement of ``_HOLDING[uses_probe]`` at once (see the tree case)."""
+def _some_statement_fails(group: tuple, uses_probe: bool, max_examples: int, seed: int) -> bool:
+  """One search for the statements of ``group`` at once (as :func:`_some_tree_statement_fails`)."""
   try:
-    _find_instance(_HOLDING[uses_probe], uses_probe, max_examples, seed)
+    _find_instance(group, uses_probe, max_examples, seed)
   except NoSuchExample:
     return False
   return True
 
 
 def search_counterexample(stmt: Statement, max_examples: int = 200, seed: int = 0,
-                          strategy=None) -> dict | None:
+                          strategy=None, together: tuple = ()) -> dict | None:
   """Searches for a (shrunk) counterexample to ``stmt``.
 
-  The statements expected to hold are first searched together, in one search with the same
-  strategy, settings and seed as each one's own: while nothing fails Hypothesis draws the same
-  examples whatever the statement, so when that search finds nothing, neither would this one's;
-  otherwise, and for every other statement, ``stmt`` is searched on its own.
+  The statements of ``together`` (the run's) that are expected to hold and draw as ``stmt`` does
+  (with or without a probe) are first searched together, in one search with the same strategy,
+  settings and seed as each one's own: while nothing fails Hypothesis draws the same examples
+  whatever the statement, so when that search finds nothing, neither would this one's; otherwise,
+  and for every other statement, ``stmt`` is searched on its own.
 
   Args:
     stmt: a statement with an unbatched ``fn``.
     max_examples: Hypothesis example budget (shrinking comes on top).
     seed: seed of the search (deterministic).
-    strategy: strategy of raw instances (default: :func:`instance_strategy`).
+    strategy: strategy of raw instances (default: :func:`instance_strategy`; with another, no
+      shared search).
+    together: the statements of the run (default: none, ``stmt`` is searched on its own).
 
   Returns:
     None when nothing was found, else {"instance": raw dict, "probe_logits": array or None,
     "lhs", "rhs", "margin", "slack"}.
   """
-  if (strategy is None and stmt in _HOLDING[stmt.uses_probe]
-      and not _some_statement_fails(stmt.uses_probe, max_examples, seed)):
+  group = tuple(s for s in together if s.fn is not None and s.expected == "holds"
+                and s.uses_probe == stmt.uses_probe)
+  if (strategy is None and stmt in group
+      and not _some_statement_fails(group, stmt.uses_probe, max_examples, seed)):
     return None
   try:
     raw, theta = _find_instance((stmt,), stmt.uses_probe, max_examples, seed, strategy)
