@@ -93,8 +93,8 @@ def expm1_minus_x(x: jax.Array) -> jax.Array:
   small = jnp.abs(x) < 0.1
   xs = jnp.where(small, x, 0.0)
   series = 1.0
-  for k in range(12, 2, -1):
-    series = 1.0 + xs / k * series
+  for k in range(12, 2, -1):  # Horner; products with 1/k (one rounding each) instead of divisions
+    series = 1.0 + xs * (1.0 / k) * series
   return jnp.where(small, 0.5 * xs * xs * series, jnp.expm1(jnp.where(small, 0.0, x)) - x)
 
 

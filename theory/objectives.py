@@ -172,9 +172,9 @@ def kl_rows(log_p: jax.Array, log_q: jax.Array) -> jax.Array:
     '2.0000e-18'
   """
   pos = log_p > LOG_NEGLIGIBLE
-  p = jnp.where(pos, jnp.exp(jnp.where(pos, log_p, 0.0)), 0.0)
+  mass = jnp.exp(jnp.where(pos, log_p, log_q))  # p on supp p, q off it: one exponential per entry
   ratio = jnp.where(pos, log_q, 0.0) - jnp.where(pos, log_p, 0.0)
-  return kl_from_log_ratio(p, ratio, jnp.where(pos, 0.0, jnp.exp(jnp.where(pos, 0.0, log_q))))
+  return kl_from_log_ratio(jnp.where(pos, mass, 0.0), ratio, jnp.where(pos, 0.0, mass))
 
 
 def tv_rows(p: jax.Array, q: jax.Array) -> jax.Array:

@@ -26,6 +26,8 @@ Modules:
                 flowing to stationarity), with their SFT loss, reward, J_β and frontier regret
   atomic        the atomic case as depth-1 trees and back; the leaf set of any tree as an atomic
                 Instance (parts A–F on the leaves)
+  chunks        a function of a tree evaluated over chunks of its prompts (per-prompt outputs put
+                together, sums over prompts added): cache-sized passes for many prompts
 
 G5 (length normalisation in group policy gradients) is left to the recipes built on this package:
 a group estimator's exact field is Σ_y π(y) E[w_i | y_i = y] ∇log π(y) with w the per-sequence
