@@ -174,3 +174,32 @@ def test_c1_closed_form_example():
                       "reference": np.array([[0.5, 0.5]]), "reward": np.array([[0.0, 1.0]]),
                       "beta": 1.0}, bucket=None)
   assert_close(c1(inst), np.log((1 + np.e) / 2) - 0.5)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 10, 64])
+def test_batch_check_quantities_in_chunks_match_the_numpy_reference(chunk):
+  """batch_check_quantities (lax.map over chunks of the batch, remainders included) against the
+  independent per-instance NumPy/SciPy reference (Brent for β_c)."""
+  from nondecoupling.theory.instance import Instance
+  from nondecoupling.theory.quantities import batch_check_quantities
+  from nondecoupling.verify.numpy_reference import reference_quantities
+  rng = np.random.default_rng(5)
+  n, nx, ny = 10, 3, 4
+  w = rng.dirichlet(np.ones(nx), n)
+  d = rng.dirichlet(np.ones(ny), (n, nx))
+  ref = rng.dirichlet(np.ones(ny), (n, nx))
+  r = rng.uniform(-1, 1, (n, nx, ny))
+  beta = np.exp(rng.uniform(np.log(0.05), np.log(5.0), n))
+  batch = Instance(prompt_weights=jnp.asarray(w), data=jnp.asarray(d), reference=jnp.asarray(ref),
+                   reward=jnp.asarray(r), beta=jnp.asarray(beta),
+                   response_mask=jnp.ones((n, nx, ny), bool))
+  got = jax.jit(lambda b: batch_check_quantities(b, chunk))(batch)
+  for i in range(n):
+    want = reference_quantities(w[i], d[i], ref[i], r[i], beta[i])
+    for k, v in want.items():
+      if v is None:
+        assert np.isnan(got[k][i]), (i, k)
+      else:
+        assert_close(got[k][i], v, err_msg=f"{i} {k}")
+  with pytest.raises(ValueError, match="chunk must be at least 1"):
+    batch_check_quantities(batch, 0)

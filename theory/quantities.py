@@ -23,9 +23,11 @@ from .instance import Instance
 from .statements.critical_beta import critical_beta_from_terms
 from .tilt import log_ratio_to, log_tilt, tilt, tilt_c1_rows, tilt_tv_rows
 
-__all__ = ["check_quantities", "prompt_terms", "QUANTITY_DOCS", "CHUNK"]
+__all__ = ["check_quantities", "batch_check_quantities", "prompt_terms", "QUANTITY_DOCS", "CHUNK",
+           "BATCH_CHUNK"]
 
 CHUNK = 2048  # prompts per chunk (rows of [Y]); a chunk's temporaries are CHUNK x Y
+BATCH_CHUNK = 256  # instances per chunk of a batch (batch_check_quantities)
 
 QUANTITY_DOCS = {
     "sft_loss_data": "L(d) = E_w H(d_x), the SFT optimum",
@@ -159,3 +161,32 @@ def check_quantities(inst: Instance, chunk: int = CHUNK) -> dict[str, jax.Array]
   out["beta_critical"] = critical_beta_from_terms(
       inst, lambda fn, *xs: _map_rows(fn, xs, chunk))
   return {k: out[k] for k in QUANTITY_DOCS}
+
+
+def batch_check_quantities(batch: Instance, chunk: int = BATCH_CHUNK) -> dict[str, jax.Array]:
+  """:func:`check_quantities` of every instance of a batch, ``chunk`` instances at a time.
+
+  ``jax.lax.map`` with ``batch_size=chunk``: each chunk is one vmapped evaluation whose
+  temporaries stay in the processor's cache, where ``jax.vmap`` over the whole batch makes every
+  temporary batch-sized (4096 instances of 16 × 8 on one CPU core: 95 → 62 ms). The numbers are
+  vmap's, except β_c, whose Newton iterates a chunk until its slowest instance has converged
+  (a root moves within its tolerance ``NEWTON_RTOL`` when its chunk changes).
+
+  Args:
+    batch: instances with a leading batch axis [B, X, Y].
+    chunk: instances per chunk (a remainder is one more, smaller chunk).
+
+  Returns:
+    dict name -> [B] array, names as in ``QUANTITY_DOCS``.
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance, stack
+    >>> one = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)
+    >>> q = batch_check_quantities(stack([one] * 3), chunk=2)
+    >>> [round(float(v), 6) for v in q["c1"]]
+    [0.120115, 0.120115, 0.120115]
+  """
+  if chunk < 1:
+    raise ValueError(f"chunk must be at least 1 instance, got {chunk}")
+  size = int(jax.tree.leaves(batch)[0].shape[0])
+  return jax.lax.map(check_quantities, batch, batch_size=min(int(chunk), max(size, 1)))

@@ -42,6 +42,7 @@ _API = {
     "kl_rows": "theory.objectives", "policy_log_probs": "theory.objectives",
     "initial_logits": "theory.objectives", "sft_grad": "theory.objectives",
     "rl_grad": "theory.objectives", "check_quantities": "theory.quantities",
+    "batch_check_quantities": "theory.quantities",
     "beta_critical": "theory.statements.critical_beta", "Verdict": "theory.verdict",
     # the frontier and decoupling regret (this project's D4)
     "frontier_policy": "theory.frontier", "frontier_curve": "theory.frontier",

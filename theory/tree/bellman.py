@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from .._numerics import NEG_INF, masked_dot
 from .instance import TreeInstance, support
 from .objectives import expect
-from .policy import Levels, gather_rows, node_log_softmax, reference_log_probs
+from .policy import Levels, gather_rows, reference_log_probs
 
 __all__ = ["soft_bellman", "optimal_policy", "log_partition", "rl_value", "c1"]
 
@@ -59,7 +59,7 @@ def soft_bellman(tree: TreeInstance) -> tuple[Levels, Levels]:
     logits = jnp.where(support(lv), log_rho[t] + go, NEG_INF)
     u = jax.nn.logsumexp(jnp.where(lv.node[..., None], logits, 0.0), axis=-1)
     values[t] = jnp.where(lv.node, u, NEG_INF)
-    policy[t] = node_log_softmax(logits, support(lv))
+    policy[t] = jnp.where(support(lv), logits - u[..., None], NEG_INF)  # logits − their logsumexp
     below = jnp.where(lv.node, u, 0.0)
   return tuple(values), tuple(policy)
 
