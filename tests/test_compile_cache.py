@@ -18,7 +18,9 @@ import pytest
 
 from nondecoupling.verify import stored_programs
 from nondecoupling.verify.compile_cache import CACHE_ENV, default_cache_dir, enable_compile_cache
+from nondecoupling.verify.exported_programs import exported_jit
 from nondecoupling.verify.stored_programs import stored_jit
+from nondecoupling.verify.sweep import shard_batch
 
 INSTANCE = {"beta": 0.7, "prompt_weights": [0.25, 0.75],
             "data": [[0.5, 0.3, 0.2], [0.1, 0.6, 0.3]],
@@ -83,6 +85,42 @@ def test_a_stored_program_loads_without_tracing_and_agrees_with_numpy(program_di
   assert len(traces) == 2 and len(list(program_dir.glob("*.bin"))) == 2
 
 
+def test_an_exported_program_over_every_device_loads_without_tracing(program_dir, monkeypatch):
+  """verify's batched programs (sharded over the suite's 4 CPU devices) are kept lowered: a later
+  process (a new wrapper) reads the module and never traces or exports the function again."""
+  assert len(jax.devices()) > 1
+  x = np.linspace(-3.0, 2.0, 24).reshape(8, 3)
+  (placed,), _ = shard_batch((x,))
+  traces = []
+
+  def counted(a):
+    traces.append(1)
+    return _logsumexp_rows(a)
+
+  first = exported_jit.__wrapped__(counted, "test.exported")(placed)
+  assert len(traces) == 1 and len(list(program_dir.glob("*.exported"))) == 1
+  monkeypatch.setattr(jax.export, "export", lambda *a, **k: pytest.fail("exported again"))
+  again = exported_jit.__wrapped__(counted, "test.exported")(placed)
+  assert len(traces) == 1, "the exported program was not read"
+  expected = np.log(np.exp(x).sum(axis=-1))
+  for got in (first, again):
+    assert set(got) == {"lse", "max"}
+    np.testing.assert_allclose(np.asarray(got["lse"]), expected, rtol=1e-14)
+    assert float(got["max"]) == x.max()
+  assert again["lse"].sharding.is_equivalent_to(placed.sharding, 1)
+
+
+def test_without_a_program_folder_nothing_is_exported(tmp_path):
+  before = stored_programs.program_dir()
+  stored_programs.set_program_dir(None)
+  try:
+    out = exported_jit.__wrapped__(_logsumexp_rows, "test.exported_off")(jnp.arange(3.0))
+  finally:
+    stored_programs.set_program_dir(before)
+  np.testing.assert_allclose(float(out["lse"]), np.log(np.exp(np.arange(3.0)).sum()), rtol=1e-14)
+  assert not list(tmp_path.rglob("*.exported"))
+
+
 def test_a_program_for_one_of_several_devices_loads_for_that_device(program_dir):
   # The suite runs with 4 CPU devices; JAX's loader would otherwise expect 4 shards per argument.
   assert len(jax.devices()) > 1
@@ -107,12 +145,14 @@ def test_only_this_packages_module_level_functions_are_stored_by_default(program
   assert not list(program_dir.glob("*.bin"))
 
 
-def test_a_damaged_program_is_compiled_again(program_dir):
+@pytest.mark.parametrize("keep, pattern", [(stored_jit, "*.bin"), (exported_jit, "*.exported")])
+def test_a_damaged_program_is_made_again(program_dir, keep, pattern):
+  """A damaged whole executable is compiled again, a damaged exported module exported again."""
   x = jnp.asarray(np.arange(6.0).reshape(2, 3))
-  stored_jit.__wrapped__(_logsumexp_rows, "test.damaged")(x)
-  (path,) = program_dir.glob("*.bin")
+  keep.__wrapped__(_logsumexp_rows, "test.damaged")(x)
+  (path,) = program_dir.glob(pattern)
   path.write_bytes(b"garbage")
-  out = stored_jit.__wrapped__(_logsumexp_rows, "test.damaged")(x)
+  out = keep.__wrapped__(_logsumexp_rows, "test.damaged")(x)
   np.testing.assert_allclose(np.asarray(out["lse"]),
                              np.log(np.exp(np.arange(6.0).reshape(2, 3)).sum(-1)), rtol=1e-14)
   assert path.read_bytes() != b"garbage"

@@ -29,8 +29,6 @@ Slack (the bound below which a margin is a failure, :mod:`nondecoupling.theory.v
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,6 +39,7 @@ from ..theory.instance import Instance, rl_stage_after_sft
 from ..theory.rounding import entries
 from ..theory.statements import initial_rates, pl, rl_duration, spectral
 from ..theory.verdict import Verdict, rounding_slack
+from .exported_programs import exported, exported_partial
 
 __all__ = ["FLOW_SAMPLE", "MAX_FLOW_UNITS", "random_logits", "check_pl_rl", "check_pl_sft",
            "check_spectral", "check_d2_flow", "check_decay_rl", "check_decay_sft",
@@ -107,7 +106,6 @@ def _pl_point(inst, key, which):
                   _used(res["rhs"], res["lhs"]))
 
 
-@functools.partial(jax.jit, static_argnames=("which",))
 def _pl_batch(batch, key, which):
   keys = _keys(key, batch.prompt_weights.shape[0])
   return jax.vmap(lambda i, k: _pl_point(i, k, which))(batch, keys)
@@ -115,12 +113,12 @@ def _pl_batch(batch, key, which):
 
 def check_pl_rl(batch: Instance, key: jax.Array) -> Verdict:
   """D5 (ours): ‖∇J_β‖² ≥ 2 μ_RL (J_β* − J_β) at a random policy per instance."""
-  return _pl_batch(batch, key, "rl")
+  return exported_partial(_pl_batch, which="rl")(batch, key)
 
 
 def check_pl_sft(batch: Instance, key: jax.Array) -> Verdict:
   """D5 (ours): ‖∇L‖² ≥ 2 μ_SFT (L − L(d)) at a random policy per instance."""
-  return _pl_batch(batch, key, "sft")
+  return exported_partial(_pl_batch, which="sft")(batch, key)
 
 
 def _spectral_point(inst, key):
@@ -134,7 +132,7 @@ def _spectral_point(inst, key):
                   res["slack_min"], res["tightness_max"])
 
 
-@jax.jit
+@exported
 def check_spectral(batch: Instance, key: jax.Array) -> Verdict:
   """D6 (ours): |⟨∇_x L, ∇_x J_β⟩| ≤ w_x² β λ_max(F_x)² ‖P(d/π)‖ ‖P log(π*/π)‖ ≤ (max π)² form."""
   keys = _keys(key, batch.prompt_weights.shape[0])
@@ -150,7 +148,7 @@ def check_spectral(batch: Instance, key: jax.Array) -> Verdict:
 RESOLVABLE_DISPLACEMENT = 1e-8
 
 
-@jax.jit
+@exported
 def _d2_batch(batch):
   def one(inst):
     res = initial_rates.d2_check(inst)
@@ -161,7 +159,7 @@ def _d2_batch(batch):
   return jax.vmap(one)(batch)
 
 
-@jax.jit
+@exported
 def _d2_moves(batch):
   """[B] the smaller logit move of the two stencils (general ρ and ρ = d) of each instance."""
   move = lambda inst: jnp.minimum(initial_rates.d2_stencil_step(inst)[1],
@@ -212,7 +210,6 @@ def _decay_point(inst, key, kind):
   return _verdict(gap[i], bound[i], margins[i], applies, slacks[i], _used(gap[i], bound[i]))
 
 
-@functools.partial(jax.jit, static_argnames=("kind",))
 def _decay_batch(batch, key, kind):
   keys = _keys(key, batch.prompt_weights.shape[0])
   return jax.vmap(lambda i, k: _decay_point(i, k, kind))(batch, keys)
@@ -221,13 +218,13 @@ def _decay_batch(batch, key, kind):
 def check_decay_rl(batch: Instance, key: jax.Array) -> Verdict:
   """D5 (ours): along the RL flow, gap(t) ≤ gap(0) exp(−2∫μ_RL) (margin in log scale)."""
   sub, n, k = _sample(batch)
-  return _pad_verdict(_decay_batch(sub, key, "rl"), n, k)
+  return _pad_verdict(exported_partial(_decay_batch, kind="rl")(sub, key), n, k)
 
 
 def check_decay_sft(batch: Instance, key: jax.Array) -> Verdict:
   """D5 (ours): along the SFT flow, gap(t) ≤ gap(0) exp(−2∫μ_SFT) (margin in log scale)."""
   sub, n, k = _sample(batch)
-  return _pad_verdict(_decay_batch(sub, key, "sft"), n, k)
+  return _pad_verdict(exported_partial(_decay_batch, kind="sft")(sub, key), n, k)
 
 
 def _d7_setup(inst, key):
@@ -245,7 +242,7 @@ def _d7_setup(inst, key):
   return inst_d, lam, horizon, feasible
 
 
-@jax.jit
+@exported
 def _d7_batch(batch, key):
   keys = _keys(key, batch.prompt_weights.shape[0])
 

@@ -26,24 +26,32 @@ from ..theory.statements import (
 from ..theory.statements.identities import clip_logits
 from . import flow_checks
 from .statement import Statement
+from .stored_programs import storable
 from .tree_checks import TREE_STATEMENTS
 from .tree_group_checks import TREE_GROUP_STATEMENTS
 
 __all__ = ["STATEMENTS", "FLOW_STATEMENTS", "all_statements", "statement_by_name",
            "policy_from_logits"]
 
+def _named(call, f, kind: str):
+  """``call`` with ``program_name``: the key name its programs are stored under
+  (:func:`~.stored_programs.program_name`), when ``f`` is a module-level function of ours."""
+  call.program_name = f"{f.__module__}.{f.__qualname__}[{kind}]" if storable(f) else None
+  return call
+
+
 def _no_probe(f):
-  return lambda inst, probe: f(inst)
+  return _named(lambda inst, probe: f(inst), f, "no_probe")
 
 
 def _probe_policy(f):
   """f(inst, log_pi) evaluated at the probe (already log-probabilities)."""
-  return lambda inst, probe: f(inst, probe)
+  return _named(lambda inst, probe: f(inst, probe), f, "probe_policy")
 
 
 def _probe_logits(f):
   """f(inst, theta) evaluated at finite logits made from the probe."""
-  return lambda inst, probe: f(inst, clip_logits(probe))
+  return _named(lambda inst, probe: f(inst, clip_logits(probe)), f, "probe_logits")
 
 
 # RL-then-SFT statements are evaluated at π₂ = d (the exact SFT optimum after RL), so that a

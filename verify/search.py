@@ -20,8 +20,10 @@ from hypothesis.errors import NoSuchExample
 
 from ..theory.instance import Instance
 from .compile_cache import default_cache_dir
+from .exported_programs import exported_jit
 from .registry import policy_from_logits
 from .statement import Statement, holds_mask
+from .stored_programs import program_name
 from .strategies import (
   SEARCH_SHAPE,
   instance_strategy,
@@ -44,6 +46,9 @@ def _compiled(fn):
                     response_mask=mask)
     return fn(inst, policy_from_logits(inst, theta))
 
+  name = program_name(fn)
+  if name is not None:
+    return exported_jit(run, f"{name}[search]")
   return jax.jit(run)
 
 

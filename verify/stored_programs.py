@@ -34,7 +34,8 @@ from jax.experimental import serialize_executable
 
 from .. import theory
 
-__all__ = ["stored_jit", "set_program_dir", "program_dir", "storing_is_safe"]
+__all__ = ["stored_jit", "set_program_dir", "program_dir", "storing_is_safe", "program_key", "storable",
+           "program_name"]
 
 _STATE: dict[str, Path | None] = {"dir": None}
 _FORMAT = 1  # bump when the file layout changes
@@ -94,7 +95,9 @@ def _signature(leaf) -> tuple:
   return (tuple(a.shape), str(a.dtype), weak, sharding)
 
 
-def _key(name: str, args: tuple) -> str:
+def program_key(name: str, args: tuple) -> str:
+  """The key of program ``name`` on ``args``: a hash of the name, the arguments' tree, shapes,
+  dtypes and shardings, and :func:`_environment` (devices, versions, configuration, code)."""
   leaves, tree = jax.tree.flatten(args)
   text = repr((name, str(tree), [_signature(x) for x in leaves], _environment()))
   return hashlib.sha256(text.encode()).hexdigest()[:40]
@@ -143,11 +146,25 @@ def _single_device(args: tuple):
   return devices.pop() if len(devices) == 1 else None
 
 
-def _storable(fn: Callable) -> bool:
+def storable(fn: Callable) -> bool:
   """Only functions defined at module level in this package: their code is in the key's hash (a
   function defined elsewhere, or a closure, could change without changing its name)."""
   module, qualname = getattr(fn, "__module__", "") or "", getattr(fn, "__qualname__", "")
   return module.startswith(f"{theory.__package__.rsplit('.', 1)[0]}.") and "<" not in qualname
+
+
+def program_name(fn: Callable) -> str | None:
+  """The name ``fn``'s programs are stored under: its ``program_name`` attribute (an adapter
+  around a function of ours sets it); for ``functools.partial`` of one of ours with keywords only,
+  its name with the keywords' reprs; else module and qualified name when :func:`storable`; else
+  None (not stored)."""
+  named = getattr(fn, "program_name", None)
+  if named is not None:
+    return named
+  if isinstance(fn, functools.partial) and not fn.args and storable(fn.func):
+    keywords = ",".join(f"{k}={v!r}" for k, v in sorted(fn.keywords.items()))
+    return f"{fn.func.__module__}.{fn.func.__qualname__}[{keywords}]"
+  return f"{fn.__module__}.{fn.__qualname__}" if storable(fn) else None
 
 
 @functools.lru_cache(maxsize=None)
@@ -165,7 +182,7 @@ def stored_jit(fn: Callable, name: str | None = None) -> Callable:
     and stores, a later process with the same key loads the executable without tracing.
   """
   jitted = jax.jit(fn)
-  if name is None and not _storable(fn):
+  if name is None and not storable(fn):
     return jitted
   name = name or f"{fn.__module__}.{fn.__qualname__}"
   loaded: dict[str, Any] = {}
@@ -189,7 +206,7 @@ def stored_jit(fn: Callable, name: str | None = None) -> Callable:
     device = _single_device(args)
     if folder is None or device is None:
       return jitted(*args)
-    key = _key(name, args)
+    key = program_key(name, args)
     if key in loaded:
       return loaded[key](*args)
     path = folder / f"{key}.bin"

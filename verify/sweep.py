@@ -19,6 +19,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ..theory.verdict import Verdict
 from .devices import device_mesh
+from .exported_programs import exported_jit
+from .stored_programs import program_name
 
 __all__ = ["AXIS", "instance_mesh", "shard_batch", "evaluate_batch", "batched_function"]
 
@@ -66,7 +68,12 @@ def _gather(a) -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def batched_function(fn):
-  """jit(vmap(fn)) over (instance, probe), cached per function so each shape compiles once."""
+  """jit(vmap(fn)) over (instance, probe), cached per function so each shape compiles once; for a
+  module-level function of this package its lowered programs are kept between processes
+  (:func:`~.exported_programs.exported_jit`)."""
+  name = program_name(fn)
+  if name is not None:
+    return exported_jit(jax.vmap(fn), f"{name}[vmap]")
   return jax.jit(jax.vmap(fn))
 
 

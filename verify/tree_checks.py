@@ -33,7 +33,9 @@ import numpy as np
 from ..theory.statements import tokens
 from ..theory.tree.instance import TreeInstance
 from ..theory.verdict import Verdict
+from .exported_programs import exported_jit
 from .statement import Statement, verdict_row
+from .stored_programs import program_name
 from .sweep import shard_batch
 from .tree_families import SMALL_BUCKET, TREE_BUCKET, sample_trees
 from .tree_io import tree_from_dict
@@ -79,9 +81,11 @@ def trees_for_batch(batch, key) -> tuple[TreeInstance, tuple]:
 
 @functools.lru_cache(maxsize=None)
 def _compiled(fn, with_probe: bool):
-  if with_probe:
-    return jax.jit(jax.vmap(fn))
-  return jax.jit(jax.vmap(lambda tree, probe: fn(tree)))
+  batched = jax.vmap(fn) if with_probe else jax.vmap(lambda tree, probe: fn(tree))
+  name = program_name(fn)
+  if name is None:
+    return jax.jit(batched)
+  return exported_jit(batched, f"{name}[vmap, probe={with_probe}]")
 
 
 def evaluate_trees(fn, trees: TreeInstance, probes: tuple, with_probe: bool) -> Verdict:
@@ -96,7 +100,7 @@ def _exact_verdicts(tree: TreeInstance, theta: tuple) -> Verdict:
                    for f in Verdict._fields))
 
 
-_ALL_EXACT = jax.jit(jax.vmap(_exact_verdicts))
+_ALL_EXACT = exported_jit(jax.vmap(_exact_verdicts), f"{__name__}._exact_verdicts[vmap]")
 
 
 @functools.lru_cache(maxsize=16)
@@ -216,7 +220,7 @@ def _all_tree_verdicts(tree: TreeInstance, theta: tuple) -> list:
   return [_UNBATCHED[s.name](tree, theta) for s in TREE_STATEMENTS]
 
 
-_ALL_SMALL = jax.jit(_exact_verdicts)
+_ALL_SMALL = exported_jit(_exact_verdicts, f"{__name__}._exact_verdicts")
 
 
 @functools.lru_cache(maxsize=4096)

@@ -30,7 +30,9 @@ import numpy as np
 from ..theory.statements import lengths
 from ..theory.tree.instance import Bucket, TreeInstance
 from ..theory.verdict import Verdict
+from .exported_programs import exported_jit
 from .statement import Statement
+from .stored_programs import program_name
 from .tree_families import probe_logits, random_trees
 
 __all__ = ["TREE_GROUP_STATEMENTS", "GROUP_BUCKET", "GROUP_LEVELS", "GROUP_FAMILIES",
@@ -72,7 +74,11 @@ def group_trees_for_batch(batch, key) -> tuple[TreeInstance, tuple]:
 
 @functools.lru_cache(maxsize=None)
 def _compiled(fn):
-  return jax.jit(jax.vmap(functools.partial(fn, levels=GROUP_LEVELS)))
+  batched = jax.vmap(functools.partial(fn, levels=GROUP_LEVELS))
+  name = program_name(fn)
+  if name is None:
+    return jax.jit(batched)
+  return exported_jit(batched, f"{name}[vmap, levels={GROUP_LEVELS!r}]")
 
 
 def _checker(fn):
