@@ -2,12 +2,12 @@ r"""A function of a tree instance evaluated over chunks of its prompts.
 
 Every level array of a :class:`~.instance.TreeInstance` has the prompt axis first, and every
 quantity of this package is per prompt or a sum over prompts (E_w[f] = Σ_x w_x f(x)). So a
-function of a tree with many prompts can be evaluated on a few prompts at a time
-(``jax.lax.map`` over chunks) and the pieces combined: per-prompt outputs concatenated, sums
-over prompts added. The numbers are the same (up to the order of the final sum); the
+function of a tree with many prompts can be evaluated on a few prompts at a time (a
+``jax.lax.fori_loop`` over slices of the arrays) and the pieces combined: per-prompt outputs put
+together, sums over prompts added. The numbers are the same (up to the order of the final sum); the
 temporaries of one chunk are small enough to stay in the processor's cache, which on CPU makes
-the level recursions of a large batch of prompts about 1.5× faster than one pass over all of
-them (a complete k = 8, T = 5 tree of 256 prompts: 167 → 110 ms on one core).
+the level recursions of a large batch of prompts about 1.8× faster than one pass over all of
+them (a complete k = 8, T = 5 tree of 256 prompts in chunks of 16: 172.7 → 96.7 ms).
 """
 
 from __future__ import annotations
