@@ -9,6 +9,13 @@
     L, J, KL(π‖ρ) and log Z from the logits, both sides; the floor is one float64 exp pass over
     every slot of the tree; and peak memory at several depths (max RSS growth of a fresh process
     for JAX, the high-water mark reset after compiling, tracemalloc for NumPy) against the number of nodes.
+(d) Every recipe's exact expected field on the same tree with the verifiable reward 1{r > 0}
+    (over chunks of prompts): compile and run time, ns per node; Dr.GRPO and PPO-clip (closed-form
+    sequence weights at θ = θ_old) also against NumPy/SciPy over sequences
+    (bench/numpy_recipe_fields.py: one sparse path-incidence product for the whole batch) with
+    their disagreement; the recipes whose exact field keeps [nodes × leaves] continuation tables
+    (UFT, Prefix-RFT, BREAD) are reported as not run, DAPO's group of 16 over 9 levels as beyond
+    the exact enumeration.
 (b) The worst disagreement with brute force: 300 random trees (every family, depth ≤ 4) whose
     sequences are enumerated in NumPy from the level arrays (an independent walk), comparing
     L, J, KL(π‖ρ) and log Z (relative error) and the leaf probabilities of π and π*_β (absolute).
@@ -167,6 +174,85 @@ def sequences_vs_engine(depth=DEPTH, prompts=PROMPTS):
   return out
 
 
+# Recipes whose exact field keeps continuation tables [X, nodes, leaf slots] (every node as a start
+# of a hint or prefix rollout): on this tree 2,801 × 22,408 entries per prompt, 0.5 GB per table per
+# prompt; not run here (the bench reports the size).
+CONTINUATION_RECIPES = ("uft", "prefix_rft", "bread")
+NUMPY_RECIPES = ("dr_grpo", "ppo_clip")
+
+
+def verifiable(tree):
+  """The tree with the verifiable reward 1{r > 0} (two reward levels, as a correctness check)."""
+  import dataclasses
+
+  import jax.numpy as jnp
+  return dataclasses.replace(tree, levels=tuple(
+      dataclasses.replace(lv, reward=jnp.where(lv.reward > 0, 1.0, 0.0)) for lv in tree.levels))
+
+
+def recipe_fields(prompts=PROMPTS, depth=DEPTH):
+  """Every recipe's exact expected field on the complete tree with a 0/1 reward (over chunks of
+  prompts), and the two with closed-form sequence weights against NumPy/SciPy over sequences."""
+  import jax
+  import jax.numpy as jnp
+
+  from bench.numpy_recipe_fields import recipe_field
+  from bench.numpy_sequences import sequence_paths
+  from nondecoupling.theory.recipes.groups import InfeasibleExactField
+  from nondecoupling.theory.tree.chunks import map_prompt_chunks
+  from nondecoupling.theory.tree.instance import n_nodes
+  from nondecoupling.theory.tree.recipes.registry import TREE_RECIPES
+  from nondecoupling.verify.tree_families import complete_tree
+
+  tree = jax.device_put(verifiable(complete_tree(K, depth, prompts)))
+  rng = np.random.default_rng(0)
+  theta = tuple(jnp.asarray(rng.normal(0.0, 1.0, lv.reference.shape)) for lv in tree.levels)
+  levels = _levels_numpy(tree)
+  theta_np = [np.asarray(t) for t in theta]
+  w = np.asarray(tree.prompt_weights)
+  flat, mask = sequence_paths(levels)
+  nodes = int(n_nodes(tree)[0]) * prompts
+  slots_per_prompt = sum(lv.leaf.shape[1] * lv.leaf.shape[2] for lv in tree.levels)
+  rows = {}
+  for name, recipe in TREE_RECIPES.items():
+    if name in CONTINUATION_RECIPES:
+      rows[name] = {"status": "not run: continuation tables of "
+                              f"{nodes // prompts} x {slots_per_prompt} entries per prompt"}
+      print(f"  {name:12s} {rows[name]['status']}", flush=True)
+      continue
+    try:
+      cfg = recipe.prepare(tree, recipe.config)
+      fn = jax.jit(lambda t, th, cfg=cfg, f=recipe.field: map_prompt_chunks(
+          lambda tc, thc: f(tc, thc, cfg), t, th))
+      t0 = time.perf_counter()
+      compiled = fn.lower(tree, theta).compile()
+      compile_s = time.perf_counter() - t0
+    except InfeasibleExactField as e:
+      rows[name] = {"status": f"infeasible exactly (the estimator is used): {e}"}
+      print(f"  {name:12s} infeasible exactly: {e}", flush=True)
+      continue
+    ours = [np.asarray(a) for a in compiled(tree, theta)]
+    run = _median_seconds(lambda: jax.block_until_ready(compiled(tree, theta)), 3)
+    row = {"status": "ok", "compile_s": compile_s, "run_s": run,
+           "ns_per_node": 1e9 * run / nodes}
+    if name in NUMPY_RECIPES:
+      size = getattr(cfg, "group_size", 1)
+      theirs = recipe_field(name, levels, theta_np, w, flat, mask, size)
+      row["numpy_sequences_s"] = _median_seconds(
+          lambda: recipe_field(name, levels, theta_np, w, flat, mask, size), 3)
+      row["speedup"] = row["numpy_sequences_s"] / run
+      scale = max(float(np.max(np.abs(a))) for a in theirs)
+      row["max_disagreement_over_max_entry"] = max(
+          float(np.max(np.abs(a - b))) for a, b in zip(ours, theirs)) / scale
+    rows[name] = row
+    extra = (f", NumPy over sequences {1e3 * row['numpy_sequences_s']:.1f} ms "
+             f"({row['speedup']:.1f}x, disagreement {row['max_disagreement_over_max_entry']:.1e})"
+             if "speedup" in row else "")
+    print(f"  {name:12s} compile {compile_s:6.2f} s  run {1e3 * run:8.1f} ms "
+          f"({row['ns_per_node']:.0f} ns/node){extra}", flush=True)
+  return {"prompts": prompts, "reward": "1{r > 0}", "internal_nodes": nodes, "recipes": rows}
+
+
 _MEMORY_CHILD = r"""
 import json, sys, tracemalloc
 import numpy as np
@@ -312,9 +398,12 @@ def main(argv=None) -> int:
   print(f"complete tree k = {K}, T = {DEPTH}, {PROMPTS} prompts:", flush=True)
   timings = complete_tree_timings()
   versus = sequences_vs_engine()
+  print("every recipe's exact field (0/1 reward):", flush=True)
+  recipes = recipe_fields()
   memory = memory_by_size()
   agreement = brute_force_disagreement()
   path = write_result("bench_tree", {"complete_tree": timings, "versus_numpy_sequences": versus,
+                                     "recipe_fields": recipes,
                                      "memory_by_size": memory, "brute_force": agreement})
   print(f"wrote {path}")
   return 0

@@ -266,3 +266,25 @@ def test_constant_length_statement_sees_ragged_lengths():
   v = lengths.constant_length_normalisers_agree(tree, theta)
   assert not bool(v.applies)
   assert float(v.margin) < -1e6 * float(v.slack), v
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(-2, 2), st.integers(1, 3), st.booleans()), min_size=1,
+                max_size=24), st.integers(0, 3))
+def test_group_levels_are_the_distinct_keys_in_order(entries, spare):
+  """The levels of a row are NumPy's distinct (reward, key) pairs on the support, in increasing
+  order; every supported entry points at its own pair; the unused levels are marked."""
+  from nondecoupling.theory.recipes.groups import group_levels
+
+  r = np.array([float(e[0]) / 2 for e in entries])
+  key = np.array([e[1] for e in entries])
+  sup = np.array([e[2] for e in entries])
+  pairs = sorted({(a, b) for a, b, s in zip(r, key, sup) if s})
+  m = max(1, len(pairs)) + spare
+  level_of, lvl_r, lvl_key, used = (np.asarray(a) for a in group_levels(
+      jnp.asarray(r), jnp.asarray(key), jnp.asarray(sup), m))
+  assert used.tolist() == [i < len(pairs) for i in range(m)]
+  assert [(float(a), int(b)) for a, b in zip(lvl_r[:len(pairs)], lvl_key[:len(pairs)])] == pairs
+  for i in np.flatnonzero(sup):
+    assert pairs[level_of[i]] == (r[i], key[i])
+  assert np.all(level_of[~sup] == 0)

@@ -34,11 +34,11 @@ from .binomial import binom_pmf
 __all__ = [
     "MAX_GROUP_ENUMERATION", "InfeasibleExactField", "compositions", "reward_levels",
     "resolve_levels", "level_table", "enumerated_advantage", "enumerated_off_advantage",
-    "sample_group_advantage", "mean_group_advantage", "success", "success_stats",
+    "sample_group_advantage", "group_levels", "mean_group_advantage", "success", "success_stats",
     "gated_mean_advantage", "value", "clip_weight", "fill_reward_levels",
 ]
 
-MAX_GROUP_ENUMERATION = 50_000  # multisets of reward levels enumerated per (prompt, response)
+MAX_GROUP_ENUMERATION = 50_000  # multisets of reward levels enumerated per (prompt, own level)
 
 
 class InfeasibleExactField(ValueError):
@@ -129,15 +129,55 @@ def level_table(total: int, parts: int):
   return jnp.asarray(counts), jnp.asarray(log_coef)
 
 
+def group_levels(r_row, key_row, support_row, m: int):
+  """Group the n entries of one row into its distinct (reward, key) levels: O(n m), no sort.
+
+  Level j is the smallest (reward, key) pair among the entries not yet in a level (two masked
+  minima and one comparison pass per level; XLA's sort on CPU costs more than the m passes for
+  the level counts the exact enumerations admit).
+
+  Args:
+    r_row: [n] rewards; key_row: [n] a second key (a length; zeros for rewards alone).
+    support_row: [n] bool, the entries that count (the rest are in no level).
+    m: static number of levels returned (≥ the row's distinct keys on its support).
+
+  Returns:
+    (level_of [n] int (0 off the support), level reward [m], level key [m], used [m] bool).
+    Levels are in increasing (reward, key) order; unused levels have reward 0 and key 0.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> lv, r, _, used = group_levels(jnp.array([1.0, 0.0, 1.0, 5.0]), jnp.zeros(4),
+    ...                               jnp.array([True, True, True, False]), 3)
+    >>> lv.tolist(), r.tolist(), used.tolist()
+    ([1, 0, 1, 0], [0.0, 1.0, 0.0], [True, True, False])
+  """
+  key = key_row.astype(r_row.dtype)
+
+  def level(j, carry):
+    level_of, left, lvl_r, lvl_key = carry
+    r_min = jnp.min(jnp.where(left, r_row, jnp.inf))
+    at_r = left & (r_row == r_min)
+    key_min = jnp.min(jnp.where(at_r, key, jnp.inf))
+    here = at_r & (key == key_min)
+    found = jnp.any(here)
+    return (jnp.where(here, j, level_of), left & ~here,
+            lvl_r.at[j].set(jnp.where(found, r_min, 0.0)),
+            lvl_key.at[j].set(jnp.where(found, key_min, 0.0)))
+
+  init = (jnp.zeros(r_row.shape, jnp.int32), support_row, jnp.zeros((m,), r_row.dtype),
+          jnp.zeros((m,), r_row.dtype))
+  level_of, _, lvl_r, lvl_key = jax.lax.fori_loop(0, m, level, init)
+  used = jnp.arange(m) < jnp.max(jnp.where(support_row, level_of + 1, 0))
+  return level_of, lvl_r, lvl_key.astype(key_row.dtype), used
+
+
 def _row_levels(r_row, support_row, p_row, m: int):
-  """The first m distinct rewards of a row and the π-mass on each (0 for unused slots)."""
-  same = (r_row[:, None] == r_row[None, :]) & support_row[:, None] & support_row[None, :]
-  n = r_row.shape[0]
-  earlier = jnp.asarray(np.tri(n, n, -1, dtype=bool))
-  is_rep = support_row & ~jnp.any(same & earlier, axis=1)
-  p_lvl = jnp.sum(jnp.where(same, p_row[None, :], 0.0), axis=1)
-  order = jnp.argsort(~is_rep, stable=True)[:m]
-  return r_row[order], jnp.where(is_rep[order], p_lvl[order], 0.0)
+  """(level of each entry [n], the m distinct rewards on the support [m], π-mass on each [m])."""
+  level_of, v, _, used = group_levels(r_row, jnp.zeros_like(r_row), support_row, m)
+  seg = jnp.where(support_row, level_of, m)
+  p = jax.ops.segment_sum(jnp.where(support_row, p_row, 0.0), seg, num_segments=m + 1)[:m]
+  return level_of, v, jnp.where(used, p, 0.0)
 
 
 def _group_moments(own_r, own_succ, v, p, succ_lvl, extra, table, n_others, use_std, eps, gate):
@@ -198,7 +238,7 @@ def enumerated_advantage(inst, pi_old, n_others: int, m: int, use_std: bool, eps
   gate = jnp.asarray(gate, pi_old.dtype)
 
   def row(r_row, s_row, p_row, d_row):
-    v, p = _row_levels(r_row, s_row, p_row, m)
+    level_of, v, p = _row_levels(r_row, s_row, p_row, m)
     succ_lvl = (v > threshold).astype(v.dtype)
 
     def own(r_y):
@@ -210,7 +250,9 @@ def enumerated_advantage(inst, pi_old, n_others: int, m: int, use_std: bool, eps
           r_y, succ, v, p, succ_lvl, r_demo[None], table, n_others, use_std, eps, gate))(r_row)
       dd = jnp.where(d_row > 0, d_row, 0.0)
       return jnp.sum(dd * pos), jnp.sum(dd * neg)
-    return jax.vmap(own)(r_row)
+    # Â depends on y only through r(y): one enumeration per level, read back per response.
+    pos, neg = jax.vmap(own)(v)
+    return pos[level_of], neg[level_of]
 
   pos, neg = jax.vmap(row)(inst.reward, support, pi_old, inst.data)
   return jnp.where(support, pos, 0.0), jnp.where(support, neg, 0.0)
@@ -243,7 +285,7 @@ def enumerated_off_advantage(inst, pi_old, n_on: int, m: int, use_std: bool, eps
   gate = jnp.asarray((0, 1 << 30), pi_old.dtype)
 
   def row(r_row, s_row, p_row):
-    v, p = _row_levels(r_row, s_row, p_row, m)
+    _, v, p = _row_levels(r_row, s_row, p_row, m)
     zero = jnp.zeros_like(v)
 
     def own(r_y):

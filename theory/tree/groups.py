@@ -43,7 +43,7 @@ a per-token KL loss aggregated in the same mode receives.
 
 Cost. With L levels per prompt the enumeration visits C(L + G − 2, G − 1) multisets for each of the
 L own levels: O(L² C(L + G − 2, G − 1)) per prompt, never the leaves' count (that enters only
-through an O(W²) grouping of the W leaf slots into levels). Beyond :data:`MAX_GROUP_MULTISETS`
+through an O(W L) grouping of the W leaf slots into levels). Beyond :data:`MAX_GROUP_MULTISETS`
 multisets (G = 8: at most L = 18 levels) :class:`InfeasibleGroupEnumeration` is raised: callers
 fall back to the sampled estimator. Measured (bench/bench_tree_groups.py, 2-core CPU, G = 8, one
 prompt): see the constant's comment.
@@ -63,7 +63,7 @@ import numpy as np
 
 from .._numerics import NEG_INF
 from ..recipes.advantage import group_advantage
-from ..recipes.groups import InfeasibleExactField
+from ..recipes.groups import InfeasibleExactField, group_levels
 from .atomic import leaf_policy, unflat_slots
 from .fields import reinforce_field
 from .instance import TreeInstance
@@ -238,24 +238,21 @@ def count_levels(tree: TreeInstance, mode: str, rewards=None) -> int:
 
 
 def _row_levels(r, length, mask, log_p, m: int):
-  """Group the W leaf slots of one prompt into its m levels (equal keys).
+  """Group the W leaf slots of one prompt into its m levels (equal keys; O(W m), no sort).
 
   Returns (level index [W], level reward [m], level length [m], level log-mass [m]); unused level
   slots have log-mass −∞.
   """
-  w = r.shape[0]
-  same = ((r[:, None] == r[None, :]) & (length[:, None] == length[None, :])
-          & mask[:, None] & mask[None, :])
-  earlier = jnp.asarray(np.tri(w, w, -1, dtype=bool))
-  is_rep = mask & ~jnp.any(same & earlier, axis=1)
-  rank = jnp.cumsum(is_rep) - 1
-  level_of = jnp.where(mask, rank[jnp.argmax(same, axis=1)], 0)
-  onehot = (level_of[:, None] == jnp.arange(m)[None, :]) & mask[:, None]
-  lvl_log_p = jax.nn.logsumexp(jnp.where(onehot, log_p[:, None], NEG_INF), axis=0)
-  order = jnp.argsort(~is_rep, stable=True)[:m]
-  used = is_rep[order]
-  return (level_of, jnp.where(used, r[order], 0.0), jnp.where(used, length[order], 1.0),
-          jnp.where(used, lvl_log_p, NEG_INF))
+  level_of, lvl_r, lvl_len, used = group_levels(r, length, mask, m)
+  seg = jnp.where(mask, level_of, m)                       # off the support: segment m
+  lp = jnp.where(mask, log_p, NEG_INF)
+  top = jax.ops.segment_max(lp, seg, num_segments=m + 1)[:m]
+  safe_top = jnp.where(jnp.isfinite(top), top, 0.0)
+  total = jax.ops.segment_sum(jnp.exp(lp - safe_top[jnp.minimum(seg, m - 1)]), seg,
+                              num_segments=m + 1)[:m]
+  with_mass = used & (total > 0)
+  lvl_log_p = jnp.where(with_mass, safe_top + jnp.log(jnp.where(with_mass, total, 1.0)), NEG_INF)
+  return level_of, lvl_r, jnp.where(used, lvl_len, 1.0), lvl_log_p
 
 
 def _own_moments(own_r, own_len, lvl_r, lvl_len, lvl_log_p, counts, log_coef, group_size: int,
