@@ -45,3 +45,18 @@ def test_batches_are_split_over_every_device():
   assert n == 16
   assert len(placed.data.sharding.device_set) == 4
   assert placed.data.addressable_shards[0].data.shape[0] == 4
+
+
+def test_padding_a_batch_to_a_common_size_changes_no_verdict():
+  """`verify` evaluates every family's batch at the largest batch's size: the padded rows are
+  dropped and the real rows' verdicts are those of the unpadded evaluation (the table's
+  tolerance: another batch size may vectorise the rows differently)."""
+  inst, probe = sample_family("dense", 3, seed=2)
+  for stmt in [s for s in STATEMENTS if s.fn is not None][:4]:
+    plain = evaluate_batch(stmt.fn, inst, probe)
+    padded = evaluate_batch(stmt.fn, inst, probe, size=8)
+    assert padded.margin.shape == (3,)
+    for a, b in zip(plain, padded):
+      a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+      np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b))
+      assert_close(np.where(np.isfinite(a), a, 0.0), np.where(np.isfinite(b), b, 0.0))

@@ -118,11 +118,12 @@ def check_statement(stmt: Statement, batches, search_examples: int, seed: int,
   t0 = time.perf_counter()
   margins, slacks, lhs_all, rhs_all, applies_all, ratio_all, fams = [], [], [], [], [], [], []
   first_failure = None
+  size = max(int(np.asarray(b[1].prompt_weights).shape[0]) for b in batches)  # one shape
   for fam, inst, probe in batches:
     if stmt.check is not None:
       out = stmt.check(inst, jax.random.PRNGKey(seed))
     else:
-      out = evaluate_batch(stmt.fn, inst, probe)
+      out = evaluate_batch(stmt.fn, inst, probe, size=size)
     m = np.asarray(out.margin, np.float64)
     a = np.broadcast_to(np.asarray(out.applies, bool), m.shape)
     sl = np.broadcast_to(np.asarray(out.slack, np.float64), m.shape)

@@ -39,8 +39,9 @@ def _pad_leading(a: np.ndarray, n: int) -> np.ndarray:
   return np.concatenate([a, reps], axis=0)
 
 
-def shard_batch(tree: Any, mesh: Mesh | None = None) -> tuple[Any, int]:
-  """Places a batched pytree on the mesh, split along the leading axis.
+def shard_batch(tree: Any, mesh: Mesh | None = None, size: int = 0) -> tuple[Any, int]:
+  """Places a batched pytree on the mesh, split along the leading axis, padded to a multiple of
+  the devices and to at least ``size`` rows (batches of one shape share one compiled program).
 
   Returns:
     (sharded pytree, original batch size).
@@ -49,7 +50,7 @@ def shard_batch(tree: Any, mesh: Mesh | None = None) -> tuple[Any, int]:
   leaves = jax.tree.leaves(tree)
   n = leaves[0].shape[0]
   k = mesh.devices.size
-  padded = -(-n // k) * k
+  padded = -(-max(n, size) // k) * k
   sharding = NamedSharding(mesh, PartitionSpec(AXIS))
 
   def place(a):
@@ -77,7 +78,7 @@ def batched_function(fn):
   return jax.jit(jax.vmap(fn))
 
 
-def evaluate_batch(fn, instances, probes, mesh: Mesh | None = None) -> Verdict:
+def evaluate_batch(fn, instances, probes, mesh: Mesh | None = None, size: int = 0) -> Verdict:
   """Evaluates an unbatched ``fn(instance, probe) -> Verdict`` on a batch, sharded.
 
   Args:
@@ -85,10 +86,12 @@ def evaluate_batch(fn, instances, probes, mesh: Mesh | None = None) -> Verdict:
     instances: batched Instance [B, X, Y].
     probes: [B, X, Y] probe log-policies.
     mesh: device mesh (default: all devices).
+    size: evaluate at least this many rows (padding repeats the last instance; the caller passes
+      the largest of its batches, so every batch compiles to one program).
 
   Returns:
     Verdict of numpy arrays [B].
   """
-  (inst_s, probe_s), n = shard_batch((instances, probes), mesh)
+  (inst_s, probe_s), n = shard_batch((instances, probes), mesh, size)
   out = batched_function(fn)(inst_s, probe_s)
   return Verdict(*(_gather(jnp.broadcast_to(v, (out.margin.shape[0],)))[:n] for v in out))

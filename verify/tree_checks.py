@@ -41,7 +41,7 @@ from .tree_families import SMALL_BUCKET, TREE_BUCKET, sample_trees
 from .tree_io import tree_from_dict
 
 __all__ = ["TREE_STATEMENTS", "TREE_NAMES", "FLOW_SAMPLE", "FLOW_STEPS", "CHECK_BUCKET", "TREE_CHUNK",
-           "MAX_CHUNKS", "trees_for_batch", "tree_count", "evaluate_trees", "tree_margins",
+           "MAX_CHUNKS", "padded_batch", "trees_for_batch", "tree_count", "evaluate_trees", "tree_margins",
            "looks_like_tree_file", "evaluate_tree_file", "SEARCHABLE_TREE_STATEMENTS"]
 
 FLOW_SAMPLE = 16
@@ -140,12 +140,30 @@ def flow_trees_for_batch(batch, key) -> tuple[TreeInstance, tuple]:
   return jax.tree.map(lambda a: a[pick], (trees, probes))
 
 
+def padded_batch(trees_probes, size: int):
+  """(trees, probes) repeated cyclically to ``size`` rows (≥ their count), and their count.
+
+  Every batch of a statement is evaluated at one shape, so its program compiles once for every
+  batch size (and is shared through the caches by every run of ``verify``); the caller keeps the
+  first rows of the result.
+  """
+  n = int(jax.tree.leaves(trees_probes)[0].shape[0])
+  if n >= size:
+    return trees_probes, n
+  idx = np.arange(size) % n
+  return jax.tree.map(lambda a: a[idx], trees_probes), n
+
+
 def _flow_checker(construct: str):
   fn = _flow_fn(construct)
 
   def check(batch, key) -> Verdict:
-    v = evaluate_trees(fn, *flow_trees_for_batch(batch, key), with_probe=False)
-    return Verdict(*(np.asarray(a) for a in v))._replace(applies=np.asarray(v.applies, bool))
+    picked = flow_trees_for_batch(batch, key)
+    n = int(jax.tree.leaves(picked)[0].shape[0])
+    (trees, probes), n = padded_batch(picked, 1 << (n - 1).bit_length())  # a power of two
+    v = evaluate_trees(fn, trees, probes, with_probe=False)
+    v = Verdict(*(np.asarray(a)[:n] for a in v))
+    return v._replace(applies=v.applies.astype(bool))
   return check
 
 

@@ -33,12 +33,14 @@ from ..theory.verdict import Verdict
 from .exported_programs import exported_jit
 from .statement import Statement
 from .stored_programs import program_name
+from .tree_checks import padded_batch
 from .tree_families import probe_logits, random_trees
 
 __all__ = ["TREE_GROUP_STATEMENTS", "GROUP_BUCKET", "GROUP_LEVELS", "GROUP_FAMILIES",
            "group_trees_for_batch"]
 
 GROUP_BUCKET = Bucket(prompts=2, vocab=3, nodes=(1, 2, 4, 8))
+GROUP_MIN_BATCH = 4  # every batch padded to a power of two ≥ this: one compile per statement
 GROUP_LEVELS = 4  # ≥ the distinct rewards of every family (the length family has ≤ T = 4)
 
 GROUP_FAMILIES = {
@@ -83,8 +85,10 @@ def _compiled(fn):
 
 def _checker(fn):
   def check(batch, key) -> Verdict:
-    trees, probes = group_trees_for_batch(batch, key)
-    return _compiled(fn)(trees, probes)
+    trees_probes = group_trees_for_batch(batch, key)
+    n = int(jax.tree.leaves(trees_probes)[0].shape[0])
+    (trees, probes), n = padded_batch(trees_probes, max(GROUP_MIN_BATCH, 1 << (n - 1).bit_length()))
+    return jax.tree.map(lambda a: a[:n], _compiled(fn)(trees, probes))
   return check
 
 
