@@ -232,14 +232,14 @@ def recipe_fields(prompts=PROMPTS, depth=DEPTH):
       print(f"  {name:12s} infeasible exactly: {e}", flush=True)
       continue
     ours = [np.asarray(a) for a in compiled(tree, theta)]
-    run = _median_seconds(lambda: jax.block_until_ready(compiled(tree, theta)), 3)
+    run = _median_seconds(lambda: jax.block_until_ready(compiled(tree, theta)), 7)
     row = {"status": "ok", "compile_s": compile_s, "run_s": run,
            "ns_per_node": 1e9 * run / nodes}
     if name in NUMPY_RECIPES:
       size = getattr(cfg, "group_size", 1)
       theirs = recipe_field(name, levels, theta_np, w, flat, mask, size)
       row["numpy_sequences_s"] = _median_seconds(
-          lambda: recipe_field(name, levels, theta_np, w, flat, mask, size), 3)
+          lambda: recipe_field(name, levels, theta_np, w, flat, mask, size), 7)
       row["speedup"] = row["numpy_sequences_s"] / run
       scale = max(float(np.max(np.abs(a))) for a in theirs)
       row["max_disagreement_over_max_entry"] = max(

@@ -24,7 +24,13 @@ from nondecoupling.theory.recipes.ppo import PPO_CLIP as ATOMIC_PPO
 from nondecoupling.theory.tree.atomic import leaf_policy, tree_from_atomic
 from nondecoupling.theory.tree.build import PromptTree, build_tree
 from nondecoupling.theory.tree.groups import leaf_rewards
-from nondecoupling.theory.tree.policy import leaf_mask, policy_log_probs
+from nondecoupling.theory.tree.policy import (
+  flat_slots,
+  leaf_lengths,
+  leaf_mask,
+  policy_log_probs,
+  reference_log_probs,
+)
 from nondecoupling.theory.tree.recipes.advantages import informative_probability
 from nondecoupling.theory.tree.recipes.group_rl import fill_levels
 from nondecoupling.theory.tree.recipes.registry import TREE_RECIPES, get_tree_recipe
@@ -150,3 +156,49 @@ def test_dynamic_sampling_probability_by_enumeration():
     total = sum(np.prod(pi[x, list(g)]) for g in itertools.product(leaves, repeat=3)
                 if len({r[x, i] for i in g}) > 1)
     assert_close(q[x], total)
+
+
+@pytest.mark.parametrize("name, overrides", [
+    ("dr_grpo", dict(group_size=3)),
+    ("grpo", dict(group_size=3, use_std=False, kl_coef=0.0)),  # n = 1/(G |o|)
+    ("dr_grpo", dict(group_size=3, kl_form="k1_reward", kl_coef=0.3)),  # every leaf a level
+    ("ppo_clip", dict()),  # Â = r − V, one response: token-mean is 1/|o|
+])
+def test_on_policy_closed_form_field_equals_listing_every_group(name, overrides):
+  """The on-policy field without std (closed form E[Â_1 | y] = (1 − 1/G)(r − V); PPO's r − V)
+  against the gradient of Σ_groups P(group) Σ_i w_i log π(o_i), listing every group of leaves."""
+  tree = _tree()
+  recipe = get_tree_recipe(name)
+  cfg = dataclasses.replace(recipe.config, **overrides)
+  theta = _theta(tree, 5)
+  field = recipe.field(tree, theta, recipe.prepare(tree, cfg))
+  g = cfg.group_size
+  mask = np.asarray(leaf_mask(tree))
+  lengths = np.asarray(flat_slots(leaf_lengths(tree)), np.float64)
+  lp_old = np.asarray(leaf_policy(tree, policy_log_probs(tree, theta)))
+  r = np.asarray(leaf_rewards(tree), np.float64)
+  if cfg.kl_form == "k1_reward":  # r − β Σ_t log(π_old/ρ) = r − β (log π_old(y) − log ρ(y))
+    lp_ref = np.asarray(leaf_policy(tree, reference_log_probs(tree)))
+    r = np.where(mask, r - cfg.kl_coef * (np.where(mask, lp_old, 0.0) - np.where(mask, lp_ref, 0.0)),
+                 0.0)
+  t_max = float(tree.depth)
+
+  coef = np.zeros_like(r)  # Σ over groups and members at each leaf of P(group) Â_i n_i
+  for x in range(mask.shape[0]):
+    groups = np.array(list(itertools.product(np.flatnonzero(mask[x]), repeat=g)))
+    rs, ls = r[x, groups], lengths[x, groups]
+    value = np.sum(np.exp(lp_old[x, mask[x]]) * r[x, mask[x]])
+    adv = rs - (rs.mean(axis=1, keepdims=True) if cfg.advantage == "group" else value)
+    n = {"seq-mean-token-mean": 1.0 / (g * ls),
+         "token-mean": 1.0 / np.broadcast_to(ls.sum(axis=1, keepdims=True), ls.shape),
+         "seq-mean-token-sum-norm": np.full(ls.shape, 1.0 / (g * t_max))}[cfg.loss_agg_mode]
+    prob = np.exp(lp_old[x, groups].sum(axis=1, keepdims=True))
+    np.add.at(coef[x], groups, float(tree.prompt_weights[x]) * prob * adv * n)
+
+  def objective(th):
+    lp = leaf_policy(tree, policy_log_probs(tree, th))
+    return jnp.sum(jnp.where(mask, coef * jnp.where(mask, lp, 0.0), 0.0))
+
+  expected = jax.grad(objective)(theta)
+  for a, b in zip(field, expected):
+    assert_close(a, b)

@@ -225,10 +225,11 @@ def test_k1_fixed_point_is_stationary_where_leaf_probabilities_reach_subnormals(
   batch = next(inst for fam, inst, _ in sample_all(16, 4) if fam == "near_tie")
   trees, _ = trees_for_batch(batch, jax.random.PRNGKey(4))
   tree = index_tree(trees, 105)
-  closed = tree_fixed_points.closed_form_fixed_point(tree, "k1_reward")
-  leaf = tree_atomic.leaf_policy(tree, closed)
+  # Under jit, as verify evaluates it (and one compile instead of hundreds of op-by-op ones).
+  closed = jax.jit(tree_fixed_points.closed_form_fixed_point, static_argnums=1)(tree, "k1_reward")
+  leaf = jax.jit(tree_atomic.leaf_policy)(tree, closed)
   assert float(jnp.min(jnp.where(jnp.exp(leaf) > 0, leaf, 0.0))) < -700  # the case is exercised
-  v = tokens.fixed_point_stationary(tree, "k1_reward")
+  v = jax.jit(tokens.fixed_point_stationary, static_argnums=1)(tree, "k1_reward")
   assert float(v.margin) >= -float(v.slack), (float(v.margin), float(v.slack))
   assert float(v.lhs) < 1e-12
 

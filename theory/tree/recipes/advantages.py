@@ -39,14 +39,20 @@ import numpy as np
 
 from ...recipes.groups import sample_group_advantage
 from ..atomic import leaf_policy
-from ..groups import count_levels, expected_group_weights, leaf_rewards
+from ..groups import (
+  count_levels,
+  expected_group_weights,
+  leaf_rewards,
+  length_normaliser,
+  shares_lengths,
+)
 from ..instance import TreeInstance
 from ..objectives import expect, log_ratios
-from ..policy import Levels, flat_slots, leaf_log_probs, leaf_mask
+from ..policy import Levels, flat_slots, leaf_lengths, leaf_log_probs, leaf_mask
 from .normalisers import sampled_normalisers
 
 __all__ = ["ADVANTAGES", "shaped_rewards", "leaf_value", "needed_levels", "leaf_weights",
-           "informative_probability", "dynamic_sampling_factor", "sampled_weights"]
+           "has_closed_form_net_weights", "net_leaf_weights", "informative_probability", "dynamic_sampling_factor", "sampled_weights"]
 
 ADVANTAGES = ("group", "value")
 
@@ -157,6 +163,60 @@ def leaf_weights(tree: TreeInstance, log_old: Levels, rewards: jax.Array, cfg):
   _, _, norm = expected_group_weights(tree, log_old, jnp.zeros_like(rewards), **kw)
   adv = rewards - leaf_value(tree, log_old, rewards)[:, None]
   return jnp.maximum(adv, 0.0) * norm, jnp.maximum(-adv, 0.0) * norm, norm
+
+
+def has_closed_form_net_weights(cfg) -> bool:
+  """Whether :func:`net_leaf_weights` has a closed form for ``cfg``: no std division and a length
+  normaliser of the own response only (not ``token-mean``, unless the group is one response).
+
+  Examples:
+    >>> from nondecoupling.theory.tree.recipes.registry import TREE_RECIPES
+    >>> [has_closed_form_net_weights(TREE_RECIPES[n].config)
+    ...  for n in ("dr_grpo", "ppo_clip", "grpo", "dapo")]
+    [True, True, False, False]
+  """
+  own_only = not shares_lengths(cfg.loss_agg_mode) or cfg.group_size == 1
+  return own_only and not (cfg.advantage == "group" and cfg.use_std)
+
+
+def net_leaf_weights(tree: TreeInstance, log_old: Levels, rewards: jax.Array, cfg):
+  r"""(net, norm) [X, W]: G E[w_1 | o_1 = y] (= pos − neg of :func:`leaf_weights`) and G E[n_1 | y].
+
+  All an on-policy field needs (no clip is active at θ = θ_old). Where
+  :func:`has_closed_form_net_weights`, in closed form: n_1 = n(|y|) is the own response's
+  (``token-mean`` with G = 1: 1/|y|), and
+  the group advantage without std is linear in the others' rewards,
+  E[r_1 − (1/G) Σ_j r_j | o_1 = y] = (1 − 1/G)(r(y) − V) with V = E_{π_old} r, so
+
+  .. math:: G\,E[w_1 \mid y] = (G - 1)\, n(|y|)\, (r(y) - V), \qquad G\,E[n_1 \mid y] = G\, n(|y|)
+
+  (``value`` advantage: G n(|y|) (r(y) − V)). O(W) per prompt, no enumeration, so also where the
+  enumeration is beyond its limit (many reward levels, the KL in the reward). Otherwise the
+  enumeration of :func:`leaf_weights`.
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import reference_log_probs
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(0,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> from nondecoupling.theory.tree.recipes.group_rl import GroupRLConfig
+    >>> cfg = GroupRLConfig(group_size=2, use_std=False, loss_agg_mode="seq-mean-token-sum")
+    >>> net, norm = net_leaf_weights(tree, reference_log_probs(tree), leaf_rewards(tree), cfg)
+    >>> net.tolist(), norm.tolist()  # (G − 1)(1/G)(r − 1/2) and G (1/G)
+    ([[-0.25, 0.25]], [[1.0, 1.0]])
+  """
+  if not has_closed_form_net_weights(cfg):
+    pos, neg, norm = leaf_weights(tree, log_old, rewards, cfg)
+    return pos - neg, norm
+  mask = leaf_mask(tree)
+  t_max = float(tree.depth if cfg.max_length is None else cfg.max_length)
+  g = cfg.group_size
+  lengths = flat_slots(leaf_lengths(tree))
+  own = jnp.where(mask, lengths, 1)
+  n_own = length_normaliser(cfg.loss_agg_mode, own, own, g, t_max)  # the group's length: G = 1
+  adv = rewards - leaf_value(tree, log_old, rewards)[:, None]
+  factor = g - 1 if cfg.advantage == "group" else g
+  return (jnp.where(mask, factor * n_own * adv, 0.0), jnp.where(mask, g * n_own, 0.0))
 
 
 def informative_probability(tree: TreeInstance, log_old: Levels, group_size: int) -> jax.Array:

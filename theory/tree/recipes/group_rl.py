@@ -21,7 +21,8 @@ with h^± = G E[w_1^± | o_1 = y], ν = G E[n_1 | o_1 = y] (leaf weights) and Q_
 to go under π_old; the field at node s is Σ_a C(s, a) ∇_{θ_s} log π(a|s) = C(s,·) − (Σ_a C) π(·|s)
 (:func:`~..sampling.pullback`). At θ = θ_old (the default: ``theta_old=None``) the ratio is 1, the
 clip is inactive and the policy part is :func:`~..fields.reinforce_field` with the leaf weight
-h⁺ − h⁻; for θ ≠ θ_old (inner steps on one batch) the per-token clip masks are exact. The KL loss
+h⁺ − h⁻ (one pass; in closed form without std and with an own-length normaliser,
+:func:`~.advantages.net_leaf_weights`); for θ ≠ θ_old (inner steps on one batch) the per-token clip masks are exact. The KL loss
 gradient is differentiated at θ with the samples from π_old held fixed (:mod:`..kl`, G3); with
 ν ≡ 1 it is :func:`~..kl.loss_kl_field`. Dynamic sampling multiplies by
 :func:`~.advantages.dynamic_sampling_factor`.
@@ -70,6 +71,7 @@ from .advantages import (
   leaf_value,
   leaf_weights,
   needed_levels,
+  net_leaf_weights,
   sampled_weights,
   shaped_rewards,
 )
@@ -253,14 +255,20 @@ def group_rl_field(tree: TreeInstance, theta: Levels, cfg, theta_old: Levels | N
   """
   log_pi, log_old = _policies(tree, theta, theta_old)
   rewards = shaped_rewards(tree, log_old, cfg.kl_coef, cfg.kl_form)
-  pos, neg, norm = leaf_weights(tree, log_old, rewards, cfg)
-  q_pos, _ = expected_to_go(tree, log_old, unflat_slots(tree, pos))
-  q_neg, _ = expected_to_go(tree, log_old, unflat_slots(tree, neg))
   reach = log_reach(tree, log_old)
-  masks = _clip_masks(tree, log_pi, log_old, cfg, theta_old is not None)
-  coeff = tuple(jnp.exp(r)[..., None] * jnp.exp(lp) * (jnp.where(kp, qp, 0.0)
-                                                        - jnp.where(kn, qn, 0.0))
-                for r, lp, qp, qn, (kp, kn, _) in zip(reach, log_pi, q_pos, q_neg, masks))
+  if theta_old is None:  # on-policy: no clip is active, so one pass on h⁺ − h⁻ (linearity)
+    net, norm = net_leaf_weights(tree, log_old, rewards, cfg)
+    q_net, _ = expected_to_go(tree, log_old, unflat_slots(tree, net))
+    coeff = tuple(jnp.exp(r)[..., None] * jnp.exp(lp) * q
+                  for r, lp, q in zip(reach, log_pi, q_net))
+  else:
+    pos, neg, norm = leaf_weights(tree, log_old, rewards, cfg)
+    q_pos, _ = expected_to_go(tree, log_old, unflat_slots(tree, pos))
+    q_neg, _ = expected_to_go(tree, log_old, unflat_slots(tree, neg))
+    masks = _clip_masks(tree, log_pi, log_old, cfg, True)
+    coeff = tuple(jnp.exp(r)[..., None] * jnp.exp(lp) * (jnp.where(kp, qp, 0.0)
+                                                          - jnp.where(kn, qn, 0.0))
+                  for r, lp, qp, qn, (kp, kn, _) in zip(reach, log_pi, q_pos, q_neg, masks))
   g = pullback(tree, log_pi, coeff)
   slopes = _kl_slopes(tree, log_pi, cfg)
   if slopes is not None:
