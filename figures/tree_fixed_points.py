@@ -8,6 +8,7 @@ loss, reward, J_β and frontier regret (this project's D4 on the leaf set) again
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +45,12 @@ def example_tree(beta: float = 0.5) -> TreeInstance:
   return jax.tree.map(jnp.asarray, tree)
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def _reports(trees: TreeInstance, construct: str) -> dict:
+  """fixed_point_report of the closed-form fixed point of ``construct``, for each tree (one jit)."""
+  return jax.vmap(lambda t: fixed_point_report(t, closed_form_fixed_point(t, construct)))(trees)
+
+
 def fixed_points_against_beta(tree: TreeInstance | None = None, betas=None) -> Figure:
   """SFT loss, reward, J_β and regret of the three fixed points (closed forms) against β.
 
@@ -57,8 +64,7 @@ def fixed_points_against_beta(tree: TreeInstance | None = None, betas=None) -> F
   tree = example_tree() if tree is None else tree
   betas = np.logspace(np.log10(0.05), 1.0, 41) if betas is None else np.asarray(betas)
   at = jax.vmap(lambda b: dataclasses.replace(tree, beta=b))(jnp.asarray(betas))
-  reports = {c: jax.vmap(lambda t, c=c: fixed_point_report(t, closed_form_fixed_point(t, c)))(at)
-             for c in CONSTRUCTS}
+  reports = {c: _reports(at, c) for c in CONSTRUCTS}
   fig, axes = plt.subplots(2, 2, figsize=(9.0, 6.4), sharex=True)
   styles = {"k1_reward": ("k", "-"), "k2_loss": ("tab:blue", "--"), "k3_loss": ("tab:red", ":")}
   for ax, (key, label) in zip(axes.ravel(), PANELS):
