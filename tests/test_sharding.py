@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+import pytest
 from conftest import assert_close
 from jax.sharding import Mesh
 
@@ -60,3 +61,14 @@ def test_padding_a_batch_to_a_common_size_changes_no_verdict():
       a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
       np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b))
       assert_close(np.where(np.isfinite(a), a, 0.0), np.where(np.isfinite(b), b, 0.0))
+
+
+@pytest.mark.parametrize("n, minimum, size", [(1, 1, 1), (3, 1, 4), (4, 1, 4), (5, 4, 8),
+                                              (2, 4, 4), (16, 4, 16), (17, 1, 32)])
+def test_padded_batch_repeats_rows_to_a_power_of_two(n, minimum, size):
+  from nondecoupling.verify.tree_checks import padded_batch
+  rows = (np.arange(n, dtype=np.float64), np.arange(n)[:, None] * np.ones((1, 3)))
+  (a, b), count = padded_batch(rows, minimum)
+  assert count == n and a.shape == (size,) and b.shape == (size, 3)
+  np.testing.assert_array_equal(a, np.arange(size) % n)
+  np.testing.assert_array_equal(b[:, 0], np.arange(size) % n)

@@ -140,15 +140,17 @@ def flow_trees_for_batch(batch, key) -> tuple[TreeInstance, tuple]:
   return jax.tree.map(lambda a: a[pick], (trees, probes))
 
 
-def padded_batch(trees_probes, size: int):
-  """(trees, probes) repeated cyclically to ``size`` rows (≥ their count), and their count.
+def padded_batch(trees_probes, minimum: int = 1):
+  """(trees, probes) repeated cyclically to the next power of two ≥ max(their count, ``minimum``)
+  rows, and their count.
 
-  Every batch of a statement is evaluated at one shape, so its program compiles once for every
-  batch size (and is shared through the caches by every run of ``verify``); the caller keeps the
-  first rows of the result.
+  Every batch of a statement is evaluated at one of a few shapes, so its program compiles once
+  for every batch size up to that power (and is shared through the caches by every run of
+  ``verify``); the caller keeps the first rows of the result.
   """
   n = int(jax.tree.leaves(trees_probes)[0].shape[0])
-  if n >= size:
+  size = 1 << (max(n, minimum) - 1).bit_length()
+  if n == size:
     return trees_probes, n
   idx = np.arange(size) % n
   return jax.tree.map(lambda a: a[idx], trees_probes), n
@@ -159,8 +161,7 @@ def _flow_checker(construct: str):
 
   def check(batch, key) -> Verdict:
     picked = flow_trees_for_batch(batch, key)
-    n = int(jax.tree.leaves(picked)[0].shape[0])
-    (trees, probes), n = padded_batch(picked, 1 << (n - 1).bit_length())  # a power of two
+    (trees, probes), n = padded_batch(picked)
     v = evaluate_trees(fn, trees, probes, with_probe=False)
     v = Verdict(*(np.asarray(a)[:n] for a in v))
     return v._replace(applies=v.applies.astype(bool))

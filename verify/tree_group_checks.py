@@ -86,8 +86,7 @@ def _compiled(fn):
 def _checker(fn):
   def check(batch, key) -> Verdict:
     trees_probes = group_trees_for_batch(batch, key)
-    n = int(jax.tree.leaves(trees_probes)[0].shape[0])
-    (trees, probes), n = padded_batch(trees_probes, max(GROUP_MIN_BATCH, 1 << (n - 1).bit_length()))
+    (trees, probes), n = padded_batch(trees_probes, GROUP_MIN_BATCH)
     return jax.tree.map(lambda a: a[:n], _compiled(fn)(trees, probes))
   return check
 
