@@ -16,7 +16,9 @@ edge by edge, without cancellation).
 
 Exact (:func:`leaf_weights`): G E[w_1^± | o_1 = y] and G E[n_1 | o_1 = y] per leaf, by the
 enumeration of :func:`..groups.expected_group_weights` (for ``value`` only the normaliser is
-enumerated: E[w^± | y] = (r − V)^± E[n | y]). Sampled (:func:`sampled_weights`): w_i and n_i of
+enumerated: E[w^± | y] = (r − V)^± E[n | y]). On-policy only the net weight w⁺ − w⁻ is needed,
+and without std division and with a normaliser of the own response it has a closed form
+(:func:`net_leaf_weights`, no enumeration). Sampled (:func:`sampled_weights`): w_i and n_i of
 drawn groups.
 
 DAPO's dynamic sampling (drop the groups whose rewards are all equal, resample until the batch is
@@ -52,7 +54,8 @@ from ..policy import Levels, flat_slots, leaf_lengths, leaf_log_probs, leaf_mask
 from .normalisers import sampled_normalisers
 
 __all__ = ["ADVANTAGES", "shaped_rewards", "leaf_value", "needed_levels", "leaf_weights",
-           "has_closed_form_net_weights", "net_leaf_weights", "informative_probability", "dynamic_sampling_factor", "sampled_weights"]
+           "has_closed_form_net_weights", "net_leaf_weights", "informative_probability",
+           "dynamic_sampling_factor", "sampled_weights"]
 
 ADVANTAGES = ("group", "value")
 
