@@ -22,10 +22,10 @@ to go under π_old; the field at node s is Σ_a C(s, a) ∇_{θ_s} log π(a|s) =
 (:func:`~..sampling.pullback`). At θ = θ_old (the default: ``theta_old=None``) the ratio is 1, the
 clip is inactive and the policy part is :func:`~..fields.reinforce_field` with the leaf weight
 h⁺ − h⁻ (one pass; in closed form without std and with an own-length normaliser,
-:func:`~.advantages.net_leaf_weights`); for θ ≠ θ_old (inner steps on one batch) the per-token clip masks are exact. The KL loss
-gradient is differentiated at θ with the samples from π_old held fixed (:mod:`..kl`, G3); with
-ν ≡ 1 it is :func:`~..kl.loss_kl_field`. Dynamic sampling multiplies by
-:func:`~.advantages.dynamic_sampling_factor`.
+:func:`~.advantages.net_leaf_weights`); for θ ≠ θ_old (inner steps on one batch) the per-token
+clip masks are exact. The KL loss gradient is differentiated at θ with the samples from π_old
+held fixed (:mod:`..kl`, G3); with ν ≡ 1 it is :func:`~..kl.loss_kl_field`. Dynamic sampling
+multiplies by :func:`~.advantages.dynamic_sampling_factor`.
 
 Estimator: ``n`` independent calls, each drawing one group of G per prompt from π_old
 (:func:`~..sampling.sample_leaves`), forming w_i and n_i from the drawn rewards and lengths, summing
