@@ -80,11 +80,14 @@ ON_POLICY = [
                   kl_form="none", max_length=2, levels=LEVELS),
     GroupRLConfig(group_size=3, use_std=False, loss_agg_mode="seq-mean-token-sum",
                   kl_form="none", max_length=2, levels=LEVELS),
+    # More levels than the dense grouping takes: the level masses one level at a time.
+    GroupRLConfig(group_size=3, use_std=True, loss_agg_mode="seq-mean-token-mean",
+                  kl_form="none", max_length=2, levels=groups._DENSE_LEVELS + 3),
 ]
 
 
 @pytest.mark.parametrize("cfg", ON_POLICY, ids=lambda c: f"G{c.group_size}-{c.loss_agg_mode}"
-                         f"-{'std' if c.use_std else 'nostd'}")
+                         f"-{'std' if c.use_std else 'nostd'}-m{c.levels}")
 @settings(max_examples=12)
 @given(examples())
 def test_exact_group_field_matches_brute_force(cfg, example):
@@ -288,3 +291,23 @@ def test_group_levels_are_the_distinct_keys_in_order(entries, spare):
   for i in np.flatnonzero(sup):
     assert pairs[level_of[i]] == (r[i], key[i])
   assert np.all(level_of[~sup] == 0)
+
+
+@pytest.mark.parametrize("spare", [0, 20], ids=["dense", "one_level_at_a_time"])
+def test_level_masses_are_log_sums_over_each_level(spare):
+  """Each level's log-mass is log Σ π over its leaves (scipy's logsumexp), at any spread of
+  log-probabilities up to e^{−700}; a level below e^{−745} of the row's largest has mass 0
+  (documented), and unused levels −∞."""
+  from scipy.special import logsumexp
+
+  r = np.array([0.0, 1.0, 0.0, 2.0, 1.0, 3.0, 2.0])
+  log_p = np.array([-0.5, -3.0, -700.0, -1.0, -20.0, -800.0, -2.0])
+  mask = np.array([True, True, True, True, True, True, False])
+  m = 4 + spare
+  level_of, lvl_r, _, lvl_log_p = (np.asarray(a) for a in groups._row_levels(
+      jnp.asarray(r), jnp.zeros(7), jnp.asarray(mask), jnp.asarray(log_p), m))
+  assert lvl_r[:4].tolist() == [0.0, 1.0, 2.0, 3.0]
+  for j, value in enumerate((0.0, 1.0, 2.0)):
+    want = logsumexp(log_p[mask & (r == value)])
+    assert_close(lvl_log_p[j], want)
+  assert lvl_log_p[3] == -np.inf and np.all(lvl_log_p[4:] == -np.inf)  # e^{−800}: below range

@@ -82,6 +82,7 @@ LOSS_AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"
 # CPU under a load average of 14; L = 19 (480,700) and beyond are refused.
 MAX_GROUP_MULTISETS = 350_000
 _LOG_ZERO = -1e300  # log of an empty level's mass (finite, so that 0 · it = 0)
+_DENSE_LEVELS = 16  # levels grouped in one [m, W] pass; more go one level at a time
 
 
 class InfeasibleGroupEnumeration(InfeasibleExactField):
@@ -240,18 +241,25 @@ def count_levels(tree: TreeInstance, mode: str, rewards=None) -> int:
 def _row_levels(r, length, mask, log_p, m: int):
   """Group the W leaf slots of one prompt into its m levels (equal keys; O(W m), no sort).
 
+  A level's mass is a masked sum of π(y) e^{−M} (M the row's largest log π on the support; one
+  exponential per slot), its log-mass M + log of that sum: exact to rounding except for a level
+  whose every leaf is below e^{−745} of the row's largest, whose mass (under 1e-323 of the total)
+  becomes 0. No scatter: XLA's segment sums on CPU cost 3× the whole grouping on the benchmark
+  tree.
+
   Returns (level index [W], level reward [m], level length [m], level log-mass [m]); unused level
   slots have log-mass −∞.
   """
   level_of, lvl_r, lvl_len, used = group_levels(r, length, mask, m)
-  seg = jnp.where(mask, level_of, m)                       # off the support: segment m
-  lp = jnp.where(mask, log_p, NEG_INF)
-  top = jax.ops.segment_max(lp, seg, num_segments=m + 1)[:m]
-  safe_top = jnp.where(jnp.isfinite(top), top, 0.0)
-  total = jax.ops.segment_sum(jnp.exp(lp - safe_top[jnp.minimum(seg, m - 1)]), seg,
-                              num_segments=m + 1)[:m]
+  top = jnp.max(jnp.where(mask, log_p, NEG_INF))
+  top = jnp.where(jnp.isfinite(top), top, 0.0)
+  scaled = jnp.where(mask, jnp.exp(jnp.where(mask, log_p, top) - top), 0.0)
+  mass = lambda j: jnp.sum(jnp.where(level_of == j, scaled, 0.0))
+  levels = jnp.arange(m)
+  # Few levels: one fused pass over [m, W]; many (every leaf its own level): one at a time.
+  total = jax.vmap(mass)(levels) if m <= _DENSE_LEVELS else jax.lax.map(mass, levels)
   with_mass = used & (total > 0)
-  lvl_log_p = jnp.where(with_mass, safe_top + jnp.log(jnp.where(with_mass, total, 1.0)), NEG_INF)
+  lvl_log_p = jnp.where(with_mass, top + jnp.log(jnp.where(with_mass, total, 1.0)), NEG_INF)
   return level_of, lvl_r, jnp.where(used, lvl_len, 1.0), lvl_log_p
 
 
