@@ -178,7 +178,7 @@ def sequences_vs_engine(depth=DEPTH, prompts=PROMPTS):
 # of a hint or prefix rollout): on this tree 2,801 × 22,408 entries per prompt, 0.5 GB per table per
 # prompt; not run here (the bench reports the size).
 CONTINUATION_RECIPES = ("uft", "prefix_rft", "bread")
-NUMPY_RECIPES = ("dr_grpo", "ppo_clip")
+NUMPY_RECIPES = ("dr_grpo", "ppo_clip", "grpo")
 
 
 def verifiable(tree):
@@ -237,9 +237,10 @@ def recipe_fields(prompts=PROMPTS, depth=DEPTH):
            "ns_per_node": 1e9 * run / nodes}
     if name in NUMPY_RECIPES:
       size = getattr(cfg, "group_size", 1)
-      theirs = recipe_field(name, levels, theta_np, w, flat, mask, size)
+      kw = dict(kl_coef=cfg.kl_coef, eps=cfg.eps) if name == "grpo" else {}
+      theirs = recipe_field(name, levels, theta_np, w, flat, mask, size, **kw)
       row["numpy_sequences_s"] = _median_seconds(
-          lambda: recipe_field(name, levels, theta_np, w, flat, mask, size), 7)
+          lambda: recipe_field(name, levels, theta_np, w, flat, mask, size, **kw), 7)
       row["speedup"] = row["numpy_sequences_s"] / run
       scale = max(float(np.max(np.abs(a))) for a in theirs)
       row["max_disagreement_over_max_entry"] = max(

@@ -269,14 +269,12 @@ def group_rl_field(tree: TreeInstance, theta: Levels, cfg, theta_old: Levels | N
     coeff = tuple(jnp.exp(r)[..., None] * jnp.exp(lp) * (jnp.where(kp, qp, 0.0)
                                                           - jnp.where(kn, qn, 0.0))
                   for r, lp, qp, qn, (kp, kn, _) in zip(reach, log_pi, q_pos, q_neg, masks))
-  g = pullback(tree, log_pi, coeff)
   slopes = _kl_slopes(tree, log_pi, cfg)
-  if slopes is not None:
+  if slopes is not None:  # the KL loss's edge coefficients join the pullback (it is linear)
     q_norm, _ = expected_to_go(tree, log_old, unflat_slots(tree, norm))
-    kl_coeff = tuple(jnp.exp(r)[..., None] * jnp.exp(lo) * qn * c
-                     for r, lo, qn, c in zip(reach, log_old, q_norm, slopes))
-    g = tuple(a - cfg.kl_coef * b for a, b in zip(g, pullback(tree, log_pi, kl_coeff)))
-  return _finish(tree, log_old, cfg, g)
+    coeff = tuple(c - cfg.kl_coef * jnp.exp(r)[..., None] * jnp.exp(lo) * qn * k
+                  for c, r, lo, qn, k in zip(coeff, reach, log_old, q_norm, slopes))
+  return _finish(tree, log_old, cfg, pullback(tree, log_pi, coeff))
 
 
 def group_rl_estimate(tree: TreeInstance, theta: Levels, cfg, key: jax.Array, n: int,
@@ -322,13 +320,11 @@ def group_rl_estimate(tree: TreeInstance, theta: Levels, cfg, key: jax.Array, n:
   masks = _clip_masks(tree, log_pi, log_old, cfg, theta_old is not None)
   coeff = tuple(ratio * (jnp.where(kp, tp, 0.0) - jnp.where(kn, tn, 0.0))
                 for tp, tn, (kp, kn, ratio) in zip(tot_pos, tot_neg, masks))
-  g = pullback(tree, log_pi, coeff)
   slopes = _kl_slopes(tree, log_pi, cfg)
-  if slopes is not None:
+  if slopes is not None:  # one pullback for both terms (it is linear in the coefficients)
     tot_norm = subtree_totals(tree, leaf_histogram(tree, idx, norm))
-    kl_coeff = tuple(tn * c for tn, c in zip(tot_norm, slopes))
-    g = tuple(a - cfg.kl_coef * b for a, b in zip(g, pullback(tree, log_pi, kl_coeff)))
-  return _finish(tree, log_old, cfg, g)
+    coeff = tuple(c - cfg.kl_coef * tn * k for c, tn, k in zip(coeff, tot_norm, slopes))
+  return _finish(tree, log_old, cfg, pullback(tree, log_pi, coeff))
 
 
 _REF_GRPO = ("Shao et al., arXiv 2402.03300 §4.1; verl core_algos.compute_grpo_outcome_advantage, "
