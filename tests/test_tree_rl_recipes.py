@@ -156,6 +156,9 @@ def test_dynamic_sampling_probability_by_enumeration():
     total = sum(np.prod(pi[x, list(g)]) for g in itertools.product(leaves, repeat=3)
                 if len({r[x, i] for i in g}) > 1)
     assert_close(q[x], total)
+  # Under jit the level count is static; spare level slots change nothing.
+  jitted = jax.jit(informative_probability, static_argnums=(2, 3))(tree, lp, 3, 12)
+  assert_close(jitted, q)
 
 
 @pytest.mark.parametrize("name, overrides", [

@@ -70,6 +70,7 @@ from .instance import TreeInstance
 from .policy import Levels, flat_slots, leaf_lengths, leaf_mask
 
 __all__ = ["LOSS_AGG_MODES", "MAX_GROUP_MULTISETS", "InfeasibleGroupEnumeration",
+           "reward_level_log_masses",
            "length_normaliser", "shares_lengths", "group_multisets", "multiset_table",
            "count_levels", "check_enumeration", "leaf_rewards", "expected_group_weights",
            "group_field"]
@@ -261,6 +262,32 @@ def _row_levels(r, length, mask, log_p, m: int):
   with_mass = used & (total > 0)
   lvl_log_p = jnp.where(with_mass, top + jnp.log(jnp.where(with_mass, total, 1.0)), NEG_INF)
   return level_of, lvl_r, jnp.where(used, lvl_len, 1.0), lvl_log_p
+
+
+def reward_level_log_masses(tree: TreeInstance, log_pi: Levels, levels: int) -> jax.Array:
+  """[X, m] log π(r(y) = v_l) for the distinct leaf rewards v_1 < … of each prompt (−∞ on unused
+  level slots); O(W m) per prompt (:func:`_row_levels`), never a [W, W] table.
+
+  Args:
+    tree: the tree.
+    log_pi: per-level log-policy.
+    levels: static m ≥ the number of distinct rewards of every real prompt (:func:`count_levels`
+      with a mode that does not share lengths).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import reference_log_probs
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 1.0},
+    ...                lambda y: float(y[-1] == 0))  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> jnp.exp(reward_level_log_masses(tree, reference_log_probs(tree), 3)).tolist()
+    [[0.25, 0.75, 0.0]]
+  """
+  mask = leaf_mask(tree)
+  r = jnp.where(mask, leaf_rewards(tree), 0.0)
+  row = lambda a, m, lp: _row_levels(a, jnp.zeros_like(a), m, lp, levels)[3]
+  return jax.vmap(row)(r, mask, leaf_policy(tree, log_pi))
 
 
 def _own_moments(own_r, own_len, lvl_r, lvl_len, lvl_log_p, counts, log_coef, group_size: int,

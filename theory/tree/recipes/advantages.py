@@ -46,6 +46,7 @@ from ..groups import (
   expected_group_weights,
   leaf_rewards,
   length_normaliser,
+  reward_level_log_masses,
   shares_lengths,
 )
 from ..instance import TreeInstance
@@ -222,10 +223,18 @@ def net_leaf_weights(tree: TreeInstance, log_old: Levels, rewards: jax.Array, cf
   return (jnp.where(mask, factor * n_own * adv, 0.0), jnp.where(mask, g * n_own, 0.0))
 
 
-def informative_probability(tree: TreeInstance, log_old: Levels, group_size: int) -> jax.Array:
+def informative_probability(tree: TreeInstance, log_old: Levels, group_size: int,
+                            levels: int | None = None) -> jax.Array:
   r"""[X] q_x = 1 − Σ_l p_l^G: the probability that a group of G has two different rewards.
 
-  Σ_l p_l^G = Σ_y π(y) p_{l(y)}^{G−1} with p_{l(y)} the mass of the leaves of y's reward.
+  p_l the π_old-mass of the l-th distinct reward (:func:`..groups.reward_level_log_masses`, O(W m)
+  per prompt), in log space: q = −expm1(log Σ_l e^{G log p_l}).
+
+  Args:
+    tree: the tree.
+    log_old: per-level log-policy the group is drawn from.
+    group_size: G.
+    levels: static m ≥ the distinct rewards of every prompt (default: counted on a concrete tree).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -236,20 +245,18 @@ def informative_probability(tree: TreeInstance, log_old: Levels, group_size: int
     >>> informative_probability(tree, reference_log_probs(tree), 3).tolist()  # 1 − 2/8
     [0.75]
   """
-  mask = leaf_mask(tree)
-  r = leaf_rewards(tree)
-  lp = leaf_policy(tree, log_old)
-
-  def row(r_row, m_row, lp_row):
-    same = (r_row[:, None] == r_row[None, :]) & m_row[:, None] & m_row[None, :]
-    lvl = jax.nn.logsumexp(jnp.where(same, lp_row[None, :], -jnp.inf), axis=1)
-    terms = jnp.where(m_row, lp_row + (group_size - 1) * jnp.where(m_row, lvl, 0.0), -jnp.inf)
-    return -jnp.expm1(jax.nn.logsumexp(terms))
-
-  return jax.vmap(row)(r, mask, lp)
+  if levels is None:
+    try:
+      levels = count_levels(tree, "seq-mean-token-mean")
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+      raise ValueError("informative_probability: levels is None on a traced tree: count them on "
+                       "the concrete tree first (count_levels)") from None
+  log_mass = reward_level_log_masses(tree, log_old, levels)
+  return -jnp.expm1(jax.nn.logsumexp(group_size * log_mass, axis=-1))
 
 
-def dynamic_sampling_factor(tree: TreeInstance, log_old: Levels, group_size: int) -> jax.Array:
+def dynamic_sampling_factor(tree: TreeInstance, log_old: Levels, group_size: int,
+                            levels: int | None = None) -> jax.Array:
   """[] 1 / E_w[q_x]: the step-size factor of dynamic sampling (0 when no group is informative).
 
   Examples:
@@ -260,7 +267,7 @@ def dynamic_sampling_factor(tree: TreeInstance, log_old: Levels, group_size: int
     >>> round(float(dynamic_sampling_factor(tree, reference_log_probs(tree), 3)), 6)  # 1 / (3/4)
     1.333333
   """
-  q = expect(tree, informative_probability(tree, log_old, group_size))
+  q = expect(tree, informative_probability(tree, log_old, group_size, levels))
   return jnp.where(q > 0, 1.0 / jnp.where(q > 0, q, 1.0), 0.0)
 
 

@@ -222,7 +222,8 @@ def _kl_slopes(tree, log_pi, cfg) -> Levels | None:
 
 def _finish(tree, log_old, cfg, g: Levels) -> Levels:
   if cfg.dynamic_sampling:
-    factor = dynamic_sampling_factor(tree, log_old, cfg.group_size)
+    # cfg.levels counts (reward, length) pairs or rewards: at least the distinct rewards.
+    factor = dynamic_sampling_factor(tree, log_old, cfg.group_size, cfg.levels)
     g = tuple(factor * a for a in g)
   return weighted(tree, g)
 
