@@ -392,7 +392,10 @@ def gated_mean_advantage(inst: Instance, pi_old: jax.Array, n: int, gate_low: in
             1\{j + s(y) \ge \gamma\}\,\Big(r(y) - \frac{r(y) + jV^+ + (n-1-j)V^-}{n}\Big)
 
   (given j successes among the n − 1 others, their reward sum has mean jV⁺ + (n − 1 − j)V⁻;
-  s(y) = 1 for a success). A group of one has Â = r(y).
+  s(y) = 1 for a success). A group of one has Â = r(y). The sum over j depends on y only through
+  s(y), so it is taken once per prompt and outcome: with P_s = Σ_j Bin(j) 1{j + s ≥ γ} and
+  Q_s = Σ_j Bin(j) 1{j + s ≥ γ}(jV⁺ + (n − 1 − j)V⁻), the value is (1 − 1/n) r(y) P_{s(y)} −
+  Q_{s(y)}/n (cost [X, Y] + [X, 2, n], not [X, Y, n]).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -404,14 +407,15 @@ def gated_mean_advantage(inst: Instance, pi_old: jax.Array, n: int, gate_low: in
   p, v_pos, v_neg, succ = success_stats(inst, pi_old, threshold)
   j = jnp.arange(n, dtype=pi_old.dtype)                           # others' successes 0..n-1
   pmf = binom_pmf(n - 1, p)                                        # [X, n]
-  own = inst.reward[:, :, None]                                     # [X, Y, 1]
+  gate = (j[None, :] + jnp.arange(2, dtype=j.dtype)[:, None]) >= gate_low  # [2, n]: s, j
+  gated = jnp.where(gate[None], pmf[:, None, :], 0.0)              # [X, 2, n]
+  mass = jnp.sum(gated, axis=-1)                                   # [X, 2] P_s
+  pick = lambda table: jnp.where(succ, table[:, 1:2], table[:, 0:1])  # [X, Y] at s(y)
   if n == 1:
-    adv = own * 1.0
-  else:
-    others = j[None, :] * v_pos[:, None] + (n - 1 - j)[None, :] * v_neg[:, None]  # [X, n]
-    adv = own - (own + others[:, None, :]) / n                       # [X, Y, n]
-  k = j[None, None, :] + succ[:, :, None].astype(pi_old.dtype)
-  return jnp.sum(jnp.where(k >= gate_low, pmf[:, None, :] * adv, 0.0), axis=-1)
+    return inst.reward * pick(mass)
+  others = j[None, :] * v_pos[:, None] + (n - 1 - j)[None, :] * v_neg[:, None]  # [X, n]
+  spread = jnp.sum(gated * others[:, None, :], axis=-1)            # [X, 2] Q_s
+  return (1.0 - 1.0 / n) * inst.reward * pick(mass) - pick(spread) / n
 
 
 def fill_reward_levels(inst: Instance, cfg):

@@ -11,6 +11,8 @@ that, and the rollouts that start below a prefix of a demonstration:
 - :func:`path_pullback`: Σ_{i, t} c_{i,t} ∇ log π(y_{i,t}|y_{i,<t}) for coefficients on paths (of
   all leaves, for an exact field weighted by probabilities; or of sampled leaves, for an
   estimator), and :func:`node_pullback` for per-node rows (entropy bonus, k3-KL loss);
+  :func:`leaf_pullback` and :func:`leaf_visits` for a coefficient constant along each path
+  (one per leaf), bottom-up over the levels, with no (leaves × depth) array;
 - continuation from a start node s: the conditional leaf law π(y|s) = π(y)/P_π(s) on the leaves
   below s (:func:`below`, :func:`conditional_leaf_probs`), the expected group advantage of a
   continuation in a group of G drawn from π(·|s) (:func:`start_group_advantage`, exact, from the
@@ -32,11 +34,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ..atomic import unflat_slots
 from ..instance import TreeInstance, support
 from ..policy import Levels, flat_slots, leaf_mask, log_reach
-from ..sampling import pullback
+from ..sampling import pullback, subtree_totals
 
-__all__ = ["Paths", "leaf_paths", "flat_nodes", "node_offsets", "path_pullback", "node_pullback", "path_gather", "edge_log_probs", "node_entropies", "path_visits", "scale_levels", "add_levels", "entropy_rows", "entropy_field", "reach_probs", "all_leaves", "leaf_data", "mean_over_calls"]
+__all__ = ["Paths", "leaf_paths", "flat_nodes", "node_offsets", "path_pullback", "leaf_pullback", "leaf_visits", "node_pullback", "path_gather", "edge_log_probs", "node_entropies", "path_visits", "scale_levels", "add_levels", "entropy_rows", "entropy_field", "reach_probs", "all_leaves", "leaf_data", "mean_over_calls"]
 
 
 class Paths(NamedTuple):
@@ -237,6 +240,52 @@ def path_pullback(tree: TreeInstance, log_pi: Levels, paths: Paths, idx: jax.Arr
   vals = jnp.where(valid, coef, 0.0).reshape(n_x, m * t_max)
   flat = jnp.zeros((n_x, n_edges), vals.dtype).at[jnp.arange(n_x)[:, None], ids].add(vals)
   return pullback(tree, log_pi, _edges_to_levels(tree, flat))
+
+
+def leaf_pullback(tree: TreeInstance, log_pi: Levels, per_leaf: jax.Array) -> Levels:
+  r"""Σ_y c(y) Σ_t ∇_θ log π(y_t | y_<t) for one coefficient per leaf, level by level.
+
+  At an edge (s, a) the coefficient is the total of c over the leaves at or below s·a
+  (:func:`~..sampling.subtree_totals`), then :func:`~..sampling.pullback`: cost linear in the
+  nodes. Equal to :func:`path_pullback` over every leaf with c(y) at each of its tokens.
+
+  Args:
+    tree: the tree; log_pi: per-level log-policy.
+    per_leaf: [X, S] c(y) on the flat slot axis (read on leaf slots only).
+
+  Returns:
+    per level [X, N_t, k] the logit gradient.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...            lambda y: float(y[-1]))  # leaves (0,), (1, 0), (1, 1); r = 1 on (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> from nondecoupling.theory.tree.policy import initial_logits, policy_log_probs
+    >>> log_pi = policy_log_probs(tree, initial_logits(tree))  # uniform π
+    >>> g = leaf_pullback(tree, log_pi, jnp.array([[0.0, 0.0, 0.0, 1.0]]))  # ∇ log π((1, 1))
+    >>> [a.round(6).tolist() for a in g]
+    [[[[-0.5, 0.5]]], [[[-0.5, 0.5]]]]
+  """
+  return pullback(tree, log_pi, subtree_totals(tree, unflat_slots(tree, per_leaf)))
+
+
+def leaf_visits(tree: TreeInstance, per_leaf: jax.Array) -> jax.Array:
+  """[X, Nn] Σ_{y through s} c(y) at every node s, bottom-up (:func:`path_visits` of every leaf
+  with c(y) at each depth of its path).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...            lambda y: float(y[-1]))  # leaves (0,), (1, 0), (1, 1); r = 1 on (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> leaf_visits(tree, jnp.array([[0.5, 0.0, 0.25, 0.25]])).tolist()  # root, node (1,)
+    [[1.0, 0.5]]
+  """
+  return flat_nodes(tuple(jnp.sum(s, axis=-1)
+                          for s in subtree_totals(tree, unflat_slots(tree, per_leaf))))
 
 
 def path_visits(tree: TreeInstance, paths: Paths, idx: jax.Array, weight: jax.Array) -> jax.Array:

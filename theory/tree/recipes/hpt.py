@@ -49,10 +49,10 @@ from .base import TreeRecipe
 from .continuations import fill_reward_levels, leaf_rewards, levels_for, sample_data
 from .hints import (
   add_levels,
-  all_leaves,
   entropy_field,
   leaf_data,
   leaf_paths,
+  leaf_pullback,
   mean_over_calls,
   path_pullback,
   path_visits,
@@ -113,7 +113,6 @@ def tree_hpt_field(tree: TreeInstance, theta: Levels, cfg: TreeHPTConfig) -> Lev
     [[[-0.5, 0.5]]]
   """
   log_pi = policy_log_probs(tree, theta)
-  paths = leaf_paths(tree)
   inst = leaf_instance(tree)
   pi = jnp.exp(leaf_policy(tree, log_pi))
   n, gamma = cfg.n_rollouts, cfg.switch_gate
@@ -127,8 +126,7 @@ def tree_hpt_field(tree: TreeInstance, theta: Levels, cfg: TreeHPTConfig) -> Lev
     b = gated_mean_advantage(inst, pi, n, gamma + 1, cfg.success_threshold)
   rl_scale = cfg.rl_coef * group_scale(cfg.rl_aggregation, n)
   per_leaf = cfg.sft_coef * sft_weight * leaf_data(tree) + rl_scale * pi * b
-  coef = jnp.where(paths.valid, per_leaf[..., None], 0.0)
-  g = path_pullback(tree, log_pi, paths, all_leaves(paths), coef)
+  g = leaf_pullback(tree, log_pi, per_leaf)  # the coefficient is constant along each path
   ent = entropy_field(tree, log_pi, reach_probs(tree, log_pi))
   return weighted(tree, add_levels(g, scale_levels(cfg.entropy_coef, ent)))
 

@@ -52,10 +52,11 @@ from .base import TreeRecipe
 from .continuations import fill_reward_levels, leaf_rewards, levels_for, sample_data
 from .hints import (
   add_levels,
-  all_leaves,
   entropy_field,
   leaf_data,
   leaf_paths,
+  leaf_pullback,
+  leaf_visits,
   mean_over_calls,
   path_pullback,
   path_visits,
@@ -139,11 +140,9 @@ def tree_relift_sft_direction(tree: TreeInstance, log_pi: Levels, cfg) -> Levels
     >>> tree_relift_sft_direction(tree, log_pi, cfg)[0].tolist()  # e_1 − π at the root
     [[[-0.5, 0.5]]]
   """
-  paths = leaf_paths(tree)
-  d = leaf_data(tree)
-  coef = jnp.where(paths.valid, d[..., None], 0.0)
-  g = path_pullback(tree, log_pi, paths, all_leaves(paths), coef)
-  visits = path_visits(tree, paths, all_leaves(paths), coef)
+  d = leaf_data(tree)  # constant along each path: bottom-up sums, no path arrays
+  g = leaf_pullback(tree, log_pi, d)
+  visits = leaf_visits(tree, d)
   return add_levels(g, scale_levels(cfg.sft_entropy_coef, entropy_field(tree, log_pi, visits)))
 
 
@@ -160,7 +159,14 @@ def tree_relift_rl_field(tree: TreeInstance, theta: Levels, cfg: TreeReLIFTConfi
     [[[-0.25, 0.25]]]
   """
   log_pi = policy_log_probs(tree, theta)
-  paths = leaf_paths(tree)
+  per_leaf, _ = _rl_leaf_terms(tree, log_pi, cfg)
+  g = leaf_pullback(tree, log_pi, per_leaf)
+  ent = entropy_field(tree, log_pi, reach_probs(tree, log_pi))
+  return weighted(tree, add_levels(g, scale_levels(cfg.entropy_coef, ent)))
+
+
+def _rl_leaf_terms(tree: TreeInstance, log_pi: Levels, cfg) -> tuple[jax.Array, jax.Array]:
+  """([X, S] the RL step's coefficient per leaf, c_rl a π(y) E[Â | y]; [X] (1 − p_x)^n)."""
   inst = leaf_instance(tree)
   pi = jnp.exp(leaf_policy(tree, log_pi))
   n = cfg.n_rollouts
@@ -171,10 +177,8 @@ def tree_relift_rl_field(tree: TreeInstance, theta: Levels, cfg: TreeReLIFTConfi
   else:
     b = mean_group_advantage(inst, pi, n)
   scale = cfg.rl_coef * group_scale(cfg.rl_aggregation, n)
-  coef = jnp.where(paths.valid, (scale * pi * b)[..., None], 0.0)
-  g = path_pullback(tree, log_pi, paths, all_leaves(paths), coef)
-  ent = entropy_field(tree, log_pi, reach_probs(tree, log_pi))
-  return weighted(tree, add_levels(g, scale_levels(cfg.entropy_coef, ent)))
+  p = success_stats(inst, pi, cfg.success_threshold)[0]
+  return scale * pi * b, binomial_gate_probability(p, n, 0, 0)
 
 
 def tree_relift_field(tree: TreeInstance, theta: Levels, cfg: TreeReLIFTConfig) -> Levels:
@@ -189,14 +193,18 @@ def tree_relift_field(tree: TreeInstance, theta: Levels, cfg: TreeReLIFTConfig) 
     >>> tree_relift_field(tree, initial_logits(tree), cfg)[0].tolist()  # the atomic value
     [[[-0.375, 0.375]]]
   """
-  rl = tree_relift_rl_field(tree, theta, cfg)
   if cfg.sft_schedule == "buffer":
-    return rl
+    return tree_relift_rl_field(tree, theta, cfg)
+  # The RL step plus rate × tree_relift_sft_direction, both linear in their leaf coefficients and
+  # node visits: one bottom-up pullback and one entropy field for the sum.
   log_pi = policy_log_probs(tree, theta)
-  rate = cfg.sft_lr_ratio * cfg.batch_prompts / cfg.buffer_size * _fail_probability(
-      tree, log_pi, cfg)
-  sft = tree_relift_sft_direction(tree, log_pi, cfg)
-  return add_levels(rl, weighted(tree, tuple(rate[:, None, None] * a for a in sft)))
+  rl_leaf, fail = _rl_leaf_terms(tree, log_pi, cfg)
+  rate = (cfg.sft_lr_ratio * cfg.batch_prompts / cfg.buffer_size * fail)[:, None]
+  d = leaf_data(tree)
+  g = leaf_pullback(tree, log_pi, rl_leaf + rate * d)
+  visits = (cfg.entropy_coef * reach_probs(tree, log_pi)
+            + cfg.sft_entropy_coef * rate * leaf_visits(tree, d))
+  return weighted(tree, add_levels(g, entropy_field(tree, log_pi, visits)))
 
 
 def tree_relift_estimate(tree: TreeInstance, theta: Levels, cfg: TreeReLIFTConfig,
