@@ -178,7 +178,7 @@ def sequences_vs_engine(depth=DEPTH, prompts=PROMPTS):
 # of a hint or prefix rollout): on this tree 2,801 × 22,408 entries per prompt, 0.5 GB per table per
 # prompt; not run here (the bench reports the size).
 CONTINUATION_RECIPES = ("uft", "prefix_rft", "bread")
-NUMPY_RECIPES = ("dr_grpo", "ppo_clip", "grpo")
+NUMPY_RECIPES = ("dr_grpo", "ppo_clip", "grpo", "hpt", "relift")
 
 
 def verifiable(tree):
@@ -190,13 +190,33 @@ def verifiable(tree):
       dataclasses.replace(lv, reward=jnp.where(lv.reward > 0, 1.0, 0.0)) for lv in tree.levels))
 
 
+def _numpy_baseline(name, cfg, levels, theta, w, flat, mask):
+  """A no-argument call of ``name``'s NumPy/SciPy field over sequences, with ``cfg``'s options."""
+  from bench.numpy_recipe_fields import hpt_field, recipe_field, relift_field
+
+  if name == "hpt":
+    if cfg.use_std or cfg.rl_aggregation != "group_sum" or cfg.success_threshold != 0.0:
+      raise ValueError("the HPT baseline covers the published defaults only")
+    return lambda: hpt_field(levels, theta, w, flat, mask, cfg.n_rollouts, cfg.switch_gate,
+                             cfg.sft_coef, cfg.rl_coef, cfg.entropy_coef)
+  if name == "relift":
+    if (cfg.use_std or cfg.rl_aggregation != "group_sum" or cfg.success_threshold != 0.0
+        or cfg.sft_schedule != "amortised"):
+      raise ValueError("the ReLIFT baseline covers the published defaults only")
+    return lambda: relift_field(levels, theta, w, flat, mask, cfg.n_rollouts, cfg.rl_coef,
+                                cfg.entropy_coef, cfg.batch_prompts, cfg.buffer_size,
+                                cfg.sft_lr_ratio, cfg.sft_entropy_coef)
+  size = getattr(cfg, "group_size", 1)
+  kw = dict(kl_coef=cfg.kl_coef, eps=cfg.eps) if name == "grpo" else {}
+  return lambda: recipe_field(name, levels, theta, w, flat, mask, size, **kw)
+
+
 def recipe_fields(prompts=PROMPTS, depth=DEPTH):
   """Every recipe's exact expected field on the complete tree with a 0/1 reward (over chunks of
-  prompts), and the two with closed-form sequence weights against NumPy/SciPy over sequences."""
+  prompts), and those in ``NUMPY_RECIPES`` against NumPy/SciPy over sequences."""
   import jax
   import jax.numpy as jnp
 
-  from bench.numpy_recipe_fields import recipe_field
   from bench.numpy_sequences import sequence_paths
   from nondecoupling.theory.recipes.groups import InfeasibleExactField
   from nondecoupling.theory.tree.chunks import map_prompt_chunks
@@ -236,11 +256,9 @@ def recipe_fields(prompts=PROMPTS, depth=DEPTH):
     row = {"status": "ok", "compile_s": compile_s, "run_s": run,
            "ns_per_node": 1e9 * run / nodes}
     if name in NUMPY_RECIPES:
-      size = getattr(cfg, "group_size", 1)
-      kw = dict(kl_coef=cfg.kl_coef, eps=cfg.eps) if name == "grpo" else {}
-      theirs = recipe_field(name, levels, theta_np, w, flat, mask, size, **kw)
-      row["numpy_sequences_s"] = _median_seconds(
-          lambda: recipe_field(name, levels, theta_np, w, flat, mask, size, **kw), 7)
+      baseline = _numpy_baseline(name, cfg, levels, theta_np, w, flat, mask)
+      theirs = baseline()
+      row["numpy_sequences_s"] = _median_seconds(baseline, 7)
       row["speedup"] = row["numpy_sequences_s"] / run
       scale = max(float(np.max(np.abs(a))) for a in theirs)
       row["max_disagreement_over_max_entry"] = max(

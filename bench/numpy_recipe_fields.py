@@ -22,6 +22,13 @@ Two recipes have closed-form sequence weights at θ = θ_old (the clip inactive,
   −c Σ_y π(y) (1/|y|) Σ_t ∂k3_t/∂θ, where ∂k3/∂log π(a|s) = 1 − e^kl inside both clamps and 0
   outside, one more sparse product for the slot sums;
 
+- HPT (Lv et al., switch; n rollouts, gate γ, token-sum losses, Dr.GRPO advantage Â = r − mean
+  summed over the group, entropy bonus c_H), for a 0/1 reward: K = r(y) + k successes,
+  k ∼ Binomial(n − 1, p); the SFT weight c_sft Pr(K' ≤ γ), K' ∼ Binomial(n, p), on the data
+  sequences, c_rl n E_k[(r − (r + k)/n) 1{r + k > γ}] on the rollouts, and the entropy bonus
+  c_H Σ_s P_π(s) ∇_θ H(π(·|s)) with ∇H = −π (log π − Σ π log π) per node, P_π(s) the row sums of
+  the sequence mass's slot sums (the same sparse product, a second column block);
+
 with V(x) = E_π r. All are multiplied by the prompt weight w_x, as the library's fields are.
 """
 
@@ -33,7 +40,8 @@ from scipy.stats import binom
 
 from bench.numpy_sequences import _flat, _log_softmax_rows
 
-__all__ = ["incidence", "sequence_weighted_field", "recipe_weights", "recipe_field"]
+__all__ = ["incidence", "sequence_weighted_field", "recipe_weights", "recipe_field", "hpt_field",
+           "relift_field"]
 
 
 def incidence(flat: np.ndarray, mask: np.ndarray, n_slots: int) -> sp.csr_matrix:
@@ -128,3 +136,77 @@ def recipe_field(name: str, levels, theta, w, flat, mask, group_size: int, kl_co
     pi = np.exp(_log_softmax_rows(th, v))
     out.append(f - kl_coef * np.where(v, s - pi * s.sum(-1, keepdims=True), 0.0))
   return out
+
+
+def _hpt_rl_advantage(r, p, n: int, gate: int):
+  """[X, n_seq] E[Â 1{K > γ} | r(y)] without std for a 0/1 reward (a table over the two rewards)."""
+  if not np.all((r == 0.0) | (r == 1.0)):
+    raise ValueError("the HPT baseline needs a 0/1 reward")
+  k = np.arange(n)                                                         # others' successes
+  pmf = binom.pmf(k[None, :], n - 1, p)                                    # [X, n]
+  own = np.array([0.0, 1.0])[:, None]
+  adv = own - (own + k[None, :]) / n if n > 1 else own + 0.0 * k[None, :]
+  table = pmf @ np.where(own + k[None, :] > gate, adv, 0.0).T              # [X, 2]
+  return np.take_along_axis(table, r.astype(np.int64), axis=1)
+
+
+def _sequence_terms(levels, theta, flat, mask):
+  """Per-level valid slots and log-softmax rows, the path incidence, and per sequence [X, n_seq]
+  log π(y), r(y) and d(y)."""
+  valid = [lv["leaf"] | lv["internal"] for lv in levels]
+  log_rows = [_log_softmax_rows(th, v) for th, v in zip(theta, valid)]
+  path_matrix = incidence(flat, mask, sum(a[0].size for a in log_rows) + 1)
+  log_pi = np.asarray((path_matrix @ _flat(log_rows, 0.0).T).T)
+  leaf_at = flat[np.arange(len(flat)), mask.sum(1) - 1]
+  r = _flat([lv["reward"] for lv in levels], 0.0)[:, leaf_at]
+  d = _flat([lv["data"] for lv in levels], 0.0)[:, leaf_at]
+  return valid, log_rows, path_matrix, log_pi, r, d
+
+
+def _field_with_entropy(levels, valid, log_rows, path_matrix, coef, entropy_weight):
+  """Σ_y coef(y) ∇log π(y) + Σ_s E(s) ∇_θ H(π(·|s)), E(s) = Σ_{y through s} entropy_weight(y):
+  both slot sums from one sparse product (two column blocks), ∇H = −π (log π − Σ π log π)."""
+  x = coef.shape[0]
+  slots = np.asarray((path_matrix.T @ np.concatenate([coef, entropy_weight]).T).T)  # [2X, slots]
+  out, start = [], 0
+  for lv, v, lp in zip(levels, valid, log_rows):
+    _, rows, k = lv["leaf"].shape
+    s = slots[:, start:start + rows * k].reshape(2 * x, rows, k)
+    start += rows * k
+    pi_s = np.exp(lp)
+    plogp = np.where(v, pi_s * lp, 0.0)
+    grad_h = -np.where(v, pi_s * (lp - plogp.sum(-1, keepdims=True)), 0.0)
+    main = s[:x]
+    out.append(np.where(v, main - pi_s * main.sum(-1, keepdims=True), 0.0)
+               + s[x:].sum(-1, keepdims=True) * grad_h)
+  return out
+
+
+def hpt_field(levels, theta, w, flat, mask, n: int = 8, gate: int = 0, sft_coef: float = 1.0,
+              rl_coef: float = 1.0, entropy_coef: float = 0.001):
+  """HPT's expected field over sequences (module docstring), per level [X, N_t, k]; the library's
+  defaults (``group_sum``: the RL term is summed over the n rollouts, no std)."""
+  valid, log_rows, path_matrix, log_pi, r, d = _sequence_terms(levels, theta, flat, mask)
+  pi = np.exp(log_pi)
+  p = (pi * r).sum(-1, keepdims=True)
+  sft_weight = sft_coef * binom.cdf(gate, n, p)                            # [X, 1]
+  coef = w[:, None] * (sft_weight * d + rl_coef * n * pi * _hpt_rl_advantage(r, p, n, gate))
+  return _field_with_entropy(levels, valid, log_rows, path_matrix, coef,
+                             entropy_coef * w[:, None] * pi)
+
+
+def relift_field(levels, theta, w, flat, mask, n: int = 8, rl_coef: float = 1.0,
+                 entropy_coef: float = 0.001, batch_prompts: int = 128, buffer_size: int = 128,
+                 sft_lr_ratio: float = 1.0, sft_entropy_coef: float = 0.001):
+  """ReLIFT's expected field over sequences (the amortised schedule, the library's defaults):
+  Dr.GRPO RL summed over the n rollouts, c_rl n (1 − 1/n)(r − V), with the rollouts' entropy
+  bonus, plus the SFT drift r_sft (B/S)(1 − p)^n on the data sequences with the demonstrations'
+  entropy bonus c_H' Σ_s D(s) ∇H_s, for a 0/1 reward (p = V)."""
+  valid, log_rows, path_matrix, log_pi, r, d = _sequence_terms(levels, theta, flat, mask)
+  pi = np.exp(log_pi)
+  p = (pi * r).sum(-1, keepdims=True)
+  rate = sft_lr_ratio * batch_prompts / buffer_size * (1.0 - p) ** n     # [X, 1]
+  adv = (1.0 - 1.0 / n) * (r - p) if n > 1 else r
+  coef = w[:, None] * (rl_coef * n * pi * adv + rate * d)
+  return _field_with_entropy(levels, valid, log_rows, path_matrix, coef,
+                             w[:, None] * (entropy_coef * pi + rate * sft_entropy_coef * d))
