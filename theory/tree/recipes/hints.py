@@ -39,7 +39,7 @@ from ..instance import TreeInstance, support
 from ..policy import Levels, flat_slots, leaf_mask, log_reach
 from ..sampling import pullback, subtree_totals
 
-__all__ = ["Paths", "leaf_paths", "flat_nodes", "node_offsets", "path_pullback", "leaf_pullback", "leaf_visits", "node_pullback", "path_gather", "edge_log_probs", "node_entropies", "path_visits", "scale_levels", "add_levels", "entropy_rows", "entropy_field", "reach_probs", "all_leaves", "leaf_data", "mean_over_calls"]
+__all__ = ["Paths", "leaf_paths", "flat_nodes", "node_offsets", "path_pullback", "leaf_pullback", "leaf_visits", "leaf_edge_totals", "node_pullback", "path_gather", "edge_log_probs", "node_entropies", "path_visits", "scale_levels", "add_levels", "entropy_rows", "entropy_field", "reach_probs", "all_leaves", "leaf_data", "mean_over_calls"]
 
 
 class Paths(NamedTuple):
@@ -268,7 +268,7 @@ def leaf_pullback(tree: TreeInstance, log_pi: Levels, per_leaf: jax.Array) -> Le
     >>> [a.round(6).tolist() for a in g]
     [[[[-0.5, 0.5]]], [[[-0.5, 0.5]]]]
   """
-  return pullback(tree, log_pi, subtree_totals(tree, unflat_slots(tree, per_leaf)))
+  return pullback(tree, log_pi, leaf_edge_totals(tree, per_leaf))
 
 
 def leaf_visits(tree: TreeInstance, per_leaf: jax.Array) -> jax.Array:
@@ -284,8 +284,24 @@ def leaf_visits(tree: TreeInstance, per_leaf: jax.Array) -> jax.Array:
     >>> leaf_visits(tree, jnp.array([[0.5, 0.0, 0.25, 0.25]])).tolist()  # root, node (1,)
     [[1.0, 0.5]]
   """
-  return flat_nodes(tuple(jnp.sum(s, axis=-1)
-                          for s in subtree_totals(tree, unflat_slots(tree, per_leaf))))
+  return flat_nodes(tuple(jnp.sum(s, axis=-1) for s in leaf_edge_totals(tree, per_leaf)))
+
+
+def leaf_edge_totals(tree: TreeInstance, per_leaf: jax.Array) -> Levels:
+  """Per level [X, N_t, k] Σ_{y at or below s·a} c(y) for a coefficient per leaf [X, S] (flat
+  slot axis): the edge coefficients of Σ_y c(y) Σ_t f(s_t, y_t) ∇ log π(y_t|s_t) for any per-edge
+  factor f, multiplied in before :func:`~..sampling.pullback` (LUFFY's token shaping).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...            lambda y: float(y[-1]))  # leaves (0,), (1, 0), (1, 1); r = 1 on (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> [a.tolist() for a in leaf_edge_totals(tree, jnp.array([[0.5, 0.0, 0.25, 0.25]]))]
+    [[[[0.5, 0.5]]], [[[0.25, 0.25]]]]
+  """
+  return subtree_totals(tree, unflat_slots(tree, per_leaf))
 
 
 def path_visits(tree: TreeInstance, paths: Paths, idx: jax.Array, weight: jax.Array) -> jax.Array:

@@ -47,17 +47,17 @@ from ...recipes.options import (
 )
 from ..atomic import leaf_instance, leaf_policy
 from ..fields import weighted
-from ..instance import TreeInstance
+from ..instance import TreeInstance, support
 from ..policy import Levels, policy_log_probs
-from ..sampling import sample_leaves
+from ..sampling import pullback, sample_leaves
 from .base import TreeRecipe
 from .continuations import fill_reward_levels, leaf_rewards, levels_for, sample_data
 from .hints import (
   add_levels,
-  all_leaves,
   edge_log_probs,
   entropy_field,
   leaf_data,
+  leaf_edge_totals,
   leaf_paths,
   mean_over_calls,
   path_pullback,
@@ -151,15 +151,15 @@ def tree_luffy_field(tree: TreeInstance, theta: Levels, cfg: TreeLUFFYConfig) ->
     [[[-0.1875, 0.1875]]]
   """
   log_pi = policy_log_probs(tree, theta)
-  paths = leaf_paths(tree)
   pi = jnp.exp(leaf_policy(tree, log_pi))
   a_on, a_off = mixed_advantages(tree, log_pi, cfg)
-  p_edge = jnp.exp(edge_log_probs(tree, log_pi, paths))
-  valid = paths.valid
-  on = jnp.where(valid, (cfg.n_on * pi * a_on)[..., None], 0.0)
-  demo = jnp.where(valid, (leaf_data(tree) * a_off)[..., None]
-                   * shaping_weight(p_edge, cfg.shaping_gamma), 0.0)
-  rl = path_pullback(tree, log_pi, paths, all_leaves(paths), on + demo)
+  # Level by level: the on-policy coefficient is constant along a path, the demonstration's is
+  # (per leaf) × (the shaping weight of each edge's π(a|s)), so both are subtree totals per edge.
+  on = leaf_edge_totals(tree, cfg.n_on * pi * a_on)
+  demo = leaf_edge_totals(tree, leaf_data(tree) * a_off)
+  rl = pullback(tree, log_pi, tuple(
+      o + shaping_weight(jnp.where(support(lv), jnp.exp(lp), 0.0), cfg.shaping_gamma) * dm
+      for o, dm, lp, lv in zip(on, demo, log_pi, tree.levels)))
   ent = entropy_field(tree, log_pi, reach_probs(tree, log_pi))
   return weighted(tree, add_levels(scale_levels(luffy_scale(cfg), rl),
                                    scale_levels(cfg.entropy_coef, ent)))
