@@ -11,7 +11,7 @@ batch of prompts, and g = S − π(·|s) Σ_a S(s, a) per node. log π(y) is the
 Vectorised over prompts and sequences (no Python loop over either): the strongest baseline a
 researcher would write without a tree engine.
 
-Two recipes have closed-form sequence weights at θ = θ_old (the clip inactive, no KL term):
+These recipes have closed-form sequence weights at θ = θ_old (the clip inactive):
 
 - Dr.GRPO (group G, Â = r − mean, n = 1/(G T)): G E[Â n | y] = (G − 1)/(G T) (r(y) − V(x));
 - PPO-clip (group of one, Â = r − V_old(x), token-mean n = 1/|y|): (r(y) − V(x))/|y|;
@@ -41,7 +41,7 @@ from scipy.stats import binom
 from bench.numpy_sequences import _flat, _log_softmax_rows
 
 __all__ = ["incidence", "sequence_weighted_field", "recipe_weights", "recipe_field", "hpt_field",
-           "relift_field"]
+           "relift_field", "luffy_field"]
 
 
 def incidence(flat: np.ndarray, mask: np.ndarray, n_slots: int) -> sp.csr_matrix:
@@ -163,22 +163,25 @@ def _sequence_terms(levels, theta, flat, mask):
   return valid, log_rows, path_matrix, log_pi, r, d
 
 
-def _field_with_entropy(levels, valid, log_rows, path_matrix, coef, entropy_weight):
-  """Σ_y coef(y) ∇log π(y) + Σ_s E(s) ∇_θ H(π(·|s)), E(s) = Σ_{y through s} entropy_weight(y):
-  both slot sums from one sparse product (two column blocks), ∇H = −π (log π − Σ π log π)."""
+def _field_with_entropy(levels, valid, log_rows, path_matrix, coef, entropy_weight,
+                        shaped=None, shaping=None):
+  """Σ_y coef(y) ∇log π(y) + Σ_y shaped(y) Σ_t φ(π(y_t|y_<t)) ∇log π(y_t|y_<t)
+  + Σ_s E(s) ∇_θ H(π(·|s)), E(s) = Σ_{y through s} entropy_weight(y): every slot sum from one
+  sparse product (a column block each), ∇H = −π (log π − Σ π log π), φ = ``shaping`` per slot."""
   x = coef.shape[0]
-  slots = np.asarray((path_matrix.T @ np.concatenate([coef, entropy_weight]).T).T)  # [2X, slots]
+  blocks = [coef, entropy_weight] + ([] if shaped is None else [shaped])
+  slots = np.asarray((path_matrix.T @ np.concatenate(blocks).T).T)        # [blocks X, slots]
   out, start = [], 0
   for lv, v, lp in zip(levels, valid, log_rows):
     _, rows, k = lv["leaf"].shape
-    s = slots[:, start:start + rows * k].reshape(2 * x, rows, k)
+    s = slots[:, start:start + rows * k].reshape(len(blocks) * x, rows, k)
     start += rows * k
-    pi_s = np.exp(lp)
+    pi_s = np.where(v, np.exp(lp), 0.0)
     plogp = np.where(v, pi_s * lp, 0.0)
     grad_h = -np.where(v, pi_s * (lp - plogp.sum(-1, keepdims=True)), 0.0)
-    main = s[:x]
+    main = s[:x] if shaped is None else s[:x] + shaping(pi_s) * s[2 * x:]
     out.append(np.where(v, main - pi_s * main.sum(-1, keepdims=True), 0.0)
-               + s[x:].sum(-1, keepdims=True) * grad_h)
+               + s[x:2 * x].sum(-1, keepdims=True) * grad_h)
   return out
 
 
@@ -210,3 +213,20 @@ def relift_field(levels, theta, w, flat, mask, n: int = 8, rl_coef: float = 1.0,
   coef = w[:, None] * (rl_coef * n * pi * adv + rate * d)
   return _field_with_entropy(levels, valid, log_rows, path_matrix, coef,
                              w[:, None] * (entropy_coef * pi + rate * sft_entropy_coef * d))
+
+
+def luffy_field(levels, theta, w, flat, mask, n_on: int = 7, gamma: float | None = 0.1,
+                entropy_coef: float = 0.001):
+  """LUFFY's expected field over sequences (the library's defaults: no std, ``group_sum``):
+  on-policy n_on π(y) (r − (r + (n_on − 1)V + E_d r)/(n_on + 1)), the demonstration
+  d(y*) (r − (r + n_on V)/(n_on + 1)) with the shaping φ(p) = γp/(p + γ)² of each token's
+  π(y*_t|y*_<t) (φ(p) = p without shaping), and the rollouts' entropy bonus."""
+  valid, log_rows, path_matrix, log_pi, r, d = _sequence_terms(levels, theta, flat, mask)
+  pi = np.exp(log_pi)
+  v = (pi * r).sum(-1, keepdims=True)
+  e_d = (d * r).sum(-1, keepdims=True)
+  a_on = r - (r + (n_on - 1) * v + e_d) / (n_on + 1)
+  a_off = r - (r + n_on * v) / (n_on + 1)
+  shaping = (lambda p: p) if gamma is None else (lambda p: gamma * p / (p + gamma) ** 2)
+  return _field_with_entropy(levels, valid, log_rows, path_matrix, w[:, None] * n_on * pi * a_on,
+                             entropy_coef * w[:, None] * pi, w[:, None] * d * a_off, shaping)
