@@ -54,18 +54,19 @@ from ...recipes.options import (
 )
 from ..atomic import leaf_instance, leaf_policy
 from ..fields import weighted
-from ..instance import TreeInstance
-from ..policy import Levels, policy_log_probs
-from ..sampling import sample_leaves
+from ..instance import TreeInstance, support
+from ..policy import Levels, flat_slots, gather_rows, policy_log_probs
+from ..sampling import pullback, sample_leaves
 from .base import TreeRecipe
 from .continuations import fill_reward_levels, leaf_rewards, levels_for, sample_data
 from .hints import (
   Paths,
   add_levels,
-  all_leaves,
   edge_log_probs,
   entropy_field,
+  entropy_rows,
   leaf_data,
+  leaf_edge_totals,
   leaf_paths,
   mean_over_calls,
   node_entropies,
@@ -77,7 +78,7 @@ from .hints import (
 )
 
 __all__ = ["TreeSRFTConfig", "tree_srft_field", "tree_srft_estimate", "TREE_SRFT",
-           "ENTROPY_WEIGHTINGS", "path_entropy"]
+           "ENTROPY_WEIGHTINGS", "path_entropy", "mean_path_entropy"]
 
 ENTROPY_WEIGHTINGS = ("sequence_mean", "token")
 
@@ -157,25 +158,62 @@ def tree_srft_field(tree: TreeInstance, theta: Levels, cfg: TreeSRFTConfig) -> L
     [-0.513388, 0.513388]
   """
   log_pi = policy_log_probs(tree, theta)
-  paths = leaf_paths(tree)
   inst = leaf_instance(tree)
   pi = jnp.exp(leaf_policy(tree, log_pi))
-  p_edge = jnp.exp(edge_log_probs(tree, log_pi, paths))
-  h = path_entropy(tree, log_pi, paths, cfg.entropy_weighting)
+  d = leaf_data(tree)
+  succ = ((leaf_rewards(tree) > cfg.success_threshold) & (pi > 0)).astype(pi.dtype)
+  # Level by level: every coefficient is (per leaf) × (per edge), so the per-leaf parts go up the
+  # tree as subtree totals and the per-edge factors (the edge's π(a|s), its node's entropy) are
+  # multiplied in before one pullback.
+  p_edge = tuple(jnp.where(support(lv), jnp.exp(lp), 0.0) for lv, lp in zip(tree.levels, log_pi))
+  shaping = tuple(shaping_weight(p, cfg.shaping_gamma) for p in p_edge)
   m = levels_for(tree, cfg.reward_levels) if cfg.use_std else None
   if cfg.demo_clip is None:
-    b_off = mixed_off_advantage(inst, pi, cfg.n_on, cfg.use_std, cfg.eps, m)[..., None]
+    a_off = mixed_off_advantage(inst, pi, cfg.n_on, cfg.use_std, cfg.eps, m)
+    demo_rl = tuple(f * t for f, t in zip(shaping, leaf_edge_totals(tree, d * a_off)))
   else:
     pos, neg = mixed_off_advantage_parts(inst, pi, cfg.n_on, cfg.use_std, cfg.eps, m)
-    b_off = clip_weight(pos[..., None], neg[..., None], p_edge, cfg.demo_clip, cfg.demo_clip)
-  d = leaf_data(tree)[..., None]
-  demo = d * (cfg.sft_coef * jnp.exp(-h) + b_off * shaping_weight(p_edge, cfg.shaping_gamma))
-  succ = ((leaf_rewards(tree) > cfg.success_threshold) & (pi > 0)).astype(pi.dtype)[..., None]
-  self_rl = pi[..., None] * (cfg.rl_pos_coef * jnp.exp(h) * succ - (1.0 - succ))
-  coef = jnp.where(paths.valid, demo + self_rl, 0.0)
-  g = path_pullback(tree, log_pi, paths, all_leaves(paths), coef)
+    demo_rl = tuple(f * clip_weight(tp, tn, p, cfg.demo_clip, cfg.demo_clip)
+                    for f, tp, tn, p in zip(shaping, leaf_edge_totals(tree, d * pos),
+                                            leaf_edge_totals(tree, d * neg), p_edge))
+  if cfg.entropy_weighting == "token":
+    h = tuple(jnp.sum(r, axis=-1, keepdims=True) for r in entropy_rows(tree, log_pi))
+    own = zip(leaf_edge_totals(tree, cfg.sft_coef * d),
+              leaf_edge_totals(tree, cfg.rl_pos_coef * pi * succ),
+              leaf_edge_totals(tree, pi * (1.0 - succ)), h)
+    rest = tuple(sft * jnp.exp(-e) + pos_rl * jnp.exp(e) - neg_rl
+                 for sft, pos_rl, neg_rl, e in own)
+  else:
+    h = mean_path_entropy(tree, log_pi)
+    rest = leaf_edge_totals(tree, cfg.sft_coef * d * jnp.exp(-h)
+                            + pi * (cfg.rl_pos_coef * jnp.exp(h) * succ - (1.0 - succ)))
+  g = pullback(tree, log_pi, add_levels(demo_rl, rest))
   ent = entropy_field(tree, log_pi, reach_probs(tree, log_pi))
   return weighted(tree, add_levels(g, scale_levels(cfg.entropy_coef, ent)))
+
+
+def mean_path_entropy(tree: TreeInstance, log_pi: Levels) -> jax.Array:
+  """[X, S] (1/|y|) Σ_t H(π(·|y_<t)) of every leaf y on the flat slot axis (0 off the leaves),
+  top-down: the entropies above a node are its parent's plus the parent's own.
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import initial_logits, policy_log_probs
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.9, 0.1]}, {(0,): 1.0},
+    ...            lambda y: 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> log_pi = policy_log_probs(tree, initial_logits(tree))  # π = ρ
+    >>> [round(v, 6) for v in mean_path_entropy(tree, log_pi)[0].tolist()]  # (log 2 + H(.9))/2
+    [0.693147, 0.0, 0.509115, 0.509115]
+  """
+  node_h = [jnp.sum(r, axis=-1) for r in entropy_rows(tree, log_pi)]
+  above = jnp.zeros_like(node_h[0])
+  out = []
+  for t, lv in enumerate(tree.levels):
+    if t > 0:
+      above = jnp.where(lv.node, gather_rows(above + node_h[t - 1], lv.parent), 0.0)
+    out.append(jnp.where(lv.leaf, ((above + node_h[t]) / (t + 1.0))[..., None], 0.0))
+  return flat_slots(tuple(out))
 
 
 def tree_srft_estimate(tree: TreeInstance, theta: Levels, cfg: TreeSRFTConfig, key: jax.Array,
