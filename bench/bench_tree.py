@@ -178,7 +178,7 @@ def sequences_vs_engine(depth=DEPTH, prompts=PROMPTS):
 # of a hint or prefix rollout): on this tree 2,801 × 22,408 entries per prompt, 0.5 GB per table per
 # prompt; not run here (the bench reports the size).
 CONTINUATION_RECIPES = ("uft", "prefix_rft", "bread")
-NUMPY_RECIPES = ("dr_grpo", "ppo_clip", "grpo", "hpt", "relift", "luffy")
+NUMPY_RECIPES = ("dr_grpo", "ppo_clip", "grpo", "hpt", "relift", "luffy", "srft")
 
 
 def verifiable(tree):
@@ -192,7 +192,13 @@ def verifiable(tree):
 
 def _numpy_baseline(name, cfg, levels, theta, w, flat, mask):
   """A no-argument call of ``name``'s NumPy/SciPy field over sequences, with ``cfg``'s options."""
-  from bench.numpy_recipe_fields import hpt_field, luffy_field, recipe_field, relift_field
+  from bench.numpy_recipe_fields import (
+    hpt_field,
+    luffy_field,
+    recipe_field,
+    relift_field,
+    srft_field,
+  )
 
   if name == "hpt":
     if cfg.use_std or cfg.rl_aggregation != "group_sum" or cfg.success_threshold != 0.0:
@@ -204,6 +210,12 @@ def _numpy_baseline(name, cfg, levels, theta, w, flat, mask):
       raise ValueError("the LUFFY baseline covers the published defaults only")
     return lambda: luffy_field(levels, theta, w, flat, mask, cfg.n_on, cfg.shaping_gamma,
                                cfg.entropy_coef)
+  if name == "srft":
+    if (not cfg.use_std or cfg.demo_clip is None or cfg.shaping_gamma is not None
+        or cfg.success_threshold != 0.0 or cfg.entropy_weighting != "sequence_mean"):
+      raise ValueError("the SRFT baseline covers the published defaults only")
+    return lambda: srft_field(levels, theta, w, flat, mask, cfg.n_on, cfg.sft_coef,
+                              cfg.rl_pos_coef, cfg.eps, cfg.demo_clip, cfg.entropy_coef)
   if name == "relift":
     if (cfg.use_std or cfg.rl_aggregation != "group_sum" or cfg.success_threshold != 0.0
         or cfg.sft_schedule != "amortised"):

@@ -41,7 +41,7 @@ from scipy.stats import binom
 from bench.numpy_sequences import _flat, _log_softmax_rows
 
 __all__ = ["incidence", "sequence_weighted_field", "recipe_weights", "recipe_field", "hpt_field",
-           "relift_field", "luffy_field"]
+           "relift_field", "luffy_field", "srft_field"]
 
 
 def incidence(flat: np.ndarray, mask: np.ndarray, n_slots: int) -> sp.csr_matrix:
@@ -163,13 +163,13 @@ def _sequence_terms(levels, theta, flat, mask):
   return valid, log_rows, path_matrix, log_pi, r, d
 
 
-def _field_with_entropy(levels, valid, log_rows, path_matrix, coef, entropy_weight,
-                        shaped=None, shaping=None):
-  """Σ_y coef(y) ∇log π(y) + Σ_y shaped(y) Σ_t φ(π(y_t|y_<t)) ∇log π(y_t|y_<t)
+def _field_with_entropy(levels, valid, log_rows, path_matrix, coef, entropy_weight, shaped=()):
+  """Σ_y coef(y) ∇log π(y) + Σ_j Σ_y b_j(y) Σ_t φ_j(π(y_t|y_<t)) ∇log π(y_t|y_<t)
   + Σ_s E(s) ∇_θ H(π(·|s)), E(s) = Σ_{y through s} entropy_weight(y): every slot sum from one
-  sparse product (a column block each), ∇H = −π (log π − Σ π log π), φ = ``shaping`` per slot."""
+  sparse product (a column block each), ∇H = −π (log π − Σ π log π); ``shaped`` the pairs
+  (b_j [X, n], φ_j applied to π per slot)."""
   x = coef.shape[0]
-  blocks = [coef, entropy_weight] + ([] if shaped is None else [shaped])
+  blocks = [coef, entropy_weight] + [b for b, _ in shaped]
   slots = np.asarray((path_matrix.T @ np.concatenate(blocks).T).T)        # [blocks X, slots]
   out, start = [], 0
   for lv, v, lp in zip(levels, valid, log_rows):
@@ -179,7 +179,7 @@ def _field_with_entropy(levels, valid, log_rows, path_matrix, coef, entropy_weig
     pi_s = np.where(v, np.exp(lp), 0.0)
     plogp = np.where(v, pi_s * lp, 0.0)
     grad_h = -np.where(v, pi_s * (lp - plogp.sum(-1, keepdims=True)), 0.0)
-    main = s[:x] if shaped is None else s[:x] + shaping(pi_s) * s[2 * x:]
+    main = s[:x] + sum(fn(pi_s) * s[(2 + j) * x:(3 + j) * x] for j, (_, fn) in enumerate(shaped))
     out.append(np.where(v, main - pi_s * main.sum(-1, keepdims=True), 0.0)
                + s[x:2 * x].sum(-1, keepdims=True) * grad_h)
   return out
@@ -229,4 +229,46 @@ def luffy_field(levels, theta, w, flat, mask, n_on: int = 7, gamma: float | None
   a_off = r - (r + n_on * v) / (n_on + 1)
   shaping = (lambda p: p) if gamma is None else (lambda p: gamma * p / (p + gamma) ** 2)
   return _field_with_entropy(levels, valid, log_rows, path_matrix, w[:, None] * n_on * pi * a_on,
-                             entropy_coef * w[:, None] * pi, w[:, None] * d * a_off, shaping)
+                             entropy_coef * w[:, None] * pi, [(w[:, None] * d * a_off, shaping)])
+
+
+def _mixed_off_parts(r, p, n_on: int, eps: float):
+  """[X, n_seq] each: E[Â_off⁺ | y*] and E[Â_off⁻ | y*] of the demonstration in a mixed group
+  (n_on rollouts, successes k ∼ Binomial(n_on, p), and y*), std-normalised (unbiased std + ε),
+  for a 0/1 reward: a table over the demonstration's two reward values."""
+  if not np.all((r == 0.0) | (r == 1.0)):
+    raise ValueError("the SRFT baseline needs a 0/1 reward")
+  g = n_on + 1
+  k = np.arange(n_on + 1)                                                  # rollouts' successes
+  pmf = binom.pmf(k[None, :], n_on, p)                                     # [X, n_on + 1]
+  own = np.array([0.0, 1.0])[:, None]
+  s = own + k[None, :]                                                     # [2, n_on + 1]
+  adv = (own - s / g) / (np.sqrt(np.maximum(s - s * s / g, 0.0) / (g - 1)) + eps)
+  pick = lambda a: np.take_along_axis(pmf @ a.T, r.astype(np.int64), axis=1)
+  return pick(np.maximum(adv, 0.0)), pick(np.maximum(-adv, 0.0))
+
+
+def srft_field(levels, theta, w, flat, mask, n_on: int = 7, sft_coef: float = 0.5,
+               rl_pos_coef: float = 0.1, eps: float = 1e-6, demo_clip: float = 0.2,
+               entropy_coef: float = 0.0):
+  """SRFT's expected field over sequences (the library's defaults: std-normalised mixed group,
+  per-token clip of the demonstration ratio, no shaping, ``sequence_mean`` entropy), for a 0/1
+  reward: d(y*) c_s e^{−H̄(y*)} + π(y) (c_p e^{H̄(y)} 1⁺(y) − 1⁻(y)) per sequence, H̄(y) the mean
+  over y's tokens of its nodes' entropies (a sum along the path: one more sparse product); the
+  demonstration's RL term d(y*) Σ_t π_t (E[Â⁺|y*] − E[Â⁻|y*] 1{π_t ≥ 1 − ε}) ∇log π_t per slot
+  (the behaviour probability 1, so the ratio is π_t; π_t ≤ 1 + ε always)."""
+  valid, log_rows, path_matrix, log_pi, r, d = _sequence_terms(levels, theta, flat, mask)
+  pi = np.exp(log_pi)
+  p = (pi * r).sum(-1, keepdims=True)
+  node_h = [-np.where(v, np.exp(lp) * lp, 0.0).sum(-1, keepdims=True) for v, lp in
+            zip(valid, log_rows)]
+  slot_h = _flat([np.broadcast_to(h, v.shape) for h, v in zip(node_h, valid)], 0.0)
+  h_bar = np.asarray((path_matrix @ slot_h.T).T) / mask.sum(1)[None, :]    # [X, n]
+  succ = (r > 0.0) & (pi > 0.0)
+  pos, neg = _mixed_off_parts(r, p, n_on, eps)
+  wx = w[:, None]
+  coef = wx * (sft_coef * d * np.exp(-h_bar)
+               + pi * np.where(succ, rl_pos_coef * np.exp(h_bar), -1.0))
+  return _field_with_entropy(
+      levels, valid, log_rows, path_matrix, coef, entropy_coef * wx * pi,
+      [(wx * d * pos, lambda q: q), (wx * d * neg, lambda q: -q * (q >= 1.0 - demo_clip))])

@@ -42,14 +42,18 @@ def test_leaf_pullback_is_the_gradient_of_the_weighted_log_likelihood(seed):
     log_leaf = leaf_policy(tree, policy.policy_log_probs(tree, th))
     return jnp.sum(jnp.where(leaves, c * jnp.where(leaves, log_leaf, 0.0), 0.0))
 
-  want = jax.grad(weighted_log_likelihood)(theta)
+  # Jitted: evaluated eagerly, the gradient dispatches (and compiles) one program per primitive.
+  want = jax.jit(jax.grad(weighted_log_likelihood))(theta)
   got = jax.jit(leaf_pullback)(tree, policy.policy_log_probs(tree, theta), c)
   for t, (g, w, lv) in enumerate(zip(got, want, tree.levels)):
     on = np.asarray(lv.leaf | lv.internal) & np.asarray(lv.node)[..., None]
     assert_close(np.asarray(g)[on], np.asarray(w)[on], err_msg=f"level {t}")
     assert not np.asarray(g)[~on].any(), f"level {t}: nonzero off the support"
 
-  paths = leaf_paths(tree)
-  per_depth = jnp.broadcast_to(c[..., None], paths.valid.shape)
-  assert_close(np.asarray(jax.jit(leaf_visits)(tree, c)),
-               np.asarray(path_visits(tree, paths, all_leaves(paths), per_depth)))
+  @jax.jit
+  def scattered(tree, c):
+    paths = leaf_paths(tree)
+    per_depth = jnp.broadcast_to(c[..., None], paths.valid.shape)
+    return path_visits(tree, paths, all_leaves(paths), per_depth)
+
+  assert_close(np.asarray(jax.jit(leaf_visits)(tree, c)), np.asarray(scattered(tree, c)))
