@@ -298,6 +298,36 @@ def test_binomial_off_advantage_and_gates():
   assert_close(rc.binomial_gate_probability(0.3, 8, 0, 8), 1.0)
 
 
+def off_advantage_by_listing(inst, pi_old, n_on, use_std):
+  """[2, Y] E[Â_off^± | y*] for every response y* as the demonstration: every draw of the n_on
+  rollouts listed, verl's advantage of the group's last member."""
+  r = np.asarray(inst.reward)[0]
+  want = np.zeros((2, r.size))
+  for draw in itertools.product(range(r.size), repeat=n_on):
+    prob = np.prod(pi_old[0, list(draw)])
+    for y in range(r.size) if prob > 0 else ():
+      a = verl_advantages(list(r[list(draw)]) + [r[y]], use_std)[-1]
+      want[:, y] += prob * np.array([max(a, 0.0), max(-a, 0.0)])
+  return want
+
+
+@pytest.mark.parametrize("use_std", [False, True])
+@pytest.mark.parametrize("reference", [[0.5, 0.3, 0.2, 0.0], [0.5, 0.5, 0.0, 0.0]])
+@pytest.mark.parametrize("rewards", [[1.0, 0.0, 0.7, -0.4], [1.0, 0.0, 1.0, 0.0]])
+def test_off_policy_advantage_parts_against_every_group(use_std, reference, rewards):
+  """E[Â_off^± | y*] of every response as the demonstration against listing every group. With
+  the first rewards the responses off the reference's support have rewards no support response
+  has (computed per response); with the second every reward is one of the support's levels
+  (one enumeration per level, read back per response)."""
+  from nondecoupling.theory.recipes.groups import enumerated_off_advantage
+
+  inst = make_instance([1.0], [[0.1, 0.2, 0.3, 0.4]], [rewards], 0.5, reference=[reference])
+  pi_old = np.asarray([reference]) * np.asarray([[1.3, 0.6, 1.1, 1.0]])
+  pi_old /= pi_old.sum()
+  pos, neg = enumerated_off_advantage(inst, jnp.asarray(pi_old), 3, 4, use_std, EPS)
+  assert_close(np.stack([pos[0], neg[0]]), off_advantage_by_listing(inst, pi_old, 3, use_std))
+
+
 def test_binary_group_fields_are_multiples_of_the_success_gradient():
   inst = general_instance(n_x=2, n_y=4, seed=4, levels=[0.0, 1.0])
   theta, _ = thetas(inst)

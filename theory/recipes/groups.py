@@ -173,11 +173,12 @@ def group_levels(r_row, key_row, support_row, m: int):
 
 
 def _row_levels(r_row, support_row, p_row, m: int):
-  """(level of each entry [n], the m distinct rewards on the support [m], π-mass on each [m])."""
+  """(level of each entry [n], the m distinct rewards on the support [m], π-mass on each [m],
+  whether each level is used [m])."""
   level_of, v, _, used = group_levels(r_row, jnp.zeros_like(r_row), support_row, m)
   seg = jnp.where(support_row, level_of, m)
   p = jax.ops.segment_sum(jnp.where(support_row, p_row, 0.0), seg, num_segments=m + 1)[:m]
-  return level_of, v, jnp.where(used, p, 0.0)
+  return level_of, v, jnp.where(used, p, 0.0), used
 
 
 def _group_moments(own_r, own_succ, v, p, succ_lvl, extra, table, n_others, use_std, eps, gate):
@@ -238,7 +239,7 @@ def enumerated_advantage(inst, pi_old, n_others: int, m: int, use_std: bool, eps
   gate = jnp.asarray(gate, pi_old.dtype)
 
   def row(r_row, s_row, p_row, d_row):
-    level_of, v, p = _row_levels(r_row, s_row, p_row, m)
+    level_of, v, p, _ = _row_levels(r_row, s_row, p_row, m)
     succ_lvl = (v > threshold).astype(v.dtype)
 
     def own(r_y):
@@ -284,16 +285,27 @@ def enumerated_off_advantage(inst, pi_old, n_on: int, m: int, use_std: bool, eps
   support = rl_support(inst)
   gate = jnp.asarray((0, 1 << 30), pi_old.dtype)
 
-  def row(r_row, s_row, p_row):
-    _, v, p = _row_levels(r_row, s_row, p_row, m)
-    zero = jnp.zeros_like(v)
+  v, p, used = jax.vmap(lambda *a: _row_levels(*a, m)[1:])(inst.reward, support, pi_old)
+  at = (inst.reward[..., None] == v[:, None, :]) & used[:, None, :]        # [X, Y, m]
 
-    def own(r_y):
-      return _group_moments(r_y, 0.0, v, p, zero, jnp.zeros((0,), r_y.dtype), table, n_on,
-                            use_std, eps, gate)
-    return jax.vmap(own)(r_row)
+  def enumerate_rows(own_r):  # [X, n] own rewards -> (pos, neg) [X, n]
+    def row(r_row, v_row, p_row):
+      return jax.vmap(lambda r_y: _group_moments(
+          r_y, 0.0, v_row, p_row, jnp.zeros_like(v_row), jnp.zeros((0,), r_y.dtype), table, n_on,
+          use_std, eps, gate))(r_row)
+    return jax.vmap(row)(own_r, v, p)
 
-  return jax.vmap(row)(inst.reward, support, pi_old)
+  def by_level(_):
+    j = jnp.argmax(at, axis=-1)
+    return tuple(jnp.take_along_axis(a, j, axis=1) for a in enumerate_rows(v))
+
+  # Â_off depends on y* only through r(y*): when every response's reward is one of its row's
+  # levels (always, unless a response off the support has a reward no support response has), one
+  # enumeration per level is read back per response (m, not Y, enumerations per row). The cond is
+  # outside the rows' vmap, so it stays a branch (both sides run only under an outer vmap).
+  pos, neg = jax.lax.cond(jnp.all(jnp.any(at, axis=-1) | ~inst.response_mask), by_level,
+                          lambda _: enumerate_rows(inst.reward), None)
+  return jnp.where(inst.response_mask, pos, 0.0), jnp.where(inst.response_mask, neg, 0.0)
 
 
 def value(pi: jax.Array, r: jax.Array) -> jax.Array:

@@ -188,8 +188,10 @@ def tree_srft_field(tree: TreeInstance, theta: Levels, cfg: TreeSRFTConfig) -> L
     rest = leaf_edge_totals(tree, cfg.sft_coef * d * jnp.exp(-h)
                             + pi * (cfg.rl_pos_coef * jnp.exp(h) * succ - (1.0 - succ)))
   g = pullback(tree, log_pi, add_levels(demo_rl, rest))
-  ent = entropy_field(tree, log_pi, reach_probs(tree, log_pi))
-  return weighted(tree, add_levels(g, scale_levels(cfg.entropy_coef, ent)))
+  if cfg.entropy_coef != 0.0:  # the default has no entropy bonus: its field is not computed
+    g = add_levels(g, scale_levels(cfg.entropy_coef,
+                                   entropy_field(tree, log_pi, reach_probs(tree, log_pi))))
+  return weighted(tree, g)
 
 
 def mean_path_entropy(tree: TreeInstance, log_pi: Levels) -> jax.Array:
