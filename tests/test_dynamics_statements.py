@@ -12,7 +12,7 @@ from nondecoupling.theory import flows, objectives as obj
 from nondecoupling.theory.instance import make_instance, pad_instance
 from nondecoupling.theory.statements import initial_rates, pl, rl_duration, spectral
 from nondecoupling.theory.verdict import holds, rounding_slack
-from nondecoupling.verify import families, flow_checks as ds, strategies
+from nondecoupling.verify import checking, families, flow_checks as ds, strategies
 from nondecoupling.verify.numpy_reference import (
   reference_gradients,
   reference_optimal_duration,
@@ -189,3 +189,26 @@ def test_registry_statements_run_on_small_batches():
   # Flow statements run on the first FLOW_SAMPLE instances only.
   v = next(s for s in FLOW_STATEMENTS if s.name == "D5 pl_decay_rl").check(inst, key)
   assert not np.asarray(v.applies)[ds.FLOW_SAMPLE:].any()
+
+
+def test_verify_evaluates_every_family_batch_of_a_flow_statement_at_one_shape():
+  """`verify` pads each family's batch of a flow statement to the run's largest (one program,
+  not one per batch size); every instance keeps its own random policy (the keys are split per
+  row), so the margins are those of each batch checked alone, and the padding is not counted."""
+  batches = families.sample_all(16, 0)  # 16 over 7 families: batches of 3, 3, 2, 2, 2, 2, 2
+  sizes = [int(inst.prompt_weights.shape[0]) for _, inst, _ in batches]
+  assert max(sizes) == 3 and min(sizes) == 2
+  inst = batches[-1][1]
+  assert checking._padded(inst, 3) is checking._padded(inst, 3)  # D7's two statements share it
+  for stmt in (s for s in FLOW_STATEMENTS if s.name in ("D5 pl_rl", "D6 spectral_misalignment")):
+    alone = [stmt.check(inst, jax.random.PRNGKey(3)) for _, inst, _ in batches]
+    for (_, inst, _), v in zip(batches, alone):
+      n = int(inst.prompt_weights.shape[0])
+      padded = stmt.check(checking._padded(inst, 3), jax.random.PRNGKey(3))
+      assert_close(np.asarray(padded.margin)[:n], np.asarray(v.margin))
+    m = np.concatenate([np.asarray(v.margin) for v in alone])
+    a = np.concatenate([np.broadcast_to(np.asarray(v.applies), np.shape(v.margin))
+                        for v in alone])
+    report = checking.check_statement(stmt, batches, 0, 3)
+    assert report.checked == sum(sizes) and report.instances == int(a.sum())
+    assert_close(report.worst_margin, float(np.min(m[a])))
