@@ -9,6 +9,10 @@ from pathlib import Path
 
 import nondecoupling as nd
 
+# Keep compiled programs on disk (~/.cache/nondecoupling/jax, or $NONDECOUPLING_CACHE_DIR), as the
+# command line does: a second run skips XLA's compilation.
+nd.enable_compile_cache()
+
 path = sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "instances/readme_instance.json"
 inst, labels = nd.read_instance(path)
 

@@ -36,9 +36,14 @@ def _logsumexp_rows(x):
 def program_dir(tmp_path, monkeypatch):
   before = stored_programs.program_dir()
   stored_programs.set_program_dir(tmp_path / "programs")
-  # As in a process that has not loaded anything from XLA's cache (this worker has).
+  # As in a process that has not loaded anything from XLA's cache (this worker has), and does not
+  # during the test: a small eager program that another process of the run (the other worker, an
+  # example script) has put in the run's XLA cache would be a hit, after which nothing is stored.
   monkeypatch.setattr(stored_programs, "_XLA_CACHE_HITS", [0])
+  xla_cache = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
   yield tmp_path / "programs"
+  jax.config.update("jax_enable_compilation_cache", xla_cache)
   stored_programs.set_program_dir(before)
 
 

@@ -60,7 +60,7 @@ _API = {
     "read_instance": "verify.io", "write_instance": "verify.io",
     "instance_from_dict": "verify.io", "all_statements": "verify.registry",
     "run_verify": "verify.checking", "instance_margins": "verify.margins",
-    "compare_rows": "verify.compare",
+    "compare_rows": "verify.compare", "enable_compile_cache": "verify.compile_cache",
 }
 _SUBPACKAGES = ("theory", "verify", "figures")
 
