@@ -14,7 +14,7 @@ import numpy as np
 import scipy.optimize
 from conftest import assert_close
 from helpers import instance_of, with_probe
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from nondecoupling.theory import objectives as atomic
 from nondecoupling.theory.tree import bellman, fixed_points, objectives as obj, policy
@@ -25,6 +25,7 @@ from nondecoupling.theory.tree.atomic import (
   policy_from_leaves,
   tree_from_atomic,
 )
+from nondecoupling.theory.tree.build import PromptTree, build_tree
 from nondecoupling.verify.tree_families import SMALL_BUCKET
 from nondecoupling.verify.tree_io import tree_from_dict
 from nondecoupling.verify.tree_strategies import tree_strategy
@@ -136,3 +137,36 @@ def test_leaf_set_of_any_tree_equals_atomic_engine(raw, seed):
     assert_close(a, b, err_msg=name)
   mask = np.asarray(policy.leaf_mask(tree)) & real[:, None]
   assert_close(np.exp(np.asarray(out["round_trip"]))[mask], np.exp(np.asarray(out["leaves"]))[mask])
+
+
+def _both_leaf_instances(tree):
+  full, sup = leaf_instance(tree), leaf_instance(tree, support_only=True)
+  return full, sup, atomic.rl_support(full), atomic.rl_support(sup)
+
+
+BOTH_LEAF_INSTANCES = jax.jit(_both_leaf_instances)
+
+
+@settings(max_examples=25)
+@given(tree_strategy())
+def test_support_only_leaf_instance_keeps_every_leaf_and_the_rl_support(raw):
+  """The group recipes' leaf instance (reference = 1{ρ(y) > 0}) has the same RL support, data,
+  rewards and mask as the one with ρ(y): every leaf is reachable on a tree."""
+  tree = tree_from_dict(raw, SMALL_BUCKET).tree
+  full, sup, full_support, sup_support = BOTH_LEAF_INSTANCES(tree)
+  assert np.array_equal(np.asarray(full_support), np.asarray(sup_support))
+  assert np.array_equal(np.asarray(sup_support), np.asarray(policy.leaf_mask(tree)))
+  for field in ("data", "reward", "response_mask", "prompt_weights"):
+    assert np.array_equal(np.asarray(getattr(full, field)), np.asarray(getattr(sup, field)))
+
+
+def test_support_only_leaf_instance_counts_a_leaf_whose_probability_underflows():
+  """ρ(1 1) = 1e-200 · 1e-200 underflows float64 to 0, so the leaf drops out of the support
+  computed from ρ(y); the support-only instance keeps it (ρ(a|s) > 0 on the path)."""
+  tiny = 1e-200
+  p = PromptTree(2, 0, 2, {(): [1.0 - tiny, tiny], (1,): [1.0 - tiny, tiny]}, {(0,): 1.0},
+                 lambda y: float(y == (1, 1)))
+  tree, _ = build_tree([p], [1.0], 1.0)
+  full, sup = leaf_instance(tree), leaf_instance(tree, support_only=True)
+  assert atomic.rl_support(sup).tolist() == [[True, False, True, True]]
+  assert atomic.rl_support(full).tolist() == [[True, False, True, False]]

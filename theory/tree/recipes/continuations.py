@@ -102,7 +102,7 @@ def levels_for(tree: TreeInstance, levels: int | None) -> int:
   if levels is not None:
     return int(levels)
   try:
-    return reward_levels(leaf_instance(tree))
+    return reward_levels(leaf_instance(tree, support_only=True))
   except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
     return int(leaf_mask(tree).shape[-1])
 

@@ -113,7 +113,7 @@ def tree_hpt_field(tree: TreeInstance, theta: Levels, cfg: TreeHPTConfig) -> Lev
     [[[-0.5, 0.5]]]
   """
   log_pi = policy_log_probs(tree, theta)
-  inst = leaf_instance(tree)
+  inst = leaf_instance(tree, support_only=True)
   pi = jnp.exp(leaf_policy(tree, log_pi))
   n, gamma = cfg.n_rollouts, cfg.switch_gate
   p = success_stats(inst, pi, cfg.success_threshold)[0]

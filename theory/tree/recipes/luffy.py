@@ -129,7 +129,7 @@ def mixed_advantages(tree: TreeInstance, log_pi: Levels, cfg):
     >>> a_on.tolist(), a_off.tolist()  # leaves (EOS: r = 0, token 1: r = 1)
     ([[-0.5, 0.0]], [[-0.25, 0.25]])
   """
-  inst = leaf_instance(tree)
+  inst = leaf_instance(tree, support_only=True)
   pi = jnp.exp(leaf_policy(tree, log_pi))
   m = levels_for(tree, cfg.reward_levels) if cfg.use_std else None
   a_on = mixed_on_advantage(inst, pi, cfg.n_on, cfg.use_std, cfg.eps, m)

@@ -123,7 +123,7 @@ class TreeReLIFTConfig:
 def _fail_probability(tree: TreeInstance, log_pi: Levels, cfg) -> jax.Array:
   """[X] (1 − p_x)^n: all n rollouts fail."""
   pi = jnp.exp(leaf_policy(tree, log_pi))
-  p = success_stats(leaf_instance(tree), pi, cfg.success_threshold)[0]
+  p = success_stats(leaf_instance(tree, support_only=True), pi, cfg.success_threshold)[0]
   return binomial_gate_probability(p, cfg.n_rollouts, 0, 0)
 
 
@@ -167,7 +167,7 @@ def tree_relift_rl_field(tree: TreeInstance, theta: Levels, cfg: TreeReLIFTConfi
 
 def _rl_leaf_terms(tree: TreeInstance, log_pi: Levels, cfg) -> tuple[jax.Array, jax.Array]:
   """([X, S] the RL step's coefficient per leaf, c_rl a π(y) E[Â | y]; [X] (1 − p_x)^n)."""
-  inst = leaf_instance(tree)
+  inst = leaf_instance(tree, support_only=True)
   pi = jnp.exp(leaf_policy(tree, log_pi))
   n = cfg.n_rollouts
   if cfg.use_std:

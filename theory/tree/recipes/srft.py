@@ -158,7 +158,7 @@ def tree_srft_field(tree: TreeInstance, theta: Levels, cfg: TreeSRFTConfig) -> L
     [-0.513388, 0.513388]
   """
   log_pi = policy_log_probs(tree, theta)
-  inst = leaf_instance(tree)
+  inst = leaf_instance(tree, support_only=True)
   pi = jnp.exp(leaf_policy(tree, log_pi))
   d = leaf_data(tree)
   succ = ((leaf_rewards(tree) > cfg.success_threshold) & (pi > 0)).astype(pi.dtype)
