@@ -170,7 +170,7 @@ def _check_quantities(inst: Instance, chunk: int) -> dict[str, jax.Array]:
 
 
 # One compiled program (called eagerly, the ~300 primitives each compile and dispatch on their own:
-# first call 5.1 → 1.9 s, a repeated one 0.6 s → 0.1 ms on the README instance); inside a trace
+# first call 5.1 → 1.9 s, a repeated one 0.6 s → under 1 ms on the README instance); inside a trace
 # (vmap, lax.map, an outer jit) it is inlined.
 _check_quantities_jit = jax.jit(_check_quantities, static_argnames="chunk")
 

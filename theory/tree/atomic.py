@@ -69,7 +69,7 @@ def leaf_instance(tree: TreeInstance, support_only: bool = False) -> Instance:
       that use the reference only through its support (the group recipes, through
       ``rl_support``). On a tree that is every leaf slot (ρ(a|s) > 0 exactly on the slots that
       exist, :class:`~nondecoupling.theory.tree.instance.TreeLevel`), so no pass over the paths
-      is made (HPT's exact field on the k = 8, T = 5 benchmark tree: 282 → 225 ms), and a leaf
+      is made (HPT's exact field on the k = 8, T = 5 benchmark tree: 282 → 218 ms), and a leaf
       whose ρ(y) underflows float64 still counts as reachable.
 
   Returns:
