@@ -20,7 +20,6 @@ path = sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "tree_final
 tree = read_tree(path).tree
 
 
-
 @jax.jit  # one compiled program (called eagerly, each primitive compiles on its own)
 def report(tree):
   fixed = {c: fixed_points.fixed_point_report(tree, fixed_points.closed_form_fixed_point(tree, c))

@@ -28,7 +28,7 @@ from .io import instance_to_dict
 from .registry import all_statements
 from .search import search_counterexample, search_tree_counterexample
 from .statement import Statement, failure_mask, holds_mask
-from .sweep import evaluate_batch
+from .sweep import evaluate_batch, pad_leading
 from .tree_checks import TREE_NAMES
 from .tree_export import tree_instance_to_dict
 from .tree_group_checks import TREE_GROUP_STATEMENTS
@@ -116,15 +116,14 @@ _PADDED: list = []  # [(batch, size, padded batch)]: one padded object per batch
 
 
 def _padded(inst, size: int):
-  """``inst`` with its rows repeated cyclically up to ``size`` instances (the rows' own random
-  keys are unchanged: ``jax.random.split(key, n)`` is a prefix of ``split(key, size)``)."""
-  n = int(np.asarray(inst.prompt_weights).shape[0])
-  if n == size:
+  """``inst`` padded to ``size`` instances by repeating its last (the rows' own random keys are
+  unchanged: ``jax.random.split(key, n)`` is a prefix of ``split(key, size)``)."""
+  if int(np.asarray(inst.prompt_weights).shape[0]) == size:
     return inst
   for b, s, out in _PADDED:
     if b is inst and s == size:
       return out
-  out = jax.tree.map(lambda a: np.asarray(a)[np.arange(size) % n], inst)
+  out = jax.tree.map(lambda a: pad_leading(np.asarray(a), size), inst)
   _PADDED[:] = _PADDED[-15:] + [(inst, size, out)]
   return out
 

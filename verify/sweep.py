@@ -22,7 +22,7 @@ from .devices import device_mesh
 from .exported_programs import exported_jit
 from .stored_programs import program_name
 
-__all__ = ["AXIS", "instance_mesh", "shard_batch", "evaluate_batch", "batched_function"]
+__all__ = ["AXIS", "instance_mesh", "shard_batch", "evaluate_batch", "batched_function", "pad_leading"]
 
 AXIS = "instances"
 
@@ -32,7 +32,8 @@ def instance_mesh() -> Mesh:
   return device_mesh(AXIS)
 
 
-def _pad_leading(a: np.ndarray, n: int) -> np.ndarray:
+def pad_leading(a: np.ndarray, n: int) -> np.ndarray:
+  """``a`` with its last row repeated up to ``n`` rows along the leading axis."""
   if a.shape[0] == n:
     return a
   reps = np.repeat(a[-1:], n - a.shape[0], axis=0)
@@ -54,7 +55,7 @@ def shard_batch(tree: Any, mesh: Mesh | None = None, size: int = 0) -> tuple[Any
   sharding = NamedSharding(mesh, PartitionSpec(AXIS))
 
   def place(a):
-    full = _pad_leading(np.asarray(a), padded)
+    full = pad_leading(np.asarray(a), padded)
     return jax.make_array_from_callback(full.shape, sharding, lambda idx: full[idx])
 
   return jax.tree.map(place, tree), n
