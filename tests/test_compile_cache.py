@@ -115,6 +115,36 @@ def test_an_exported_program_over_every_device_loads_without_tracing(program_dir
   assert again["lse"].sharding.is_equivalent_to(placed.sharding, 1)
 
 
+def test_a_run_bound_program_is_compiled_at_full_optimisation_exported_and_read(program_dir,
+                                                                             monkeypatch):
+  """``optimise=True`` (the flows' programs) asks XLA for its full optimisation whatever the
+  suite's XLA_FLAGS (level 0) say, on the first call (exported) and in a later process (read), and
+  gives the numbers of a plain jit."""
+  real_jit, asked = jax.jit, []
+
+  def spy(fn, *args, **kwargs):
+    asked.append((getattr(fn, "__name__", ""), kwargs.get("compiler_options")))
+    return real_jit(fn, *args, **kwargs)
+
+  monkeypatch.setattr(jax, "jit", spy)
+  x = jnp.asarray(np.linspace(-3.0, 2.0, 12).reshape(3, 4))
+  first = exported_jit.__wrapped__(_logsumexp_rows, "test.optimised", True)(x)
+  written = list(asked)
+  again = exported_jit.__wrapped__(_logsumexp_rows, "test.optimised", True)(x)
+  read = asked[len(written):]
+  plain = exported_jit.__wrapped__(_logsumexp_rows, "test.plain")(x)
+  assert "xla_backend_optimization_level=0" in os.environ["XLA_FLAGS"]
+  full = {"xla_backend_optimization_level": 3}
+  # the wrapper's own jit, export's tracing jit (lowering only: never compiled), the exported
+  # program's jit; in the later process the first and the last
+  assert written == [("_logsumexp_rows", full), ("flat", None), ("call", full)], written
+  assert read == [("_logsumexp_rows", full), ("call", full)], read
+  assert all(options is None for _, options in asked[len(written) + len(read):])
+  assert len(list(program_dir.glob("*.exported"))) == 2
+  for got in (first, again):
+    np.testing.assert_array_equal(np.asarray(got["lse"]), np.asarray(plain["lse"]))
+
+
 def test_without_a_program_folder_nothing_is_exported(tmp_path):
   before = stored_programs.program_dir()
   stored_programs.set_program_dir(None)

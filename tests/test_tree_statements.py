@@ -27,7 +27,7 @@ from nondecoupling.theory.tree import (
   sft as tree_sft,
 )
 from nondecoupling.theory.tree.instance import index_tree
-from nondecoupling.verify import search
+from nondecoupling.verify import search, tree_checks
 from nondecoupling.verify.families import sample_all
 from nondecoupling.verify.search import _find_tree, search_tree_counterexample
 from nondecoupling.verify.statement import holds_mask
@@ -134,6 +134,14 @@ def test_verify_checks_hold_on_random_trees(name):
     assert np.all(holds_mask(stmt, np.asarray(v.margin), np.asarray(v.slack))[applies])
 
 
+def test_a_sweep_draws_about_as_many_trees_as_instances_at_a_few_shapes():
+  """A batch of n ≤ 128 instances sweeps the power of two ≥ n trees (16 at least), a larger one
+  128 per chunk, at most 3 chunks: a small run is small, and every count is one of few shapes."""
+  counts = {n: tree_count(n) for n in (1, 2, 16, 17, 64, 65, 128, 129, 256, 257, 878, 10**6)}
+  assert counts == {1: 16, 2: 16, 16: 16, 17: 32, 64: 64, 65: 128, 128: 128, 129: 256, 256: 256,
+                    257: 384, 878: 384, 10**6: 384}
+
+
 def test_tree_statements_are_well_formed_and_deterministic():
   names = [s.name for s in TREE_STATEMENTS]
   assert len(set(names)) == len(names)
@@ -144,7 +152,7 @@ def test_tree_statements_are_well_formed_and_deterministic():
   a, pa = trees_for_batch(inst, jax.random.PRNGKey(1))
   b, pb = trees_for_batch(inst, jax.random.PRNGKey(1))
   c, _ = trees_for_batch(inst, jax.random.PRNGKey(2))
-  assert a.prompt_weights.shape[0] == tree_count(inst.prompt_weights.shape[0]) >= 128
+  assert a.prompt_weights.shape[0] == tree_count(inst.prompt_weights.shape[0]) == FLOW_SAMPLE
   assert np.array_equal(np.asarray(a.beta), np.asarray(b.beta))
   assert np.array_equal(np.asarray(pa[2]), np.asarray(pb[2]))
   assert not np.array_equal(np.asarray(a.beta), np.asarray(c.beta))
@@ -223,7 +231,9 @@ def test_k1_fixed_point_is_stationary_where_leaf_probabilities_reach_subnormals(
   has leaf probabilities near e^−708; the weighted KL gradient through subnormal products was
   0.036 where it is 1e−83, and G4 k1_reward_fixed_point failed by 9 slacks."""
   batch = next(inst for fam, inst, _ in sample_all(16, 4) if fam == "near_tie")
-  trees, _ = trees_for_batch(batch, jax.random.PRNGKey(4))
+  # The 128 trees that run swept for this batch (a run of 16 instances now sweeps 16).
+  trees, _ = tree_checks._trees(128, tree_checks._digest(batch, jax.random.PRNGKey(4)),
+                                tree_checks.CHECK_BUCKET)
   tree = index_tree(trees, 105)
   # Under jit, as verify evaluates it (and one compile instead of hundreds of op-by-op ones).
   closed = jax.jit(tree_fixed_points.closed_form_fixed_point, static_argnums=1)(tree, "k1_reward")

@@ -29,6 +29,8 @@ Slack (the bound below which a margin is a failure, :mod:`nondecoupling.theory.v
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -218,13 +220,13 @@ def _decay_batch(batch, key, kind):
 def check_decay_rl(batch: Instance, key: jax.Array) -> Verdict:
   """D5 (ours): along the RL flow, gap(t) ≤ gap(0) exp(−2∫μ_RL) (margin in log scale)."""
   sub, n, k = _sample(batch)
-  return _pad_verdict(exported_partial(_decay_batch, kind="rl")(sub, key), n, k)
+  return _pad_verdict(exported_partial(_decay_batch, optimise=True, kind="rl")(sub, key), n, k)
 
 
 def check_decay_sft(batch: Instance, key: jax.Array) -> Verdict:
   """D5 (ours): along the SFT flow, gap(t) ≤ gap(0) exp(−2∫μ_SFT) (margin in log scale)."""
   sub, n, k = _sample(batch)
-  return _pad_verdict(exported_partial(_decay_batch, kind="sft")(sub, key), n, k)
+  return _pad_verdict(exported_partial(_decay_batch, optimise=True, kind="sft")(sub, key), n, k)
 
 
 def _d7_setup(inst, key):
@@ -242,7 +244,7 @@ def _d7_setup(inst, key):
   return inst_d, lam, horizon, feasible
 
 
-@exported
+@functools.partial(exported, optimise=True)  # an ODE solve per instance: run-bound
 def _d7_batch(batch, key):
   keys = _keys(key, batch.prompt_weights.shape[0])
 

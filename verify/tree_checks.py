@@ -3,11 +3,12 @@
 :data:`TREE_STATEMENTS` is a tuple of :class:`~.statement.Statement` with batched ``check``
 functions, like :data:`~.registry.FLOW_STATEMENTS`: ``check(batch, key)`` receives the sweep's
 atomic batch (only its size is used) and the key, draws :func:`tree_count` random trees from
-:mod:`.tree_families` (``TREE_CHUNK`` × 1–``MAX_CHUNKS``; every family in equal parts, one
-bucket, deterministic in the key and the batch) and returns a
+:mod:`.tree_families` (16–``TREE_CHUNK`` for a small batch, ``TREE_CHUNK`` × 1–``MAX_CHUNKS``
+for a larger one; every family in equal parts, one bucket, deterministic in the key and the
+batch) and returns a
 :class:`~nondecoupling.theory.verdict.Verdict` of arrays over those trees. Every exact statement
-is evaluated at once, in one jit + vmap over chunks of ``TREE_CHUNK`` trees sharded over the
-devices (one compile for all of them), and the result is cached for the other statements' checks.
+is evaluated at once, in one jit + vmap over chunks of at most ``TREE_CHUNK`` trees sharded over
+the devices (one compile for all of them), and the result is cached for the other statements' checks.
 Statements on a policy use probe logits N(0, 2²) drawn with the trees. The flow statements (G4)
 integrate a flow per tree, so they run on as many trees as the batch has instances (at most
 ``FLOW_SAMPLE``) spread over the batch's families
@@ -33,7 +34,7 @@ import numpy as np
 from ..theory.statements import tokens
 from ..theory.tree.instance import TreeInstance
 from ..theory.verdict import Verdict
-from .exported_programs import exported_jit
+from .exported_programs import FULL_OPTIMISATION, exported_jit
 from .statement import Statement, verdict_row
 from .stored_programs import program_name
 from .sweep import shard_batch
@@ -41,7 +42,8 @@ from .tree_families import SMALL_BUCKET, TREE_BUCKET, sample_trees
 from .tree_io import tree_from_dict
 
 __all__ = ["TREE_STATEMENTS", "TREE_NAMES", "FLOW_SAMPLE", "FLOW_STEPS", "CHECK_BUCKET",
-           "TREE_CHUNK", "MAX_CHUNKS", "padded_batch", "take_rows", "trees_for_batch", "tree_count",
+           "TREE_CHUNK", "MIN_CHUNK", "MAX_CHUNKS", "padded_batch", "take_rows", "trees_for_batch",
+           "tree_count",
            "evaluate_trees", "tree_margins", "looks_like_tree_file", "evaluate_tree_file",
            "SEARCHABLE_TREE_STATEMENTS"]
 
@@ -49,7 +51,8 @@ FLOW_SAMPLE = 16
 FLOW_STEPS = 5_000
 FLOW_RESIDUAL = 1e-11
 TREE_CHUNK = 128  # trees per compiled call (one shape: every statement compiles once)
-MAX_CHUNKS = 3    # chunks per sweep batch: 6 families × 3 × 128 = 2304 trees in the default run
+MIN_CHUNK = 16    # the smallest sweep: a batch of n ≤ 128 instances gets the power of two ≥ n
+MAX_CHUNKS = 3    # chunks per sweep batch: 7 families × 3 × 128 = 2688 trees in the default run
 
 
 CHECK_BUCKET = TREE_BUCKET  # the bucket every check draws its trees in
@@ -65,8 +68,13 @@ def _trees(n: int, seed: int, bucket) -> tuple[TreeInstance, tuple]:
 
 
 def tree_count(n_batch: int) -> int:
-  """Trees drawn for a sweep batch of n instances: TREE_CHUNK × clip(⌈n / TREE_CHUNK⌉, 1, MAX)."""
-  return TREE_CHUNK * min(MAX_CHUNKS, max(1, -(-int(n_batch) // TREE_CHUNK)))
+  """Trees drawn for a sweep batch of n instances: the power of two ≥ n within [MIN_CHUNK,
+  TREE_CHUNK] for n ≤ TREE_CHUNK (so a small run sweeps about as many trees as it asked for
+  instances, at one of four shapes), else TREE_CHUNK × min(⌈n / TREE_CHUNK⌉, MAX_CHUNKS)."""
+  n = int(n_batch)
+  if n <= TREE_CHUNK:
+    return max(MIN_CHUNK, 1 << (max(n, 1) - 1).bit_length())
+  return TREE_CHUNK * min(MAX_CHUNKS, -(-n // TREE_CHUNK))
 
 
 def _digest(batch, key) -> int:
@@ -81,17 +89,19 @@ def trees_for_batch(batch, key) -> tuple[TreeInstance, tuple]:
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(fn, with_probe: bool):
+def _compiled(fn, with_probe: bool, optimise: bool):
   batched = jax.vmap(fn) if with_probe else jax.vmap(lambda tree, probe: fn(tree))
   name = program_name(fn)
   if name is None:
-    return jax.jit(batched)
-  return exported_jit(batched, f"{name}[vmap, probe={with_probe}]")
+    return jax.jit(batched, compiler_options=FULL_OPTIMISATION if optimise else None)
+  return exported_jit(batched, f"{name}[vmap, probe={with_probe}]", optimise)
 
 
-def evaluate_trees(fn, trees: TreeInstance, probes: tuple, with_probe: bool) -> Verdict:
-  """Verdict [B] of an unbatched statement ``fn(tree[, θ])`` on a batch of trees."""
-  return _compiled(fn, with_probe)(trees, probes)
+def evaluate_trees(fn, trees: TreeInstance, probes: tuple, with_probe: bool,
+                   optimise: bool = False) -> Verdict:
+  """Verdict [B] of an unbatched statement ``fn(tree[, θ])`` on a batch of trees (``optimise``:
+  compiled at XLA's full optimisation, for a flow: :mod:`.exported_programs`)."""
+  return _compiled(fn, with_probe, optimise)(trees, probes)
 
 
 def _exact_verdicts(tree: TreeInstance, theta: tuple) -> Verdict:
@@ -108,9 +118,9 @@ _ALL_EXACT = exported_jit(jax.vmap(_exact_verdicts), f"{__name__}._exact_verdict
 def _sweep_verdicts(n_trees: int, digest: int, bucket) -> dict:
   """{name: Verdict of numpy [n_trees]} of every exact statement, in chunks sharded over devices."""
   trees, probes = _trees(n_trees, digest, bucket)
-  parts = []
-  for lo in range(0, n_trees, TREE_CHUNK):
-    chunk = jax.tree.map(lambda a: np.asarray(a)[lo:lo + TREE_CHUNK], (trees, probes))
+  parts, size = [], min(n_trees, TREE_CHUNK)
+  for lo in range(0, n_trees, size):
+    chunk = jax.tree.map(lambda a: np.asarray(a)[lo:lo + size], (trees, probes))
     placed, n = shard_batch(chunk)
     out = _ALL_EXACT(*placed)
     parts.append([np.asarray(a)[:n] for a in out])
@@ -172,7 +182,8 @@ def _flow_checker(construct: str):
     # `verify --instances 16` spent 13 of its 29 s in k3 flows, 90 µs per tree and step).
     host = jax.tree.map(np.asarray, flow_trees_for_batch(batch, key))
     n = int(host[0].prompt_weights.shape[0])
-    parts = [evaluate_trees(fn, *take_rows(host, np.arange(i, i + 1)), with_probe=False)
+    parts = [evaluate_trees(fn, *take_rows(host, np.arange(i, i + 1)), with_probe=False,
+                            optimise=True)
              for i in range(n)]  # dispatched asynchronously, then read
     v = Verdict(*(np.concatenate([np.asarray(getattr(p, f)) for p in parts])
                   for f in Verdict._fields))
