@@ -235,8 +235,9 @@ def test_verify_finds_theorem_4_1_false_and_writes_reports(tmp_path, capsys):
 def test_verify_every_outcome_as_expected_on_every_seed(tmp_path, capsys):
   """Whether `verify` passes must not depend on the seed: small sweeps on seeds 0–9, every
   outcome as expected (C3 refuted by the search, everything else holding, no NaN margin). 16
-  instances per statement (the tree statements still sweep 128 random trees per batch); seed 4
-  found the subnormal KL gradient of G4 k1_reward_fixed_point at this size. One test for the ten
+  instances per statement (the tree statements sweep 16 random trees per batch); seed 4 found
+  the subnormal KL gradient of G4 k1_reward_fixed_point when they swept 128 (kept as a
+  regression test in test_tree_statements.py). One test for the ten
   seeds, so that one process compiles verify's programs once (as ten parametrised tests, each
   xdist worker that ran one compiled them all again: 290 s each)."""
   for seed in range(10):
