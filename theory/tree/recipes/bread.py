@@ -33,6 +33,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from ..._compiled import compiled
 from ...recipes.aggregation import RL_AGGREGATIONS, group_scale
 from ...recipes.groups import sample_group_advantage
 from ...recipes.options import (
@@ -130,6 +131,7 @@ def anchor_weights(tree: TreeInstance, paths, q: jax.Array, cfg: TreeBREADConfig
   return omega.at[:, 0].add(1.0)
 
 
+@compiled("cfg", prepare=fill_reward_levels)
 def tree_bread_field(tree: TreeInstance, theta: Levels, cfg: TreeBREADConfig) -> Levels:
   r"""Exact expected ascent field of BREAD on a tree (module formula), prompt weights included.
 
@@ -154,6 +156,7 @@ def tree_bread_field(tree: TreeInstance, theta: Levels, cfg: TreeBREADConfig) ->
   return weighted(tree, scale_levels(group_scale(cfg.rl_aggregation, cfg.n_rollouts), g))
 
 
+@compiled("cfg", "n", prepare=fill_reward_levels)
 def tree_bread_estimate(tree: TreeInstance, theta: Levels, cfg: TreeBREADConfig, key: jax.Array,
                         n: int) -> Levels:
   r"""Mean of n sampled BREAD gradients: the root group, else the first anchor group with a

@@ -26,6 +26,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from ..._compiled import compiled
 from ..atomic import leaf_instance, leaf_policy
 from ..fields import weighted
 from ..fixed_points import CONSTRUCTS, ascent_field
@@ -38,6 +39,7 @@ from .base import TreeRecipe
 __all__ = ["construct_field", "construct_estimate", "KL_CONSTRUCT_RECIPES"]
 
 
+@compiled("cfg", "construct")
 def construct_field(tree: TreeInstance, theta: Levels, cfg, construct: str) -> Levels:
   r"""The exact expected ascent field of a KL construct at logits θ, prompt weights included.
 
@@ -62,6 +64,7 @@ def construct_field(tree: TreeInstance, theta: Levels, cfg, construct: str) -> L
   return weighted(tree, ascent_field(tree, policy_log_probs(tree, theta), construct))
 
 
+@compiled("cfg", "n", "construct")
 def construct_estimate(tree: TreeInstance, theta: Levels, cfg, key: jax.Array, n: int,
                        construct: str) -> Levels:
   r"""The mean over n responses per prompt drawn from π of the construct's estimator (unbiased).

@@ -50,6 +50,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from ..._compiled import compiled
 from ...recipes.base import ConfigError
 from ...recipes.options import (
   require_bool,
@@ -228,6 +229,7 @@ def _finish(tree, log_old, cfg, g: Levels) -> Levels:
   return weighted(tree, g)
 
 
+@compiled("cfg", prepare=fill_levels)
 def group_rl_field(tree: TreeInstance, theta: Levels, cfg, theta_old: Levels | None = None
                    ) -> Levels:
   r"""The exact expected ascent field of a group recipe (module docstring), prompt weights included.
@@ -278,6 +280,7 @@ def group_rl_field(tree: TreeInstance, theta: Levels, cfg, theta_old: Levels | N
   return _finish(tree, log_old, cfg, pullback(tree, log_pi, coeff))
 
 
+@compiled("cfg", "n", prepare=fill_levels)
 def group_rl_estimate(tree: TreeInstance, theta: Levels, cfg, key: jax.Array, n: int,
                       theta_old: Levels | None = None) -> Levels:
   r"""The mean of ``n`` sampled estimator calls (one group of G per prompt each), as a trainer.

@@ -25,6 +25,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from ..._compiled import compiled
 from ...recipes.aggregation import RL_AGGREGATIONS, group_scale
 from ...recipes.binomial import binomial_gate_probability
 from ...recipes.groups import (
@@ -100,6 +101,7 @@ class TreeHPTConfig:
     require_int(self, "reward_levels", 1, optional=True)
 
 
+@compiled("cfg", prepare=fill_reward_levels)
 def tree_hpt_field(tree: TreeInstance, theta: Levels, cfg: TreeHPTConfig) -> Levels:
   r"""Exact expected ascent field of HPT on a tree (module formula), prompt weights included.
 
@@ -131,6 +133,7 @@ def tree_hpt_field(tree: TreeInstance, theta: Levels, cfg: TreeHPTConfig) -> Lev
   return weighted(tree, add_levels(g, scale_levels(cfg.entropy_coef, ent)))
 
 
+@compiled("cfg", "n", prepare=fill_reward_levels)
 def tree_hpt_estimate(tree: TreeInstance, theta: Levels, cfg: TreeHPTConfig, key: jax.Array,
                       n: int) -> Levels:
   r"""Mean of n sampled HPT gradients: per prompt K of the n rollouts; K ≤ γ: c_sft Σ_t

@@ -31,6 +31,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from ..._compiled import compiled
 from ...recipes.aggregation import RL_AGGREGATIONS, group_scale
 from ...recipes.demonstrations import (
   mixed_group_sample,
@@ -137,6 +138,7 @@ def mixed_advantages(tree: TreeInstance, log_pi: Levels, cfg):
   return a_on, a_off
 
 
+@compiled("cfg", prepare=fill_reward_levels)
 def tree_luffy_field(tree: TreeInstance, theta: Levels, cfg: TreeLUFFYConfig) -> Levels:
   r"""Exact expected ascent field of LUFFY on a tree (module formula), prompt weights included.
 
@@ -165,6 +167,7 @@ def tree_luffy_field(tree: TreeInstance, theta: Levels, cfg: TreeLUFFYConfig) ->
                                    scale_levels(cfg.entropy_coef, ent)))
 
 
+@compiled("cfg", "n", prepare=fill_reward_levels)
 def tree_luffy_estimate(tree: TreeInstance, theta: Levels, cfg: TreeLUFFYConfig, key: jax.Array,
                         n: int) -> Levels:
   r"""Mean of n sampled LUFFY gradients, each on one mixed group per prompt:

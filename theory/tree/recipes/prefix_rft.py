@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import betainc
 
+from ..._compiled import compiled
 from ...recipes.aggregation import RL_AGGREGATIONS, group_scale
 from ...recipes.base import ConfigError
 from ...recipes.groups import sample_group_advantage
@@ -199,6 +200,7 @@ def _scale(cfg) -> float:
   return group_scale(cfg.rl_aggregation, cfg.n_on + 1) / (cfg.n_on + 1)
 
 
+@compiled("cfg")
 def tree_prefix_rft_field(tree: TreeInstance, theta: Levels, cfg: TreePrefixRFTConfig) -> Levels:
   r"""Exact expected ascent field of Prefix-RFT on a tree (module formula), prompt weights included.
 
@@ -246,6 +248,7 @@ def tree_prefix_rft_field(tree: TreeInstance, theta: Levels, cfg: TreePrefixRFTC
                                                                               ent)))
 
 
+@compiled("cfg", "n")
 def tree_prefix_rft_estimate(tree: TreeInstance, theta: Levels, cfg: TreePrefixRFTConfig,
                              key: jax.Array, n: int) -> Levels:
   r"""Mean of n sampled Prefix-RFT gradients (one mixed group per prompt each): α ∼ Beta,

@@ -26,6 +26,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from ..._compiled import compiled
 from ...recipes.aggregation import RL_AGGREGATIONS, group_scale
 from ...recipes.binomial import binomial_gate_probability
 from ...recipes.buffer import BUFFER_ORDERS, buffer_init, buffer_push, buffer_take
@@ -146,6 +147,7 @@ def tree_relift_sft_direction(tree: TreeInstance, log_pi: Levels, cfg) -> Levels
   return add_levels(g, scale_levels(cfg.sft_entropy_coef, entropy_field(tree, log_pi, visits)))
 
 
+@compiled("cfg", prepare=fill_reward_levels)
 def tree_relift_rl_field(tree: TreeInstance, theta: Levels, cfg: TreeReLIFTConfig) -> Levels:
   """The RL step's exact field, prompt weights included.
 
@@ -181,6 +183,7 @@ def _rl_leaf_terms(tree: TreeInstance, log_pi: Levels, cfg) -> tuple[jax.Array, 
   return scale * pi * b, binomial_gate_probability(p, n, 0, 0)
 
 
+@compiled("cfg", prepare=fill_reward_levels)
 def tree_relift_field(tree: TreeInstance, theta: Levels, cfg: TreeReLIFTConfig) -> Levels:
   r"""The exact field: the RL step, plus the amortised SFT drift when ``sft_schedule="amortised"``.
 
@@ -207,6 +210,7 @@ def tree_relift_field(tree: TreeInstance, theta: Levels, cfg: TreeReLIFTConfig) 
   return weighted(tree, add_levels(g, entropy_field(tree, log_pi, visits)))
 
 
+@compiled("cfg", "n", prepare=fill_reward_levels)
 def tree_relift_estimate(tree: TreeInstance, theta: Levels, cfg: TreeReLIFTConfig,
                          key: jax.Array, n: int) -> Levels:
   r"""Mean of n sampled ReLIFT gradients: the group's RL gradient plus (amortised schedule)

@@ -38,6 +38,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from ..._compiled import compiled
 from ...recipes.demonstrations import (
   mixed_group_sample,
   mixed_off_advantage,
@@ -145,6 +146,7 @@ def path_entropy(tree: TreeInstance, log_pi: Levels, paths: Paths, mode: str) ->
   return jnp.where(paths.valid, mean[..., None], 0.0)
 
 
+@compiled("cfg", prepare=fill_reward_levels)
 def tree_srft_field(tree: TreeInstance, theta: Levels, cfg: TreeSRFTConfig) -> Levels:
   r"""Exact expected ascent field of SRFT on a tree (module formula), prompt weights included.
 
@@ -218,6 +220,7 @@ def mean_path_entropy(tree: TreeInstance, log_pi: Levels) -> jax.Array:
   return flat_slots(tuple(out))
 
 
+@compiled("cfg", "n", prepare=fill_reward_levels)
 def tree_srft_estimate(tree: TreeInstance, theta: Levels, cfg: TreeSRFTConfig, key: jax.Array,
                        n: int) -> Levels:
   r"""Mean of n sampled SRFT gradients (one mixed group per prompt each):

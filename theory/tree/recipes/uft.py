@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import gammaln
 
+from ..._compiled import compiled
 from ...recipes.aggregation import RL_AGGREGATIONS, group_scale
 from ...recipes.base import ConfigError
 from ...recipes.groups import sample_group_advantage
@@ -209,6 +210,7 @@ def continuation_node_terms(tree: TreeInstance, log_pi: Levels, visits: jax.Arra
                     scale_levels(kl_coef, kl))
 
 
+@compiled("cfg", prepare=fill_reward_levels)
 def tree_uft_field(tree: TreeInstance, theta: Levels, cfg: TreeUFTConfig) -> Levels:
   r"""Exact expected ascent field of UFT on a tree (module formula), prompt weights included.
 
@@ -221,7 +223,7 @@ def tree_uft_field(tree: TreeInstance, theta: Levels, cfg: TreeUFTConfig) -> Lev
     >>> tree, _ = build_tree([p], [1.0], 1.0)
     >>> cfg = TreeUFTConfig(n_rollouts=2, use_std=False, hint_prob=0.0, sft_coef=0.0, kl_coef=0.0,
     ...                     entropy_coef=0.0)
-    >>> tree_uft_field(tree, initial_logits(tree), cfg)[0].tolist()  # 2 (1/2) F_π r
+    >>> tree_uft_field(tree, initial_logits(tree), cfg)[0].round(12).tolist()  # 2 (1/2) F_π r
     [[[-0.25, 0.25]]]
   """
   log_pi = policy_log_probs(tree, theta)
@@ -243,6 +245,7 @@ def tree_uft_field(tree: TreeInstance, theta: Levels, cfg: TreeUFTConfig) -> Lev
                                                               cfg.entropy_coef, cfg.kl_coef)))
 
 
+@compiled("cfg", "n", prepare=fill_reward_levels)
 def tree_uft_estimate(tree: TreeInstance, theta: Levels, cfg: TreeUFTConfig, key: jax.Array,
                       n: int) -> Levels:
   r"""Mean of n sampled UFT gradients: per prompt y* ∼ d, l ∼ Bin(num, p_t), G continuations from
