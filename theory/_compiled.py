@@ -1,7 +1,7 @@
 """Public functions that run as one compiled program when called eagerly.
 
 An eager call of a function built from many small jnp operations dispatches (and, the first time,
-compiles) every operation on its own: the exact field of a tree recipe on a depth-2 tree took
+compiles) every operation on its own: the exact field of a tree recipe on a depth-1 tree took
 3.3 s that way, 0.56 s as one ``jax.jit`` program. :func:`compiled` keeps the function a plain
 Python function (its signature, docstring and module stay what they were, so the docs and the
 doctests see it as before) that calls a ``jax.jit`` of it; inside another trace (jit, vmap, grad)
