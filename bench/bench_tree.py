@@ -13,9 +13,9 @@
     (over chunks of prompts): compile and run time, ns per node; Dr.GRPO and PPO-clip (closed-form
     sequence weights at θ = θ_old) also against NumPy/SciPy over sequences
     (bench/numpy_recipe_fields.py: one sparse path-incidence product for the whole batch) with
-    their disagreement; the recipes whose exact field keeps [nodes × leaves] continuation tables
-    (UFT, Prefix-RFT, BREAD) are reported as not run, DAPO's group of 16 over 9 levels as beyond
-    the exact enumeration.
+    their disagreement (UFT, Prefix-RFT and BREAD, level by level since 4 December, have no NumPy
+    baseline: run time and ns per node only); DAPO's group of 16 over 9 levels is reported as
+    beyond the exact enumeration.
 (b) The worst disagreement with brute force: 300 random trees (every family, depth ≤ 4) whose
     sequences are enumerated in NumPy from the level arrays (an independent walk), comparing
     L, J, KL(π‖ρ) and log Z (relative error) and the leaf probabilities of π and π*_β (absolute).
@@ -174,10 +174,7 @@ def sequences_vs_engine(depth=DEPTH, prompts=PROMPTS):
   return out
 
 
-# Recipes whose exact field keeps continuation tables [X, nodes, leaf slots] (every node as a start
-# of a hint or prefix rollout): on this tree 2,801 × 22,408 entries per prompt, 0.5 GB per table per
-# prompt; not run here (the bench reports the size).
-CONTINUATION_RECIPES = ("uft", "prefix_rft", "bread")
+# Recipes with a NumPy/SciPy baseline over sequences (bench/numpy_recipe_fields.py).
 NUMPY_RECIPES = ("dr_grpo", "ppo_clip", "grpo", "hpt", "relift", "luffy", "srft")
 
 
@@ -249,14 +246,8 @@ def recipe_fields(prompts=PROMPTS, depth=DEPTH):
   w = np.asarray(tree.prompt_weights)
   flat, mask = sequence_paths(levels)
   nodes = int(n_nodes(tree)[0]) * prompts
-  slots_per_prompt = sum(lv.leaf.shape[1] * lv.leaf.shape[2] for lv in tree.levels)
   rows = {}
   for name, recipe in TREE_RECIPES.items():
-    if name in CONTINUATION_RECIPES:
-      rows[name] = {"status": "not run: continuation tables of "
-                              f"{nodes // prompts} x {slots_per_prompt} entries per prompt"}
-      print(f"  {name:12s} {rows[name]['status']}", flush=True)
-      continue
     try:
       cfg = recipe.prepare(tree, recipe.config)
       fn = jax.jit(lambda t, th, cfg=cfg, f=recipe.field: map_prompt_chunks(

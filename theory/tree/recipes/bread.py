@@ -21,7 +21,7 @@ below s all fails (p(s) = π(r > threshold | s)):
           \prod_{j=1}^{l-1} f(y^*_{<j})\, \delta_{y^*_{<l}}
 
 with Ā_s(y) = E[Â 1{K ≥ 1} | y] in a group of G from π(·|s) (exact enumeration,
-:func:`~.continuations.start_group_advantage` with gate K ≥ 1) and a = G (``group_sum``) or 1.
+:func:`~.starts.level_group_advantage` with gate K ≥ 1) and a = G (``group_sum``) or 1.
 
 References: fusion-methods.md §8.
 """
@@ -46,27 +46,23 @@ from ...recipes.options import (
 from ..fields import weighted
 from ..instance import TreeInstance
 from ..policy import Levels, policy_log_probs
+from ..sampling import pullback
 from .base import TreeRecipe
 from .continuations import (
   below,
-  conditional_leaf_probs,
-  continuation_coefficients,
   fill_reward_levels,
   leaf_rewards,
+  levels_for,
   sample_below,
   sample_data,
-  start_group_advantage,
 )
 from .hints import (
-  all_leaves,
-  leaf_data,
   leaf_paths,
   mean_over_calls,
-  path_gather,
   path_pullback,
-  path_visits,
   scale_levels,
 )
+from .starts import below_expectations, policy_probs, start_advantages, started_coefficients
 
 __all__ = ["TreeBREADConfig", "anchor_weights", "tree_bread_field", "tree_bread_estimate",
            "TREE_BREAD"]
@@ -99,41 +95,45 @@ class TreeBREADConfig:
     require_int(self, "reward_levels", 1, optional=True)
 
 
-def anchor_weights(tree: TreeInstance, paths, q: jax.Array, cfg: TreeBREADConfig) -> jax.Array:
-  """[X, Nn] ω(s): the probability that the group used starts at node s (module formula).
+def anchor_weights(tree: TreeInstance, fail: Levels) -> Levels:
+  r"""Per level [X, N_t] ω(s): the probability that the group used starts at node s (module
+  formula), top-down: ω(root) = 1 and, at depth l ≥ 1, ω(s) = D(s) f(root) Π_{1≤j<l} f(s_{<j})
+  with D(s) the demonstration mass below s.
+
+  Args:
+    tree: the tree; fail: per level [X, N_t] f(s) = (1 − p(s))^G.
 
   Examples:
+    >>> import jax.numpy as jnp
     >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-    >>> from nondecoupling.theory.tree.policy import initial_logits, policy_log_probs
-    >>> from nondecoupling.theory.tree.recipes.continuations import below
-    >>> from nondecoupling.theory.tree.recipes.hints import leaf_paths
-    >>> from nondecoupling.theory.tree.recipes.continuations import conditional_leaf_probs
     >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(1, 1): 1.0},
     ...                lambda y: float(tuple(y) == (1, 1)))
     >>> tree, _ = build_tree([p], [1.0], 1.0)
-    >>> log_pi = policy_log_probs(tree, initial_logits(tree))
-    >>> paths = leaf_paths(tree)
-    >>> q = conditional_leaf_probs(tree, log_pi, below(tree, paths))
-    >>> cfg = TreeBREADConfig(n_rollouts=2)
-    >>> anchor_weights(tree, paths, q, cfg).tolist()  # root: 1; anchor (1,): (1 − 1/4)^2
-    [[1.0, 0.5625]]
+    >>> fail = (jnp.array([[0.75 ** 2]]), jnp.array([[0.5 ** 2]]))  # uniform π, G = 2
+    >>> [a.tolist() for a in anchor_weights(tree, fail)]  # root: 1; anchor (1,): (1 − 1/4)^2
+    [[[1.0]], [[0.5625]]]
   """
-  succ = (leaf_rewards(tree) > cfg.success_threshold).astype(q.dtype)
-  fail = (1.0 - jnp.sum(q * succ[:, None, :], axis=-1)) ** cfg.n_rollouts     # [X, Nn]
-  f_path = path_gather(paths, fail)                                            # [X, S, T]
-  t = jnp.arange(paths.node.shape[-1])[None, None, :]
-  f_anchor = jnp.where((t >= 1) & paths.valid, f_path, 1.0)
-  shifted = jnp.concatenate([jnp.ones_like(f_anchor[..., :1]), f_anchor[..., :-1]], axis=-1)
-  before = jnp.cumprod(shifted, axis=-1)                                       # Π_{1≤j<l}
-  weight = jnp.where((t >= 1) & paths.valid,
-                     leaf_data(tree)[..., None] * fail[:, :1, None] * before, 0.0)
-  omega = path_visits(tree, paths, all_leaves(paths), weight)
-  return omega.at[:, 0].add(1.0)
+  _, data_below = below_expectations(
+      tree, None, tuple(lv.data[..., None] for lv in tree.levels), weighted=False)
+  root_fail = fail[0][:, :1]
+  out = [jnp.where(tree.levels[0].node, 1.0, 0.0).astype(fail[0].dtype)]
+  before = None                                                    # Π_{1≤j<l} f(s_{<j})
+  for t in range(1, len(tree.levels)):
+    lv = tree.levels[t]
+    before = (jnp.ones_like(fail[t]) if t == 1 else
+              jnp.take_along_axis(before * fail[t - 1], lv.parent, axis=1))
+    before = jnp.where(lv.node, before, 0.0)
+    out.append(data_below[t][..., 0] * root_fail * before)
+  return tuple(out)
 
 
 @compiled("cfg", prepare=fill_reward_levels)
 def tree_bread_field(tree: TreeInstance, theta: Levels, cfg: TreeBREADConfig) -> Levels:
   r"""Exact expected ascent field of BREAD on a tree (module formula), prompt weights included.
+
+  Level by level (:mod:`.starts`): the reward levels' masses below every node give the group
+  advantage of each start node and its all-fail probability f(s) (summed over the failing levels,
+  so f stays exact when p(s) is near 1); cost linear in the nodes.
 
   Examples:
     >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
@@ -145,14 +145,14 @@ def tree_bread_field(tree: TreeInstance, theta: Levels, cfg: TreeBREADConfig) ->
     [[[-0.25, 0.25]]]
   """
   log_pi = policy_log_probs(tree, theta)
-  paths = leaf_paths(tree)
-  under = below(tree, paths)
-  q = conditional_leaf_probs(tree, log_pi, under)
-  adv = start_group_advantage(tree, q, under, cfg.n_rollouts, cfg.use_std, cfg.eps,
-                              cfg.success_threshold, 1, cfg.reward_levels)
-  omega = anchor_weights(tree, paths, q, cfg)
-  coef = continuation_coefficients(paths, omega, q, adv)
-  g = path_pullback(tree, log_pi, paths, all_leaves(paths), coef)
+  pi = policy_probs(tree, log_pi)
+  m_edge, m_node, values, used, adv = start_advantages(
+      tree, pi, levels_for(tree, cfg.reward_levels), cfg.n_rollouts, cfg.use_std, cfg.eps,
+      cfg.success_threshold, 1)
+  failing = (used & (values <= cfg.success_threshold)).astype(values.dtype)   # [X, L]
+  fail = tuple(jnp.einsum("xnl,xl->xn", m, failing) ** cfg.n_rollouts for m in m_node)
+  coef, _ = started_coefficients(tree, pi, anchor_weights(tree, fail), adv, m_edge)
+  g = pullback(tree, log_pi, coef)
   return weighted(tree, scale_levels(group_scale(cfg.rl_aggregation, cfg.n_rollouts), g))
 
 

@@ -13,19 +13,13 @@ that, and the rollouts that start below a prefix of a demonstration:
   estimator), and :func:`node_pullback` for per-node rows (entropy bonus, k3-KL loss);
   :func:`leaf_pullback` and :func:`leaf_visits` for a coefficient constant along each path
   (one per leaf), bottom-up over the levels, with no (leaves × depth) array;
-- continuation from a start node s: the conditional leaf law π(y|s) = π(y)/P_π(s) on the leaves
-  below s (:func:`below`, :func:`conditional_leaf_probs`), the expected group advantage of a
-  continuation in a group of G drawn from π(·|s) (:func:`start_group_advantage`, exact, from the
-  atomic group enumerations of :mod:`...recipes.groups` applied row by row to the start nodes), the
-  exact continuation field of a law ω over start nodes (:func:`continuation_coefficients`:
-  c(y, t) = Σ_{d ≤ t} ω(y_<d) π(y|y_<d) W(y_<d, y)), and sampling continuations
-  (:func:`sample_below`).
+- sampling continuations from a start node s (:func:`~.continuations.below`,
+  :func:`~.continuations.sample_below`); their exact fields are level by level in :mod:`.starts`.
 
-The path forms are dense in (leaves × depth) and the continuation forms in (nodes × leaves):
-meant for small trees (the exact fields enumerate every leaf and start node; the tests compare
-them with brute force). The per-leaf forms (:func:`leaf_pullback`, :func:`leaf_visits`,
-:func:`leaf_edge_totals`) cost linear in the nodes: HPT, ReLIFT, LUFFY and SRFT use them, and run
-at the benchmark's size (k = 8, T = 5: 19,608 leaves per prompt).
+The path forms are dense in (leaves × depth): the estimators use them for the sampled paths (M
+rollouts × T). The per-leaf forms (:func:`leaf_pullback`, :func:`leaf_visits`,
+:func:`leaf_edge_totals`) and :mod:`.starts` cost linear in the nodes: every recipe's exact field
+runs at the benchmark's size (k = 8, T = 5: 19,608 leaves per prompt).
 
 References: research/fusion-methods.md Rule 4 (hints and prefixes need the step tree), §7–9.
 """

@@ -42,6 +42,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import betainc
 
 from ..._compiled import compiled
@@ -49,16 +50,13 @@ from ...recipes.aggregation import RL_AGGREGATIONS, group_scale
 from ...recipes.base import ConfigError
 from ...recipes.groups import sample_group_advantage
 from ...recipes.options import require_choice, require_finite, require_int, require_positive
-from ..atomic import leaf_policy
 from ..fields import weighted
 from ..instance import TreeInstance
-from ..policy import Levels, policy_log_probs
-from ..sampling import sample_leaves
+from ..policy import Levels, log_reach, policy_log_probs
+from ..sampling import pullback, sample_leaves, subtree_totals
 from .base import TreeRecipe
 from .continuations import (
   below,
-  conditional_leaf_probs,
-  continuation_coefficients,
   leaf_rewards,
   sample_below,
   sample_data,
@@ -66,10 +64,9 @@ from .continuations import (
 from .hints import (
   Paths,
   add_levels,
-  all_leaves,
   edge_log_probs,
   entropy_field,
-  leaf_data,
+  entropy_rows,
   leaf_paths,
   mean_over_calls,
   node_entropies,
@@ -79,8 +76,10 @@ from .hints import (
   reach_probs,
   scale_levels,
 )
+from .starts import below_expectations, length_masses, policy_probs, started_coefficients
 
-__all__ = ["TreePrefixRFTConfig", "prefix_ratio_mean", "prefix_length_pmf", "top_entropy_mask",
+__all__ = ["TreePrefixRFTConfig", "prefix_ratio_mean", "prefix_length_pmf", "prefix_length_table",
+           "prefix_coefficients", "top_entropy_mask",
            "tree_prefix_rft_field", "tree_prefix_rft_estimate", "TREE_PREFIX_RFT",
            "PREFIX_FORMS"]
 
@@ -214,38 +213,101 @@ def tree_prefix_rft_field(tree: TreeInstance, theta: Levels, cfg: TreePrefixRFTC
     [[[-0.25, 0.25]]]
   """
   log_pi = policy_log_probs(tree, theta)
-  paths = leaf_paths(tree)
+  pi = policy_probs(tree, log_pi)
   n_on, n = cfg.n_on, cfg.n_on + 1
-  pi = jnp.exp(leaf_policy(tree, log_pi))
-  r = leaf_rewards(tree)
-  d = leaf_data(tree)
-  v = jnp.sum(pi * r, axis=-1)                                           # [X]
-  under = below(tree, paths)
-  q = conditional_leaf_probs(tree, log_pi, under)
-  v_node = jnp.sum(q * r[:, None, :], axis=-1)                           # [X, Nn]
-  pmf = prefix_length_pmf(paths, cfg)                                    # [X, S, T + 1]
-  v_path = path_gather(paths, v_node)                                    # V(y*_{<t})
-  r_h = jnp.sum(d[..., None] * pmf[..., :-1] * v_path, axis=(-2, -1))    # [X]
-  a_on = r - (r + (n_on - 1) * v[:, None] + r_h[:, None]) / n
-  a_h = (n_on / n) * (r - v[:, None])
-  on = jnp.where(paths.valid, (n_on * pi * a_on)[..., None], 0.0)
-  omega = path_visits(tree, paths, all_leaves(paths), d[..., None] * pmf[..., :-1])
-  cont = continuation_coefficients(paths, omega, q, jnp.where(under, a_h[:, None, :], 0.0))
-  h_path = path_gather(paths, node_entropies(tree, log_pi))
-  t_max = paths.node.shape[-1]
-  lengths = jnp.arange(t_max)                                            # l = 0 … T − 1
-  mask = top_entropy_mask(h_path[:, :, None, :], jnp.broadcast_to(
-      lengths, h_path.shape[:2] + (t_max,)), cfg.entropy_keep)           # [X, S, l, t]
-  a_pre = (n_on / n) * (v_path - v[:, None, None])                       # [X, S, l]
-  w_l = d[..., None] * pmf[..., :-1] * a_pre
-  phi = (jnp.exp(edge_log_probs(tree, log_pi, paths)) if cfg.prefix_form == "ratio"
-         else jnp.ones_like(h_path))
-  pre = jnp.sum(w_l[..., None] * mask, axis=-2) * phi
-  coef = jnp.where(paths.valid, on + cont + pre, 0.0)
-  g = path_pullback(tree, log_pi, paths, all_leaves(paths), coef)
+  depth = len(tree.levels)
+  _, v_node = below_expectations(tree, pi, tuple(lv.reward[..., None] for lv in tree.levels))
+  v = v_node[0][:, 0, 0]                                                 # V = E_π r  [X]
+  _, d_node = length_masses(tree)                                        # [.., T]: |y*| = 1 … T
+  table = prefix_length_table(cfg, depth)
+  omega = tuple(d_node[t] @ table[:, t] for t in range(depth))           # ω(s), l = depth of s
+  r_h = sum(jnp.sum(o * vn[..., 0], axis=-1) for o, vn in zip(omega, v_node))  # E reward, hybrid
+  reach = tuple(jnp.exp(r) for r in log_reach(tree, log_pi))
+  v_b, rh_b = v[:, None, None], r_h[:, None, None]
+  on = tuple(jnp.where(lv.leaf, n_on * p[..., None] * q
+                       * (lv.reward - (lv.reward + (n_on - 1) * v_b + rh_b) / n), 0.0)
+             for lv, p, q in zip(tree.levels, reach, pi))
+  phi_edge, _ = below_expectations(tree, pi, tuple((lv.reward - v_b)[..., None]
+                                                   for lv in tree.levels))
+  ones = tuple(jnp.full(lv.node.shape + (1,), n_on / n, pi[0].dtype) for lv in tree.levels)
+  cont, _ = started_coefficients(tree, pi, omega, ones, phi_edge)
+  a_pre = tuple(o * (n_on / n) * (vn[..., 0] - v[:, None]) for o, vn in zip(omega, v_node))
+  pre = prefix_coefficients(tree, pi, log_pi, a_pre, cfg)
+  g = pullback(tree, log_pi, add_levels(subtree_totals(tree, on), cont, pre))
   ent = entropy_field(tree, log_pi, reach_probs(tree, log_pi))
   return weighted(tree, add_levels(scale_levels(_scale(cfg), g), scale_levels(cfg.entropy_coef,
                                                                               ent)))
+
+
+def prefix_length_table(cfg: TreePrefixRFTConfig, depth: int) -> jax.Array:
+  r"""[T, T + 1] P(l = j | |y*| = L) for L = 1 … T (row L − 1): :func:`prefix_length_pmf` by
+  demonstration length.
+
+  Examples:
+    >>> prefix_length_table(TreePrefixRFTConfig(ratio_mean=0.5), 2).round(6).tolist()
+    [[1.0, 0.0, 0.0], [0.5, 0.5, 0.0]]
+  """
+  m = prefix_ratio_mean(cfg)
+  a, b = cfg.concentration * m, cfg.concentration * (1.0 - m)
+  length = np.arange(1, depth + 1, dtype=np.float64)[:, None]
+  j = np.arange(depth + 1, dtype=np.float64)[None, :]
+  cdf = lambda x: betainc(a, b, jnp.asarray(np.clip(x, 0.0, 1.0)))
+  return jnp.where(jnp.asarray(j < length), cdf((j + 1.0) / length) - cdf(j / length), 0.0)
+
+
+def prefix_coefficients(tree: TreeInstance, pi: Levels, log_pi: Levels, weight: Levels,
+                        cfg: TreePrefixRFTConfig) -> Levels:
+  r"""Per level [X, N_t, k] the prefix tokens' edge coefficients: Σ over the nodes s below the edge
+  (s at depth l > t) of w(s) M_{l,t}(s) φ_t, with M the top-⌈keep·l⌉ entropy mask of the l
+  ancestors of s (:func:`top_entropy_mask`) and φ_t = π(y*_t|y*_<t) (``ratio``) or 1.
+
+  Bottom-up, each node carries the totals [T] of its subtree per ancestor depth t: cost
+  nodes × k × T.
+
+  Args:
+    tree: the tree; pi, log_pi: per-level policy; weight: per level [X, N_t] w(s) =
+      ω(s) Ā_pre(s); cfg: the mask's ``entropy_keep`` and ``prefix_form``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import reference_log_probs
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(1, 1): 1.0}, lambda y: 0.0)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> lp = reference_log_probs(tree)
+    >>> w = (jnp.zeros((1, 1)), jnp.ones((1, 1)))  # w = 1 at node (1,): its prefix is token 1
+    >>> cfg = TreePrefixRFTConfig(entropy_keep=1.0, prefix_form="log_likelihood")
+    >>> [a.tolist() for a in prefix_coefficients(tree, policy_probs(tree, lp), lp, w, cfg)]
+    [[[[0.0, 1.0]]], [[[0.0, 0.0]]]]
+  """
+  depth = len(tree.levels)
+  ent = tuple(jnp.sum(r, axis=-1) for r in entropy_rows(tree, log_pi))     # H(π(·|s)) [X, N_t]
+  own = [jnp.zeros(tree.levels[0].node.shape + (depth,), pi[0].dtype)]     # the root: no prefix
+  path_h = None                                                           # [X, N_l, l]
+  for l in range(1, depth):
+    lv = tree.levels[l]
+    parent_h = jnp.take_along_axis(ent[l - 1], lv.parent, axis=1)[..., None]
+    path_h = (parent_h if path_h is None else jnp.concatenate(
+        [jnp.take_along_axis(path_h, jnp.broadcast_to(lv.parent[..., None], lv.parent.shape
+                                                      + (l - 1,)), axis=1), parent_h], axis=-1))
+    mask = top_entropy_mask(path_h, jnp.full(path_h.shape[:-1], l), cfg.entropy_keep).astype(pi[0].dtype)
+    own.append(jnp.pad(jnp.where(lv.node, weight[l], 0.0)[..., None] * mask,
+                       ((0, 0), (0, 0), (0, depth - l))))
+  out = [None] * depth
+  under = None
+  for t in reversed(range(depth)):
+    lv = tree.levels[t]
+    if under is None:
+      edges = jnp.zeros(lv.reference.shape + (depth,), pi[0].dtype)
+    else:
+      idx = jnp.broadcast_to(lv.child.reshape(lv.child.shape[0], -1, 1),
+                             (lv.child.shape[0], lv.child.shape[1] * lv.child.shape[2], depth))
+      edges = jnp.where(lv.internal[..., None], jnp.take_along_axis(under, idx, axis=1).reshape(
+          lv.reference.shape + (depth,)), 0.0)
+    coef = edges[..., t]
+    out[t] = coef * pi[t] if cfg.prefix_form == "ratio" else coef
+    under = own[t] + jnp.sum(edges, axis=-2)
+  return tuple(out)
 
 
 @compiled("cfg", "n")

@@ -24,7 +24,7 @@ Exact field (one prompt, ascent; ω(s) = Σ_{y*, h} d(y*) P(h | y*) 1[s = y*_{<h
           + a \sum_s \omega(s)\, \mathbb{E}_{y \sim \pi(\cdot|s)}\big[\bar A_s(y)\,
           \nabla\log\pi(y|s)\big] + a \sum_u V(u)\big(c_H \nabla H_u + c_{KL}(\rho_u - \pi_u)\big)
 
-with Ā_s(y) = E[Â | y] in a group of G from π(·|s) (exact, :func:`~.continuations.start_group_advantage`),
+with Ā_s(y) = E[Â | y] in a group of G from π(·|s) (exact, :func:`~.starts.level_group_advantage`),
 V(u) = Σ_{s ≤ u} ω(s) P_π(u|s) the expected visits, a = G (``group_sum``) or 1.
 
 References: fusion-methods.md §7; liumy2010/UFT ``verl/utils/dataset/rl_dataset.py::__getitem__``
@@ -38,6 +38,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import gammaln
 
 from ..._compiled import compiled
@@ -55,24 +56,21 @@ from ...recipes.options import (
 from ..fields import weighted
 from ..instance import TreeInstance
 from ..policy import Levels, policy_log_probs
+from ..sampling import pullback
 from .base import TreeRecipe
 from .continuations import (
   below,
-  conditional_leaf_probs,
-  continuation_coefficients,
-  continuation_visits,
   fill_reward_levels,
   leaf_rewards,
+  levels_for,
   sample_below,
   sample_data,
-  start_group_advantage,
 )
 from .hints import (
   Paths,
   add_levels,
-  all_leaves,
   entropy_field,
-  leaf_data,
+  flat_nodes,
   leaf_paths,
   mean_over_calls,
   node_pullback,
@@ -80,6 +78,7 @@ from .hints import (
   path_visits,
   scale_levels,
 )
+from .starts import length_masses, policy_probs, start_advantages, started_coefficients
 
 __all__ = ["TreeUFTConfig", "uft_hint_probability", "hint_length_pmf", "tree_uft_field",
            "tree_uft_estimate", "TREE_UFT", "continuation_node_terms"]
@@ -188,6 +187,22 @@ def hint_length_pmf(paths: Paths, p: float, max_segments: int) -> jax.Array:
   return jnp.sum(jnp.where(cut[..., None] == j, pmf[..., None], 0.0), axis=-2)
 
 
+def hint_length_table(p: float, max_segments: int, depth: int) -> np.ndarray:
+  r"""[T, T + 1] P(h = j | |y*| = L) for L = 1 … T (row L − 1), j = 0 … T (:func:`hint_length_pmf`
+  by demonstration length, in float64 NumPy: the schedule point is static).
+
+  Examples:
+    >>> hint_length_table(0.5, 2, 2).tolist()  # L = 1: h ∈ {0, 1}; L = 2: Bin(2, 1/2)
+    [[0.5, 0.5, 0.0], [0.25, 0.5, 0.25]]
+  """
+  out = np.zeros((depth, depth + 1))
+  for length in range(1, depth + 1):
+    num = min(max_segments, length)
+    for l in range(num + 1):
+      out[length - 1, int(np.round(l * length / num))] += math.comb(num, l) * p ** l * (1.0 - p) ** (num - l)
+  return out
+
+
 def continuation_node_terms(tree: TreeInstance, log_pi: Levels, visits: jax.Array,
                             entropy_coef: float, kl_coef: float) -> Levels:
   """c_H Σ_u V(u) ∇H_u + c_KL Σ_u V(u)(ρ_u − π_u) for visit weights V [X, Nn].
@@ -227,22 +242,21 @@ def tree_uft_field(tree: TreeInstance, theta: Levels, cfg: TreeUFTConfig) -> Lev
     [[[-0.25, 0.25]]]
   """
   log_pi = policy_log_probs(tree, theta)
-  paths = leaf_paths(tree)
-  d = leaf_data(tree)
-  pmf = hint_length_pmf(paths, uft_hint_probability(cfg), cfg.max_segments)
-  longer = 1.0 - jnp.cumsum(pmf, axis=-1)[..., :-1]                 # P(h > t), t = 0 … T − 1
-  sft = jnp.where(paths.valid, cfg.sft_coef * d[..., None] * longer, 0.0)
-  omega = path_visits(tree, paths, all_leaves(paths), d[..., None] * pmf[..., :-1])
-  under = below(tree, paths)
-  q = conditional_leaf_probs(tree, log_pi, under)
-  adv = start_group_advantage(tree, q, under, cfg.n_rollouts, cfg.use_std, cfg.eps,
-                              cfg.success_threshold, 0, cfg.reward_levels)
+  pi = policy_probs(tree, log_pi)
+  m_edge, _, _, _, adv = start_advantages(tree, pi, levels_for(tree, cfg.reward_levels),
+                                          cfg.n_rollouts, cfg.use_std, cfg.eps,
+                                          cfg.success_threshold, 0)
+  d_edge, d_node = length_masses(tree)                              # [.., T]: |y*| = 1 … T
+  table = hint_length_table(uft_hint_probability(cfg), cfg.max_segments, len(tree.levels))
+  longer = np.flip(np.cumsum(np.flip(table, axis=1), axis=1), axis=1)[:, 1:]  # P(h > t | L)
+  omega = tuple(d_node[t] @ table[:, t] for t in range(len(tree.levels)))
+  sft = tuple(cfg.sft_coef * (d_edge[t] @ longer[:, t]) for t in range(len(tree.levels)))
+  cont, visits = started_coefficients(tree, pi, omega, adv, m_edge)
   scale = group_scale(cfg.rl_aggregation, cfg.n_rollouts)
-  coef = sft + scale * continuation_coefficients(paths, omega, q, adv)
-  g = path_pullback(tree, log_pi, paths, all_leaves(paths), coef)
-  visits = scale * continuation_visits(tree, paths, omega, q)
-  return weighted(tree, add_levels(g, continuation_node_terms(tree, log_pi, visits,
-                                                              cfg.entropy_coef, cfg.kl_coef)))
+  g = pullback(tree, log_pi, add_levels(sft, scale_levels(scale, cont)))
+  node_terms = continuation_node_terms(tree, log_pi, scale * flat_nodes(visits),
+                                       cfg.entropy_coef, cfg.kl_coef)
+  return weighted(tree, add_levels(g, node_terms))
 
 
 @compiled("cfg", "n", prepare=fill_reward_levels)
