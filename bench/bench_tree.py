@@ -13,8 +13,8 @@
     (over chunks of prompts): compile and run time, ns per node; Dr.GRPO and PPO-clip (closed-form
     sequence weights at θ = θ_old) also against NumPy/SciPy over sequences
     (bench/numpy_recipe_fields.py: one sparse path-incidence product for the whole batch) with
-    their disagreement (UFT, Prefix-RFT and BREAD, level by level since 4 December, have no NumPy
-    baseline: run time and ns per node only); DAPO's group of 16 over 9 levels is reported as
+    their disagreement (UFT, Prefix-RFT and BREAD over sequences × positions:
+    bench/numpy_start_fields.py); DAPO's group of 16 over 9 levels is reported as
     beyond the exact enumeration.
 (b) The worst disagreement with brute force: 300 random trees (every family, depth ≤ 4) whose
     sequences are enumerated in NumPy from the level arrays (an independent walk), comparing
@@ -175,7 +175,8 @@ def sequences_vs_engine(depth=DEPTH, prompts=PROMPTS):
 
 
 # Recipes with a NumPy/SciPy baseline over sequences (bench/numpy_recipe_fields.py).
-NUMPY_RECIPES = ("dr_grpo", "ppo_clip", "grpo", "hpt", "relift", "luffy", "srft")
+NUMPY_RECIPES = ("dr_grpo", "ppo_clip", "grpo", "hpt", "relift", "luffy", "srft", "uft",
+                 "prefix_rft", "bread")
 
 
 def verifiable(tree):
@@ -196,6 +197,9 @@ def _numpy_baseline(name, cfg, levels, theta, w, flat, mask):
     relift_field,
     srft_field,
   )
+  from bench.numpy_start_fields import bread_field, prefix_rft_field, uft_field
+  from nondecoupling.theory.tree.recipes.prefix_rft import prefix_ratio_mean
+  from nondecoupling.theory.tree.recipes.uft import uft_hint_probability
 
   if name == "hpt":
     if cfg.use_std or cfg.rl_aggregation != "group_sum" or cfg.success_threshold != 0.0:
@@ -220,6 +224,22 @@ def _numpy_baseline(name, cfg, levels, theta, w, flat, mask):
     return lambda: relift_field(levels, theta, w, flat, mask, cfg.n_rollouts, cfg.rl_coef,
                                 cfg.entropy_coef, cfg.batch_prompts, cfg.buffer_size,
                                 cfg.sft_lr_ratio, cfg.sft_entropy_coef)
+  if name == "bread":
+    if not cfg.use_std or cfg.success_threshold != 0.0 or cfg.rl_aggregation != "group_sum":
+      raise ValueError("the BREAD baseline covers the published defaults only")
+    return lambda: bread_field(levels, theta, w, flat, mask, cfg.n_rollouts, cfg.eps)
+  if name == "uft":
+    if not cfg.use_std or cfg.success_threshold != 0.0 or cfg.rl_aggregation != "group_sum":
+      raise ValueError("the UFT baseline covers the published defaults only")
+    return lambda: uft_field(levels, theta, w, flat, mask, cfg.n_rollouts,
+                             uft_hint_probability(cfg), cfg.max_segments, cfg.sft_coef,
+                             cfg.kl_coef, cfg.entropy_coef, cfg.eps)
+  if name == "prefix_rft":
+    if (cfg.prefix_form != "ratio" or cfg.entropy_coef != 0.0
+        or cfg.rl_aggregation != "group_sum"):
+      raise ValueError("the Prefix-RFT baseline covers the published defaults only")
+    return lambda: prefix_rft_field(levels, theta, w, flat, mask, cfg.n_on,
+                                    prefix_ratio_mean(cfg), cfg.concentration, cfg.entropy_keep)
   size = getattr(cfg, "group_size", 1)
   kw = dict(kl_coef=cfg.kl_coef, eps=cfg.eps) if name == "grpo" else {}
   return lambda: recipe_field(name, levels, theta, w, flat, mask, size, **kw)

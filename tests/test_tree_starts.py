@@ -19,6 +19,8 @@ from continuation_reference import (
   start_group_advantage,
 )
 
+from bench.numpy_sequences import sequence_paths
+from bench.numpy_start_fields import bread_field, prefix_rft_field, uft_field
 from nondecoupling.theory.tree.instance import Bucket, index_tree, n_leaves, n_nodes
 from nondecoupling.theory.tree.policy import policy_log_probs
 from nondecoupling.theory.tree.recipes.continuations import below, levels_for
@@ -33,6 +35,7 @@ from nondecoupling.theory.tree.recipes.prefix_rft import (
   TreePrefixRFTConfig,
   prefix_length_pmf,
   prefix_length_table,
+  prefix_ratio_mean,
 )
 from nondecoupling.theory.tree.recipes.registry import TREE_RECIPES
 from nondecoupling.theory.tree.recipes.starts import (
@@ -42,7 +45,11 @@ from nondecoupling.theory.tree.recipes.starts import (
   start_advantages,
   started_coefficients,
 )
-from nondecoupling.theory.tree.recipes.uft import hint_length_pmf, hint_length_table
+from nondecoupling.theory.tree.recipes.uft import (
+  hint_length_pmf,
+  hint_length_table,
+  uft_hint_probability,
+)
 from nondecoupling.theory.tree.sampling import pullback
 from nondecoupling.verify.tree_families import complete_tree, random_trees
 
@@ -143,3 +150,30 @@ def test_prefix_length_table_rows_are_each_demonstrations_law(mean, kappa):
   on = length > 0
   assert_close(per_leaf[on], table[length[on] - 1])
   assert_close(table.sum(axis=1), np.ones(len(tree.levels)))
+
+
+@pytest.mark.parametrize("name", ["uft", "bread", "prefix_rft"])
+def test_start_node_field_equals_the_benchmarks_numpy_baseline(name):
+  # the benchmark's NumPy/SciPy baseline works over sequences × positions (reverse cumulative
+  # log-probabilities, sparse incidence products): a third, independent computation
+  tree = complete_tree(4, 4, 3, seed=1)
+  tree = dataclasses.replace(tree, levels=tuple(
+      dataclasses.replace(lv, reward=jnp.where(lv.reward > 0, 1.0, 0.0)) for lv in tree.levels))
+  rng = np.random.default_rng(2)
+  theta = tuple(jnp.asarray(rng.normal(0.0, 1.0, lv.reference.shape)) for lv in tree.levels)
+  recipe = TREE_RECIPES[name]
+  cfg = recipe.prepare(tree, recipe.config)
+  levels = [{k: np.asarray(getattr(lv, k)) for k in ("leaf", "internal", "reference", "data",
+                                                     "reward", "child")} for lv in tree.levels]
+  flat, mask = sequence_paths(levels)
+  args = (levels, [np.asarray(t) for t in theta], np.asarray(tree.prompt_weights), flat, mask)
+  if name == "uft":
+    theirs = uft_field(*args, cfg.n_rollouts, uft_hint_probability(cfg), cfg.max_segments,
+                       cfg.sft_coef, cfg.kl_coef, cfg.entropy_coef, cfg.eps)
+  elif name == "bread":
+    theirs = bread_field(*args, cfg.n_rollouts, cfg.eps)
+  else:
+    theirs = prefix_rft_field(*args, cfg.n_on, prefix_ratio_mean(cfg), cfg.concentration,
+                              cfg.entropy_keep)
+  for ours, ref in zip(recipe.field(tree, theta, cfg), theirs):
+    assert_close(ours, ref)
