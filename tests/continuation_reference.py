@@ -25,6 +25,18 @@ from nondecoupling.theory.tree.recipes.continuations import leaf_rewards, levels
 from nondecoupling.theory.tree.recipes.hints import Paths, flat_nodes, path_visits
 
 
+def below(tree: TreeInstance, paths: Paths) -> jax.Array:
+  """[X, Nn, S] bool: leaf y lies below (or its path passes through) node s.
+
+  """
+  n_x, s, t_max = paths.node.shape
+  n_nodes = sum(int(lv.node.shape[-1]) for lv in tree.levels)
+  y = jnp.broadcast_to(jnp.arange(s)[None, :, None], paths.node.shape)
+  hit = jnp.zeros((n_x, n_nodes, s), jnp.int32).at[
+      jnp.arange(n_x)[:, None, None], paths.node, y].add(paths.valid.astype(jnp.int32))
+  return hit > 0
+
+
 def conditional_leaf_probs(tree: TreeInstance, log_pi: Levels, under: jax.Array) -> jax.Array:
   r"""[X, Nn, S] π(y | s) = π(y)/P_π(s) on the leaves below s (0 elsewhere), in log space.
 

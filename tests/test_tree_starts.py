@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from conftest import assert_close
 from continuation_reference import (
+  below,
   conditional_leaf_probs,
   continuation_coefficients,
   continuation_visits,
@@ -23,7 +24,7 @@ from bench.numpy_sequences import sequence_paths
 from bench.numpy_start_fields import bread_field, prefix_rft_field, uft_field
 from nondecoupling.theory.tree.instance import Bucket, index_tree, n_leaves, n_nodes
 from nondecoupling.theory.tree.policy import policy_log_probs
-from nondecoupling.theory.tree.recipes.continuations import below, levels_for
+from nondecoupling.theory.tree.recipes.continuations import levels_for
 from nondecoupling.theory.tree.recipes.hints import (
   all_leaves,
   flat_nodes,

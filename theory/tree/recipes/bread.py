@@ -49,7 +49,6 @@ from ..policy import Levels, policy_log_probs
 from ..sampling import pullback
 from .base import TreeRecipe
 from .continuations import (
-  below,
   fill_reward_levels,
   leaf_rewards,
   levels_for,
@@ -177,7 +176,6 @@ def tree_bread_estimate(tree: TreeInstance, theta: Levels, cfg: TreeBREADConfig,
   log_pi = policy_log_probs(tree, theta)
   paths = leaf_paths(tree)
   rewards = leaf_rewards(tree)
-  under = below(tree, paths)
   n_x, _, t_max = paths.node.shape
   g_size = cfg.n_rollouts
   scale = group_scale(cfg.rl_aggregation, g_size)
@@ -189,7 +187,7 @@ def tree_bread_estimate(tree: TreeInstance, theta: Levels, cfg: TreeBREADConfig,
     length = jnp.take_along_axis(paths.length, demo, axis=1)               # [X, 1]
     nodes = jnp.take_along_axis(paths.node, demo[..., None], axis=1)[:, 0]  # [X, T]
     start = jnp.where(depth[None, :] == 0, 0, nodes)                                 # root, anchors
-    draws = sample_below(k_groups, tree, log_pi, under, start, g_size)     # [X, T, G]
+    draws = sample_below(k_groups, tree, log_pi, paths, start, g_size)     # [X, T, G]
     r = jnp.take_along_axis(rewards, draws.reshape(n_x, -1), axis=1).reshape(draws.shape)
     ok = jnp.any(r > cfg.success_threshold, axis=-1) & ((depth[None, :] == 0) | (depth[None, :] < length))
     first = jnp.argmax(ok, axis=-1)                                         # [X]

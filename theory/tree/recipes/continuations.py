@@ -1,5 +1,5 @@
-"""Rollouts that start at a node of the tree (a hint or prefix end, an anchor): which leaves lie
-below it, sampling continuations there, the leaf rewards and the reward-level count of the group
+"""Rollouts that start at a node of the tree (a hint or prefix end, an anchor): sampling
+continuations there, the leaf rewards and the reward-level count of the group
 enumerations (used by UFT, Prefix-RFT, BREAD, LUFFY, SRFT, HPT, ReLIFT). Their exact fields are
 level by level in :mod:`.starts`.
 """
@@ -16,30 +16,9 @@ from ...recipes.groups import reward_levels
 from ..atomic import leaf_instance, leaf_policy
 from ..instance import TreeInstance
 from ..policy import Levels, flat_slots, leaf_mask
-from .hints import Paths
+from .hints import Paths, node_offsets
 
-__all__ = ["below", "fill_reward_levels", "leaf_rewards", "levels_for", "sample_below", "sample_data"]
-
-
-def below(tree: TreeInstance, paths: Paths) -> jax.Array:
-  """[X, Nn, S] bool: leaf y lies below (or its path passes through) node s.
-
-  Examples:
-    >>> from nondecoupling.theory.tree.recipes.hints import leaf_paths
-    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
-    ...            lambda y: float(y[-1]))  # leaves (0,), (1, 0), (1, 1); r = 1 on (1, 1)
-    >>> tree, _ = build_tree([p], [1.0], 1.0)
-    >>> paths = leaf_paths(tree)
-    >>> below(tree, paths).tolist()  # rows: root, (1,); columns: leaf slots
-    [[[True, False, True, True], [False, False, True, True]]]
-  """
-  n_x, s, t_max = paths.node.shape
-  n_nodes = sum(int(lv.node.shape[-1]) for lv in tree.levels)
-  y = jnp.broadcast_to(jnp.arange(s)[None, :, None], paths.node.shape)
-  hit = jnp.zeros((n_x, n_nodes, s), jnp.int32).at[
-      jnp.arange(n_x)[:, None, None], paths.node, y].add(paths.valid.astype(jnp.int32))
-  return hit > 0
+__all__ = ["fill_reward_levels", "leaf_rewards", "levels_for", "sample_below", "sample_data"]
 
 
 def leaf_rewards(tree: TreeInstance) -> jax.Array:
@@ -100,11 +79,13 @@ def fill_reward_levels(tree: TreeInstance, cfg):
   return dataclasses.replace(cfg, reward_levels=levels_for(tree, None))
 
 
-def sample_below(key: jax.Array, tree: TreeInstance, log_pi: Levels, under: jax.Array,
+def sample_below(key: jax.Array, tree: TreeInstance, log_pi: Levels, paths: Paths,
                  start: jax.Array, n: int) -> jax.Array:
   """[X, M, n] n leaves drawn from π(·|s) for each start node s = start[x, m] (flat node ids).
 
-  A start node with no leaf below gets draws of index 0 (callers mask them).
+  The leaves below s are those whose path passes through s at its depth (read from ``paths``:
+  cost M × leaves per prompt, no [nodes × leaves] table). A start node with no leaf below gets
+  draws of index 0 (callers mask them).
 
   Examples:
     >>> from nondecoupling.theory.tree.recipes.hints import leaf_paths
@@ -116,14 +97,18 @@ def sample_below(key: jax.Array, tree: TreeInstance, log_pi: Levels, under: jax.
     >>> tree, _ = build_tree([p], [1.0], 1.0)
     >>> from nondecoupling.theory.tree.policy import initial_logits, policy_log_probs
     >>> log_pi = policy_log_probs(tree, initial_logits(tree))  # uniform π
-    >>> paths = leaf_paths(tree)
-    >>> draws = sample_below(jax.random.PRNGKey(0), tree, log_pi, below(tree, paths),
+    >>> draws = sample_below(jax.random.PRNGKey(0), tree, log_pi, leaf_paths(tree),
     ...                      jnp.array([[1]]), 4)
     >>> draws.tolist()  # from node (1,): leaves (1, 0), (1, 1) only
     [[[2, 2, 2, 2]]]
   """
-  leaf_lp = leaf_policy(tree, log_pi)                                  # [X, S]
-  rows = jnp.take_along_axis(under, start[..., None], axis=1)         # [X, M, S]
+  offsets = jnp.asarray(node_offsets(tree))
+  depth = jnp.searchsorted(offsets, start, side="right") - 1            # [X, M]
+  t_max = paths.node.shape[-1]
+  at = jax.nn.one_hot(depth, t_max, dtype=jnp.bool_)                     # [X, M, T]
+  through = (paths.node[:, None, :, :] == start[..., None, None]) & paths.valid[:, None]
+  rows = jnp.any(through & at[:, :, None, :], axis=-1)                   # [X, M, S]
+  leaf_lp = leaf_policy(tree, log_pi)                                    # [X, S]
   logits = jnp.where(rows, leaf_lp[:, None, :], NEG_INF)
   logits = jnp.where(jnp.any(rows, axis=-1, keepdims=True), logits, 0.0)
   draws = jax.random.categorical(key, logits, axis=-1, shape=(n,) + logits.shape[:-1])

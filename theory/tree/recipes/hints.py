@@ -13,8 +13,8 @@ that, and the rollouts that start below a prefix of a demonstration:
   estimator), and :func:`node_pullback` for per-node rows (entropy bonus, k3-KL loss);
   :func:`leaf_pullback` and :func:`leaf_visits` for a coefficient constant along each path
   (one per leaf), bottom-up over the levels, with no (leaves × depth) array;
-- sampling continuations from a start node s (:func:`~.continuations.below`,
-  :func:`~.continuations.sample_below`); their exact fields are level by level in :mod:`.starts`.
+- sampling continuations from a start node s
+  (:func:`~.continuations.sample_below`); their exact fields are level by level in :mod:`.starts`.
 
 The path forms are dense in (leaves × depth): the estimators use them for the sampled paths (M
 rollouts × T). The per-leaf forms (:func:`leaf_pullback`, :func:`leaf_visits`,

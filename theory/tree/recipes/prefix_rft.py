@@ -56,7 +56,6 @@ from ..policy import Levels, log_reach, policy_log_probs
 from ..sampling import pullback, sample_leaves, subtree_totals
 from .base import TreeRecipe
 from .continuations import (
-  below,
   leaf_rewards,
   sample_below,
   sample_data,
@@ -331,7 +330,6 @@ def tree_prefix_rft_estimate(tree: TreeInstance, theta: Levels, cfg: TreePrefixR
   log_pi = policy_log_probs(tree, theta)
   paths = leaf_paths(tree)
   rewards = leaf_rewards(tree)
-  under = below(tree, paths)
   p_edge = jnp.exp(edge_log_probs(tree, log_pi, paths))
   h_path = path_gather(paths, node_entropies(tree, log_pi))
   n_x, _, t_max = paths.node.shape
@@ -348,7 +346,7 @@ def tree_prefix_rft_estimate(tree: TreeInstance, theta: Levels, cfg: TreePrefixR
     alpha = jax.random.beta(k_ratio, a, b, (n_x,))
     l = jnp.minimum(jnp.floor(alpha * length).astype(jnp.int32), length - 1)
     start = jnp.take_along_axis(take(paths.node, demo), l[:, None], axis=1)
-    hyb = sample_below(k_cont, tree, log_pi, under, start, 1)[:, 0]       # [X, 1]
+    hyb = sample_below(k_cont, tree, log_pi, paths, start, 1)[:, 0]       # [X, 1]
     r = jnp.concatenate([jnp.take_along_axis(rewards, idx, axis=1),
                          jnp.take_along_axis(rewards, hyb, axis=1)], axis=1)
     adv = jax.vmap(lambda v: sample_group_advantage(v, False, cfg.eps))(r)

@@ -59,7 +59,6 @@ from ..policy import Levels, policy_log_probs
 from ..sampling import pullback
 from .base import TreeRecipe
 from .continuations import (
-  below,
   fill_reward_levels,
   leaf_rewards,
   levels_for,
@@ -282,7 +281,6 @@ def tree_uft_estimate(tree: TreeInstance, theta: Levels, cfg: TreeUFTConfig, key
   log_pi = policy_log_probs(tree, theta)
   paths = leaf_paths(tree)
   rewards = leaf_rewards(tree)
-  under = below(tree, paths)
   n_x, _, t_max = paths.node.shape
   p = uft_hint_probability(cfg)
   g_size = cfg.n_rollouts
@@ -299,7 +297,7 @@ def tree_uft_estimate(tree: TreeInstance, theta: Levels, cfg: TreeUFTConfig, key
     h = jnp.round(l * length / jnp.maximum(num, 1)).astype(jnp.int32)      # [X]
     nodes = jnp.take_along_axis(paths.node, demo[..., None], axis=1)[:, 0]  # [X, T]
     start = jnp.take_along_axis(nodes, jnp.minimum(h, t_max - 1)[:, None], axis=1)
-    cont = sample_below(k_cont, tree, log_pi, under, start, g_size)[:, 0]  # [X, G]
+    cont = sample_below(k_cont, tree, log_pi, paths, start, g_size)[:, 0]  # [X, G]
     has = (h < length)[:, None]
     r = jnp.take_along_axis(rewards, cont, axis=1)
     adv = jax.vmap(lambda v: sample_group_advantage(v, cfg.use_std, cfg.eps))(r)
