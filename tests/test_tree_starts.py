@@ -5,6 +5,7 @@ the start-node recipes' exact fields checked to hold no (nodes × leaves) array.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.extend
@@ -66,15 +67,12 @@ def _case(seed, rewards, scale):
   return tree, theta, omega
 
 
-@pytest.mark.parametrize("seed", range(3))
-@pytest.mark.parametrize("rewards", ["verifier", "uniform"])
-@pytest.mark.parametrize("use_std,gate", [(True, 0), (True, 1), (False, 0), (False, 1)])
-def test_start_node_field_and_visits_equal_the_dense_reference(seed, rewards, use_std, gate):
-  # scale 6: conditionals down to ~1e-10, so a node π rarely reaches is in every case
-  tree, theta, omega = _case(seed, rewards, 6.0 if seed == 2 else 1.5)
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
+def _both_forms(tree, theta, omega, use_std, gate, levels):
+  """(dense advantages, dense field, dense visits, ours read back per (node, leaf), our field,
+  our visits) for groups of 3 with threshold 0.3."""
   group, eps, threshold = 3, 1e-6, 0.3
   log_pi = policy_log_probs(tree, theta)
-  levels = levels_for(tree, None)
   paths = leaf_paths(tree)
   under = below(tree, paths)
   q = conditional_leaf_probs(tree, log_pi, under)
@@ -82,21 +80,38 @@ def test_start_node_field_and_visits_equal_the_dense_reference(seed, rewards, us
   dense = path_pullback(tree, log_pi, paths, all_leaves(paths),
                         continuation_coefficients(paths, omega, q, dense_adv))
   dense_visits = continuation_visits(tree, paths, omega, q)
-
   pi = policy_probs(tree, log_pi)
   m_edge, _, _, _, adv_levels = start_advantages(tree, pi, levels, group, use_std, eps,
                                                  threshold, gate)
   level_of = leaf_reward_levels(tree, levels)[0]
-  adv = node_rows(adv_levels)
-  # read back per (start node, leaf): the dense table's entries
-  per_leaf = jnp.take_along_axis(adv, jnp.broadcast_to(level_of[:, None, :], under.shape), axis=2)
-  assert_close(jnp.where(under, per_leaf, 0.0), dense_adv)
+  per_leaf = jnp.take_along_axis(node_rows(adv_levels),
+                                 jnp.broadcast_to(level_of[:, None, :], under.shape), axis=2)
   starts = tuple(omega[:, o:o + lv.node.shape[-1]]
                  for o, lv in zip(node_offsets(tree), tree.levels))
   coef, visits = started_coefficients(tree, pi, starts, adv_levels, m_edge)
-  for ours, ref in zip(pullback(tree, log_pi, coef), dense):
-    assert_close(ours, ref)
-  assert_close(flat_nodes(visits), dense_visits)
+  return (dense_adv, dense, dense_visits, jnp.where(under, per_leaf, 0.0),
+          pullback(tree, log_pi, coef), flat_nodes(visits))
+
+
+# a verifier's 0/1 reward with and without std and the K ≥ 1 gate; distinct rewards on every
+# leaf (many levels) without std, and once with std (the enumeration over those levels)
+START_CASES = ([(seed, "verifier", std, gate) for seed in range(3)
+                for std, gate in [(True, 0), (True, 1), (False, 0), (False, 1)]]
+               + [(seed, "uniform", False, gate) for seed in range(3) for gate in (0, 1)]
+               + [(0, "uniform", True, 1)])
+
+
+@pytest.mark.parametrize("seed,rewards,use_std,gate", START_CASES)
+def test_start_node_field_and_visits_equal_the_dense_reference(seed, rewards, use_std, gate):
+  # scale 6: conditionals down to ~1e-10, so a node π rarely reaches is in every case
+  tree, theta, omega = _case(seed, rewards, 6.0 if seed == 2 else 1.5)
+  levels = 2 if rewards == "verifier" else levels_for(tree, None)
+  dense_adv, dense, dense_visits, adv, ours, visits = _both_forms(tree, theta, omega, use_std,
+                                                                  gate, levels)
+  assert_close(adv, dense_adv)
+  for a, b in zip(ours, dense):
+    assert_close(a, b)
+  assert_close(visits, dense_visits)
 
 
 def _largest_intermediate(jaxpr) -> int:
