@@ -125,6 +125,31 @@ def test_sequence_quantities_match_enumeration(example):
   assert_close(out["mean_excess_closed"], totals["mean_excess"])
 
 
+@jax.jit
+def _one_pass(tree, theta):
+  log_pi, pi = policy.policy_log_probs_and_probs(tree, theta)
+  reach, leaves = policy.reach_and_leaf_probs(tree, pi)
+  return reach, leaves, (log_pi, pi)
+
+
+@given(examples())
+def test_one_pass_probabilities_match_enumeration(example):
+  # π from the log-softmax's own exp pass, and π(y) as products of conditionals (no exp of a
+  # log-space sum), against the enumeration's rows and sequence products
+  raw, logits = example
+  tf, theta = _setup(raw, logits)
+  reach, leaves, (log_pi, pi) = _one_pass(tf.tree, theta)
+  for x, (p, rows_logits) in enumerate(zip(ref.prompts_of(raw), logits)):
+    rows = ref.softmax_rows(p, rows_logits)
+    for s, row in rows.items():
+      assert_close(_node(tf, pi, x, s, p.k), row, err_msg=str(s))
+      assert_close(np.exp(_node(tf, log_pi, x, s, p.k)), row, err_msg=str(s))
+      t, i = tf.index[x][s]
+      assert_close(float(reach[t][x, i]), np.prod([rows[s[:j]][s[j]] for j in range(len(s))]))
+    for y, py in zip(p.leaves, ref.seq_probs(p, rows)):
+      assert_close(_leaf(tf, leaves, x, y), py, err_msg=str(y))
+
+
 @given(examples())
 def test_token_mean_loss_matches_enumeration(example):
   raw, logits = example

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 from .._numerics import NEG_INF, safe_log
 from .instance import TreeInstance, support
 
-__all__ = ["gather_rows", "gather_slots", "node_log_softmax", "policy_log_probs", "initial_logits", "logits_of",
+__all__ = ["gather_rows", "gather_slots", "node_log_softmax", "node_log_softmax_and_probs",
+           "policy_log_probs_and_probs", "reach_and_leaf_probs", "policy_log_probs", "initial_logits", "logits_of",
            "reference_log_probs", "log_reach", "leaf_log_probs", "conditionals_from_leaf_masses",
            "flat_slots", "leaf_mask", "leaf_lengths", "Levels"]
 
@@ -68,6 +69,72 @@ def node_log_softmax(theta: jax.Array, sup: jax.Array) -> jax.Array:
   masked = jnp.where(sup, theta, NEG_INF)
   lse = jax.nn.logsumexp(jnp.where(any_slot, masked, 0.0), axis=-1, keepdims=True)
   return jnp.where(sup, theta - lse, NEG_INF)
+
+
+def node_log_softmax_and_probs(theta: jax.Array, sup: jax.Array) -> tuple[jax.Array, jax.Array]:
+  r""":func:`node_log_softmax` and its exponential from one exp pass: (log π, π).
+
+  .. math:: e_a = e^{\theta_{s,a} - m_s},\qquad \pi(a|s) = e_a / \textstyle\sum_b e_b,\qquad
+            \log\pi(a|s) = \theta_{s,a} - m_s - \log\textstyle\sum_b e_b
+
+  (m_s the row's largest logit on the support). Padded rows: (−∞, 0).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> lp, p = node_log_softmax_and_probs(jnp.zeros((2, 3)),
+    ...                                    jnp.array([[True, True, False], [False] * 3]))
+    >>> p.tolist(), jnp.exp(lp).tolist()
+    ([[0.5, 0.5, 0.0], [0.0, 0.0, 0.0]], [[0.5, 0.5, 0.0], [0.0, 0.0, 0.0]])
+  """
+  any_slot = jnp.any(sup, axis=-1, keepdims=True)
+  top = jnp.max(jnp.where(sup, theta, NEG_INF), axis=-1, keepdims=True)
+  top = jnp.where(any_slot, top, 0.0)
+  shifted = jnp.where(sup, theta - top, NEG_INF)
+  e = jnp.exp(shifted)
+  total = jnp.where(any_slot, jnp.sum(e, axis=-1, keepdims=True), 1.0)
+  return jnp.where(sup, shifted - jnp.log(total), NEG_INF), e / total
+
+
+def policy_log_probs_and_probs(tree: TreeInstance, theta: Levels) -> tuple[Levels, Levels]:
+  """Per level (log π(a|s), π(a|s)) of per-level logits from one exp pass (0 off the support).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 1, {(): [0.25, 0.75]}, {(0,): 1.0}, lambda y: 0.0)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> log_pi, pi = policy_log_probs_and_probs(tree, (jnp.array([[[0.0, jnp.log(3.0)]]]),))
+    >>> pi[0].round(12).tolist()
+    [[[0.25, 0.75]]]
+  """
+  pairs = [node_log_softmax_and_probs(th, support(lv)) for th, lv in zip(theta, tree.levels)]
+  return tuple(a for a, _ in pairs), tuple(b for _, b in pairs)
+
+
+def reach_and_leaf_probs(tree: TreeInstance, pi: Levels) -> tuple[Levels, Levels]:
+  r"""Per level P_π(s) [X, N_t] (top-down products of conditionals, no exp) and the leaf
+  probabilities π(y) = P_π(s) π(a|s) on the leaf slots [X, N_t, k] (0 elsewhere).
+
+  Products of conditionals in [0, 1] lose no precision against the exp of a log-space sum; a
+  probability below the smallest float64 is 0 either way.
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...                lambda y: 0.0)  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> reach, leaf = reach_and_leaf_probs(tree, tuple(lv.reference for lv in tree.levels))
+    >>> [r.tolist() for r in reach], [a.tolist() for a in leaf]
+    ([[[1.0]], [[0.5]]], [[[[0.5, 0.0]]], [[[0.25, 0.25]]]])
+  """
+  reach = [jnp.where(tree.levels[0].node, 1.0, 0.0).astype(pi[0].dtype)]
+  for t in range(1, len(tree.levels)):
+    lv = tree.levels[t]
+    step = gather_slots(pi[t - 1], lv.parent, lv.token)
+    reach.append(jnp.where(lv.node, gather_rows(reach[-1], lv.parent) * step, 0.0))
+  leaf = tuple(jnp.where(lv.leaf, r[..., None] * p, 0.0)
+               for lv, r, p in zip(tree.levels, reach, pi))
+  return tuple(reach), leaf
 
 
 def policy_log_probs(tree: TreeInstance, theta: Levels) -> Levels:

@@ -104,13 +104,15 @@ def subtree_totals(tree: TreeInstance, leaf_values: Levels) -> Levels:
   return tuple(out)
 
 
-def pullback(tree: TreeInstance, log_pi: Levels, edge_coeff: Levels) -> Levels:
+def pullback(tree: TreeInstance, log_pi: Levels, edge_coeff: Levels, pi: Levels | None = None
+             ) -> Levels:
   r"""Σ_{(s,a)} C(s, a) ∇_θ log π(a|s): at node s, C(s, ·) − (Σ_a C(s, a)) π(·|s).
 
   Args:
     tree: the tree.
     log_pi: per-level log-policy [X, N_t, k].
     edge_coeff: per level [X, N_t, k] C(s, a).
+    pi: per-level π(a|s) when the caller has it (0 off the support; no exp of log_pi then).
 
   Returns:
     per level [X, N_t, k] the logit gradient (0 off the support and on padded rows).
@@ -125,10 +127,11 @@ def pullback(tree: TreeInstance, log_pi: Levels, edge_coeff: Levels) -> Levels:
     [[[0.75, -0.75]]]
   """
   out = []
-  for lv, lp, c in zip(tree.levels, log_pi, edge_coeff):
+  probs = (None,) * len(tree.levels) if pi is None else pi
+  for lv, lp, c, p in zip(tree.levels, log_pi, edge_coeff, probs):
     sup = support(lv)
     c = jnp.where(sup, c, 0.0)
-    pi = jnp.where(sup, jnp.exp(lp), 0.0)
-    g = c - jnp.sum(c, axis=-1, keepdims=True) * pi
+    p = jnp.where(sup, jnp.exp(lp), 0.0) if p is None else p
+    g = c - jnp.sum(c, axis=-1, keepdims=True) * p
     out.append(jnp.where(sup & lv.node[..., None], g, 0.0))
   return tuple(out)

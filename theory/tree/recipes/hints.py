@@ -33,10 +33,17 @@ import jax.numpy as jnp
 
 from ..atomic import unflat_slots
 from ..instance import TreeInstance, support
-from ..policy import Levels, flat_slots, leaf_mask, log_reach
+from ..policy import (
+  Levels,
+  flat_slots,
+  leaf_mask,
+  log_reach,
+  policy_log_probs_and_probs,
+  reach_and_leaf_probs,
+)
 from ..sampling import pullback, subtree_totals
 
-__all__ = ["Paths", "leaf_paths", "flat_nodes", "node_offsets", "path_pullback", "leaf_pullback", "leaf_visits", "leaf_edge_totals", "node_pullback", "path_gather", "edge_log_probs", "node_entropies", "path_visits", "scale_levels", "add_levels", "entropy_rows", "entropy_field", "reach_probs", "all_leaves", "leaf_data", "mean_over_calls"]
+__all__ = ["Paths", "leaf_paths", "flat_nodes", "node_offsets", "path_pullback", "leaf_pullback", "leaf_visits", "leaf_edge_totals", "node_pullback", "node_edges", "path_gather", "edge_log_probs", "node_entropies", "path_visits", "scale_levels", "add_levels", "entropy_rows", "entropy_edges", "policy_leaves", "pullback_with_entropy", "entropy_field", "reach_probs", "all_leaves", "leaf_data", "mean_over_calls"]
 
 
 class Paths(NamedTuple):
@@ -344,12 +351,30 @@ def node_pullback(tree: TreeInstance, log_pi: Levels, visits: jax.Array, rows: L
     >>> [a.round(6).tolist() for a in g]  # ρ − π = 0 at θ₀
     [[[[0.0, 0.0]]], [[[0.0, 0.0]]]]
   """
+  return pullback(tree, log_pi, node_edges(tree, visits, rows))
+
+
+def node_edges(tree: TreeInstance, visits: jax.Array, rows: Levels) -> Levels:
+  """Per level [X, N_t, k] v(s) R(s, a) (0 off the support): the edge coefficients whose
+  :func:`~..sampling.pullback` is :func:`node_pullback`, to add to other coefficients before one
+  pullback (the pullback is linear in them).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...            lambda y: float(y[-1]))  # leaves (0,), (1, 0), (1, 1); r = 1 on (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> rho = tuple(lv.reference for lv in tree.levels)
+    >>> [a.tolist() for a in node_edges(tree, jnp.array([[1.0, 0.5]]), rho)]
+    [[[[0.5, 0.5]]], [[[0.25, 0.25]]]]
+  """
   out, start = [], 0
   for lv, r in zip(tree.levels, rows):
     n_t = lv.node.shape[-1]
     out.append(visits[:, start:start + n_t, None] * jnp.where(support(lv), r, 0.0))
     start += n_t
-  return pullback(tree, log_pi, tuple(out))
+  return tuple(out)
 
 
 def scale_levels(c, levels: Levels) -> Levels:
@@ -390,6 +415,69 @@ def entropy_rows(tree: TreeInstance, log_pi: Levels) -> Levels:
   """
   return tuple(jnp.where(support(lv) & jnp.isfinite(lp), -jnp.exp(lp) * lp, 0.0)
                for lv, lp in zip(tree.levels, log_pi))
+
+
+def entropy_edges(tree: TreeInstance, log_pi: Levels, pi: Levels, visits: jax.Array) -> Levels:
+  r"""Per level [X, N_t, k] v(s) (−π log π)(s, a): the edge coefficients whose
+  :func:`~..sampling.pullback` is :func:`entropy_field` (Σ_s v(s) ∇H_s), with π given (no exp),
+  to add to other coefficients before one pullback.
+
+  Args:
+    tree: the tree; log_pi, pi: per-level log π and π; visits: [X, Nn] v(s) on the flat node axis.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(0,): 1.0}, lambda y: 0.0)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> pi = (jnp.array([[[0.5, 0.5]]]),)
+    >>> [a.round(6).tolist() for a in entropy_edges(tree, (jnp.log(pi[0]),), pi, jnp.ones((1, 1)))]
+    [[[[0.346574, 0.346574]]]]
+  """
+  rows = tuple(jnp.where(p > 0, -p * lp, 0.0) for lp, p in zip(log_pi, pi))
+  return node_edges(tree, visits, rows)
+
+
+def pullback_with_entropy(tree: TreeInstance, log_pi: Levels, pi: Levels, edges: Levels,
+                          visits: jax.Array) -> Levels:
+  r"""Σ_{(s,a)} C(s, a) ∇log π(a|s) + Σ_s v(s) ∇H_s in one pullback, π given (no exp).
+
+  Args:
+    tree: the tree; log_pi, pi: per-level log π and π; edges: per level C [X, N_t, k];
+    visits: [X, Nn] v(s) (the entropy coefficient included).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> p = PromptTree(2, 0, 1, {(): [0.25, 0.75]}, {(0,): 1.0}, lambda y: 0.0)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> pi = (jnp.array([[[0.25, 0.75]]]),)
+    >>> g = pullback_with_entropy(tree, (jnp.log(pi[0]),), pi, (jnp.array([[[1.0, 0.0]]]),),
+    ...                           jnp.zeros((1, 1)))
+    >>> g[0].tolist()  # ∇ log π(0) = e_0 − π
+    [[[0.75, -0.75]]]
+  """
+  return pullback(tree, log_pi, add_levels(edges, entropy_edges(tree, log_pi, pi, visits)), pi=pi)
+
+
+def policy_leaves(tree: TreeInstance, theta: Levels):
+  """(log π, π per level, P_π(s) [X, Nn], π(y) [X, S] on the flat leaf axis) from one exp pass
+  (:func:`~..policy.policy_log_probs_and_probs`, :func:`~..policy.reach_and_leaf_probs`).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.policy import initial_logits
+    >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 0.5, (1, 1): 0.5},
+    ...            lambda y: float(y[-1]))  # leaves (0,), (1, 0), (1, 1)
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> _, _, reach, leaves = policy_leaves(tree, initial_logits(tree))
+    >>> reach.tolist(), leaves.tolist()
+    ([[1.0, 0.5]], [[0.5, 0.0, 0.25, 0.25]])
+  """
+  log_pi, probs = policy_log_probs_and_probs(tree, theta)
+  reach, leaves = reach_and_leaf_probs(tree, probs)
+  return log_pi, probs, flat_nodes(reach), flat_slots(leaves)
 
 
 def entropy_field(tree: TreeInstance, log_pi: Levels, visits: jax.Array) -> Levels:

@@ -41,7 +41,7 @@ from ...recipes.options import (
   require_int,
   require_positive,
 )
-from ..atomic import leaf_instance, leaf_policy
+from ..atomic import leaf_instance
 from ..fields import weighted
 from ..instance import TreeInstance
 from ..policy import Levels, policy_log_probs
@@ -52,12 +52,13 @@ from .hints import (
   add_levels,
   entropy_field,
   leaf_data,
+  leaf_edge_totals,
   leaf_paths,
-  leaf_pullback,
   mean_over_calls,
   path_pullback,
   path_visits,
-  reach_probs,
+  policy_leaves,
+  pullback_with_entropy,
   scale_levels,
 )
 
@@ -114,9 +115,8 @@ def tree_hpt_field(tree: TreeInstance, theta: Levels, cfg: TreeHPTConfig) -> Lev
     >>> tree_hpt_field(tree, initial_logits(tree), cfg)[0].tolist()  # the atomic value
     [[[-0.5, 0.5]]]
   """
-  log_pi = policy_log_probs(tree, theta)
+  log_pi, probs, reach, pi = policy_leaves(tree, theta)  # one exp pass: π and log π
   inst = leaf_instance(tree, support_only=True)
-  pi = jnp.exp(leaf_policy(tree, log_pi))
   n, gamma = cfg.n_rollouts, cfg.switch_gate
   p = success_stats(inst, pi, cfg.success_threshold)[0]
   sft_weight = binomial_gate_probability(p, n, 0, gamma)[:, None]
@@ -128,9 +128,9 @@ def tree_hpt_field(tree: TreeInstance, theta: Levels, cfg: TreeHPTConfig) -> Lev
     b = gated_mean_advantage(inst, pi, n, gamma + 1, cfg.success_threshold)
   rl_scale = cfg.rl_coef * group_scale(cfg.rl_aggregation, n)
   per_leaf = cfg.sft_coef * sft_weight * leaf_data(tree) + rl_scale * pi * b
-  g = leaf_pullback(tree, log_pi, per_leaf)  # the coefficient is constant along each path
-  ent = entropy_field(tree, log_pi, reach_probs(tree, log_pi))
-  return weighted(tree, add_levels(g, scale_levels(cfg.entropy_coef, ent)))
+  # the coefficient is constant along each path; the entropy bonus joins the same pullback
+  return weighted(tree, pullback_with_entropy(tree, log_pi, probs, leaf_edge_totals(tree, per_leaf),
+                                              cfg.entropy_coef * reach))
 
 
 @compiled("cfg", "n", prepare=fill_reward_levels)

@@ -46,11 +46,11 @@ from ...recipes.options import (
   require_int,
   require_positive,
 )
-from ..atomic import leaf_instance, leaf_policy
+from ..atomic import leaf_instance
 from ..fields import weighted
-from ..instance import TreeInstance, support
+from ..instance import TreeInstance
 from ..policy import Levels, policy_log_probs
-from ..sampling import pullback, sample_leaves
+from ..sampling import sample_leaves
 from .base import TreeRecipe
 from .continuations import fill_reward_levels, leaf_rewards, levels_for, sample_data
 from .hints import (
@@ -63,7 +63,8 @@ from .hints import (
   mean_over_calls,
   path_pullback,
   path_visits,
-  reach_probs,
+  policy_leaves,
+  pullback_with_entropy,
   scale_levels,
 )
 
@@ -116,22 +117,21 @@ def luffy_scale(cfg) -> float:
   return group_scale(cfg.rl_aggregation, cfg.n_on + 1) / (cfg.n_on + 1)
 
 
-def mixed_advantages(tree: TreeInstance, log_pi: Levels, cfg):
-  """(Ā_on, Ā_off), each [X, S] on the flat leaf axis, of the mixed group (atomic enumerations).
+def mixed_advantages(tree: TreeInstance, pi: jax.Array, cfg):
+  """(Ā_on, Ā_off), each [X, S] on the flat leaf axis, of the mixed group (atomic enumerations),
+  for the leaf probabilities π(y) [X, S].
 
   Examples:
     >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-    >>> from nondecoupling.theory.tree.policy import initial_logits, policy_log_probs
+    >>> import jax.numpy as jnp
     >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(1,): 1.0}, lambda y: float(y[-1]))
     >>> tree, _ = build_tree([p], [1.0], 1.0)
-    >>> log_pi = policy_log_probs(tree, initial_logits(tree))
     >>> cfg = TreeLUFFYConfig(n_on=1)
-    >>> a_on, a_off = mixed_advantages(tree, log_pi, cfg)
+    >>> a_on, a_off = mixed_advantages(tree, jnp.array([[0.5, 0.5]]), cfg)
     >>> a_on.tolist(), a_off.tolist()  # leaves (EOS: r = 0, token 1: r = 1)
     ([[-0.5, 0.0]], [[-0.25, 0.25]])
   """
   inst = leaf_instance(tree, support_only=True)
-  pi = jnp.exp(leaf_policy(tree, log_pi))
   m = levels_for(tree, cfg.reward_levels) if cfg.use_std else None
   a_on = mixed_on_advantage(inst, pi, cfg.n_on, cfg.use_std, cfg.eps, m)
   a_off = mixed_off_advantage(inst, pi, cfg.n_on, cfg.use_std, cfg.eps, m)
@@ -152,19 +152,16 @@ def tree_luffy_field(tree: TreeInstance, theta: Levels, cfg: TreeLUFFYConfig) ->
     >>> tree_luffy_field(tree, initial_logits(tree), cfg)[0].tolist()  # the atomic value
     [[[-0.1875, 0.1875]]]
   """
-  log_pi = policy_log_probs(tree, theta)
-  pi = jnp.exp(leaf_policy(tree, log_pi))
-  a_on, a_off = mixed_advantages(tree, log_pi, cfg)
+  log_pi, probs, reach, pi = policy_leaves(tree, theta)  # one exp pass: π and log π
+  a_on, a_off = mixed_advantages(tree, pi, cfg)
   # Level by level: the on-policy coefficient is constant along a path, the demonstration's is
   # (per leaf) × (the shaping weight of each edge's π(a|s)), so both are subtree totals per edge.
   on = leaf_edge_totals(tree, cfg.n_on * pi * a_on)
   demo = leaf_edge_totals(tree, leaf_data(tree) * a_off)
-  rl = pullback(tree, log_pi, tuple(
-      o + shaping_weight(jnp.where(support(lv), jnp.exp(lp), 0.0), cfg.shaping_gamma) * dm
-      for o, dm, lp, lv in zip(on, demo, log_pi, tree.levels)))
-  ent = entropy_field(tree, log_pi, reach_probs(tree, log_pi))
-  return weighted(tree, add_levels(scale_levels(luffy_scale(cfg), rl),
-                                   scale_levels(cfg.entropy_coef, ent)))
+  rl = tuple(o + shaping_weight(p, cfg.shaping_gamma) * dm for o, dm, p in zip(on, demo, probs))
+  return weighted(tree, pullback_with_entropy(tree, log_pi, probs,
+                                              scale_levels(luffy_scale(cfg), rl),
+                                              cfg.entropy_coef * reach))
 
 
 @compiled("cfg", "n", prepare=fill_reward_levels)

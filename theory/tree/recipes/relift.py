@@ -55,13 +55,15 @@ from .hints import (
   add_levels,
   entropy_field,
   leaf_data,
+  leaf_edge_totals,
   leaf_paths,
   leaf_pullback,
   leaf_visits,
   mean_over_calls,
   path_pullback,
   path_visits,
-  reach_probs,
+  policy_leaves,
+  pullback_with_entropy,
   scale_levels,
 )
 
@@ -160,17 +162,16 @@ def tree_relift_rl_field(tree: TreeInstance, theta: Levels, cfg: TreeReLIFTConfi
     >>> tree_relift_rl_field(tree, initial_logits(tree), cfg)[0].tolist()
     [[[-0.25, 0.25]]]
   """
-  log_pi = policy_log_probs(tree, theta)
-  per_leaf, _ = _rl_leaf_terms(tree, log_pi, cfg)
-  g = leaf_pullback(tree, log_pi, per_leaf)
-  ent = entropy_field(tree, log_pi, reach_probs(tree, log_pi))
-  return weighted(tree, add_levels(g, scale_levels(cfg.entropy_coef, ent)))
+  log_pi, probs, reach, pi = policy_leaves(tree, theta)  # one exp pass: π and log π
+  per_leaf, _ = _rl_leaf_terms(tree, pi, cfg)
+  return weighted(tree, pullback_with_entropy(tree, log_pi, probs, leaf_edge_totals(tree, per_leaf),
+                                              cfg.entropy_coef * reach))
 
 
-def _rl_leaf_terms(tree: TreeInstance, log_pi: Levels, cfg) -> tuple[jax.Array, jax.Array]:
-  """([X, S] the RL step's coefficient per leaf, c_rl a π(y) E[Â | y]; [X] (1 − p_x)^n)."""
+def _rl_leaf_terms(tree: TreeInstance, pi: jax.Array, cfg) -> tuple[jax.Array, jax.Array]:
+  """([X, S] the RL step's coefficient per leaf, c_rl a π(y) E[Â | y]; [X] (1 − p_x)^n), for
+  the leaf probabilities π(y) [X, S]."""
   inst = leaf_instance(tree, support_only=True)
-  pi = jnp.exp(leaf_policy(tree, log_pi))
   n = cfg.n_rollouts
   if cfg.use_std:
     pos, neg = enumerated_advantage(inst, pi, n - 1, levels_for(tree, cfg.reward_levels), True,
@@ -199,15 +200,14 @@ def tree_relift_field(tree: TreeInstance, theta: Levels, cfg: TreeReLIFTConfig) 
   if cfg.sft_schedule == "buffer":
     return tree_relift_rl_field(tree, theta, cfg)
   # The RL step plus rate × tree_relift_sft_direction, both linear in their leaf coefficients and
-  # node visits: one bottom-up pullback and one entropy field for the sum.
-  log_pi = policy_log_probs(tree, theta)
-  rl_leaf, fail = _rl_leaf_terms(tree, log_pi, cfg)
+  # node visits: one bottom-up pullback for the sum, the entropy bonus in it.
+  log_pi, probs, reach, pi = policy_leaves(tree, theta)  # one exp pass: π and log π
+  rl_leaf, fail = _rl_leaf_terms(tree, pi, cfg)
   rate = (cfg.sft_lr_ratio * cfg.batch_prompts / cfg.buffer_size * fail)[:, None]
   d = leaf_data(tree)
-  g = leaf_pullback(tree, log_pi, rl_leaf + rate * d)
-  visits = (cfg.entropy_coef * reach_probs(tree, log_pi)
-            + cfg.sft_entropy_coef * rate * leaf_visits(tree, d))
-  return weighted(tree, add_levels(g, entropy_field(tree, log_pi, visits)))
+  visits = cfg.entropy_coef * reach + cfg.sft_entropy_coef * rate * leaf_visits(tree, d)
+  return weighted(tree, pullback_with_entropy(tree, log_pi, probs,
+                                              leaf_edge_totals(tree, rl_leaf + rate * d), visits))
 
 
 @compiled("cfg", "n", prepare=fill_reward_levels)
