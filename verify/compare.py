@@ -36,9 +36,11 @@ from ..theory.recipes import (
   InfeasibleExactField,
   get_recipe,
   parse_option,
+  resolve_config,
   train_recipe,
   train_recipe_sampled,
 )
+from .exported_programs import exported, exported_partial
 
 __all__ = ["compare_rows", "flow_row", "flow_status", "recipe_configs",
            "DEFAULT_RECIPE_STEPS", "DEFAULT_RECIPE_LR", "SAMPLED_GROUPS"]
@@ -51,14 +53,48 @@ SAMPLED_GROUPS = 512  # groups per step when a recipe's exact field is infeasibl
 _VALUES = ("sft_loss", "reward", "regularized_reward", "regret", "kl_data", "kl_reference")
 
 
-def _row(inst, name, kind, log_pi, seconds):
-  values = dict(
+# Every program of a `compare` is kept on disk (:mod:`.exported_programs`): a warm `compare`
+# neither traces nor lowers them.
+@exported
+def _row_values(inst, log_pi) -> dict:
+  return dict(
       sft_loss=obj.sft_loss(inst, log_pi),
       reward=obj.reward(inst, log_pi),
       regularized_reward=obj.regularized_reward(inst, log_pi),
       regret=frontier.decoupling_regret(inst, log_pi),
       kl_data=obj.sft_excess(inst, log_pi),
       kl_reference=obj.expect(inst, obj.kl_rows(log_pi, obj.safe_log(inst.reference))))
+
+
+@exported
+def _sft_then_rl(inst):
+  return flows.sft_then_rl_endpoint(inst)
+
+
+def _pipeline(inst, name: str, n_save: int):
+  """:func:`flows.run_pipeline` (default tolerances) as a program kept on disk."""
+  schedule = flows.pipeline_schedule(name, inst)
+  method = flows.resolve_method("auto", inst, schedule.duration, schedule.sft_weight,
+                                schedule.rl_weight)
+  program = exported_partial(flows.flow_trajectory, optimise=True, n_save=n_save, method=method)
+  return program(inst, schedule, None, np.float64(1e-8), np.float64(1e-10),
+                 np.int64(flows.DEFAULT_MAX_STEPS))
+
+
+def _trained_policy(inst, lr, *, name: str, cfg, steps: int):
+  return train_recipe(inst, name, steps, lr, cfg)[0]
+
+
+def _trained(inst, name: str, steps: int, lr: float, config):
+  """:func:`train_recipe`'s final policy; the config completed on the concrete instance
+  first, then one program per (recipe, config, steps) kept on disk."""
+  cfg = resolve_config(get_recipe(name), config, inst)
+  program = exported_partial(_trained_policy, name=name, cfg=cfg, steps=int(steps))
+  return program(inst, np.asarray(lr, np.asarray(inst.data).dtype))
+
+
+def _row(inst, name, kind, log_pi, seconds):
+  values = _row_values(inst, log_pi)
   row = {"name": name, "kind": kind}
   row.update({k: float(np.asarray(v)) for k, v in values.items()})
   row["status"] = "ok"
@@ -150,12 +186,12 @@ def compare_rows(inst, recipe_steps: int = DEFAULT_RECIPE_STEPS,
   """
   configs = recipe_configs() if configs is None else {**recipe_configs(), **configs}
   unit = float(flows.time_unit(inst))
-  jobs = [("sft_then_rl_exact", "exact", lambda: flows.sft_then_rl_endpoint(inst))]
+  jobs = [("sft_then_rl_exact", "exact", lambda: _sft_then_rl(inst))]
   for name in flows.PIPELINE_NAMES:
-    jobs.append((name, "flow", lambda name=name: flows.run_pipeline(inst, name, n_save=2)))
+    jobs.append((name, "flow", lambda name=name: _pipeline(inst, name, 2)))
   for name in FUSION_RECIPES:
-    jobs.append((name, "recipe", lambda name=name: train_recipe(
-        inst, name, recipe_steps, recipe_lr * unit, configs[name])[0]))
+    jobs.append((name, "recipe", lambda name=name: _trained(
+        inst, name, recipe_steps, recipe_lr * unit, configs[name])))
   rows = []
   for name, kind, job in jobs:
     if progress:

@@ -263,6 +263,8 @@ def _all_tree_verdicts(tree: TreeInstance, theta: tuple) -> list:
 
 
 _ALL_SMALL = exported_jit(_exact_verdicts, f"{__name__}._exact_verdicts")
+# Every statement of `check` on one tree, kept on disk: a warm `check` does not trace it.
+_ALL_VERDICTS = exported_jit(_all_tree_verdicts, f"{__name__}._all_tree_verdicts")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -294,7 +296,7 @@ def tree_margins(tree: TreeInstance, seed: int = 0) -> dict:
   """
   rng = np.random.default_rng(seed)
   theta = tuple(jnp.asarray(rng.normal(0.0, 1.0, lv.reference.shape)) for lv in tree.levels)
-  verdicts = jax.jit(_all_tree_verdicts)(tree, theta)
+  verdicts = _ALL_VERDICTS(tree, theta)
   return {s.name: verdict_row(s, v) for s, v in zip(TREE_STATEMENTS, verdicts)}
 
 

@@ -35,6 +35,7 @@ from ..theory.tree.policy import flat_slots, leaf_lengths, policy_log_probs
 from ..theory.tree.recipes.registry import TREE_RECIPES
 from ..theory.tree.recipes.train import train_tree_recipe, train_tree_recipe_sampled
 from .compare import SAMPLED_GROUPS
+from .exported_programs import exported, exported_jit, exported_partial
 
 __all__ = ["ROW_VALUES", "leaf_values", "path_values", "tree_compare_rows", "tree_recipe_configs",
            "time_unit"]
@@ -66,8 +67,13 @@ def leaf_values(tree: TreeInstance, leaf_log_pi: jax.Array) -> dict:
   }
 
 
+# The rows' programs are kept on disk (:mod:`.exported_programs`): a warm `compare` or `flow` of
+# a tree file neither traces nor lowers them.
+_stored_leaf_values = exported_jit(leaf_values, f"{__name__}.leaf_values")
+
+
 def _row(tree, name, kind, leaf_log_pi, seconds, status="ok") -> dict:
-  values = leaf_values(tree, leaf_log_pi)
+  values = _stored_leaf_values(tree, leaf_log_pi)
   row = {"name": name, "kind": kind}
   row.update({k: float(values[k]) for k in ROW_VALUES})
   row["status"] = status
@@ -98,12 +104,35 @@ def tree_recipe_configs(options=()) -> dict:
   return configs
 
 
-_leaf_data = jax.jit(lambda tree: leaf_policy(tree, data_log_policy(tree)))
-_leaf_token_mean = jax.jit(lambda tree: leaf_policy(tree, sft.token_mean_optimum(tree)))
-_leaf_sft_then_rl = jax.jit(lambda tree: flows.sft_then_rl_endpoint(leaf_instance(tree)))
-_leaf_fixed_point = jax.jit(
-    lambda tree, c: leaf_policy(tree, fixed_points.closed_form_fixed_point(tree, c)),
-    static_argnums=1)
+@exported
+def _leaf_data(tree):
+  return leaf_policy(tree, data_log_policy(tree))
+
+
+@exported
+def _leaf_token_mean(tree):
+  return leaf_policy(tree, sft.token_mean_optimum(tree))
+
+
+@exported
+def _leaf_sft_then_rl(tree):
+  return flows.sft_then_rl_endpoint(leaf_instance(tree))
+
+
+def _fixed_point_leaf(tree, *, construct: str):
+  return leaf_policy(tree, fixed_points.closed_form_fixed_point(tree, construct))
+
+
+def _leaf_fixed_point(tree, construct: str):
+  return exported_partial(_fixed_point_leaf, construct=construct)(tree)
+
+
+def _trained_leaf(tree, lr, *, recipe: str, cfg, steps: int):
+  """The leaf policy after ``steps`` exact-field steps of ``recipe`` (``cfg`` prepared)."""
+  theta, _ = train_tree_recipe(tree, TREE_RECIPES[recipe], steps, lr, cfg)
+  return leaf_policy(tree, policy_log_probs(tree, theta))
+
+
 _leaf_of_logits = jax.jit(lambda tree, theta: leaf_policy(tree, policy_log_probs(tree, theta)))
 
 
@@ -149,8 +178,11 @@ def tree_compare_rows(tree: TreeInstance, steps: int = 200, lr: float = 0.5, con
     cfg = configs.get(name, recipe.config)
     t0 = time.perf_counter()
     try:
-      theta, _ = train_tree_recipe(tree, recipe, steps, rate, cfg)
-      row = _row(tree, name, "recipe", _leaf_of_logits(tree, theta),
+      # prepared on the concrete tree (what an exact group field enumerates), then one program
+      # per (recipe, config, steps), kept on disk
+      train = exported_partial(_trained_leaf, recipe=name, cfg=recipe.prepare(tree, cfg),
+                               steps=int(steps))
+      row = _row(tree, name, "recipe", train(tree, jnp.asarray(rate, tree.prompt_weights.dtype)),
                  time.perf_counter() - t0)
     except InfeasibleExactField as e:
       if notice:
@@ -171,6 +203,11 @@ def tree_compare_rows(tree: TreeInstance, steps: int = 200, lr: float = 0.5, con
   return rows
 
 
+@exported
+def _path_values(tree: TreeInstance, thetas) -> dict:
+  return jax.vmap(lambda th: leaf_values(tree, _leaf_of_logits(tree, th)))(thetas)
+
+
 def path_values(tree: TreeInstance, thetas) -> dict:
   """{value: [P]} of :data:`ROW_VALUES` at each recorded logits θ_i (leading axis P)."""
-  return jax.vmap(lambda th: leaf_values(tree, _leaf_of_logits(tree, th)))(thetas)
+  return _path_values(tree, thetas)

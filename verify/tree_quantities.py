@@ -26,6 +26,7 @@ from ..theory.tree.atomic import leaf_instance
 from ..theory.tree.fields import expected_to_go
 from ..theory.tree.instance import TreeInstance
 from ..theory.tree.policy import Levels, leaf_lengths, reference_log_probs
+from .exported_programs import exported_jit
 from .tree_checks import tree_margins
 
 __all__ = ["TREE_QUANTITY_DOCS", "FIXED_POINT_FIELDS", "tree_quantities", "tree_margins",
@@ -69,7 +70,6 @@ def _data_tree(tree: TreeInstance) -> TreeInstance:
   return dataclasses.replace(tree, levels=levels)
 
 
-@jax.jit
 def _quantities(tree: TreeInstance) -> tuple[dict, dict]:
   rho = reference_log_probs(tree)
   star = bellman.optimal_policy(tree)
@@ -110,10 +110,14 @@ def _quantities(tree: TreeInstance) -> tuple[dict, dict]:
   return q, fixed
 
 
+# Kept on disk: a warm `check` of a tree file neither traces nor lowers it.
+_QUANTITIES = exported_jit(_quantities, f"{__name__}._quantities")
+
+
 def tree_quantities(tree: TreeInstance) -> tuple[dict, dict]:
   """({name: float} as :data:`TREE_QUANTITY_DOCS`, {construct: {field: float}} of the G4 fixed
   points, fields :data:`FIXED_POINT_FIELDS`)."""
-  q, fixed = _quantities(tree)
+  q, fixed = _QUANTITIES(tree)
   return ({k: float(q[k]) for k in TREE_QUANTITY_DOCS},
           {c: {k: float(v) for k, v in row.items()} for c, row in fixed.items()})
 
