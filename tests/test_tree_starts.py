@@ -24,7 +24,7 @@ from continuation_reference import (
 from bench.numpy_sequences import sequence_paths
 from bench.numpy_start_fields import bread_field, prefix_rft_field, uft_field
 from nondecoupling.theory.tree.instance import Bucket, index_tree, n_leaves, n_nodes
-from nondecoupling.theory.tree.policy import policy_log_probs
+from nondecoupling.theory.tree.policy import policy_log_probs, policy_log_probs_and_probs
 from nondecoupling.theory.tree.recipes.continuations import levels_for
 from nondecoupling.theory.tree.recipes.hints import (
   all_leaves,
@@ -43,7 +43,6 @@ from nondecoupling.theory.tree.recipes.registry import TREE_RECIPES
 from nondecoupling.theory.tree.recipes.starts import (
   leaf_reward_levels,
   node_rows,
-  policy_probs,
   start_advantages,
   started_coefficients,
 )
@@ -80,7 +79,7 @@ def _both_forms(tree, theta, omega, use_std, gate, levels):
   dense = path_pullback(tree, log_pi, paths, all_leaves(paths),
                         continuation_coefficients(paths, omega, q, dense_adv))
   dense_visits = continuation_visits(tree, paths, omega, q)
-  pi = policy_probs(tree, log_pi)
+  _, pi = policy_log_probs_and_probs(tree, theta)
   m_edge, _, _, _, adv_levels = start_advantages(tree, pi, levels, group, use_std, eps,
                                                  threshold, gate)
   level_of = leaf_reward_levels(tree, levels)[0]

@@ -45,7 +45,7 @@ from ...recipes.options import (
 )
 from ..fields import weighted
 from ..instance import TreeInstance
-from ..policy import Levels, policy_log_probs
+from ..policy import Levels, policy_log_probs, policy_log_probs_and_probs
 from ..sampling import pullback
 from .base import TreeRecipe
 from .continuations import (
@@ -61,7 +61,7 @@ from .hints import (
   path_pullback,
   scale_levels,
 )
-from .starts import below_expectations, policy_probs, start_advantages, started_coefficients
+from .starts import below_expectations, start_advantages, started_coefficients
 
 __all__ = ["TreeBREADConfig", "anchor_weights", "tree_bread_field", "tree_bread_estimate",
            "TREE_BREAD"]
@@ -143,8 +143,7 @@ def tree_bread_field(tree: TreeInstance, theta: Levels, cfg: TreeBREADConfig) ->
     >>> tree_bread_field(tree, initial_logits(tree), cfg)[0].tolist()  # depth 1: Dr.GRPO, G = 2
     [[[-0.25, 0.25]]]
   """
-  log_pi = policy_log_probs(tree, theta)
-  pi = policy_probs(tree, log_pi)
+  log_pi, pi = policy_log_probs_and_probs(tree, theta)
   m_edge, m_node, values, used, adv = start_advantages(
       tree, pi, levels_for(tree, cfg.reward_levels), cfg.n_rollouts, cfg.use_std, cfg.eps,
       cfg.success_threshold, 1)

@@ -52,7 +52,7 @@ from ...recipes.groups import sample_group_advantage
 from ...recipes.options import require_choice, require_finite, require_int, require_positive
 from ..fields import weighted
 from ..instance import TreeInstance
-from ..policy import Levels, log_reach, policy_log_probs
+from ..policy import Levels, log_reach, policy_log_probs, policy_log_probs_and_probs
 from ..sampling import pullback, sample_leaves, subtree_totals
 from .base import TreeRecipe
 from .continuations import (
@@ -75,7 +75,7 @@ from .hints import (
   reach_probs,
   scale_levels,
 )
-from .starts import below_expectations, length_masses, policy_probs, started_coefficients
+from .starts import below_expectations, length_masses, started_coefficients
 
 __all__ = ["TreePrefixRFTConfig", "prefix_ratio_mean", "prefix_length_pmf", "prefix_length_table",
            "prefix_coefficients", "top_entropy_mask",
@@ -211,8 +211,7 @@ def tree_prefix_rft_field(tree: TreeInstance, theta: Levels, cfg: TreePrefixRFTC
     >>> g[0].tolist()  # depth 1: l = 0, a plain Dr.GRPO group of 2: 2 (1/2) F_π r
     [[[-0.25, 0.25]]]
   """
-  log_pi = policy_log_probs(tree, theta)
-  pi = policy_probs(tree, log_pi)
+  log_pi, pi = policy_log_probs_and_probs(tree, theta)
   n_on, n = cfg.n_on, cfg.n_on + 1
   depth = len(tree.levels)
   _, v_node = below_expectations(tree, pi, tuple(lv.reward[..., None] for lv in tree.levels))
@@ -276,7 +275,8 @@ def prefix_coefficients(tree: TreeInstance, pi: Levels, log_pi: Levels, weight: 
     >>> lp = reference_log_probs(tree)
     >>> w = (jnp.zeros((1, 1)), jnp.ones((1, 1)))  # w = 1 at node (1,): its prefix is token 1
     >>> cfg = TreePrefixRFTConfig(entropy_keep=1.0, prefix_form="log_likelihood")
-    >>> [a.tolist() for a in prefix_coefficients(tree, policy_probs(tree, lp), lp, w, cfg)]
+    >>> rho = tuple(lv.reference for lv in tree.levels)
+    >>> [a.tolist() for a in prefix_coefficients(tree, rho, lp, w, cfg)]
     [[[[0.0, 1.0]]], [[[0.0, 0.0]]]]
   """
   depth = len(tree.levels)

@@ -42,22 +42,7 @@ from ..policy import Levels, gather_slots, leaf_mask
 from .continuations import leaf_rewards
 
 __all__ = ["leaf_reward_levels", "level_indicators", "below_expectations", "length_masses",
-           "node_rows", "split_node_rows", "level_group_advantage", "start_advantages", "started_coefficients", "policy_probs"]
-
-
-def policy_probs(tree: TreeInstance, log_pi: Levels) -> Levels:
-  """Per level π(a|s) (0 off the support and on padded rows).
-
-  Examples:
-    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-    >>> from nondecoupling.theory.tree.policy import reference_log_probs
-    >>> p = PromptTree(2, 0, 1, {(): [0.25, 0.75]}, {(0,): 1.0}, lambda y: 0.0)
-    >>> tree, _ = build_tree([p], [1.0], 1.0)
-    >>> policy_probs(tree, reference_log_probs(tree))[0].tolist()
-    [[[0.25, 0.75]]]
-  """
-  return tuple(jnp.where(support(lv) & lv.node[..., None], jnp.exp(lp), 0.0)
-               for lv, lp in zip(tree.levels, log_pi))
+           "node_rows", "split_node_rows", "level_group_advantage", "start_advantages", "started_coefficients"]
 
 
 def _child_rows(values: jax.Array, child: jax.Array) -> jax.Array:
@@ -121,7 +106,7 @@ def below_expectations(tree: TreeInstance, pi: Levels, leaf_values: Levels,
             & \text{internal}\end{cases},\qquad m(s) = \sum_a \pi(a|s)\, m(s\cdot a)
 
   Args:
-    tree: the tree; pi: per-level π(a|s) (:func:`policy_probs`).
+    tree: the tree; pi: per-level π(a|s) (:func:`~..policy.policy_log_probs_and_probs`).
     leaf_values: per level [X, N_t, k, J] φ on the leaf slots (read there only).
     weighted: False sums the slots instead (m(s) = Σ_a m(s·a): totals over the leaves below).
 
@@ -130,11 +115,10 @@ def below_expectations(tree: TreeInstance, pi: Levels, leaf_values: Levels,
 
   Examples:
     >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-    >>> from nondecoupling.theory.tree.policy import reference_log_probs
     >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 1.0},
     ...                lambda y: float(y[-1]))  # leaves (0,), (1, 0), (1, 1); uniform ρ
     >>> tree, _ = build_tree([p], [1.0], 1.0)
-    >>> pi = policy_probs(tree, reference_log_probs(tree))
+    >>> pi = tuple(lv.reference for lv in tree.levels)  # π = ρ
     >>> phi = tuple(lv.reward[..., None] for lv in tree.levels)  # J = 1: the reward
     >>> edge, node = below_expectations(tree, pi, phi)
     >>> node[0].tolist(), node[1].tolist()  # E[r] = 1/4 at the root, 1/2 at (1,)
@@ -253,11 +237,10 @@ def start_advantages(tree: TreeInstance, pi: Levels, levels: int, group: int, us
 
   Examples:
     >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-    >>> from nondecoupling.theory.tree.policy import reference_log_probs
     >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 1.0},
     ...                lambda y: float(y[-1]))  # leaves (0,), (1, 0), (1, 1); uniform ρ
     >>> tree, _ = build_tree([p], [1.0], 1.0)
-    >>> pi = policy_probs(tree, reference_log_probs(tree))
+    >>> pi = tuple(lv.reference for lv in tree.levels)  # π = ρ
     >>> *_, adv = start_advantages(tree, pi, 2, 2, False, 1e-6, 0.5, 0)
     >>> [a.tolist() for a in adv]  # (1 − 1/G)(v_ℓ − V(s)): V(root) = 1/4, V((1,)) = 1/2
     [[[[-0.125, 0.375]]], [[[-0.25, 0.25]]]]
@@ -284,11 +267,10 @@ def started_coefficients(tree: TreeInstance, pi: Levels, omega: Levels, start_we
 
   Examples:
     >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
-    >>> from nondecoupling.theory.tree.policy import reference_log_probs
     >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 1.0},
     ...                lambda y: float(y[-1]))  # leaves (0,), (1, 0), (1, 1); uniform ρ
     >>> tree, _ = build_tree([p], [1.0], 1.0)
-    >>> pi = policy_probs(tree, reference_log_probs(tree))
+    >>> pi = tuple(lv.reference for lv in tree.levels)  # π = ρ
     >>> ones = tuple(jnp.ones(lv.reference.shape + (1,)) for lv in tree.levels)
     >>> edge, _ = below_expectations(tree, pi, ones)
     >>> omega = (jnp.ones((1, 1)), jnp.zeros((1, 1)))  # start at the root, A = 1

@@ -55,7 +55,7 @@ from ...recipes.options import (
 )
 from ..fields import weighted
 from ..instance import TreeInstance
-from ..policy import Levels, policy_log_probs
+from ..policy import Levels, policy_log_probs, policy_log_probs_and_probs
 from ..sampling import pullback
 from .base import TreeRecipe
 from .continuations import (
@@ -77,7 +77,7 @@ from .hints import (
   path_visits,
   scale_levels,
 )
-from .starts import length_masses, policy_probs, start_advantages, started_coefficients
+from .starts import length_masses, start_advantages, started_coefficients
 
 __all__ = ["TreeUFTConfig", "uft_hint_probability", "hint_length_pmf", "tree_uft_field",
            "tree_uft_estimate", "TREE_UFT", "continuation_node_terms"]
@@ -240,8 +240,7 @@ def tree_uft_field(tree: TreeInstance, theta: Levels, cfg: TreeUFTConfig) -> Lev
     >>> tree_uft_field(tree, initial_logits(tree), cfg)[0].round(12).tolist()  # 2 (1/2) F_π r
     [[[-0.25, 0.25]]]
   """
-  log_pi = policy_log_probs(tree, theta)
-  pi = policy_probs(tree, log_pi)
+  log_pi, pi = policy_log_probs_and_probs(tree, theta)
   m_edge, _, _, _, adv = start_advantages(tree, pi, levels_for(tree, cfg.reward_levels),
                                           cfg.n_rollouts, cfg.use_std, cfg.eps,
                                           cfg.success_threshold, 0)
