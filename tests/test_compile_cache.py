@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -252,3 +254,39 @@ def test_flow_is_stored_whole_and_gives_the_same_trajectory_warm(tmp_path):
                     command=flow)
   assert cold == warm == plain
   assert cold["converged"] and len(cold["points"]) == 1 + 2 * 3
+
+
+# Our functions that `compare` (both kinds of file) and `check` on a tree file used to trace in
+# every process; a warm process must trace none of them.
+_PROGRAMS = ("_quantities", "_all_tree_verdicts", "leaf_values", "_path_values", "_trained_leaf",
+             "_fixed_point_leaf", "_leaf_data", "_leaf_token_mean", "_leaf_sft_then_rl",
+             "_row_values", "_sft_then_rl", "_trained_policy", "flow_trajectory", "_path",
+             "_train", "<lambda>")
+
+
+def _traced(stderr: str) -> list[str]:
+  """Names of the functions JAX traced (``JAX_LOG_COMPILES``'s "Finished tracing" lines)."""
+  return re.findall(r"Finished tracing (\S+) for", stderr)
+
+
+@pytest.mark.parametrize("command, file", [
+    (("check",), "tree_table.json"), (("compare",), "tree_table.json"),
+    (("compare",), "instances/readme_instance.json")])
+def test_a_warm_compare_or_tree_check_traces_none_of_its_programs(tmp_path, monkeypatch,
+                                                                   command, file):
+  """Every program of these commands is kept as a lowered module: the second process reads
+  them (one ``call`` per program exported by the first) and traces none of our functions."""
+  examples = Path(__file__).resolve().parent.parent / "examples"
+  (tmp_path / "inst.json").write_bytes((examples / file).read_bytes())
+  monkeypatch.setenv("JAX_LOG_COMPILES", "1")
+  cache = tmp_path / "cache"
+  cold, cold_err = _check(tmp_path, cache, command=command)
+  warm, warm_err = _check(tmp_path, cache, command=command)
+  exported = _traced(cold_err).count("flat")
+  assert exported > 0
+  traced = _traced(warm_err)
+  assert "flat" not in traced and traced.count("call") == exported, traced
+  assert not set(traced) & set(_PROGRAMS), traced
+  strip = lambda o: ({k: strip(v) for k, v in o.items() if k != "seconds"} if isinstance(o, dict)
+                     else [strip(v) for v in o] if isinstance(o, list) else o)
+  assert strip(cold) == strip(warm)
