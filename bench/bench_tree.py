@@ -14,8 +14,8 @@
     sequence weights at θ = θ_old) also against NumPy/SciPy over sequences
     (bench/numpy_recipe_fields.py: one sparse path-incidence product for the whole batch) with
     their disagreement (UFT, Prefix-RFT and BREAD over sequences × positions:
-    bench/numpy_start_fields.py); DAPO's group of 16 over 9 levels is reported as
-    beyond the exact enumeration.
+    bench/numpy_start_fields.py; DAPO's group of 16 over 9 levels by convolving the others'
+    successes and total length, in NumPy vectorised over prompts).
 (b) The worst disagreement with brute force: 300 random trees (every family, depth ≤ 4) whose
     sequences are enumerated in NumPy from the level arrays (an independent walk), comparing
     L, J, KL(π‖ρ) and log Z (relative error) and the leaf probabilities of π and π*_β (absolute).
@@ -175,7 +175,7 @@ def sequences_vs_engine(depth=DEPTH, prompts=PROMPTS):
 
 
 # Recipes with a NumPy/SciPy baseline over sequences (bench/numpy_recipe_fields.py).
-NUMPY_RECIPES = ("dr_grpo", "ppo_clip", "grpo", "hpt", "relift", "luffy", "srft", "uft",
+NUMPY_RECIPES = ("dr_grpo", "ppo_clip", "grpo", "dapo", "hpt", "relift", "luffy", "srft", "uft",
                  "prefix_rft", "bread")
 
 
@@ -240,9 +240,41 @@ def _numpy_baseline(name, cfg, levels, theta, w, flat, mask):
       raise ValueError("the Prefix-RFT baseline covers the published defaults only")
     return lambda: prefix_rft_field(levels, theta, w, flat, mask, cfg.n_on,
                                     prefix_ratio_mean(cfg), cfg.concentration, cfg.entropy_keep)
+  if name == "dapo":
+    if (not cfg.use_std or cfg.loss_agg_mode != "token-mean" or not cfg.dynamic_sampling
+        or cfg.kl_coef != 0.0):
+      raise ValueError("the DAPO baseline covers the published defaults only")
+    return lambda: recipe_field(name, levels, theta, w, flat, mask, cfg.group_size, eps=cfg.eps)
   size = getattr(cfg, "group_size", 1)
   kw = dict(kl_coef=cfg.kl_coef, eps=cfg.eps) if name == "grpo" else {}
   return lambda: recipe_field(name, levels, theta, w, flat, mask, size, **kw)
+
+
+def _chunked_field(field, cfg):
+  """``field(tree, θ, cfg)`` over chunks of prompts. DAPO's dynamic-sampling factor 1/E_w[q]
+  couples the prompts (a chunk's own E_w[q] is not the tree's): the chunks compute the field
+  without it and E_w[q], a sum over prompts, and the factor is applied once."""
+  import dataclasses
+
+  from nondecoupling.theory.tree.chunks import map_prompt_chunks
+  from nondecoupling.theory.tree.objectives import expect
+  from nondecoupling.theory.tree.policy import policy_log_probs
+  from nondecoupling.theory.tree.recipes.advantages import informative_probability
+
+  if not getattr(cfg, "dynamic_sampling", False):
+    return lambda t, th: map_prompt_chunks(lambda tc, thc: field(tc, thc, cfg), t, th)
+  inner = dataclasses.replace(cfg, dynamic_sampling=False)
+  classes = cfg.reward_classes if cfg.reward_classes is not None else cfg.levels
+
+  def parts(tc, thc):
+    q = expect(tc, informative_probability(tc, policy_log_probs(tc, thc), cfg.group_size,
+                                           classes))
+    return field(tc, thc, inner), q
+
+  def run(t, th):
+    g, q = map_prompt_chunks(parts, t, th)
+    return tuple(a / q for a in g)
+  return run
 
 
 def recipe_fields(prompts=PROMPTS, depth=DEPTH):
@@ -253,7 +285,6 @@ def recipe_fields(prompts=PROMPTS, depth=DEPTH):
 
   from bench.numpy_sequences import sequence_paths
   from nondecoupling.theory.recipes.groups import InfeasibleExactField
-  from nondecoupling.theory.tree.chunks import map_prompt_chunks
   from nondecoupling.theory.tree.instance import n_nodes
   from nondecoupling.theory.tree.recipes.registry import TREE_RECIPES
   from nondecoupling.verify.tree_families import complete_tree
@@ -270,8 +301,7 @@ def recipe_fields(prompts=PROMPTS, depth=DEPTH):
   for name, recipe in TREE_RECIPES.items():
     try:
       cfg = recipe.prepare(tree, recipe.config)
-      fn = jax.jit(lambda t, th, cfg=cfg, f=recipe.field: map_prompt_chunks(
-          lambda tc, thc: f(tc, thc, cfg), t, th))
+      fn = jax.jit(_chunked_field(recipe.field, cfg))
       t0 = time.perf_counter()
       compiled = fn.lower(tree, theta).compile()
       compile_s = time.perf_counter() - t0

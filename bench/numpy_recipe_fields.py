@@ -29,6 +29,11 @@ These recipes have closed-form sequence weights at θ = θ_old (the clip inactiv
   c_H Σ_s P_π(s) ∇_θ H(π(·|s)) with ∇H = −π (log π − Σ π log π) per node, P_π(s) the row sums of
   the sequence mass's slot sums (the same sparse product, a second column block);
 
+- DAPO (group G = 16, Â as GRPO's, token-mean n = 1/Σ_j |o_j|, dynamic sampling), for a 0/1
+  reward: G E[Â n | y] = G Σ_{k,s} P(k, s) Â(r(y); k)/(|y| + s), P the law of the others'
+  successes k and total length s, (G − 1) convolutions of one draw's law q(r, ℓ) (the π-mass
+  of the sequences of reward r and length ℓ), times 1/Σ_x w_x (1 − p^G − (1 − p)^G);
+
 with V(x) = E_π r. All are multiplied by the prompt weight w_x, as the library's fields are.
 """
 
@@ -87,10 +92,48 @@ def _grpo_advantage(r, p, group_size: int, eps: float):
   return np.take_along_axis(table, r.astype(np.int64), axis=1)
 
 
-def recipe_weights(name: str, log_pi, r, lengths, depth: int, group_size: int, eps: float = 1e-6):
+def _dapo_weights(pi, r, lengths, depth: int, group_size: int, eps: float):
+  """[X, n] G E[Â n | y] for DAPO's token-mean group (n = 1/Σ_j |o_j|, std-normalised Â, 0/1
+  reward), times dynamic sampling's 1/E_w[q]: the law of the others' successes and total length
+  by G − 1 convolutions of one draw's law, vectorised over prompts (module docstring)."""
+  if not np.all((r == 0.0) | (r == 1.0)):
+    raise ValueError("the DAPO baseline needs a 0/1 reward")
+  g, t = group_size, depth
+  cells = (r.astype(np.int64) * (t + 1) + lengths.astype(np.int64)[None, :])     # [X, n]
+  q = np.zeros((pi.shape[0], 2 * (t + 1)))
+  np.add.at(q, (np.repeat(np.arange(pi.shape[0]), pi.shape[1]), cells.ravel()), pi.ravel())
+  q = q.reshape(-1, 2, t + 1)
+  size = (g - 1) * t + 1
+  law = np.zeros((pi.shape[0], g, size))
+  law[:, 0, 0] = 1.0
+  for _ in range(g - 1):
+    new = np.zeros_like(law)
+    for ell in range(1, t + 1):
+      new[:, :, ell:] += q[:, 0, ell, None, None] * law[:, :, :size - ell]
+      new[:, 1:, ell:] += q[:, 1, ell, None, None] * law[:, :-1, :size - ell]
+    law = new
+  k = np.arange(g)
+  own = np.array([0.0, 1.0])[:, None]
+  tot = own + k[None, :]                                                    # [2, G]
+  std = np.sqrt(np.maximum(tot - tot * tot / g, 0.0) / (g - 1))
+  adv = (own - tot / g) / (std + eps)                                       # [2, G]
+  # [T + 1, S] 1/(ℓ + s); column ℓ = 0 (no sequence has length 0) is never read
+  inv = 1.0 / np.maximum(np.arange(t + 1)[:, None] + np.arange(size)[None, :], 1)
+  h = g * np.einsum("xks,ck,ls->xcl", law, adv, inv)                       # [X, 2, T + 1]
+  return h.reshape(h.shape[0], -1)[np.arange(h.shape[0])[:, None], cells]
+
+
+def recipe_weights(name: str, log_pi, r, lengths, depth: int, group_size: int, eps: float = 1e-6,
+                   w=None):
   """[X, n] the per-sequence weight c(y) of ``name`` (module docstring)."""
   pi = np.exp(log_pi)
   value = (pi * r).sum(-1, keepdims=True)
+  if name == "dapo":
+    p = value[:, 0]
+    with np.errstate(divide="ignore"):  # p = 0 or 1: log 0 = −∞, no group is informative
+      informative = -np.expm1(np.logaddexp(group_size * np.log(p), group_size * np.log1p(-p)))
+    factor = 1.0 / np.sum(w * informative)
+    return factor * _dapo_weights(pi, r, lengths, depth, group_size, eps)
   if name == "grpo":
     return _grpo_advantage(r, value, group_size, eps) / lengths[None, :]
   if name == "dr_grpo":
@@ -119,7 +162,7 @@ def recipe_field(name: str, levels, theta, w, flat, mask, group_size: int, kl_co
   leaf_at = flat[np.arange(len(flat)), mask.sum(1) - 1]
   r = _flat([lv["reward"] for lv in levels], 0.0)[:, leaf_at]
   lengths = mask.sum(1).astype(np.float64)
-  c = recipe_weights(name, log_pi, r, lengths, len(levels), group_size, eps)
+  c = recipe_weights(name, log_pi, r, lengths, len(levels), group_size, eps, w)
   field = sequence_weighted_field(levels, theta, w[:, None] * np.exp(log_pi) * c, path_matrix)
   if name != "grpo" or kl_coef == 0.0:
     return field

@@ -49,3 +49,21 @@ def with_probe():
 
   from nondecoupling.verify.strategies import instance_strategy, probe_strategy_for
   return instance_strategy().flatmap(lambda raw: st.tuples(st.just(raw), probe_strategy_for(raw)))
+
+
+def rms_error_by_calls(diffs, chunk: int) -> tuple[list[int], list[float]]:
+  """(n, RMS over replicas of ‖mean of the first n calls − exact‖₂) for n = chunk · 2^j.
+
+  Args:
+    diffs: per level [replicas, chunks, ...]: each chunk's mean of ``chunk`` estimator calls
+      minus the exact field.
+    chunk: estimator calls per chunk.
+  """
+  reps, chunks = diffs[0].shape[:2]
+  ns, errs, m = [], [], 1
+  while m <= chunks:
+    sq = sum(np.sum(d[:, :m].mean(axis=1).reshape(reps, -1) ** 2, axis=1) for d in diffs)
+    ns.append(chunk * m)
+    errs.append(float(np.sqrt(np.mean(sq))))
+    m *= 2
+  return ns, errs

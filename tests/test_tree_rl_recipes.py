@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import assert_close
+from helpers import rms_error_by_calls
 
 from nondecoupling.theory.instance import make_instance
 from nondecoupling.theory.recipes.grpo import DR_GRPO as ATOMIC_DR_GRPO, GRPO as ATOMIC_GRPO
@@ -90,13 +91,7 @@ def test_estimator_converges_as_one_over_root_n(case):
 
   keys = jax.random.split(jax.random.PRNGKey(zlib.crc32(case.encode())), REPS * CHUNKS)
   diffs = [np.asarray(d).reshape((REPS, CHUNKS) + d.shape[1:]) for d in chunk_errors(keys)]
-  ns, errs = [], []
-  m = 1
-  while m <= CHUNKS:
-    sq = sum(np.sum(d[:, :m].mean(axis=1).reshape(REPS, -1) ** 2, axis=1) for d in diffs)
-    ns.append(CHUNK * m)
-    errs.append(float(np.sqrt(np.mean(sq))))
-    m *= 2
+  ns, errs = rms_error_by_calls(diffs, CHUNK)
   slope = np.polyfit(np.log(ns), np.log(errs), 1)[0]
   assert -0.65 <= slope <= -0.35, (case, slope, errs)
   assert errs[-1] < 0.05 * float(_norm(exact)), (case, errs[-1], float(_norm(exact)))

@@ -68,6 +68,7 @@ from .atomic import leaf_policy, unflat_slots
 from .fields import reinforce_field
 from .instance import TreeInstance
 from .policy import Levels, flat_slots, leaf_lengths, leaf_mask
+from .token_mean_groups import TWO_REWARDS, two_reward_leaf_weights
 
 __all__ = ["LOSS_AGG_MODES", "MAX_GROUP_MULTISETS", "InfeasibleGroupEnumeration",
            "reward_level_log_masses",
@@ -306,7 +307,7 @@ def _own_moments(own_r, own_len, lvl_r, lvl_len, lvl_log_p, counts, log_coef, gr
 
 def expected_group_weights(tree: TreeInstance, log_pi: Levels, rewards: jax.Array, *,
                            group_size: int, mode: str, use_std: bool, eps: float,
-                           max_length: float, levels: int):
+                           max_length: float, levels: int, reward_classes: int | None = None):
   r"""G E[w_1⁺ | o_1 = y], G E[w_1⁻ | o_1 = y], G E[n_1 | o_1 = y] on the flat leaf axis.
 
   w_1 = Â_1 n_1 with the group drawn from π (module docstring); w⁺ = max(w, 0), w⁻ = max(−w, 0)
@@ -321,12 +322,16 @@ def expected_group_weights(tree: TreeInstance, log_pi: Levels, rewards: jax.Arra
     use_std, eps: divide Â by the group's unbiased std plus eps.
     max_length: T of ``seq-mean-token-sum-norm``.
     levels: static level count m ≥ the true count per prompt (:func:`count_levels`).
+    reward_classes: static bound on the distinct rewards per prompt (:func:`count_levels` with
+      a mode that does not share lengths), or None. With ``token-mean`` and at most
+      :data:`~.token_mean_groups.TWO_REWARDS`, the others' successes and total length are
+      convolved (:mod:`.token_mean_groups`: no multisets, no limit) instead of enumerated.
 
   Returns:
     (pos, neg, norm): [X, W] each, 0 off the leaves.
 
   Raises:
-    InfeasibleGroupEnumeration: more than :data:`MAX_GROUP_MULTISETS` multisets.
+    InfeasibleGroupEnumeration: more than :data:`MAX_GROUP_MULTISETS` multisets to enumerate.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -341,11 +346,19 @@ def expected_group_weights(tree: TreeInstance, log_pi: Levels, rewards: jax.Arra
     [[-0.25, 0.25]]
   """
   share = shares_lengths(mode)
-  counts, log_coef = (jnp.asarray(a) for a in multiset_table(group_size - 1, levels))
+  convolve = share and reward_classes is not None and reward_classes <= TWO_REWARDS
+  if not convolve:
+    counts, log_coef = (jnp.asarray(a) for a in multiset_table(group_size - 1, levels))
   mask = leaf_mask(tree)
   lengths = flat_slots(leaf_lengths(tree))
   log_p = leaf_policy(tree, log_pi)
   key_len = lengths if share else jnp.zeros_like(lengths)
+
+  if convolve:  # no grouping into levels: a leaf's length is its tree level's
+    sizes = tuple(int(lv.reference.shape[-2]) * int(lv.reference.shape[-1]) for lv in tree.levels)
+    row = lambda r, length, key_l, msk, lp: tuple(group_size * v for v in two_reward_leaf_weights(
+        r, msk, lp, sizes, group_size=group_size, use_std=use_std, eps=eps))
+    return jax.vmap(row)(jnp.where(mask, rewards, 0.0), lengths, key_len, mask, log_p)
 
   def row(r, length, key_l, msk, lp):
     level_of, lvl_r, lvl_len, lvl_lp = _row_levels(r, key_l, msk, lp, levels)

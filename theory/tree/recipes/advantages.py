@@ -54,7 +54,7 @@ from ..objectives import expect, log_ratios
 from ..policy import Levels, flat_slots, leaf_lengths, leaf_log_probs, leaf_mask
 from .normalisers import sampled_normalisers
 
-__all__ = ["ADVANTAGES", "shaped_rewards", "leaf_value", "needed_levels", "leaf_weights",
+__all__ = ["ADVANTAGES", "shaped_rewards", "leaf_value", "needed_levels", "needed_reward_classes", "leaf_weights",
            "has_closed_form_net_weights", "net_leaf_weights", "informative_probability",
            "dynamic_sampling_factor", "sampled_weights"]
 
@@ -123,6 +123,24 @@ def needed_levels(tree: TreeInstance, cfg) -> int:
   return count_levels(tree, cfg.loss_agg_mode)
 
 
+def needed_reward_classes(tree: TreeInstance, cfg) -> int | None:
+  """The distinct rewards per prompt of a concrete tree where the exact field of ``cfg`` can use
+  them (a group advantage over ``token-mean``, rewards not shaped per leaf), else None.
+
+  Examples:
+    >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
+    >>> from nondecoupling.theory.tree.recipes.group_rl import DAPO, GroupRLConfig
+    >>> p = PromptTree(2, 0, 1, {(): [0.5, 0.5]}, {(0,): 1.0}, lambda y: float(y[-1]))
+    >>> tree, _ = build_tree([p], [1.0], 1.0)
+    >>> needed_reward_classes(tree, DAPO.config), needed_reward_classes(tree, GroupRLConfig())
+    (2, None)
+  """
+  if (cfg.advantage != "group" or cfg.kl_form == "k1_reward"
+      or not shares_lengths(cfg.loss_agg_mode)):
+    return None
+  return count_levels(tree, "seq-mean-token-mean")
+
+
 def _resolve_levels(tree: TreeInstance, cfg) -> int:
   if cfg.levels is not None:
     return cfg.levels
@@ -163,7 +181,7 @@ def leaf_weights(tree: TreeInstance, log_old: Levels, rewards: jax.Array, cfg):
   kw = dict(group_size=cfg.group_size, mode=cfg.loss_agg_mode, use_std=cfg.use_std, eps=cfg.eps,
             max_length=t_max, levels=levels)
   if cfg.advantage == "group":
-    return expected_group_weights(tree, log_old, rewards, **kw)
+    return expected_group_weights(tree, log_old, rewards, reward_classes=cfg.reward_classes, **kw)
   _, _, norm = expected_group_weights(tree, log_old, jnp.zeros_like(rewards), **kw)
   adv = rewards - leaf_value(tree, log_old, rewards)[:, None]
   return jnp.maximum(adv, 0.0) * norm, jnp.maximum(-adv, 0.0) * norm, norm

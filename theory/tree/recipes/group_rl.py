@@ -72,6 +72,7 @@ from .advantages import (
   leaf_value,
   leaf_weights,
   needed_levels,
+  needed_reward_classes,
   net_leaf_weights,
   sampled_weights,
   shaped_rewards,
@@ -112,10 +113,17 @@ class GroupRLConfig:
     kl_form: one of :data:`KL_FORMS`: ``k1_reward`` (−c k1 per token in the reward, before the
       advantage), ``k1_loss``/``k2_loss``/``k3_loss`` (in the loss, aggregated like the policy
       loss), ``k3_clamped_loss`` (verl ``low_var_kl``, GRPO's default), ``none``.
-    dynamic_sampling: DAPO's filter of all-equal groups (needs G ≥ 2 and no KL term).
+    dynamic_sampling: DAPO's filter of all-equal groups (needs G ≥ 2 and no KL term). Its
+      step-size factor 1/E_w[q] is over all the tree's prompts: the field of a subset of the
+      prompts is not the subset's rows of the whole field.
     max_length: T of ``seq-mean-token-sum-norm`` (default: the tree's number of levels).
     levels: static level count of the exact enumeration (default: read from the concrete tree;
       set it, e.g. with :func:`fill_levels`, before tracing the field under jit).
+    reward_classes: static bound on the distinct rewards per prompt, read with ``levels``
+      (:func:`~.advantages.needed_reward_classes`; None where it is not used). With
+      ``token-mean`` and two rewards at most, the exact field convolves the others' successes
+      and total length instead of enumerating multisets (:mod:`..token_mean_groups`), which
+      makes DAPO's G = 16 exact on any tree.
   """
 
   group_size: int = 8
@@ -129,9 +137,11 @@ class GroupRLConfig:
   dynamic_sampling: bool = False
   max_length: int | None = None
   levels: int | None = None
+  reward_classes: int | None = None
 
   def __post_init__(self):
     _check_common(self)
+    require_int(self, "reward_classes", 1, optional=True)
     require_bool(self, "use_std")
     require_positive(self, "eps")
     require_bool(self, "dynamic_sampling")
@@ -172,26 +182,31 @@ class TreePPOConfig:
     _check_common(self)
 
   advantage = property(lambda self: "value")
+  reward_classes = property(lambda self: None)
   use_std = property(lambda self: False)
   eps = property(lambda self: 1e-6)
   dynamic_sampling = property(lambda self: False)
 
 
 def fill_levels(tree: TreeInstance, cfg):
-  """``cfg`` with ``levels`` read from a concrete tree (what the exact field enumerates), unless
-  it is set already. The group recipes' ``prepare`` hook.
+  """``cfg`` with ``levels`` (and ``reward_classes``, where the config has it) read from a
+  concrete tree (what the exact field enumerates), unless set already. The group recipes'
+  ``prepare`` hook.
 
   Examples:
     >>> from nondecoupling.theory.tree.build import PromptTree, build_tree
     >>> p = PromptTree(2, 0, 2, {(): [0.5, 0.5], (1,): [0.5, 0.5]}, {(0,): 1.0},
     ...                lambda y: float(y[-1] == 0))
     >>> tree, _ = build_tree([p], [1.0], 1.0)
-    >>> fill_levels(tree, DAPO.config).levels  # (reward, length) pairs: (1, 1), (1, 2), (0, 2)
-    3
+    >>> cfg = fill_levels(tree, DAPO.config)
+    >>> cfg.levels, cfg.reward_classes  # (reward, length) pairs (1, 1), (1, 2), (0, 2); rewards 0, 1
+    (3, 2)
   """
-  if cfg.levels is not None:
-    return cfg
-  return dataclasses.replace(cfg, levels=needed_levels(tree, cfg))
+  if cfg.levels is None:
+    cfg = dataclasses.replace(cfg, levels=needed_levels(tree, cfg))
+  if isinstance(cfg, GroupRLConfig) and cfg.reward_classes is None:
+    cfg = dataclasses.replace(cfg, reward_classes=needed_reward_classes(tree, cfg))
+  return cfg
 
 
 def _policies(tree, theta, theta_old):
@@ -223,8 +238,10 @@ def _kl_slopes(tree, log_pi, cfg) -> Levels | None:
 
 def _finish(tree, log_old, cfg, g: Levels) -> Levels:
   if cfg.dynamic_sampling:
-    # cfg.levels counts (reward, length) pairs or rewards: at least the distinct rewards.
-    factor = dynamic_sampling_factor(tree, log_old, cfg.group_size, cfg.levels)
+    # The distinct rewards where counted; else cfg.levels, which counts (reward, length) pairs
+    # or rewards: at least the distinct rewards.
+    rewards = cfg.reward_classes if cfg.reward_classes is not None else cfg.levels
+    factor = dynamic_sampling_factor(tree, log_old, cfg.group_size, rewards)
     g = tuple(factor * a for a in g)
   return weighted(tree, g)
 
