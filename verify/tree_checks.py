@@ -38,7 +38,7 @@ from .exported_programs import FULL_OPTIMISATION, exported_jit
 from .statement import Statement, verdict_row
 from .stored_programs import program_name
 from .sweep import shard_batch
-from .tree_families import SMALL_BUCKET, TREE_BUCKET, sample_trees
+from .tree_families import SMALL_BUCKET, TREE_BUCKET, concat_batches, sample_trees
 from .tree_io import tree_from_dict
 
 __all__ = ["TREE_STATEMENTS", "TREE_NAMES", "FLOW_SAMPLE", "FLOW_STEPS", "CHECK_BUCKET",
@@ -61,10 +61,7 @@ CHECK_BUCKET = TREE_BUCKET  # the bucket every check draws its trees in
 @functools.lru_cache(maxsize=8)
 def _trees(n: int, seed: int, bucket) -> tuple[TreeInstance, tuple]:
   parts = sample_trees(n, seed, bucket)
-  cat = lambda *xs: jnp.concatenate(xs, axis=0)
-  trees = jax.tree.map(cat, *[p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
-  probes = jax.tree.map(cat, *[p[2] for p in parts]) if len(parts) > 1 else parts[0][2]
-  return trees, probes
+  return concat_batches([p[1] for p in parts]), concat_batches([p[2] for p in parts])
 
 
 def tree_count(n_batch: int) -> int:

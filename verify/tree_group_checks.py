@@ -24,7 +24,6 @@ import functools
 import zlib
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ..theory.statements import lengths
@@ -34,7 +33,7 @@ from .exported_programs import exported_jit
 from .statement import Statement
 from .stored_programs import program_name
 from .tree_checks import padded_batch
-from .tree_families import probe_logits, random_trees
+from .tree_families import concat_batches, probe_logits, random_trees
 
 __all__ = ["TREE_GROUP_STATEMENTS", "GROUP_BUCKET", "GROUP_LEVELS", "GROUP_FAMILIES",
            "group_trees_for_batch"]
@@ -62,8 +61,7 @@ def _trees(n: int, seed: int) -> tuple[TreeInstance, tuple]:
       rng = np.random.default_rng([seed, i])
       trees = GROUP_FAMILIES[name](rng, m, GROUP_BUCKET)
       parts.append((trees, probe_logits(rng, trees)))
-  cat = lambda *xs: jnp.concatenate(xs, axis=0)
-  return (jax.tree.map(cat, *[p[0] for p in parts]), jax.tree.map(cat, *[p[1] for p in parts]))
+  return concat_batches([p[0] for p in parts]), concat_batches([p[1] for p in parts])
 
 
 def group_trees_for_batch(batch, key) -> tuple[TreeInstance, tuple]:
