@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..theory.instance import Instance
+from .host_arrays import on_device
 
 __all__ = ["FAMILIES", "BUCKET", "sample_family", "sample_all", "probe_policies", "normalise"]
 
@@ -80,9 +81,9 @@ def _assemble(rng, nx, ny, bucket, data, reference, reward, beta) -> Instance:
   reference = np.where(pad_row, uniform, reference)
   reward = np.where(xs[:, :, None] & ys[:, None, :], reward, 0.0)
   mask = np.broadcast_to(ys[:, None, :], data.shape).copy()
-  f = lambda a: jnp.asarray(a, jnp.float64)
+  f = lambda a: on_device(a, np.float64)
   return Instance(prompt_weights=f(w), data=f(data), reference=f(reference), reward=f(reward),
-                  beta=f(beta), response_mask=jnp.asarray(mask))
+                  beta=f(beta), response_mask=on_device(mask, np.bool_))
 
 
 def _log_uniform(rng, lo, hi, n):
@@ -173,7 +174,7 @@ def probe_policies(rng, inst: Instance, frac_data: float = 0.25) -> jnp.ndarray:
   with np.errstate(divide="ignore"):
     log_d = np.where(d > 0, np.log(np.where(d > 0, d, 1.0)), -np.inf)
   use_d = rng.uniform(size=(support.shape[0], 1, 1)) < frac_data
-  return jnp.asarray(np.where(use_d, log_d, logp))
+  return on_device(np.where(use_d, log_d, logp))
 
 
 def sample_family(name: str, n: int, seed: int, bucket=BUCKET):

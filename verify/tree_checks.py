@@ -35,6 +35,7 @@ from ..theory.statements import tokens
 from ..theory.tree.instance import TreeInstance
 from ..theory.verdict import Verdict
 from .exported_programs import FULL_OPTIMISATION, exported_jit
+from .host_arrays import on_device
 from .statement import Statement, verdict_row
 from .stored_programs import program_name
 from .sweep import shard_batch
@@ -269,7 +270,7 @@ def _small_verdicts(text: str, seed: int):
   raw = json.loads(text)
   tree = tree_from_dict(raw, SMALL_BUCKET).tree
   rng = np.random.default_rng(seed)
-  theta = tuple(jnp.asarray(rng.normal(0.0, 2.0, lv.reference.shape)) for lv in tree.levels)
+  theta = tuple(on_device(rng.normal(0.0, 2.0, lv.reference.shape)) for lv in tree.levels)
   return Verdict(*(np.asarray(a) for a in _ALL_SMALL(tree, theta)))
 
 
@@ -292,7 +293,7 @@ def tree_margins(tree: TreeInstance, seed: int = 0) -> dict:
   statement is a failure with a ``message``.
   """
   rng = np.random.default_rng(seed)
-  theta = tuple(jnp.asarray(rng.normal(0.0, 1.0, lv.reference.shape)) for lv in tree.levels)
+  theta = tuple(on_device(rng.normal(0.0, 1.0, lv.reference.shape)) for lv in tree.levels)
   verdicts = _ALL_VERDICTS(tree, theta)
   return {s.name: verdict_row(s, v) for s, v in zip(TREE_STATEMENTS, verdicts)}
 

@@ -30,6 +30,7 @@ import jax
 import numpy as np
 
 from ..theory.tree.instance import Bucket, TreeInstance, TreeLevel, index_tree
+from .host_arrays import on_device
 
 __all__ = ["TREE_BUCKET", "SMALL_BUCKET", "TREE_FAMILIES", "EOS", "random_trees", "sample_trees",
            "probe_logits", "complete_tree", "concat_batches", "TOKENS"]
@@ -108,12 +109,6 @@ def _data(rng, levels):
   return out
 
 
-def _on_device(a, dtype) -> jax.Array:
-  """A host array on the default device as ``dtype`` by a transfer alone (``jnp.asarray``
-  stages a conversion: a compiled program per shape, which a warm `verify` paid ~50 times)."""
-  return jax.device_put(np.asarray(a, dtype))
-
-
 def random_trees(rng, n: int, bucket: Bucket = TREE_BUCKET, rewards: str = "uniform",
                  beta_range=(0.1, 10.0), keep_range=(0.3, 0.9), k=None, depth=None,
                  prompts=None, eos_absent: float = 0.1) -> TreeInstance:
@@ -150,9 +145,9 @@ def random_trees(rng, n: int, bucket: Bucket = TREE_BUCKET, rewards: str = "unif
       r = np.broadcast_to((base - slope * (t + 1))[:, None, None, None], shape)
     else:
       raise ValueError(f"rewards is {rewards!r}, expected uniform, verifier or length")
-    f = lambda a: _on_device(a, np.float64)
-    i = lambda a: _on_device(a, np.int32)
-    b = lambda a: _on_device(a, np.bool_)
+    f = lambda a: on_device(a, np.float64)
+    i = lambda a: on_device(a, np.int32)
+    b = lambda a: on_device(a, np.bool_)
     out.append(TreeLevel(node=b(lv["node"]), parent=i(lv["parent"]),
                          token=i(lv["token"]), child=i(lv["child"]),
                          internal=b(lv["internal"]), leaf=b(lv["leaf"]),
@@ -160,7 +155,7 @@ def random_trees(rng, n: int, bucket: Bucket = TREE_BUCKET, rewards: str = "unif
                          reward=f(np.where(lv["leaf"], r, 0.0))))
   w = rng.uniform(0.1, 1.0, (n, bucket.prompts)) * (np.arange(bucket.prompts) < prompts[:, None])
   w /= w.sum(-1, keepdims=True)
-  return TreeInstance(prompt_weights=_on_device(w, np.float64), beta=_on_device(beta, np.float64),
+  return TreeInstance(prompt_weights=on_device(w, np.float64), beta=on_device(beta, np.float64),
                       levels=tuple(out))
 
 
@@ -178,7 +173,7 @@ TREE_FAMILIES: dict[str, Callable] = {
 
 def probe_logits(rng, trees: TreeInstance, scale: float = 2.0) -> tuple:
   """Per-level probe logits N(0, scale²) of the trees' shapes (entries off the support inert)."""
-  return tuple(_on_device(rng.normal(0.0, scale, lv.reference.shape), np.float64)
+  return tuple(on_device(rng.normal(0.0, scale, lv.reference.shape), np.float64)
                for lv in trees.levels)
 
 
@@ -186,7 +181,7 @@ def concat_batches(batches: list):
   """Batches (pytrees of arrays [B_i, ...] of one structure) joined along axis 0 on the host and
   put on the device once: no compiled concatenation (a warm process would otherwise lower and
   load one program per array shape)."""
-  join = lambda *xs: jax.device_put(np.concatenate([np.asarray(x) for x in xs], axis=0))
+  join = lambda *xs: on_device(np.concatenate([np.asarray(x) for x in xs], axis=0))
   return jax.tree.map(join, *batches) if len(batches) > 1 else batches[0]
 
 
