@@ -42,7 +42,7 @@ from ..theory.recipes import (
 )
 from .exported_programs import exported, exported_partial
 
-__all__ = ["compare_rows", "flow_row", "flow_status", "recipe_configs",
+__all__ = ["compare_rows", "flow_row", "flow_status", "recipe_configs", "default_flow_call",
            "DEFAULT_RECIPE_STEPS", "DEFAULT_RECIPE_LR", "SAMPLED_GROUPS"]
 
 DEFAULT_RECIPE_STEPS = 200
@@ -71,14 +71,20 @@ def _sft_then_rl(inst):
   return flows.sft_then_rl_endpoint(inst)
 
 
-def _pipeline(inst, name: str, n_save: int):
-  """:func:`flows.run_pipeline` (default tolerances) as a program kept on disk."""
-  schedule = flows.pipeline_schedule(name, inst)
+def default_flow_call(inst, schedule) -> tuple[str, tuple]:
+  """(solver, arguments) of :func:`flows.flow_trajectory` for :func:`flows.run_flow` with its
+  default tolerances and step budget: what a caller that keeps the program on disk compiles."""
   method = flows.resolve_method("auto", inst, schedule.duration, schedule.sft_weight,
                                 schedule.rl_weight)
-  program = exported_partial(flows.flow_trajectory, optimise=True, n_save=n_save, method=method)
-  return program(inst, schedule, None, np.float64(1e-8), np.float64(1e-10),
-                 np.int64(flows.DEFAULT_MAX_STEPS))
+  return method, (inst, schedule, None, np.float64(1e-8), np.float64(1e-10),
+                  np.int64(flows.DEFAULT_MAX_STEPS))
+
+
+def _pipeline(inst, name: str, n_save: int):
+  """:func:`flows.run_pipeline` (default tolerances) as a program kept on disk."""
+  method, args = default_flow_call(inst, flows.pipeline_schedule(name, inst))
+  return exported_partial(flows.flow_trajectory, optimise=True, n_save=n_save,
+                          method=method)(*args)
 
 
 def _trained_policy(inst, lr, *, name: str, cfg, steps: int):

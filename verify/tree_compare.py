@@ -24,6 +24,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..theory import flows, frontier, objectives as obj
 from ..theory.recipes import ConfigError, InfeasibleExactField, parse_option
@@ -104,6 +105,9 @@ def tree_recipe_configs(options=()) -> dict:
   return configs
 
 
+_leaf_of_logits = jax.jit(lambda tree, theta: leaf_policy(tree, policy_log_probs(tree, theta)))
+
+
 @exported
 def _leaf_data(tree):
   return leaf_policy(tree, data_log_policy(tree))
@@ -130,10 +134,7 @@ def _leaf_fixed_point(tree, construct: str):
 def _trained_leaf(tree, lr, *, recipe: str, cfg, steps: int):
   """The leaf policy after ``steps`` exact-field steps of ``recipe`` (``cfg`` prepared)."""
   theta, _ = train_tree_recipe(tree, TREE_RECIPES[recipe], steps, lr, cfg)
-  return leaf_policy(tree, policy_log_probs(tree, theta))
-
-
-_leaf_of_logits = jax.jit(lambda tree, theta: leaf_policy(tree, policy_log_probs(tree, theta)))
+  return _leaf_of_logits(tree, theta)
 
 
 def _timed(job):
@@ -182,7 +183,7 @@ def tree_compare_rows(tree: TreeInstance, steps: int = 200, lr: float = 0.5, con
       # per (recipe, config, steps), kept on disk
       train = exported_partial(_trained_leaf, recipe=name, cfg=recipe.prepare(tree, cfg),
                                steps=int(steps))
-      row = _row(tree, name, "recipe", train(tree, jnp.asarray(rate, tree.prompt_weights.dtype)),
+      row = _row(tree, name, "recipe", train(tree, np.asarray(rate, np.asarray(tree.prompt_weights).dtype)),
                  time.perf_counter() - t0)
     except InfeasibleExactField as e:
       if notice:

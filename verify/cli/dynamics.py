@@ -10,7 +10,7 @@ from rich.table import Table
 from ...theory import flows
 from ...theory.frontier import frontier_curve
 from ...theory.objectives import sft_optimum_loss
-from ..compare import compare_rows, flow_status, recipe_configs
+from ..compare import compare_rows, default_flow_call, flow_status, recipe_configs
 from ..errors import InputError
 from ..provenance import provenance
 from ..stored_programs import stored_jit
@@ -121,10 +121,8 @@ def _flow_program(n_save: int, method: str):
 
 def _stored_flow(inst, schedule, n_save: int):
   """:func:`flows.run_flow` (default tolerances) as a program kept on disk between processes."""
-  method = flows.resolve_method("auto", inst, schedule.duration, schedule.sft_weight,
-                                schedule.rl_weight)
-  return _flow_program(n_save, method)(inst, schedule, None, np.float64(1e-8),
-                                       np.float64(1e-10), np.int64(flows.DEFAULT_MAX_STEPS))
+  method, args = default_flow_call(inst, schedule)
+  return _flow_program(n_save, method)(*args)
 
 
 def _finite_or_none(v) -> float | None:
