@@ -23,35 +23,17 @@ compile 1.0 against 2.8 s).
 from __future__ import annotations
 
 import functools
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import jax
 
-from .stored_programs import program_dir, program_key, program_name
+from .stored_programs import keep_file, program_dir, program_key, program_name
 
 __all__ = ["exported_jit", "exported", "exported_partial", "FULL_OPTIMISATION"]
 
 FULL_OPTIMISATION = {"xla_backend_optimization_level": 3}  # XLA's default level
-
-
-def _write(path: Path, data: bytes) -> None:
-  """Writes atomically; a failure only means the program is not kept."""
-  tmp = None
-  try:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except OSError:
-    if tmp is not None:
-      try:
-        os.unlink(tmp)
-      except OSError:
-        pass
 
 
 def _read(path: Path) -> tuple[Any, Any] | None:
@@ -97,7 +79,7 @@ def exported_jit(fn: Callable, name: str, optimise: bool = False) -> Callable:
       blob = pickle.dumps((bytes(exported.serialize()), out_trees[-1]))
     except Exception:  # noqa: BLE001 - not exportable or not serialisable: a plain jit then
       return None
-    _write(path, blob)
+    keep_file(path, blob)
     return _program(exported, out_trees[-1], options)
 
   def call(*args):

@@ -4,24 +4,27 @@ The search draws small instances (at most ``SEARCH_SHAPE``) from
 :func:`.strategies.instance_strategy`, pads them to ``SEARCH_SHAPE`` so the statement compiles
 once, and asks Hypothesis for an example on which the statement applies and fails. Hypothesis
 shrinks what it finds to a simple instance, which is reported as an instance file.
+
+The statements of a run expected to hold share their searches: the examples their searches would
+draw while nothing fails are drawn once (:mod:`.search_draws`, kept on disk) and every statement
+of the group is evaluated on all of them in one batched program; only when one fails is each
+statement searched on its own, so the outcome is the one separate searches would give.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 from random import Random
 
 import jax
 import numpy as np
-from hypothesis import HealthCheck, Phase, find, settings, strategies as st
-from hypothesis.configuration import set_hypothesis_home_dir
+from hypothesis import find, strategies as st
 from hypothesis.errors import NoSuchExample
 
 from ..theory.instance import Instance
-from .compile_cache import default_cache_dir
 from .exported_programs import exported_jit
 from .registry import policy_from_logits
+from .search_draws import drawn_examples, search_settings
 from .statement import Statement, holds_mask
 from .stored_programs import program_name
 from .strategies import (
@@ -31,7 +34,7 @@ from .strategies import (
   pad_raw,
   probe_strategy_for,
 )
-from .tree_checks import SEARCHABLE_TREE_STATEMENTS, evaluate_tree_file
+from .tree_checks import SEARCHABLE_TREE_STATEMENTS, evaluate_tree_file, evaluate_tree_files
 from .tree_strategies import tree_strategy
 
 __all__ = ["search_counterexample", "evaluate_raw", "search_tree_counterexample"]
@@ -52,23 +55,12 @@ def _compiled(fn):
   return jax.jit(run)
 
 
+_GROUP_CHUNK = 512  # examples per batched call of a shared search
+
+
 def evaluate_raw(stmt: Statement, raw: dict, theta=None):
   """Verdict of a statement on one raw instance (+ probe logits), padded to SEARCH_SHAPE."""
   return _compiled(stmt.fn)(*pad_raw(raw, theta))
-
-
-def _keep_hypothesis_files_in_the_cache() -> None:
-  """Hypothesis keeps files (e.g. constants read from source) under ``./.hypothesis`` by default:
-  a command must not write into the user's working directory, so they go to the cache directory
-  (unless ``HYPOTHESIS_STORAGE_DIRECTORY`` says otherwise)."""
-  if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
-    set_hypothesis_home_dir(default_cache_dir() / "hypothesis")
-
-
-def _settings(max_examples: int):
-  _keep_hypothesis_files_in_the_cache()
-  return settings(max_examples=max_examples, database=None, deadline=None, derandomize=False,
-                  suppress_health_check=list(HealthCheck), phases=[Phase.generate, Phase.shrink])
 
 
 def _tree_fails(stmt: Statement, example) -> bool:
@@ -77,25 +69,31 @@ def _tree_fails(stmt: Statement, example) -> bool:
       holds_mask(stmt, np.asarray(v.margin), np.asarray(v.slack)))
 
 
+def _tree_draws():
+  return st.tuples(tree_strategy(), st.integers(0, 2**32 - 1))
+
+
 def _find_tree(stmts: tuple, max_examples: int, seed: int):
   """Hypothesis' search for a tree (and probe seed) on which one of ``stmts`` fails."""
-  drawn = st.tuples(tree_strategy(), st.integers(0, 2**32 - 1))
-  return find(drawn, lambda example: any(_tree_fails(s, example) for s in stmts),
-              settings=_settings(max_examples), random=Random(seed))
+  return find(_tree_draws(), lambda example: any(_tree_fails(s, example) for s in stmts),
+              settings=search_settings(max_examples), random=Random(seed))
 
 
 @functools.lru_cache(maxsize=8)
 def _some_tree_statement_fails(group: tuple, max_examples: int, seed: int) -> bool:
-  """One search for the tree statements of ``group`` at once (same strategy, settings and seed as
-  each statement's own search). While nothing fails, Hypothesis draws the same examples whatever
-  the statement, so when this search finds nothing neither would any statement's own search:
-  the statements share one search instead of repeating it (its drawing was most of `verify`'s
-  search time). When it finds something, each statement is searched on its own as before."""
-  try:
-    _find_tree(group, max_examples, seed)
-  except NoSuchExample:
+  """Whether one of the tree statements of ``group`` fails on an example their searches draw.
+
+  Each statement's own search (same strategy, settings and seed) draws the same examples while
+  nothing fails, whatever the statement (:mod:`.search_draws`); so the examples are drawn once
+  (kept on disk) and every exact statement is evaluated on all of them in one batched program
+  (:func:`.tree_checks.evaluate_tree_files`). When nothing fails, no statement's own search
+  would find anything; otherwise each statement is searched on its own as before."""
+  examples = drawn_examples("trees", _tree_draws(), max_examples, seed)
+  if not examples:
     return False
-  return True
+  verdicts = evaluate_tree_files(examples)
+  return any(bool(np.any(v.applies & ~holds_mask(s, v.margin, v.slack)))
+             for s in group for v in (verdicts[s.name],))
 
 
 def search_tree_counterexample(stmt: Statement, max_examples: int = 200, seed: int = 0,
@@ -105,9 +103,9 @@ def search_tree_counterexample(stmt: Statement, max_examples: int = 200, seed: i
   Draws small tree files from :func:`.tree_strategies.tree_strategy` (every reward rule, both
   reference forms) and a probe seed; every exact tree statement is evaluated at once per example
   (:func:`.tree_checks.evaluate_tree_file`, one compile for all). Flow statements are not searched
-  (None). The searchable statements of ``together`` (the run's) first share one search
-  (:func:`_some_tree_statement_fails`); ``stmt`` is searched on its own only when that finds
-  something.
+  (None). The searchable statements of ``together`` (the run's) are first evaluated together on
+  the examples their searches draw (:func:`_some_tree_statement_fails`); ``stmt`` is searched on
+  its own only when one of them fails.
 
   Returns:
     None when nothing was found, else {"tree": tree-file object, "probe_seed", "lhs", "rhs",
@@ -132,29 +130,63 @@ def _fails(stmt: Statement, raw: dict, theta) -> bool:
   return bool(v.applies) and not bool(holds_mask(stmt, np.asarray(v.margin), np.asarray(v.slack)))
 
 
-def _find_instance(stmts: tuple, uses_probe: bool, max_examples: int, seed: int, strategy=None):
-  """Hypothesis' search for an instance (and probe logits) on which one of ``stmts`` fails."""
+def _instance_draws(uses_probe: bool, strategy=None):
   base = strategy if strategy is not None else instance_strategy(*SEARCH_SHAPE)
   if uses_probe:
-    drawn = base.flatmap(lambda raw: st.tuples(st.just(raw), probe_strategy_for(raw)))
-  else:
-    drawn = base.map(lambda raw: (raw, None))
+    return base.flatmap(lambda raw: st.tuples(st.just(raw), probe_strategy_for(raw)))
+  return base.map(lambda raw: (raw, None))
+
+
+def _find_instance(stmts: tuple, uses_probe: bool, max_examples: int, seed: int, strategy=None):
+  """Hypothesis' search for an instance (and probe logits) on which one of ``stmts`` fails."""
 
   def fails(example) -> bool:
     raw, theta = example
     return is_valid_raw(raw) and any(_fails(s, raw, theta) for s in stmts)
 
-  return find(drawn, fails, settings=_settings(max_examples), random=Random(seed))
+  return find(_instance_draws(uses_probe, strategy), fails,
+              settings=search_settings(max_examples), random=Random(seed))
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_group(fns: tuple):
+  """jit of: a batch of padded instances + probe logits -> one Verdict [N] per statement."""
+
+  def run(w, d, ref, r, beta, mask, theta):
+    inst = Instance(prompt_weights=w, data=d, reference=ref, reward=r, beta=beta,
+                    response_mask=mask)
+    policy = policy_from_logits(inst, theta)
+    return tuple(fn(inst, policy) for fn in fns)
+
+  names = tuple(program_name(fn) for fn in fns)
+  if None in names:
+    return jax.jit(jax.vmap(run))
+  return exported_jit(jax.vmap(run), f"search group {names}")
+
+
+def _group_fails(stmts: tuple, examples: list) -> bool:
+  """Whether a statement of ``stmts`` fails on one of the valid ``examples`` (raw, θ), each
+  padded to SEARCH_SHAPE as :func:`evaluate_raw` pads it, in batches of at most
+  ``_GROUP_CHUNK`` (repeated to a power of two: one program per size)."""
+  rows = [pad_raw(raw, theta) for raw, theta in examples if is_valid_raw(raw)]
+  program = _compiled_group(tuple(s.fn for s in stmts))
+  for lo in range(0, len(rows), _GROUP_CHUNK):
+    cols = [np.stack(c) for c in zip(*rows[lo:lo + _GROUP_CHUNK])]
+    n = len(cols[0])
+    take = np.arange(1 << (n - 1).bit_length()) % n
+    for s, v in zip(stmts, program(*(c[take] for c in cols))):
+      applies = np.broadcast_to(np.asarray(v.applies, bool), take.shape)[:n]
+      if np.any(applies & ~holds_mask(s, np.asarray(v.margin)[:n], np.asarray(v.slack)[:n])):
+        return True
+  return False
 
 
 @functools.lru_cache(maxsize=16)
 def _some_statement_fails(group: tuple, uses_probe: bool, max_examples: int, seed: int) -> bool:
-  """One search for the statements of ``group`` at once (as :func:`_some_tree_statement_fails`)."""
-  try:
-    _find_instance(group, uses_probe, max_examples, seed)
-  except NoSuchExample:
-    return False
-  return True
+  """Whether a statement of ``group`` fails on an example their searches draw (as
+  :func:`_some_tree_statement_fails`: drawn once, evaluated in one batched program)."""
+  kind = f"instances {SEARCH_SHAPE}, probe={uses_probe}"
+  return _group_fails(group, drawn_examples(kind, _instance_draws(uses_probe), max_examples, seed))
 
 
 def search_counterexample(stmt: Statement, max_examples: int = 200, seed: int = 0,
@@ -162,10 +194,10 @@ def search_counterexample(stmt: Statement, max_examples: int = 200, seed: int = 
   """Searches for a (shrunk) counterexample to ``stmt``.
 
   The statements of ``together`` (the run's) that are expected to hold and draw as ``stmt`` does
-  (with or without a probe) are first searched together, in one search with the same strategy,
-  settings and seed as each one's own: while nothing fails Hypothesis draws the same examples
-  whatever the statement, so when that search finds nothing, neither would this one's; otherwise,
-  and for every other statement, ``stmt`` is searched on its own.
+  (with or without a probe) are first evaluated together on the examples their own searches
+  (same strategy, settings and seed) draw while nothing fails (:func:`_some_statement_fails`):
+  when none fails on any, no statement's own search would find anything; otherwise, and for
+  every other statement, ``stmt`` is searched on its own.
 
   Args:
     stmt: a statement with an unbatched ``fn``.

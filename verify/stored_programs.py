@@ -35,7 +35,7 @@ from jax.experimental import serialize_executable
 from .. import theory
 
 __all__ = ["stored_jit", "set_program_dir", "program_dir", "storing_is_safe", "program_key", "storable",
-           "program_name"]
+           "program_name", "keep_file"]
 
 _STATE: dict[str, Path | None] = {"dir": None}
 _FORMAT = 1  # bump when the file layout changes
@@ -115,21 +115,31 @@ def _load(path: Path, args: tuple, device):
     return None
 
 
-def _store(path: Path, compiled) -> None:
-  """Writes the compiled program atomically; a failure only means it is not kept."""
+def keep_file(path: Path, data: bytes) -> None:
+  """Writes ``data`` to ``path`` atomically (a temporary file beside it, then a rename); a
+  failure only means the file is not kept (what this folder holds can always be made again)."""
+  tmp = None
   try:
-    blob, _, out_tree = serialize_executable.serialize(compiled)
-    skeleton = jax.tree.unflatten(out_tree, list(range(out_tree.num_leaves)))
-    data = pickle.dumps((blob, skeleton))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     with os.fdopen(fd, "wb") as f:
       f.write(data)
     os.replace(tmp, path)
-  except Exception:  # noqa: BLE001 - not serialisable or not writable: run without storing
-    try:
-      os.unlink(tmp)  # type: ignore[possibly-undefined]
-    except Exception:  # noqa: BLE001
-      pass
+  except OSError:
+    if tmp is not None:
+      try:
+        os.unlink(tmp)
+      except OSError:
+        pass
+
+
+def _store(path: Path, compiled) -> None:
+  """Writes the compiled program atomically; a failure only means it is not kept."""
+  try:
+    blob, _, out_tree = serialize_executable.serialize(compiled)
+  except Exception:  # noqa: BLE001 - not serialisable: run without storing
+    return
+  skeleton = jax.tree.unflatten(out_tree, list(range(out_tree.num_leaves)))
+  keep_file(path, pickle.dumps((blob, skeleton)))
 
 
 def _single_device(args: tuple):

@@ -44,9 +44,8 @@ from .tree_io import tree_from_dict
 
 __all__ = ["TREE_STATEMENTS", "TREE_NAMES", "FLOW_SAMPLE", "FLOW_STEPS", "CHECK_BUCKET",
            "TREE_CHUNK", "MIN_CHUNK", "MAX_CHUNKS", "padded_batch", "take_rows", "trees_for_batch",
-           "tree_count",
-           "evaluate_trees", "tree_margins", "looks_like_tree_file", "evaluate_tree_file",
-           "SEARCHABLE_TREE_STATEMENTS"]
+           "tree_count", "evaluate_trees", "tree_margins", "looks_like_tree_file",
+           "evaluate_tree_file", "evaluate_tree_files", "SEARCHABLE_TREE_STATEMENTS"]
 
 FLOW_SAMPLE = 16
 FLOW_STEPS = 5_000
@@ -284,6 +283,50 @@ def evaluate_tree_file(name: str, raw: dict, seed: int) -> Verdict | None:
   v = _small_verdicts(json.dumps(raw, sort_keys=True), int(seed))
   j = _EXACT.index(name)
   return Verdict(*(a[j] for a in v))._replace(applies=bool(v.applies[j]))
+
+
+def _probe_in_bucket(seed: int, tree: TreeInstance) -> tuple:
+  """The probe logits :func:`evaluate_tree_file` draws for a tree at SMALL_BUCKET (N(0, 2²) from
+  ``seed``), laid into ``tree``'s larger bucket (a node keeps its index, a token its slot)."""
+  rng = np.random.default_rng(int(seed))
+  small = [rng.normal(0.0, 2.0, (SMALL_BUCKET.prompts, n, SMALL_BUCKET.vocab))
+           for n in SMALL_BUCKET.nodes]
+  out = []
+  for level, lv in enumerate(tree.levels):
+    big = np.zeros(lv.reference.shape)
+    if level < len(small):
+      x, n, k = small[level].shape
+      big[:x, :n, :k] = small[level]
+    out.append(big)
+  return tuple(out)
+
+
+def evaluate_tree_files(examples: list) -> dict:
+  """{statement: Verdict of numpy [N]} of every exact tree statement on N (tree-file object,
+  probe seed) pairs: what :func:`evaluate_tree_file` gives one by one (the same trees and probe
+  logits), in the sweep's batched program (:data:`CHECK_BUCKET`, chunks of a power of two
+  between :data:`MIN_CHUNK` and :data:`TREE_CHUNK` trees sharded over the devices; a run of
+  ``verify`` has compiled it at :data:`TREE_CHUNK` already)."""
+  size = min(TREE_CHUNK, max(MIN_CHUNK, 1 << (max(len(examples), 1) - 1).bit_length()))
+  parts = []
+  for lo in range(0, len(examples), size):
+    trees, thetas = [], []
+    for raw, seed in examples[lo:lo + size]:
+      tree = tree_from_dict(json.loads(json.dumps(raw, sort_keys=True)), CHECK_BUCKET).tree
+      thetas.append(_probe_in_bucket(seed, tree))
+      trees.append(jax.tree.map(np.asarray, tree))
+    n = len(trees)
+    stacked = (jax.tree.map(lambda *xs: np.stack(xs), *trees),
+               jax.tree.map(lambda *xs: np.stack(xs), *thetas))
+    rows = np.arange(size) % n  # one shape for every chunk
+    placed, _ = shard_batch(jax.tree.map(lambda a: a[rows], stacked))
+    parts.append([np.asarray(a)[:n] for a in _ALL_EXACT(*placed)])
+  cols = [np.concatenate([p[i] for p in parts]) for i in range(len(Verdict._fields))]
+  out = {}
+  for j, name in enumerate(_EXACT):
+    v = Verdict(*(c[:, j] for c in cols))
+    out[name] = v._replace(applies=v.applies.astype(bool))
+  return out
 
 
 def tree_margins(tree: TreeInstance, seed: int = 0) -> dict:
