@@ -72,3 +72,26 @@ def test_padded_batch_repeats_rows_to_a_power_of_two(n, minimum, size):
   assert count == n and a.shape == (size,) and b.shape == (size, 3)
   np.testing.assert_array_equal(a, np.arange(size) % n)
   np.testing.assert_array_equal(b[:, 0], np.arange(size) % n)
+
+
+def test_flow_checks_split_over_the_devices_equal_one_plain_program():
+  """D5 decay and D7 run their flows as one program per device on its shard (shard_map): each
+  instance keeps its own key (split from the batch's key, as on one device), the padding rows
+  (7 instances over 4 devices) are dropped, and the verdicts are those of one plain jit(vmap)."""
+  from nondecoupling.verify import flow_checks as fc
+  inst, _ = sample_family("dense", 7, seed=3)
+  key = jax.random.PRNGKey(5)
+  keys = jax.random.split(key, 7)
+  checks = [(fc.check_decay_rl, lambda b, k: fc._decay_batch(b, k, "rl"), 0),
+            (fc.check_d7_pl_time, fc._d7_batch, 0), (fc.check_d7_argmax, fc._d7_batch, 1)]
+  for check, batch_fn, part in checks:
+    sharded = check(inst, key)
+    plain = jax.jit(batch_fn)(inst, keys)
+    plain = plain[part] if isinstance(plain, tuple) and not hasattr(plain, "margin") else plain
+    assert np.asarray(sharded.margin).shape == (7,)
+    np.testing.assert_array_equal(np.asarray(sharded.applies), np.asarray(plain.applies))
+    for a, b in zip(sharded, plain):
+      a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+      np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b))
+      assert_close(np.where(np.isfinite(a), a, 0.0), np.where(np.isfinite(b), b, 0.0),
+                   err_msg=check.__name__)
