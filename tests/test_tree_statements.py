@@ -39,7 +39,7 @@ from nondecoupling.verify.tree_checks import (
   tree_count,
   trees_for_batch,
 )
-from nondecoupling.verify.tree_families import SMALL_BUCKET, TREE_BUCKET
+from nondecoupling.verify.tree_families import SMALL_BUCKET, TREE_BUCKET, sample_trees
 from nondecoupling.verify.tree_io import tree_from_dict
 from nondecoupling.verify.tree_strategies import tree_strategy
 
@@ -224,6 +224,21 @@ def test_every_exact_statement_holds_on_the_swept_trees():
     assert np.all(holds_mask(stmt, np.asarray(v.margin), np.asarray(v.slack))[applies]), stmt.name
     limit = VIOLATION if stmt.name in LOOSE else VIOLATION / 4
     assert np.median(np.asarray(v.slack)[applies]) < limit, stmt.name
+
+
+def test_trees_drawn_on_the_host_are_the_trees_drawn_on_the_device():
+  """The sweep draws its trees as NumPy arrays (it places each chunk itself): the same draws,
+  dtypes and structure as the device arrays every other caller gets."""
+  host = sample_trees(21, 3, TREE_BUCKET, on_host=True)
+  device = sample_trees(21, 3, TREE_BUCKET)
+  assert [h[0] for h in host] == [d[0] for d in device]
+  for h, d in zip(host, device):
+    hl, ht = jax.tree.flatten(h[1:])
+    dl, dt = jax.tree.flatten(d[1:])
+    assert ht == dt
+    for a, b in zip(hl, dl):
+      assert isinstance(a, np.ndarray) and isinstance(b, jax.Array)
+      assert a.dtype == b.dtype and np.array_equal(a, np.asarray(b))
 
 
 def test_k1_fixed_point_is_stationary_where_leaf_probabilities_reach_subnormals():

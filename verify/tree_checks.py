@@ -60,8 +60,10 @@ CHECK_BUCKET = TREE_BUCKET  # the bucket every check draws its trees in
 
 @functools.lru_cache(maxsize=8)
 def _trees(n: int, seed: int, bucket) -> tuple[TreeInstance, tuple]:
-  parts = sample_trees(n, seed, bucket)
-  return concat_batches([p[1] for p in parts]), concat_batches([p[2] for p in parts])
+  """The sweep's trees and probe logits, NumPy arrays (each call site places what it runs)."""
+  parts = sample_trees(n, seed, bucket, on_host=True)
+  return (concat_batches([p[1] for p in parts], on_host=True),
+          concat_batches([p[2] for p in parts], on_host=True))
 
 
 def tree_count(n_batch: int) -> int:
