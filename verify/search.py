@@ -92,8 +92,11 @@ def _some_tree_statement_fails(group: tuple, max_examples: int, seed: int) -> bo
   if not examples:
     return False
   verdicts = evaluate_tree_files(examples)
-  return any(bool(np.any(v.applies & ~holds_mask(s, v.margin, v.slack)))
-             for s in group for v in (verdicts[s.name],))
+  for s in group:
+    v = verdicts[s.name]
+    if np.any(v.applies & ~holds_mask(s, v.margin, v.slack)):
+      return True
+  return False
 
 
 def search_tree_counterexample(stmt: Statement, max_examples: int = 200, seed: int = 0,
