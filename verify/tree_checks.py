@@ -270,8 +270,7 @@ _ALL_VERDICTS = exported_jit(_all_tree_verdicts, f"{__name__}._all_tree_verdicts
 def _small_verdicts(text: str, seed: int):
   raw = json.loads(text)
   tree = tree_from_dict(raw, SMALL_BUCKET).tree
-  rng = np.random.default_rng(seed)
-  theta = tuple(on_device(rng.normal(0.0, 2.0, lv.reference.shape)) for lv in tree.levels)
+  theta = tuple(on_device(a) for a in _search_probe(seed))
   return Verdict(*(np.asarray(a) for a in _ALL_SMALL(tree, theta)))
 
 
@@ -287,12 +286,18 @@ def evaluate_tree_file(name: str, raw: dict, seed: int) -> Verdict | None:
   return Verdict(*(a[j] for a in v))._replace(applies=bool(v.applies[j]))
 
 
-def _probe_in_bucket(seed: int, tree: TreeInstance) -> tuple:
-  """The probe logits :func:`evaluate_tree_file` draws for a tree at SMALL_BUCKET (N(0, 2²) from
-  ``seed``), laid into ``tree``'s larger bucket (a node keeps its index, a token its slot)."""
+def _search_probe(seed: int) -> list:
+  """The probe logits of the tree search's example with this seed: N(0, 2²) per level of
+  SMALL_BUCKET, [prompts, nodes, vocab] NumPy arrays."""
   rng = np.random.default_rng(int(seed))
-  small = [rng.normal(0.0, 2.0, (SMALL_BUCKET.prompts, n, SMALL_BUCKET.vocab))
-           for n in SMALL_BUCKET.nodes]
+  return [rng.normal(0.0, 2.0, (SMALL_BUCKET.prompts, n, SMALL_BUCKET.vocab))
+          for n in SMALL_BUCKET.nodes]
+
+
+def _probe_in_bucket(seed: int, tree: TreeInstance) -> tuple:
+  """:func:`_search_probe` laid into ``tree``'s larger bucket (a node keeps its index, a token
+  its slot; the entries added are zero)."""
+  small = _search_probe(seed)
   out = []
   for level, lv in enumerate(tree.levels):
     big = np.zeros(lv.reference.shape)
