@@ -8,6 +8,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from conftest import TOL_NUMERICAL, assert_close, assert_conditioned
 from helpers import instance_of, jitted
 from hypothesis import given
@@ -71,6 +72,33 @@ def test_d1_critical_beta_matches_brent():
       found += 1
       assert_close(got, expected)
   assert found >= 5
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 64])
+def test_d1_batched_critical_beta_keeps_each_instance_in_its_place(chunk):
+  """batch_beta_critical (instances with a root sorted first, chunks without one skipping
+  Newton, the remainder chunk padded) against Brent per instance, in the batch's own order."""
+  from nondecoupling.theory.instance import stack
+  from nondecoupling.verify.numpy_reference import reference_beta_critical
+  rng = np.random.default_rng(11)
+  insts, expected = [], []
+  for _ in range(23):
+    d = rng.dirichlet(np.ones(4), 2)
+    ref = rng.dirichlet(np.ones(4), 2)
+    r = rng.uniform(-1, 1, (2, 4))
+    w = rng.dirichlet(np.ones(2))
+    expected.append(reference_beta_critical(w, d, ref, r))
+    insts.append(instance_of({"prompt_weights": w, "data": d, "reference": ref, "reward": r,
+                              "beta": 1.0}, bucket=(2, 4)))
+  assert 5 <= sum(e is not None for e in expected) <= 18  # roots and no roots, interleaved
+  got = np.asarray(jax.jit(lambda b: critical_beta.batch_beta_critical(b, chunk))(stack(insts)))
+  for i, want in enumerate(expected):
+    if want is None:
+      assert np.isnan(got[i]), i
+    else:
+      assert_close(got[i], want, err_msg=str(i))
+  with pytest.raises(ValueError, match="chunk must be at least 1"):
+    critical_beta.batch_beta_critical(stack(insts), 0)
 
 
 @given(instance_strategy())

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from ._numerics import centre, kl_from_log_ratio, masked_dot, safe_log
 from .instance import Instance
-from .statements.critical_beta import critical_beta_from_terms
+from .statements.critical_beta import batch_beta_critical, critical_beta_from_terms
 from .tilt import log_ratio_to, log_tilt, tilt, tilt_c1_rows, tilt_tv_rows
 
 __all__ = ["check_quantities", "batch_check_quantities", "prompt_terms", "QUANTITY_DOCS", "CHUNK",
@@ -157,13 +157,19 @@ def check_quantities(inst: Instance, chunk: int = CHUNK) -> dict[str, jax.Array]
   return _check_quantities_jit(inst, int(chunk))
 
 
-def _check_quantities(inst: Instance, chunk: int) -> dict[str, jax.Array]:
+def _weighted_terms(inst: Instance, chunk: int) -> dict[str, jax.Array]:
+  """Every quantity but β_c: the per-prompt terms reduced with the prompt weights."""
   w = inst.prompt_weights
   terms = _map_prompts(lambda d, rho, r: prompt_terms(d, rho, r, inst.beta), inst, chunk)
   out = {}
   for name, term in terms.items():
     k = _WEIGHT_POWER.get(name, 1)
     out[name] = jnp.sum(jnp.where(w > 0, w ** k * jnp.where(w > 0, term, 0.0), 0.0))
+  return out
+
+
+def _check_quantities(inst: Instance, chunk: int) -> dict[str, jax.Array]:
+  out = _weighted_terms(inst, chunk)
   out["beta_critical"] = critical_beta_from_terms(
       inst, lambda fn, *xs: _map_rows(fn, xs, chunk))
   return {k: out[k] for k in QUANTITY_DOCS}
@@ -181,8 +187,10 @@ def batch_check_quantities(batch: Instance, chunk: int = BATCH_CHUNK) -> dict[st
   ``jax.lax.map`` with ``batch_size=chunk``: each chunk is one vmapped evaluation whose
   temporaries stay in the processor's cache, where ``jax.vmap`` over the whole batch makes every
   temporary batch-sized (4096 instances of 16 × 8 on one CPU core: 95 → 62 ms). The numbers are
-  vmap's, except β_c, whose Newton iterates a chunk until its slowest instance has converged
-  (a root moves within its tolerance ``NEWTON_RTOL`` when its chunk changes).
+  vmap's, except β_c (:func:`~.statements.critical_beta.batch_beta_critical`: the instances with
+  a root first, chunks without one skip Newton), whose Newton iterates a chunk until its slowest
+  instance has converged (a root moves within its tolerance ``NEWTON_RTOL`` when its chunk
+  changes).
 
   Args:
     batch: instances with a leading batch axis [B, X, Y].
@@ -201,4 +209,7 @@ def batch_check_quantities(batch: Instance, chunk: int = BATCH_CHUNK) -> dict[st
   if chunk < 1:
     raise ValueError(f"chunk must be at least 1 instance, got {chunk}")
   size = int(jax.tree.leaves(batch)[0].shape[0])
-  return jax.lax.map(check_quantities, batch, batch_size=min(int(chunk), max(size, 1)))
+  chunk = min(int(chunk), max(size, 1))
+  out = jax.lax.map(lambda inst: _weighted_terms(inst, CHUNK), batch, batch_size=chunk)
+  out["beta_critical"] = batch_beta_critical(batch, chunk)
+  return {k: out[k] for k in QUANTITY_DOCS}

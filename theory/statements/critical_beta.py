@@ -33,7 +33,8 @@ from ..rounding import c1_scale, entries
 from ..tilt import cumulant_gap
 from ..verdict import Verdict, at_least, positive, rounding_slack
 
-__all__ = ["scaled_c1", "critical_beta_from_terms", "beta_critical", "critical_beta_root",
+__all__ = ["scaled_c1", "critical_beta_from_terms", "beta_critical", "batch_beta_critical",
+           "critical_beta_root",
            "critical_beta_sign", "rl_lowers_sft_needs_reward_gain"]
 
 LOG_BETA_BRACKET = (-25.0, 25.0)  # β_c is searched in [e^-25, e^25] (about 1e-11 to 7e10)
@@ -101,6 +102,30 @@ def scaled_c1(inst: Instance, log_beta: jax.Array) -> jax.Array:
   return beta * expect(inst, h_x)
 
 
+def _root_exists(inst: Instance, gain, gain_scale, headroom) -> jax.Array:
+  """[] whether β_c exists: the gain Σ_x w Σ_y (d − ρ) r is positive beyond its rounding bound
+  and d is not concentrated on the maximisers (headroom, a sum of non-negative terms, is
+  exactly 0 then)."""
+  return (gain > rounding_slack(gain_scale, entries(inst))) & (headroom > 0)
+
+
+def _has_root(inst: Instance) -> jax.Array:
+  """[] whether β_c exists (:func:`_root_exists`), from the rows alone (no Newton)."""
+  w = inst.prompt_weights
+  weigh = lambda t: jnp.sum(jnp.where(w > 0, w * jnp.where(w > 0, t, 0.0), 0.0))
+
+  def row(d, rho, r):
+    both = (rho > 0) | (d > 0)
+    top = jnp.max(jnp.where(rho > 0, r, -jnp.inf))
+    return (jnp.sum(jnp.where(both, (d - rho) * r, 0.0)),
+            jnp.sum(jnp.where(both, jnp.abs((d - rho) * r), 0.0)),
+            jnp.sum(jnp.where(d > 0, d * (top - r), 0.0)))
+
+  r = jnp.where(inst.response_mask, inst.reward, 0.0)
+  gain, scale, headroom = jax.vmap(row)(inst.data, inst.reference, r)
+  return _root_exists(inst, weigh(gain), weigh(scale), weigh(headroom))
+
+
 def critical_beta_from_terms(inst: Instance, map_rows) -> jax.Array:
   r"""D1 (ours): β_c with C₁(β_c; ρ) = 0, or NaN when there is none, by Newton's method.
 
@@ -150,9 +175,7 @@ def critical_beta_from_terms(inst: Instance, map_rows) -> jax.Array:
   dev, dev_mass, dev_top, dev_abs, gain_x, gain_scale_x = invariants
   headroom, var, gain = weigh(headroom), weigh(var), weigh(gain_x)
   slope_scale = weigh(dev_abs) + weigh(gain_scale_x)
-  # A root exists iff the gain is positive beyond its rounding bound and d is not concentrated
-  # on the maximisers (headroom, a sum of non-negative terms, is exactly 0 then).
-  exists = (gain > rounding_slack(weigh(gain_scale_x), entries(inst))) & (headroom > 0)
+  exists = _root_exists(inst, gain, weigh(gain_scale_x), headroom)
   t_up = jnp.where(exists, weigh(neg_log_mass) / jnp.where(exists, headroom, 1.0), 1.0)
   t_up = jnp.maximum(t_up, jnp.exp(-LOG_BETA_BRACKET[1]))  # h(t_up) ≥ 0 also when mass_top = 1
 
@@ -214,6 +237,51 @@ def beta_critical(inst: Instance) -> jax.Array:
     0.45512
   """
   return critical_beta_from_terms(inst, lambda fn, *xs: jax.vmap(fn)(*xs))
+
+
+def batch_beta_critical(batch: Instance, chunk: int) -> jax.Array:
+  """:func:`beta_critical` of every instance of a batch [B, X, Y], ``chunk`` instances at a time.
+
+  A chunk's Newton iterates until its slowest instance has converged, and an instance without a
+  root costs a chunk as much as one with. So the instances with a root are put first (a stable
+  sort on :func:`_has_root`), each chunk is one vmapped Newton, and a chunk with no root skips
+  it (``lax.cond``). Each instance's β_c is its own Newton's, as in :func:`beta_critical`, up to
+  where the chunk's slowest instance stops it (within ``NEWTON_RTOL``).
+
+  Args:
+    batch: instances with a leading batch axis [B, X, Y].
+    chunk: instances per vmapped Newton (at least 1).
+
+  Returns:
+    [B] β_c, NaN where there is none.
+
+  Examples:
+    >>> from nondecoupling.theory.instance import make_instance, stack
+    >>> one = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0, reference=[[0.75, 0.25]])
+    >>> none = make_instance([1.0], [[0.5, 0.5]], [[0.0, 1.0]], 1.0)  # ρ = d: no gain, no root
+    >>> [round(float(b), 6) for b in batch_beta_critical(stack([none, one, none]), chunk=2)]
+    [nan, 0.45512, nan]
+  """
+  if chunk < 1:
+    raise ValueError(f"chunk must be at least 1 instance, got {chunk}")
+  size = int(jax.tree.leaves(batch)[0].shape[0])
+  chunk = min(int(chunk), max(size, 1))
+  n_chunks = -(-size // chunk)
+  has_root = jax.vmap(_has_root)(batch)
+  order = jnp.argsort(~has_root, stable=True)  # roots first, then the others, each in order
+  # The last chunk is filled with the batch's last instance in that order (it is recomputed).
+  index = jnp.concatenate([order, jnp.full((n_chunks * chunk - size,), order[-1], order.dtype)])
+  chunks = jax.tree.map(lambda x: x[index].reshape(n_chunks, chunk, *x.shape[1:]), batch)
+  flags = has_root[index].reshape(n_chunks, chunk)
+  dtype = batch.reward.dtype
+
+  def one_chunk(args):
+    insts, any_root = args
+    return jax.lax.cond(any_root, jax.vmap(beta_critical),
+                        lambda _: jnp.full((chunk,), jnp.nan, dtype), insts)
+
+  roots = jax.lax.map(one_chunk, (chunks, jnp.any(flags, axis=1))).reshape(-1)[:size]
+  return jnp.zeros((size,), dtype).at[order].set(roots, unique_indices=True)
 
 
 def _c1_slack(inst: Instance) -> jax.Array:
