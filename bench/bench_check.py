@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import write_result
+from bench import warm_up, write_result
 from bench.numpy_batched import batched_quantities
 
 
@@ -101,7 +101,8 @@ def batched_throughput(n=4096, nx=16, ny=8, loop_n=256):
 
 
 def _best_of(fn, reps=5):
-  """(median seconds, last result) of ``reps`` calls."""
+  """(median seconds, last result) of ``reps`` calls after :func:`~bench.warm_up`."""
+  warm_up(fn)
   times, out = [], None
   for _ in range(reps):
     t0 = time.perf_counter()
