@@ -189,10 +189,12 @@ def large_instance(nx=1 << 16, ny=1 << 8):
 
 
 def use_every_core() -> None:
-  """One XLA host device per core (before jax starts), as `verify` does, so batches run in
-  parallel; the NumPy baseline is the single-threaded loop a user would write."""
-  from nondecoupling.verify.devices import use_every_core as setup
+  """One XLA host device per core and reductions fused with their loops (before jax starts), as
+  `verify` does, so batches run in parallel; the NumPy baseline is the single-threaded loop a
+  user would write."""
+  from nondecoupling.verify.devices import fuse_row_reductions, use_every_core as setup
   setup()
+  fuse_row_reductions()
 
 
 def main(argv=None):

@@ -26,6 +26,10 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4 "
                                    "--xla_backend_optimization_level=0 "
                                    "--xla_cpu_use_fusion_emitters=false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Reductions fused with their loops, as `verify` runs them (verify.devices.fuse_row_reductions).
+from nondecoupling.verify.devices import fuse_row_reductions  # noqa: E402
+
+fuse_row_reductions()
 
 import shutil  # noqa: E402
 import tempfile  # noqa: E402

@@ -95,3 +95,29 @@ def test_flow_checks_split_over_the_devices_equal_one_plain_program():
       np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b))
       assert_close(np.where(np.isfinite(a), a, 0.0), np.where(np.isfinite(b), b, 0.0),
                    err_msg=check.__name__)
+
+
+@pytest.mark.parametrize("flags, version, added", [
+    ("--xla_force_host_platform_device_count=4", "0.10.2", True),
+    ("", "0.10.0", True),
+    ("--xla_cpu_experimental_ynn_fusion_type=dot", "0.10.2", False),  # the user's choice stays
+    ("", "0.11.0", False),  # a jaxlib the flag was not measured on: XLA could abort on it
+    ("", None, False),      # no jaxlib metadata
+])
+def test_fuse_row_reductions_adds_its_flag_only_where_it_is_known(monkeypatch, flags, version,
+                                                                  added):
+  import importlib.metadata
+
+  from nondecoupling.verify import devices
+
+  def fake_version(name):
+    assert name == "jaxlib"
+    if version is None:
+      raise importlib.metadata.PackageNotFoundError(name)
+    return version
+
+  monkeypatch.setenv("XLA_FLAGS", flags)
+  monkeypatch.setattr(devices.importlib.metadata, "version", fake_version)
+  devices.fuse_row_reductions()
+  want = f"{flags} {devices.FUSED_REDUCTIONS_FLAG}".strip() if added else flags
+  assert devices.os.environ["XLA_FLAGS"] == want

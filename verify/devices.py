@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import os
 
 import jax
 import numpy as np
 from jax.sharding import Mesh
 
-__all__ = ["use_every_core", "maybe_initialize_distributed", "device_mesh"]
+__all__ = ["use_every_core", "fuse_row_reductions", "maybe_initialize_distributed", "device_mesh"]
+
+FUSED_REDUCTIONS_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-reduce"
+# jaxlib releases the flag was measured on; XLA aborts the process on a flag it does not know
+FUSED_REDUCTIONS_JAXLIB = ("0.10.",)
 
 
 def use_every_core() -> None:
@@ -27,6 +32,28 @@ def use_every_core() -> None:
     cores = os.cpu_count() or 1
   if cores > 1:
     os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={cores}".strip()
+
+
+def fuse_row_reductions() -> None:
+  """Has XLA:CPU fuse each reduction with the loop that produces its input, instead of handing
+  it to YNNPACK, which reads a materialised input (one more pass per reduction).
+
+  Measured on 4 December (jaxlib 0.10.2, 2 cores): the batched `check` quantities of 4096
+  instances of 16 × 8, 45–47 → 36–38 ms (174 → 78 kernels per chunk of 256 instances); a warm
+  default ``verify`` 17.4–20.8 → 16.5–17.6 s with the same verdicts (margins moved at rounding
+  level); the tree recipes' fields not faster. Must run before JAX starts its backends; does
+  nothing when XLA_FLAGS already mentions YNN fusions, or when the installed jaxlib is not one
+  the flag was measured on (XLA aborts the process on a flag it does not know).
+  """
+  flags = os.environ.get("XLA_FLAGS", "")
+  if "ynn_fusion_type" in flags:
+    return
+  try:
+    version = importlib.metadata.version("jaxlib")
+  except importlib.metadata.PackageNotFoundError:
+    return
+  if version.startswith(FUSED_REDUCTIONS_JAXLIB):
+    os.environ["XLA_FLAGS"] = f"{flags} {FUSED_REDUCTIONS_FLAG}".strip()
 
 
 def maybe_initialize_distributed() -> bool:

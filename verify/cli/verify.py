@@ -10,7 +10,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..checking import run_verify as run_statements
-from ..devices import maybe_initialize_distributed, use_every_core
+from ..devices import fuse_row_reductions, maybe_initialize_distributed, use_every_core
 from ..errors import InputError
 from ..provenance import provenance
 from ..registry import all_statements
@@ -40,6 +40,7 @@ def _select(statements, only: str | None):
 
 def run_verify(args) -> int:
   use_every_core()  # one CPU device per core: the instance batches are split over them
+  fuse_row_reductions()  # XLA:CPU reductions fused with their loops (before JAX starts)
   maybe_initialize_distributed()
   statements = _select(all_statements(), args.only)
   out = Path(args.out)
