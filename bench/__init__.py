@@ -17,7 +17,6 @@ def write_result(name: str, result) -> Path:
   return path
 
 
-
 WARM_UP_S = 3.0  # seconds each side is called for before its timed calls
 
 

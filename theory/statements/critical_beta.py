@@ -102,27 +102,34 @@ def scaled_c1(inst: Instance, log_beta: jax.Array) -> jax.Array:
   return beta * expect(inst, h_x)
 
 
+def _weigher(inst: Instance):
+  """t [X] -> Σ_x w_x t_x over the prompts with w > 0 (others' terms never enter, NaN or not)."""
+  w = inst.prompt_weights
+  return lambda t: jnp.sum(jnp.where(w > 0, w * jnp.where(w > 0, t, 0.0), 0.0))
+
+
+def _headroom(d, rho, r):
+  """Σ_{supp d} d (max_{supp ρ} r − r) of one prompt: non-negative terms, exactly 0 when d sits on
+  the maximisers of r."""
+  top = jnp.max(jnp.where(rho > 0, r, -jnp.inf))
+  return jnp.sum(jnp.where(d > 0, d * (top - r), 0.0))
+
+
 def _root_exists(inst: Instance, gain, gain_scale, headroom) -> jax.Array:
   """[] whether β_c exists: the gain Σ_x w Σ_y (d − ρ) r is positive beyond its rounding bound
-  and d is not concentrated on the maximisers (headroom, a sum of non-negative terms, is
-  exactly 0 then)."""
+  and d is not concentrated on the maximisers (the weighted :func:`_headroom` is 0 then)."""
   return (gain > rounding_slack(gain_scale, entries(inst))) & (headroom > 0)
 
 
 def _has_root(inst: Instance) -> jax.Array:
   """[] whether β_c exists (:func:`_root_exists`), from the rows alone (no Newton)."""
-  w = inst.prompt_weights
-  weigh = lambda t: jnp.sum(jnp.where(w > 0, w * jnp.where(w > 0, t, 0.0), 0.0))
-
   def row(d, rho, r):
-    both = (rho > 0) | (d > 0)
-    top = jnp.max(jnp.where(rho > 0, r, -jnp.inf))
-    return (jnp.sum(jnp.where(both, (d - rho) * r, 0.0)),
-            jnp.sum(jnp.where(both, jnp.abs((d - rho) * r), 0.0)),
-            jnp.sum(jnp.where(d > 0, d * (top - r), 0.0)))
+    *_, gain, gain_scale = _root_invariants(d, rho, r)  # XLA drops the unused invariants
+    return gain, gain_scale, _headroom(d, rho, r)
 
   r = jnp.where(inst.response_mask, inst.reward, 0.0)
   gain, scale, headroom = jax.vmap(row)(inst.data, inst.reference, r)
+  weigh = _weigher(inst)
   return _root_exists(inst, weigh(gain), weigh(scale), weigh(headroom))
 
 
@@ -157,15 +164,14 @@ def critical_beta_from_terms(inst: Instance, map_rows) -> jax.Array:
     >>> round(float(beta_c), 6)  # 1/(2 log 3): log(¾ + ¼ e^{1/β}) = 1/(2β) at e^{1/(2β)} = 3
     0.45512
   """
-  w = inst.prompt_weights
   dtype = inst.reward.dtype
-  weigh = lambda t: jnp.sum(jnp.where(w > 0, w * jnp.where(w > 0, t, 0.0), 0.0))
+  weigh = _weigher(inst)
 
   def start_terms(d, rho, r):
     pos = rho > 0
     top = jnp.max(jnp.where(pos, r, -jnp.inf))
     mass_top = jnp.sum(jnp.where(pos & (r == top), rho, 0.0))
-    headroom = jnp.sum(jnp.where(d > 0, d * (top - r), 0.0))  # non-negative terms
+    headroom = _headroom(d, rho, r)
     invariants = _root_invariants(d, rho, r)
     var_rho = jnp.sum(jnp.where(pos, rho * invariants[0] ** 2, 0.0))
     return (-jnp.log(mass_top), headroom, var_rho), invariants
