@@ -185,6 +185,12 @@ def test_compare_rows_and_the_estimator_fallback(tmp_path, capsys, monkeypatch):
   assert rows["infeasible"]["kind"] == "recipe (Monte-Carlo)"
   assert rows["infeasible"]["status"].startswith("monte_carlo")
   assert abs(rows["infeasible"]["reward"] - rows["k1_reward"]["reward"]) < 0.05  # 512 x 1000
+  # Each recipe row shows the config it ran with, as prepared on this tree: DAPO (token-mean)
+  # enumerates the distinct (reward, length) pairs of the leaves, and its reward classes.
+  pairs = {(float(v), len(y)) for v, y in zip(p.reward, p.leaves)}
+  assert rows["dapo"]["config"]["levels"] == len(pairs) == 4
+  assert rows["dapo"]["config"]["reward_classes"] == len({v for v, _ in pairs}) == 3
+  assert rows["uft"]["config"]["reward_levels"] == 3
 
 
 def _tree_with(**changes):

@@ -157,7 +157,8 @@ def tree_compare_rows(tree: TreeInstance, steps: int = 200, lr: float = 0.5, con
 
   Returns:
     list of row dicts (``name``, ``kind``, :data:`ROW_VALUES`, ``status``, ``seconds``; recipe
-    rows also ``config``).
+    rows also ``config``: the one the recipe ran with, as its ``prepare`` filled it on this
+    tree, e.g. the reward levels an exact group field enumerates).
   """
   configs = tree_recipe_configs() if configs is None else configs
   key = jax.random.PRNGKey(0) if key is None else key
@@ -179,10 +180,10 @@ def tree_compare_rows(tree: TreeInstance, steps: int = 200, lr: float = 0.5, con
     cfg = configs.get(name, recipe.config)
     t0 = time.perf_counter()
     try:
-      # prepared on the concrete tree (what an exact group field enumerates), then one program
-      # per (recipe, config, steps), kept on disk
-      train = exported_partial(_trained_leaf, recipe=name, cfg=recipe.prepare(tree, cfg),
-                               steps=int(steps))
+      # prepared on the concrete tree (what an exact group field enumerates: the row shows the
+      # config as filled), then one program per (recipe, config, steps), kept on disk
+      cfg = recipe.prepare(tree, cfg)
+      train = exported_partial(_trained_leaf, recipe=name, cfg=cfg, steps=int(steps))
       row = _row(tree, name, "recipe", train(tree, np.asarray(rate, np.asarray(tree.prompt_weights).dtype)),
                  time.perf_counter() - t0)
     except InfeasibleExactField as e:
