@@ -99,6 +99,8 @@ def test_d1_batched_critical_beta_keeps_each_instance_in_its_place(chunk):
       assert_close(got[i], want, err_msg=str(i))
   with pytest.raises(ValueError, match="chunk must be at least 1"):
     critical_beta.batch_beta_critical(stack(insts), 0)
+  empty = jax.tree.map(lambda a: a[:0], stack(insts))
+  assert critical_beta.batch_beta_critical(empty, chunk).shape == (0,)
 
 
 @given(instance_strategy())

@@ -192,10 +192,8 @@ def concat_batches(batches: list, on_host: bool = False):
   """Batches (pytrees of arrays [B_i, ...] of one structure) joined along axis 0 on the host and
   put on the device once (``on_host``: not put): no compiled concatenation (a warm process would
   otherwise lower and load one program per array shape)."""
-  if on_host:
-    join = lambda *xs: np.concatenate([np.asarray(x) for x in xs], axis=0)
-  else:
-    join = lambda *xs: on_device(np.concatenate([np.asarray(x) for x in xs], axis=0))
+  put = np.asarray if on_host else on_device
+  join = lambda *xs: put(np.concatenate([np.asarray(x) for x in xs], axis=0))
   return jax.tree.map(join, *batches) if len(batches) > 1 else batches[0]
 
 

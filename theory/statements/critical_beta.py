@@ -271,7 +271,9 @@ def batch_beta_critical(batch: Instance, chunk: int) -> jax.Array:
   if chunk < 1:
     raise ValueError(f"chunk must be at least 1 instance, got {chunk}")
   size = int(jax.tree.leaves(batch)[0].shape[0])
-  chunk = min(int(chunk), max(size, 1))
+  if size == 0:
+    return jnp.zeros((0,), batch.reward.dtype)
+  chunk = min(int(chunk), size)
   n_chunks = -(-size // chunk)
   has_root = jax.vmap(_has_root)(batch)
   order = jnp.argsort(~has_root, stable=True)  # roots first, then the others, each in order
