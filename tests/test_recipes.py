@@ -24,6 +24,7 @@ from scipy import optimize, stats
 
 from nondecoupling.theory import flows, objectives as obj, recipes as rc
 from nondecoupling.theory.instance import make_instance, pad_instance
+from nondecoupling.theory.recipes.groups import DENSE_LEVELS, level_values, read_levels
 from nondecoupling.verify import compare as compare_module
 from nondecoupling.verify.cli import main
 from nondecoupling.verify.compare import recipe_configs
@@ -326,6 +327,43 @@ def test_off_policy_advantage_parts_against_every_group(use_std, reference, rewa
   pi_old /= pi_old.sum()
   pos, neg = enumerated_off_advantage(inst, jnp.asarray(pi_old), 3, 4, use_std, EPS)
   assert_close(np.stack([pos[0], neg[0]]), off_advantage_by_listing(inst, pi_old, 3, use_std))
+
+
+@pytest.mark.parametrize("use_std", [False, True])
+@pytest.mark.parametrize("levels", [4, DENSE_LEVELS + 2])
+def test_off_policy_advantage_on_the_support_against_every_group(use_std, levels):
+  """With every response on the support, the promise ``on_support`` (no fallback compiled) gives
+  what listing every group gives, with few levels (read back in one unrolled pass) and with more
+  than DENSE_LEVELS (the level masses one at a time, the read-back as a table)."""
+  inst = make_instance([1.0], [[0.1, 0.2, 0.3, 0.4]], [[1.0, 0.0, 0.7, 1.0]], 0.5,
+                       reference=[[0.4, 0.3, 0.2, 0.1]])
+  pi_old = np.asarray([[0.1, 0.2, 0.3, 0.4]])
+  want = off_advantage_by_listing(inst, pi_old, 3, use_std)
+  for on_support in (False, True):
+    pos, neg = rc.groups.enumerated_off_advantage(inst, jnp.asarray(pi_old), 3, levels, use_std,
+                                                  EPS, on_support=on_support)
+    assert_close(np.stack([pos[0], neg[0]]), want)
+
+
+@pytest.mark.parametrize("m", [3, DENSE_LEVELS + 4])
+def test_level_read_back_against_numpy_indexing(m):
+  """level_values and read_levels (unrolled for a few levels, gathered or tabled for many)
+  against NumPy's fancy indexing."""
+  rng = np.random.default_rng(m)
+  values = rng.normal(size=(2, m))
+  level_of = rng.integers(0, m, size=(2, 50))
+  want = np.take_along_axis(values, level_of, axis=1)
+  got = jax.vmap(level_values)(jnp.asarray(level_of), jnp.asarray(values))
+  np.testing.assert_array_equal(np.asarray(got), want)
+  v = np.stack([rng.permutation(m) * 0.5 for _ in range(2)])         # distinct level rewards
+  used = np.ones((2, m), bool)
+  used[1, m - 1] = False                                               # an unused level
+  r = np.take_along_axis(v, level_of, axis=1)
+  r[0, :5] = 1e9                                                       # rewards of no level
+  matched = (r != 1e9) & np.take_along_axis(used, level_of, axis=1)
+  want = np.where(matched, np.take_along_axis(values, level_of, axis=1), 0.0)
+  got = read_levels(jnp.asarray(r), jnp.asarray(v), jnp.asarray(used), jnp.asarray(values))
+  np.testing.assert_array_equal(np.asarray(got), want)
 
 
 def test_binary_group_fields_are_multiples_of_the_success_gradient():

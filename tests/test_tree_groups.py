@@ -19,7 +19,7 @@ from conftest import assert_close
 from hypothesis import given, settings, strategies as st
 
 from nondecoupling.theory.recipes.base import ConfigError
-from nondecoupling.theory.recipes.groups import InfeasibleExactField
+from nondecoupling.theory.recipes.groups import DENSE_LEVELS, InfeasibleExactField
 from nondecoupling.theory.statements import lengths
 from nondecoupling.theory.tree import groups
 from nondecoupling.theory.tree.policy import policy_log_probs
@@ -82,7 +82,7 @@ ON_POLICY = [
                   kl_form="none", max_length=2, levels=LEVELS),
     # More levels than the dense grouping takes: the level masses one level at a time.
     GroupRLConfig(group_size=3, use_std=True, loss_agg_mode="seq-mean-token-mean",
-                  kl_form="none", max_length=2, levels=groups._DENSE_LEVELS + 3),
+                  kl_form="none", max_length=2, levels=DENSE_LEVELS + 3),
 ]
 
 

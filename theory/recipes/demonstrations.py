@@ -76,10 +76,11 @@ def mixed_on_advantage(inst, pi_old, n_on: int, use_std: bool, eps: float,
 
 
 def mixed_off_advantage(inst, pi_old, n_on: int, use_std: bool, eps: float,
-                        levels: int | None) -> jax.Array:
+                        levels: int | None, on_support: bool = False) -> jax.Array:
   r"""[X, Y] E[Â_off | y*] of the demonstration y* in the mixed group.
 
-  Without std: r(y*) − (r(y*) + n_on V_old)/(n_on + 1); with std, by enumeration.
+  Without std: r(y*) − (r(y*) + n_on V_old)/(n_on + 1); with std, by enumeration
+  (:func:`mixed_off_advantage_parts`; ``on_support`` as there).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -89,14 +90,17 @@ def mixed_off_advantage(inst, pi_old, n_on: int, use_std: bool, eps: float,
     [[-0.25, 0.25]]
   """
   if use_std:
-    pos, neg = mixed_off_advantage_parts(inst, pi_old, n_on, use_std, eps, levels)
+    pos, neg = mixed_off_advantage_parts(inst, pi_old, n_on, use_std, eps, levels, on_support)
     return pos - neg
   return inst.reward - (inst.reward + n_on * value(pi_old, inst.reward)) / (n_on + 1)
 
 
 def mixed_off_advantage_parts(inst, pi_old, n_on: int, use_std: bool, eps: float,
-                              levels: int | None):
+                              levels: int | None, on_support: bool = False):
   r"""(E[Â_off⁺ | y*], E[Â_off⁻ | y*]), each [X, Y], by enumeration (what a clip mask needs).
+
+  ``on_support``: every real response has reference > 0 (static; see
+  :func:`~.groups.enumerated_off_advantage`).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -107,7 +111,7 @@ def mixed_off_advantage_parts(inst, pi_old, n_on: int, use_std: bool, eps: float
     ([[0.0, 0.25]], [[0.25, 0.0]])
   """
   m = resolve_levels(inst, levels)
-  return enumerated_off_advantage(inst, pi_old, n_on, m, use_std, eps)
+  return enumerated_off_advantage(inst, pi_old, n_on, m, use_std, eps, on_support)
 
 
 def mixed_group_sample(r: jax.Array, idx: jax.Array, demo: jax.Array, use_std: bool,

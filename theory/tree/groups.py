@@ -63,7 +63,7 @@ import numpy as np
 
 from .._numerics import NEG_INF
 from ..recipes.advantage import group_advantage
-from ..recipes.groups import InfeasibleExactField, group_levels
+from ..recipes.groups import DENSE_LEVELS, InfeasibleExactField, group_levels, level_values
 from .atomic import leaf_policy, unflat_slots
 from .fields import reinforce_field
 from .instance import TreeInstance
@@ -84,7 +84,6 @@ LOSS_AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"
 # CPU under a load average of 14; L = 19 (480,700) and beyond are refused.
 MAX_GROUP_MULTISETS = 350_000
 _LOG_ZERO = -1e300  # log of an empty level's mass (finite, so that 0 · it = 0)
-_DENSE_LEVELS = 16  # levels grouped in one [m, W] pass; more go one level at a time
 
 
 class InfeasibleGroupEnumeration(InfeasibleExactField):
@@ -259,7 +258,7 @@ def _row_levels(r, length, mask, log_p, m: int):
   mass = lambda j: jnp.sum(jnp.where(level_of == j, scaled, 0.0))
   levels = jnp.arange(m)
   # Few levels: one fused pass over [m, W]; many (every leaf its own level): one at a time.
-  total = jax.vmap(mass)(levels) if m <= _DENSE_LEVELS else jax.lax.map(mass, levels)
+  total = jax.vmap(mass)(levels) if m <= DENSE_LEVELS else jax.lax.map(mass, levels)
   with_mass = used & (total > 0)
   lvl_log_p = jnp.where(with_mass, top + jnp.log(jnp.where(with_mass, total, 1.0)), NEG_INF)
   return level_of, lvl_r, jnp.where(used, lvl_len, 1.0), lvl_log_p
@@ -367,7 +366,7 @@ def expected_group_weights(tree: TreeInstance, log_pi: Levels, rewards: jax.Arra
     pos, neg, nrm = jax.lax.map(lambda a: own(*a), (lvl_r, lvl_len))
     scale = group_size * (1.0 if share else
                           length_normaliser(mode, length, 0.0, group_size, max_length))
-    out = [jnp.where(msk, scale * v[level_of], 0.0) for v in (pos, neg, nrm)]
+    out = [jnp.where(msk, scale * level_values(level_of, v), 0.0) for v in (pos, neg, nrm)]
     return tuple(out)
 
   return jax.vmap(row)(jnp.where(mask, rewards, 0.0), lengths, key_len, mask, log_p)

@@ -134,7 +134,7 @@ def mixed_advantages(tree: TreeInstance, pi: jax.Array, cfg):
   inst = leaf_instance(tree, support_only=True)
   m = levels_for(tree, cfg.reward_levels) if cfg.use_std else None
   a_on = mixed_on_advantage(inst, pi, cfg.n_on, cfg.use_std, cfg.eps, m)
-  a_off = mixed_off_advantage(inst, pi, cfg.n_on, cfg.use_std, cfg.eps, m)
+  a_off = mixed_off_advantage(inst, pi, cfg.n_on, cfg.use_std, cfg.eps, m, on_support=True)
   return a_on, a_off
 
 

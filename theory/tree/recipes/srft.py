@@ -160,7 +160,7 @@ def tree_srft_field(tree: TreeInstance, theta: Levels, cfg: TreeSRFTConfig) -> L
     [-0.513388, 0.513388]
   """
   log_pi = policy_log_probs(tree, theta)
-  inst = leaf_instance(tree, support_only=True)
+  inst = leaf_instance(tree, support_only=True)  # every leaf on the support (on_support below)
   pi = jnp.exp(leaf_policy(tree, log_pi))
   d = leaf_data(tree)
   succ = ((leaf_rewards(tree) > cfg.success_threshold) & (pi > 0)).astype(pi.dtype)
@@ -171,10 +171,11 @@ def tree_srft_field(tree: TreeInstance, theta: Levels, cfg: TreeSRFTConfig) -> L
   shaping = tuple(shaping_weight(p, cfg.shaping_gamma) for p in p_edge)
   m = levels_for(tree, cfg.reward_levels) if cfg.use_std else None
   if cfg.demo_clip is None:
-    a_off = mixed_off_advantage(inst, pi, cfg.n_on, cfg.use_std, cfg.eps, m)
+    a_off = mixed_off_advantage(inst, pi, cfg.n_on, cfg.use_std, cfg.eps, m, on_support=True)
     demo_rl = tuple(f * t for f, t in zip(shaping, leaf_edge_totals(tree, d * a_off)))
   else:
-    pos, neg = mixed_off_advantage_parts(inst, pi, cfg.n_on, cfg.use_std, cfg.eps, m)
+    pos, neg = mixed_off_advantage_parts(inst, pi, cfg.n_on, cfg.use_std, cfg.eps, m,
+                                         on_support=True)
     demo_rl = tuple(f * clip_weight(tp, tn, p, cfg.demo_clip, cfg.demo_clip)
                     for f, tp, tn, p in zip(shaping, leaf_edge_totals(tree, d * pos),
                                             leaf_edge_totals(tree, d * neg), p_edge))
