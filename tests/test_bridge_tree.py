@@ -106,6 +106,34 @@ def test_extract_tree_bad_input_is_one_line(argv, fragment, model, tmp_path, cap
   assert not (tmp_path / "t.json").exists()
 
 
+def test_extract_tree_too_peaked_for_float64_is_one_line(model, tmp_path, capsys):
+  """A model whose final norm is scaled by 15 puts every token but the first at log p of minus
+  hundreds: sequences of such tokens are below float64's range (each token alone is not), so the
+  tree is refused with one line naming the options (exit 2, nothing written), not checked into
+  NaN margins."""
+  import shutil
+
+  from safetensors.numpy import load_file, save_file
+
+  d, _, _ = model
+  peaked = tmp_path / "peaked"
+  shutil.copytree(d, peaked)
+  tensors = load_file(str(peaked / "model.safetensors"))
+  tensors["model.norm.weight"] = tensors["model.norm.weight"] * 15.0
+  save_file(tensors, str(peaked / "model.safetensors"), metadata={"format": "pt"})
+  out = tmp_path / "t.json"
+  rc, stdout, err = run(["bridge", "extract-tree", "--model", peaked, "--prompt", PROMPT,
+                         "--top-k", "3", "--depth", "3", "--reward", "length_penalty", "--out",
+                         out], capsys)
+  assert rc == 2 and stdout == "", err
+  lines = err.strip().splitlines()
+  assert len(lines) == 1, err
+  assert lines[0].startswith("error: --top-k 3 --depth 3: the tree of the model's top tokens is "
+                             "refused: "), err
+  assert "rho(y) = e^" in lines[0] and "outside the valid domain" in lines[0], err
+  assert not out.exists()
+
+
 def test_extract_tree_missing_model_is_one_line(tmp_path, capsys):
   rc, out, err = run(["bridge", "extract-tree", "--model", tmp_path / "absent", "--prompt", "x",
                       "--top-k", "2", "--depth", "2", "--reward", "length_penalty"], capsys)

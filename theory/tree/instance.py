@@ -226,6 +226,33 @@ def _check_structure(levels, n_x: int) -> None:
                           f"internal slot")
 
 
+LOG_TINY = float(np.log(np.finfo(np.float64).tiny))  # −708.4: the smallest normal float64's log
+
+
+def _check_sequence_range(levels) -> None:
+  """Every leaf's ρ(y) = Π_t ρ(y_t|y_<t) is a normal float64 (log ρ(y) ≥ LOG_TINY), the valid
+  domain's rule for trees: the sequence-level sides of G1 and G3 hold the leaf set as an atomic
+  instance, whose reference is a probability per sequence (a tree of top-4 tokens from a random
+  full-size Qwen3 had leaves at ρ(y) ~ 1e-400, which float64 holds as 0)."""
+  above = None
+  for t, lv in enumerate(levels):
+    log_ref = np.log(np.where(np.asarray(support(lv)), np.asarray(lv.reference, np.float64), 1.0))
+    if above is None:
+      reach = np.zeros(log_ref.shape[:-1])
+    else:
+      parent, token = np.asarray(lv.parent), np.asarray(lv.token)
+      flat = above.reshape(above.shape[0], -1)
+      reach = np.take_along_axis(flat, parent * above.shape[-1] + token, axis=-1)
+    seq = reach[..., None] + log_ref
+    low = np.asarray(lv.leaf) & np.asarray(lv.node)[..., None] & (seq < LOG_TINY)
+    if np.any(low):
+      x, i, s = np.argwhere(low)[0]
+      raise TreeError(f"reference level {t} prompt {x} node {i} slot {s}: the sequence's "
+                      f"probability rho(y) = e^{seq[x, i, s]:.1f} is outside the valid domain "
+                      f"(at least e^{LOG_TINY:.1f}, float64's smallest normal number)")
+    above = np.where(np.asarray(lv.internal), seq, 0.0)
+
+
 def validate_tree(tree: TreeInstance, tol: float = WEIGHT_TOL, padded: bool = False
                   ) -> TreeInstance:
   """Checks every rule of a concrete, unbatched tree instance.
@@ -233,7 +260,8 @@ def validate_tree(tree: TreeInstance, tol: float = WEIGHT_TOL, padded: bool = Fa
   Rules: β a finite number in :data:`~nondecoupling.theory.instance.DOMAIN`; prompt weights > 0
   (≥ 0 if ``padded``) summing to 1; the structure of the module docstring; every value finite;
   ρ(a|s) > 0 exactly on the support and each real row summing to 1; data ≥ 0 only on leaves and
-  summing to 1 per prompt; max |r|/β inside the domain.
+  summing to 1 per prompt; every sequence's ρ(y) at least float64's smallest normal number
+  (:data:`LOG_TINY`); max |r|/β inside the domain.
 
   Args:
     tree: an unbatched tree.
@@ -302,6 +330,7 @@ def validate_tree(tree: TreeInstance, tol: float = WEIGHT_TOL, padded: bool = Fa
   off = np.flatnonzero(np.abs(data_total - 1.0) > tol)
   if off.size:
     raise TreeError(f"data of prompt {off[0]} sums to {_fmt(data_total[off[0]])}, expected 1")
+  _check_sequence_range(tree.levels)
   if r_max / float(beta) > DOMAIN.reward_over_beta_max:
     raise TreeError(f"reward: max |r|/beta = {r_max / float(beta):.3g} is outside the valid "
                     f"domain (at most {DOMAIN.reward_over_beta_max:g})")

@@ -210,5 +210,10 @@ def extract_tree(weights: Qwen3Weights, tokenizer, prompt: str, top_k: int, dept
                       "data": [{"tokens": spell(data_leaf), "weight": 1.0}], "reward": rule}]}
   if allow_large:
     obj["allow_large"] = True
-  tree_from_dict(obj)  # validated by reading it back
+  try:
+    tree_from_dict(obj)  # validated by reading it back
+  except InputError as e:  # e.g. sequences too unlikely for float64 (a very peaked model)
+    raise InputError(f"--top-k {top_k} --depth {depth}: the tree of the model's top tokens is "
+                     f"refused: {e} (a smaller --top-k or --depth keeps likelier sequences)"
+                     ) from None
   return obj
