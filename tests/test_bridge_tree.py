@@ -106,25 +106,30 @@ def test_extract_tree_bad_input_is_one_line(argv, fragment, model, tmp_path, cap
   assert not (tmp_path / "t.json").exists()
 
 
-def test_extract_tree_too_peaked_for_float64_is_one_line(model, tmp_path, capsys):
-  """A model whose final norm is scaled by 15 puts every token but the first at log p of minus
-  hundreds: sequences of such tokens are below float64's range (each token alone is not), so the
-  tree is refused with one line naming the options (exit 2, nothing written), not checked into
-  NaN margins."""
+def _peaked_model(model, tmp_path, scale):
+  """The test model with its final norm scaled: every token but the first at log p of minus
+  hundreds (scale 15) or below float64's exp range (scale 60)."""
   import shutil
 
   from safetensors.numpy import load_file, save_file
 
   d, _, _ = model
-  peaked = tmp_path / "peaked"
+  peaked = tmp_path / f"peaked{scale:g}"
   shutil.copytree(d, peaked)
   tensors = load_file(str(peaked / "model.safetensors"))
-  tensors["model.norm.weight"] = tensors["model.norm.weight"] * 15.0
+  tensors["model.norm.weight"] = tensors["model.norm.weight"] * scale
   save_file(tensors, str(peaked / "model.safetensors"), metadata={"format": "pt"})
+  return peaked
+
+
+def test_extract_tree_too_peaked_for_float64_is_one_line(model, tmp_path, capsys):
+  """Scale 15: each token's probability is a float64 but sequences of them are below its range,
+  so the tree is refused with one line naming the options (exit 2, nothing written), not checked
+  into NaN margins."""
   out = tmp_path / "t.json"
-  rc, stdout, err = run(["bridge", "extract-tree", "--model", peaked, "--prompt", PROMPT,
-                         "--top-k", "3", "--depth", "3", "--reward", "length_penalty", "--out",
-                         out], capsys)
+  rc, stdout, err = run(["bridge", "extract-tree", "--model", _peaked_model(model, tmp_path, 15.0),
+                         "--prompt", PROMPT, "--top-k", "3", "--depth", "3", "--reward",
+                         "length_penalty", "--out", out], capsys)
   assert rc == 2 and stdout == "", err
   lines = err.strip().splitlines()
   assert len(lines) == 1, err
@@ -132,6 +137,24 @@ def test_extract_tree_too_peaked_for_float64_is_one_line(model, tmp_path, capsys
                              "refused: "), err
   assert "rho(y) = e^" in lines[0] and "outside the valid domain" in lines[0], err
   assert not out.exists()
+
+
+def test_extract_tree_leaves_out_tokens_of_probability_zero(model, tmp_path, capsys):
+  """Scale 60: top-k tokens whose float64 probability is 0 start no sequence; they are left out
+  of their node (which keeps fewer than k + 1 entries) and every statement that applies holds."""
+  out = tmp_path / "t.json"
+  rc, _, err = run(["bridge", "extract-tree", "--model", _peaked_model(model, tmp_path, 60.0),
+                    "--prompt", PROMPT, "--top-k", "3", "--depth", "3", "--reward",
+                    "length_penalty", "--out", out], capsys)
+  assert rc == 0, err
+  nodes = json.loads(out.read_text())["prompts"][0]["reference"]["nodes"]
+  assert any(len(n["probs"]) < TOP_K + 1 for n in nodes)
+  assert all(p > 0 for n in nodes for p in n["probs"].values())
+  rc, stdout, err = run(["check", out, "--json"], capsys)
+  assert rc == 0, err
+  statements = json.loads(stdout)["statements"]
+  assert all(m["holds"] for m in statements.values() if m["applies"]), statements
+  assert sum(m["applies"] for m in statements.values()) >= 15
 
 
 def test_extract_tree_missing_model_is_one_line(tmp_path, capsys):

@@ -14,7 +14,8 @@ depth D (the tree's maximum length T = D), so 1 + k + … + k^{D−1} nodes need
 are batched per level (every prefix of a level has the same length) with the KV-free full forward
 of :mod:`.qwen3`. SFT data is the demonstration (``demo``) or the greedy path (top-1 at every
 node); a demonstration that leaves the tree (a token outside a node's top-k, or ending before
-depth D) is the leaf ``prefix·OTHER`` where it leaves. Rewards: the named rules of
+depth D) is the leaf ``prefix·OTHER`` where it leaves. A top-k token whose probability is 0 in
+float64 (log p below −745) is left out of its node. Rewards: the named rules of
 :mod:`nondecoupling.theory.tree.rewards` (``exact_match`` against the data, ``final_answer`` of
 one answer token, ``length_penalty``). The result is a tree file of :mod:`..tree_io` (``vocab``
 holds the token strings of the tokenizer, ids without a string as ``<id:N>``), validated by
@@ -163,10 +164,14 @@ def extract_tree(weights: Qwen3Weights, tokenizer, prompt: str, top_k: int, dept
     lp, ids = next_token_top_k(weights, [p_ids + list(s) for s in level], k, batch_size)
     nxt = []
     for s, lp_s, ids_s in zip(level, lp, ids):
-      children[s] = [int(a) for a in ids_s]
-      rows[s] = _reference_row(lp_s)
+      row = _reference_row(lp_s)
+      # A top-k token whose float64 probability underflows to 0 starts no sequence: left out
+      # (the row is best first, so the kept tokens stay aligned with their probabilities).
+      keep = row[:-1] > 0
+      children[s] = [int(a) for a in ids_s[keep]]
+      rows[s] = np.append(row[:-1][keep], row[-1])
       if t + 1 < depth:
-        nxt.extend(s + (int(a),) for a in ids_s)
+        nxt.extend(s + (a,) for a in children[s])
     level = nxt
   used = sorted({a for c in children.values() for a in c})
   names = {a: _token_name(tokenizer, a) for a in used}
