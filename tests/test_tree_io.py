@@ -132,7 +132,7 @@ BROKEN = [
     # ρ(maybe, yes, maybe) = 0.2 · 0.4 · 1e-310 = e^-716.3: not a normal float64 (the row still sums to 1)
     ("sequence below float64", _set(P0 + ["reference", "nodes", 7, "probs"],
                                     {"<eos>": 1.0, "maybe": 1e-310}),
-     "reference level 2 prompt 0 node 3 slot 3: the sequence's probability rho(y) = e^-716.3 is "
+     "prompts[0].reference: the sequence ['maybe', 'yes', 'maybe'] has probability e^-716.3, "
      "outside the valid domain (at least e^-708.4"),
 ]
 

@@ -36,8 +36,21 @@ from typing import Any
 
 import numpy as np
 
-from ..theory.tree.build import PromptTree, build_tree, conditionals_from_sequences, is_response
-from ..theory.tree.instance import Bucket, TreeError, TreeInstance, validate_tree
+from ..theory.tree.build import (
+  PromptTree,
+  build_tree,
+  conditionals_from_sequences,
+  is_response,
+  prefix_of,
+)
+from ..theory.tree.instance import (
+  SEQUENCE_RANGE,
+  Bucket,
+  SequenceRangeError,
+  TreeError,
+  TreeInstance,
+  validate_tree,
+)
 from ..theory.tree.rewards import (
   exact_match_reward,
   final_answer_reward,
@@ -333,6 +346,11 @@ def tree_from_dict(obj: Any, bucket: Bucket | None = None) -> TreeFile:
   try:
     tree, index = build_tree(prompts, w, beta, bucket)
     validate_tree(tree, padded=bucket is not None)
+  except SequenceRangeError as e:  # name the sequence, not the arrays' coordinates
+    t, x, i, slot = e.where
+    tokens = [vocabs[x][a] for a in prefix_of(index[x])[(t, i)] + (slot,)]
+    raise InputError(f"prompts[{x}].reference: the sequence {tokens} has probability "
+                     f"e^{e.log_prob:.1f}, {SEQUENCE_RANGE}") from None
   except TreeError as e:  # the domain of β and |r|/β (the rest is checked above)
     raise InputError(str(e)) from None
   except ValueError as e:  # a bucket too small for the tree

@@ -36,7 +36,8 @@ import numpy as np
 
 from ..instance import DOMAIN
 
-__all__ = ["TreeLevel", "TreeInstance", "TreeError", "Bucket", "WEIGHT_TOL", "tree_bucket",
+__all__ = ["TreeLevel", "TreeInstance", "TreeError", "SequenceRangeError", "SEQUENCE_RANGE",
+           "LOG_TINY", "Bucket", "WEIGHT_TOL", "tree_bucket",
            "support", "validate_tree", "pad_tree", "stack_trees", "index_tree", "n_nodes",
            "n_leaves", "max_depth"]
 
@@ -45,6 +46,15 @@ WEIGHT_TOL = 1e-9  # weights, rows and the data of a prompt must sum to 1 within
 
 class TreeError(ValueError):
   """A rule of the tree format is broken; the message is one line naming the field and the rule."""
+
+
+class SequenceRangeError(TreeError):
+  """A sequence's ρ(y) is below float64's normal range; ``where`` = (level, prompt, node, slot) of
+  its last token and ``log_prob`` its log ρ(y), so that a reader can name the sequence."""
+
+  def __init__(self, message: str, where: tuple[int, int, int, int], log_prob: float):
+    super().__init__(message)
+    self.where, self.log_prob = where, log_prob
 
 
 @jax.tree_util.register_dataclass
@@ -227,6 +237,8 @@ def _check_structure(levels, n_x: int) -> None:
 
 
 LOG_TINY = float(np.log(np.finfo(np.float64).tiny))  # −708.4: the smallest normal float64's log
+SEQUENCE_RANGE = (f"outside the valid domain (at least e^{LOG_TINY:.1f}, float64's smallest "
+                  f"normal number)")
 
 
 def _check_sequence_range(levels) -> None:
@@ -246,10 +258,10 @@ def _check_sequence_range(levels) -> None:
     seq = reach[..., None] + log_ref
     low = np.asarray(lv.leaf) & np.asarray(lv.node)[..., None] & (seq < LOG_TINY)
     if np.any(low):
-      x, i, s = np.argwhere(low)[0]
-      raise TreeError(f"reference level {t} prompt {x} node {i} slot {s}: the sequence's "
-                      f"probability rho(y) = e^{seq[x, i, s]:.1f} is outside the valid domain "
-                      f"(at least e^{LOG_TINY:.1f}, float64's smallest normal number)")
+      x, i, s = (int(v) for v in np.argwhere(low)[0])
+      raise SequenceRangeError(
+          f"reference level {t} prompt {x} node {i} slot {s}: the sequence's probability "
+          f"rho(y) = e^{seq[x, i, s]:.1f} is {SEQUENCE_RANGE}", (t, x, i, s), float(seq[x, i, s]))
     above = np.where(np.asarray(lv.internal), seq, 0.0)
 
 
