@@ -245,7 +245,7 @@ def _check_sequence_range(levels) -> None:
   """Every leaf's ρ(y) = Π_t ρ(y_t|y_<t) is a normal float64 (log ρ(y) ≥ LOG_TINY), the valid
   domain's rule for trees: the sequence-level sides of G1 and G3 hold the leaf set as an atomic
   instance, whose reference is a probability per sequence (a tree of top-4 tokens from a random
-  full-size Qwen3 had leaves at ρ(y) ~ 1e-400, which float64 holds as 0)."""
+  full-size Qwen3 had leaves at ρ(y) = e^−717, which float64 holds as 0)."""
   above = None
   for t, lv in enumerate(levels):
     log_ref = np.log(np.where(np.asarray(support(lv)), np.asarray(lv.reference, np.float64), 1.0))
