@@ -88,6 +88,21 @@ def _cli(argv: list[str]) -> tuple[int, str, str, float]:
   return rc, out.getvalue(), err.getvalue(), time.perf_counter() - t0
 
 
+def transformers_row(hf, ids: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:
+  """(top-k ids, [k + 1] the top-k probabilities and the rest's, renormalised) of the next token
+  after ``ids`` from a transformers causal LM (logits in float64), the reference an extracted
+  tree's rows are compared with (here and in tests/test_bridge_tree.py)."""
+  import torch
+
+  with torch.no_grad():
+    logits = hf(torch.tensor([ids])).logits[0, -1].double().numpy()
+  p = np.exp(logits - logits.max())
+  p /= p.sum()
+  top = np.argsort(-p, kind="stable")[:k]
+  row = np.append(p[top], p.sum() - p[top].sum())
+  return top, row / row.sum()
+
+
 def against_transformers(model_dir: Path, tree: dict, k: int) -> dict:
   """Largest |p_tree − p_transformers| over every node's k + 1 entries (float32 model)."""
   import torch
@@ -105,14 +120,7 @@ def against_transformers(model_dir: Path, tree: dict, k: int) -> dict:
   worst, worst_log, names_differ = 0.0, 0.0, 0
   nodes = tree["prompts"][0]["reference"]["nodes"]
   for node in nodes:
-    ids = prompt + [name_to_id(t) for t in node["prefix"]]
-    with torch.no_grad():
-      logits = hf(torch.tensor([ids])).logits[0, -1].double().numpy()
-    p = np.exp(logits - logits.max())
-    p /= p.sum()
-    top = np.argsort(-p, kind="stable")[:k]
-    row = np.append(p[top], p.sum() - p[top].sum())
-    row /= row.sum()
+    top, row = transformers_row(hf, prompt + [name_to_id(t) for t in node["prefix"]], k)
     names = [tok.id_to_token(int(i)) or f"<id:{int(i)}>" for i in top] + [tree["eos"]]
     names_differ += set(names) != set(node["probs"])
     got = np.array([node["probs"].get(n, 0.0) for n in names])

@@ -22,6 +22,7 @@ else:
 from conftest import TOL  # noqa: E402
 from test_bridge_forward import make_hf_checkpoint  # noqa: E402
 
+from bench.bridge_full_size import transformers_row  # noqa: E402
 from nondecoupling.verify.bridge.tokenizer import build_word_tokenizer, encode  # noqa: E402
 from nondecoupling.verify.cli import main  # noqa: E402
 
@@ -46,17 +47,6 @@ def run(argv, capsys):
   return rc, out, err
 
 
-def _hf_row(hf, ids, k):
-  """(top-k ids, [k + 1] renormalised top-k probabilities and the rest) from transformers."""
-  with torch.no_grad():
-    logits = hf(torch.tensor([ids])).logits[0, -1].double().numpy()
-  p = np.exp(logits - logits.max())
-  p /= p.sum()
-  top = np.argsort(-p, kind="stable")[:k]
-  row = np.append(p[top], p.sum() - p[top].sum())
-  return top, row / row.sum()
-
-
 def test_extract_tree_matches_transformers_and_check_holds(model, tmp_path, capsys):
   d, tok, hf = model
   out = tmp_path / "tree.json"
@@ -73,7 +63,7 @@ def test_extract_tree_matches_transformers_and_check_holds(model, tmp_path, caps
   prompt = encode(tok, PROMPT)
   for node in nodes:
     prefix = [ids_of[t] for t in node["prefix"]]
-    top, row = _hf_row(hf, prompt + prefix, TOP_K)
+    top, row = transformers_row(hf, prompt + prefix, TOP_K)
     names = [tok.id_to_token(int(i)) for i in top] + [obj["eos"]]
     got = np.array([node["probs"].get(n, 0.0) for n in names])
     np.testing.assert_allclose(got, row, rtol=rtol, atol=atol, err_msg=str(node["prefix"]))
